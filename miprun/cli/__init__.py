@@ -1,0 +1,1 @@
+"""The ``miprun`` command line: a thin Typer shell over the Python API."""

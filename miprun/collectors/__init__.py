@@ -1,0 +1,1 @@
+"""Collectors: run the model on calibration tokens and capture what the scorers need."""

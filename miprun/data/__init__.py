@@ -1,0 +1,1 @@
+"""Calibration and evaluation text: local data directory first, Hugging Face datasets otherwise."""

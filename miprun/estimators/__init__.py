@@ -1,0 +1,1 @@
+"""Mutual-information estimators: one module per estimator, one protocol (miprun.strategies.Estimator)."""

@@ -1,0 +1,1 @@
+"""Model loading (hub id, directory, .gguf, embedded default) and architecture adapters."""

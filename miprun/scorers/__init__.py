@@ -1,0 +1,1 @@
+"""Scorers: turn collected boundary states into span importance (miprun.scores.SpanScores)."""

@@ -1,0 +1,105 @@
+"""Span scores: the importance of single blocks and contiguous spans, evaluated lazily and counted.
+
+A scorer hands selectors a :class:`SpanScores`. Its ``value`` is what the scorer measures (MI in
+nats for ``block-mi``, 1 − cosine for ``block-influence``); ``importance`` turns it into one
+convention shared by all selectors: **lower importance = safer to remove**. Each distinct span is
+computed at most once; :attr:`SpanScores.evaluations` counts the distinct spans computed, which is
+the cost measure the MI-PRUN paper reports for Fast-Block-Select.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from miprun.errors import MiprunError
+
+
+class SpanScores:
+    """Lazily computed importance of blocks ``[first, first + length)``.
+
+    :param num_blocks: number of blocks T.
+    :param compute: ``compute(first, length) -> value`` for a valid span.
+    :param metric: name of the value (``"mi"``, ``"1-cos"``, …) used in reports.
+    :param redundant_when_high: True when a high value means the span adds little (MI: the output
+        still carries most of the input), so importance = −value; False when a high value means the
+        span matters (1 − cosine), so importance = value.
+    """
+
+    def __init__(
+        self,
+        num_blocks: int,
+        compute: Callable[[int, int], float],
+        *,
+        metric: str,
+        redundant_when_high: bool,
+    ) -> None:
+        if num_blocks < 1:
+            raise MiprunError(f"span scores need at least one block, got {num_blocks}")
+        self.num_blocks = num_blocks
+        self.metric = metric
+        self.redundant_when_high = redundant_when_high
+        self._compute = compute
+        self._values: dict[tuple[int, int], float] = {}
+
+    def value(self, first: int, length: int = 1) -> float:
+        """The scorer's raw value of span ``[first, first + length)``, computed once."""
+        key = (first, length)
+        if key not in self._values:
+            if length < 1 or first < 0 or first + length > self.num_blocks:
+                raise MiprunError(
+                    f"span [{first}, {first + length}) is outside the model's {self.num_blocks} blocks"
+                )
+            self._values[key] = float(self._compute(first, length))
+        return self._values[key]
+
+    def importance(self, first: int, length: int = 1) -> float:
+        """Importance of the span: lower means safer to remove."""
+        v = self.value(first, length)
+        return -v if self.redundant_when_high else v
+
+    def singles(self) -> list[float]:
+        """Importance of every single block, in block order."""
+        return [self.importance(i) for i in range(self.num_blocks)]
+
+    def is_computed(self, first: int, length: int = 1) -> bool:
+        """Whether span ``[first, first + length)`` was already evaluated."""
+        return (first, length) in self._values
+
+    @property
+    def evaluations(self) -> int:
+        """Number of distinct spans evaluated so far (single blocks included)."""
+        return len(self._values)
+
+    def table(self) -> list[dict[str, float | int]]:
+        """Every evaluated span as ``{"first", "length", "value", "importance"}`` rows, sorted."""
+        return [
+            {"first": f, "length": n, "value": v, "importance": -v if self.redundant_when_high else v}
+            for (f, n), v in sorted(self._values.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        ]
+
+    @classmethod
+    def from_table(
+        cls,
+        values: dict[tuple[int, int], float],
+        num_blocks: int,
+        *,
+        metric: str = "mi",
+        redundant_when_high: bool = True,
+        missing: float | None = None,
+    ) -> "SpanScores":
+        """Scores from a precomputed ``{(first, length): value}`` table (e.g. a paper's table).
+
+        A span absent from the table takes ``missing``; without it, asking for one is an error.
+        """
+
+        def compute(first: int, length: int) -> float:
+            if (first, length) in values:
+                return values[(first, length)]
+            if missing is None:
+                raise MiprunError(
+                    f"the score table has no value for span first={first} length={length}; "
+                    f"pass a default for missing spans (--missing-mi)"
+                )
+            return missing
+
+        return cls(num_blocks, compute, metric=metric, redundant_when_high=redundant_when_high)

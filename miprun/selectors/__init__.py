@@ -1,0 +1,1 @@
+"""Selectors: choose which blocks to remove from span importance."""

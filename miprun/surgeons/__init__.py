@@ -1,0 +1,1 @@
+"""Surgeons: edit a model in place to remove the selected parts."""
