@@ -1,0 +1,133 @@
+"""Architecture adapters: where a model keeps its blocks and which config fields describe them.
+
+An adapter is the only place that knows an architecture's layout. Everything else (collectors,
+surgeons, evaluation) goes through :func:`adapter_for`, so supporting a new architecture means
+adding one :class:`ArchitectureSpec` to :data:`SPECS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from miprun.errors import MiprunError
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Layout of one family of architectures.
+
+    :param blocks: dotted paths (from the top-level model) to the ``ModuleList`` of blocks; the
+        first that exists is used (causal-LM and bare-backbone classes differ by a prefix).
+    :param config: dotted path from ``model.config`` to the sub-config holding the layer count
+        (empty for the top-level config).
+    :param per_layer_fields: config fields holding one entry per layer, sliced on removal.
+    :param ffn: names inside a block of the feed-forward up/gate/down projections (for width pruning).
+    """
+
+    blocks: tuple[str, ...]
+    config: str = ""
+    per_layer_fields: tuple[str, ...] = ("layer_types",)
+    ffn: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+_LLAMA_LIKE = ArchitectureSpec(blocks=("model.layers", "layers"))
+
+SPECS: dict[str, ArchitectureSpec] = {
+    "llama": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,
+    "gemma3": ArchitectureSpec(
+        blocks=("model.language_model.layers", "language_model.layers", "model.language_model.model.layers"),
+        config="text_config",
+    ),
+    "gpt2": ArchitectureSpec(
+        blocks=("transformer.h", "h"), per_layer_fields=(), ffn=("mlp.c_fc", "mlp.c_proj")
+    ),
+    "bert": ArchitectureSpec(
+        blocks=("bert.encoder.layer", "encoder.layer"),
+        per_layer_fields=(),
+        ffn=("intermediate.dense", "output.dense"),
+    ),
+}
+"""``config.model_type`` → layout. Names the architectures miprun can prune."""
+
+
+def _resolve(root: Any, path: str) -> Any:
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class ArchitectureAdapter:
+    """Gives uniform access to a model's blocks and the config fields that describe them."""
+
+    def __init__(self, model: Any, spec: ArchitectureSpec, model_type: str) -> None:
+        self.model = model
+        self.spec = spec
+        self.model_type = model_type
+        for path in spec.blocks:
+            try:
+                blocks = _resolve(model, path)
+            except AttributeError:
+                continue
+            self.blocks_path = path
+            self.blocks = blocks
+            break
+        else:
+            raise MiprunError(
+                f"model of type '{model_type}' ({type(model).__name__}) has none of the block lists "
+                f"{', '.join(spec.blocks)}; load it with AutoModelForCausalLM"
+            )
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of blocks T."""
+        return len(self.blocks)
+
+    @property
+    def block_config(self) -> Any:
+        """The (sub-)config that holds ``num_hidden_layers``."""
+        return _resolve(self.model.config, self.spec.config) if self.spec.config else self.model.config
+
+    @property
+    def backbone(self) -> Any:
+        """The module that runs embeddings and blocks without the language-model head."""
+        base = getattr(self.model, "base_model", None)
+        return base if base is not None else self.model
+
+    def keep_blocks(self, keep: list[int]) -> None:
+        """Keep only blocks ``keep`` (original indices, ascending) and make the model consistent:
+        re-index per-layer state (``layer_idx``), slice per-layer config lists, update the count."""
+        import torch
+
+        kept = [self.blocks[i] for i in keep]
+        owner_path, _, attr = self.blocks_path.rpartition(".")
+        owner = _resolve(self.model, owner_path) if owner_path else self.model
+        setattr(owner, attr, torch.nn.ModuleList(kept))
+        self.blocks = getattr(owner, attr)
+        for new_index, block in enumerate(self.blocks):
+            for module in block.modules():
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = new_index
+        config = self.block_config
+        for field_name in self.spec.per_layer_fields:
+            values = getattr(config, field_name, None)
+            if isinstance(values, (list, tuple)) and len(values) >= max(keep, default=-1) + 1:
+                setattr(config, field_name, [values[i] for i in keep])
+        config.num_hidden_layers = len(keep)
+
+
+def adapter_for(model: Any) -> ArchitectureAdapter:
+    """Return the adapter for ``model``; an unsupported architecture is a one-line error."""
+    model_type = getattr(model.config, "model_type", None)
+    spec = SPECS.get(model_type)
+    if spec is None:
+        raise MiprunError(
+            f"unsupported architecture '{model_type}'; miprun supports {', '.join(sorted(SPECS))} "
+            f"(add an ArchitectureSpec in miprun/models/adapters.py for others)"
+        )
+    return ArchitectureAdapter(model, spec, model_type)

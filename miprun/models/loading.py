@@ -1,0 +1,82 @@
+"""Load a model from a hub id, a local checkpoint directory, a ``.gguf`` file or an embedded name."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from miprun.errors import MiprunError
+from miprun.models.adapters import ArchitectureAdapter, adapter_for
+from miprun.models.embedded import EMBEDDED, embedded_checkpoint
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for pruning: the module, its tokenizer, its adapter and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    adapter: ArchitectureAdapter
+    source: dict[str, Any]
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or Path(spec).exists() or spec.count("/") > 1
+
+
+def load_model(
+    spec: str,
+    *,
+    dtype: str = "auto",
+    device_map: str | dict | None = None,
+) -> LoadedModel:
+    """Load ``spec``: an embedded name (``smollm2-135m``), a local directory, a ``.gguf`` file, or a
+    Hugging Face hub id.
+
+    :param dtype: ``"auto"`` (the checkpoint's dtype; float32 for GGUF), ``"float32"``,
+        ``"bfloat16"`` or ``"float16"``.
+    :param device_map: passed to ``from_pretrained`` (accelerate), e.g. ``"auto"`` to spread a model
+        larger than one device across GPUs, CPU and disk.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    start = time.perf_counter()
+    kwargs: dict[str, Any] = {}
+    if dtype != "auto":
+        kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    source: dict[str, Any] = {"spec": spec}
+    if spec in EMBEDDED:
+        location: str | Path = embedded_checkpoint(spec)
+        source.update(kind="embedded", path=str(location), description=EMBEDDED[spec]["description"])
+    elif _looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise MiprunError(f"model path '{spec}' does not exist; pass a checkpoint directory, a .gguf file or a hub id")
+        if path.is_file() and path.suffix == ".gguf":
+            kwargs["gguf_file"] = path.name
+            location = path.parent
+            source.update(kind="gguf", path=str(path.resolve()))
+        elif path.is_dir() and (path / "config.json").exists():
+            location = path
+            source.update(kind="directory", path=str(path.resolve()))
+        else:
+            raise MiprunError(f"'{spec}' is neither a checkpoint directory (with config.json) nor a .gguf file")
+    else:
+        location = spec
+        source.update(kind="hub")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **({"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}))
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MiprunError(f"cannot load model '{spec}': {first}") from exc
+    except ValueError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise MiprunError(f"cannot load model '{spec}': {first}") from exc
+    model.eval()
+    source["load_seconds"] = round(time.perf_counter() - start, 3)
+    return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), source=source)
