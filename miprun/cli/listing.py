@@ -1,0 +1,46 @@
+"""``miprun list`` and ``miprun plugins``: what strategies and plugins are installed."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from miprun.cli.console import out, print_json
+from miprun.registry import get_registry
+
+
+def list_strategies(
+    kind: Annotated[Optional[str], typer.Argument(help="collector, estimator, scorer, selector or surgeon")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """List strategies by kind with one-line descriptions (imports no strategy code)."""
+    registry = get_registry()
+    kinds = [kind] if kind else list(registry.entries)
+    rows = [
+        {"kind": k, "name": e.name, "description": e.description, "provider": e.provider}
+        for k in kinds for e in (registry.get(k, n) for n in registry.names(k))
+    ]
+    if json_output:
+        print_json(rows)
+        return
+    table = Table("kind", "name", "description", "provider")
+    for row in rows:
+        table.add_row(row["kind"], row["name"], row["description"], row["provider"])
+    out.print(table)
+
+
+def list_plugins(
+    json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """List installed plugins: package, version and the strategies each provides."""
+    plugins = get_registry().plugins
+    if json_output:
+        print_json(plugins)
+        return
+    table = Table("plugin", "package", "version", "provides")
+    for plugin in plugins:
+        provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in plugin["provides"].items())
+        table.add_row(plugin["plugin"], plugin["package"], plugin["version"], provides)
+    out.print(table)

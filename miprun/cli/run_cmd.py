@@ -1,0 +1,65 @@
+"""``miprun run``: prune a model by composing the five strategy kinds by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from miprun.cli.console import RichReporter, err, out, print_json
+from miprun.cli.options import parse_options
+from miprun.models.embedded import DEFAULT_MODEL
+
+
+def run(
+    model: Annotated[str, typer.Option(help="Embedded name, checkpoint directory, .gguf file or hub id")] = DEFAULT_MODEL,
+    calib: Annotated[str, typer.Option(help="wikitext2, c4, ptb, alpaca, self, or a .txt/.jsonl file")] = "wikitext2",
+    prune: Annotated[Optional[int], typer.Option("--prune", "-n", help="Number of blocks to remove")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help="Fraction of blocks to remove (default 0.2)")] = None,
+    num_samples: Annotated[int, typer.Option(help="Calibration sequences")] = 16,
+    seq_len: Annotated[int, typer.Option(help="Tokens per calibration sequence")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed for data sampling and every seeded strategy")] = 0,
+    collector: Annotated[str, typer.Option(help="Collector name (miprun list collector)")] = "hidden-states",
+    estimator: Annotated[Optional[str], typer.Option(help="MI estimator; naming one selects the block-mi scorer")] = None,
+    scorer: Annotated[Optional[str], typer.Option(help="Scorer (default block-influence, or block-mi with --estimator)")] = None,
+    selector: Annotated[Optional[str], typer.Option(help="Selector (default greedy, or fast-block-select for block-mi)")] = None,
+    surgeon: Annotated[str, typer.Option(help="Surgeon name")] = "remove-blocks",
+    option: Annotated[list[str], typer.Option("--option", "-o", help="Strategy option KIND.KEY=VALUE, repeatable")] = [],
+    output: Annotated[Optional[Path], typer.Option(help="Checkpoint directory (default pruned/<model>-...)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory (atomically)")] = False,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
+    device_map: Annotated[Optional[str], typer.Option(help="accelerate device map, e.g. auto")] = None,
+    eval_ppl: Annotated[Optional[str], typer.Option("--eval", help="Evaluate perplexity after pruning on these sets, e.g. wikitext2")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
+) -> None:
+    """Prune a model and save a checkpoint that transformers loads, with miprun_report.json beside it."""
+    from miprun.pipeline import prune as run_pipeline
+
+    evaluate = {"ppl": tuple(eval_ppl.split(","))} if eval_ppl else None
+    with RichReporter() as reporter:
+        result = run_pipeline(
+            model, n=prune, ratio=ratio, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
+            collector=collector, estimator=estimator, scorer=scorer, selector=selector, surgeon=surgeon,
+            options=parse_options(option), output=output, overwrite=overwrite, dtype=dtype,
+            device_map=device_map, evaluate=evaluate, reporter=reporter,
+        )
+    report = result.report
+    if json_output:
+        print_json(report)
+        return
+    table = Table(title="miprun run", show_header=False)
+    table.add_row("model", str(report["model"]["spec"]))
+    table.add_row("strategies", ", ".join(f"{k}={v['name']}" for k, v in report["strategies"].items()))
+    table.add_row("removed blocks", f"{report['selected_blocks']} ({len(report['selected_blocks'])} of {report['prune']['of_blocks']})")
+    surgery = report["surgery"]
+    table.add_row("parameters", f"{surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
+    table.add_row("span evaluations", str(report["evaluations"]["spans"]))
+    table.add_row("timings (s)", ", ".join(f"{k} {v:.2f}" for k, v in report["timings"].items()))
+    if "evaluation" in report:
+        for name, value in report["evaluation"].get("perplexity", {}).items():
+            table.add_row(f"perplexity {name}", f"{value:.2f}" if isinstance(value, float) else str(value))
+    table.add_row("saved to", str(result.output))
+    out.print(table)
+    err.print(f"load it with AutoModelForCausalLM.from_pretrained('{result.output}')")

@@ -1,0 +1,90 @@
+"""Collector ``hidden-states``: the residual stream at every block boundary.
+
+Forward hooks on the blocks capture the input of block 0 and the output of every block — the
+residual stream *before* the final norm — for the same token positions at every boundary, moved to
+the CPU in float32 whatever the model's dtype or device. Because capture happens in hooks, the
+same code runs on a model spread over devices by accelerate (``device_map="auto"``, offload); a
+block-by-block collector for models that do not fit at all can implement the same protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from miprun.strategies import BoundaryStates
+
+
+def _hidden(value: Any) -> torch.Tensor:
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+class HiddenStatesCollector:
+    """Capture block-boundary hidden states.
+
+    :param max_tokens: keep at most this many tokens in all (spread evenly over the samples, the
+        positions drawn with ``seed``); 0 keeps every token.
+    :param drop_first: leave out position 0 of every sample (the attention-sink token, whose
+        massive activations dominate distances).
+    :param batch_size: samples per forward pass.
+    :param seed: seed for the token positions.
+    """
+
+    name = "hidden-states"
+
+    def __init__(self, *, max_tokens: int = 2048, drop_first: bool = True, batch_size: int = 4, seed: int = 0) -> None:
+        self.max_tokens = max_tokens
+        self.drop_first = drop_first
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def positions(self, num_samples: int, seq_len: int) -> torch.Tensor:
+        """Token positions kept in each sample (the same for every boundary): (num_samples, k)."""
+        first = 1 if self.drop_first and seq_len > 1 else 0
+        available = seq_len - first
+        per_sample = available if self.max_tokens <= 0 else min(available, math.ceil(self.max_tokens / num_samples))
+        generator = torch.Generator().manual_seed(self.seed)
+        rows = [torch.randperm(available, generator=generator)[:per_sample].sort().values + first for _ in range(num_samples)]
+        return torch.stack(rows)
+
+    def collect(self, model: Any, adapter: Any, input_ids: torch.Tensor, *, progress: Any = None) -> BoundaryStates:
+        """Run the backbone over ``input_ids`` in batches and return the T + 1 boundary states."""
+        num_samples, seq_len = input_ids.shape
+        keep = self.positions(num_samples, seq_len)
+        boundaries: list[list[torch.Tensor]] = [[] for _ in range(adapter.num_blocks + 1)]
+        current: dict[str, torch.Tensor] = {}
+
+        def take(index: int, hidden: torch.Tensor) -> None:
+            rows = current["keep"].to(hidden.device)
+            picked = torch.gather(hidden, 1, rows.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+            boundaries[index].append(picked.reshape(-1, hidden.shape[-1]).to("cpu", torch.float32))
+
+        def pre_hook(module, args, kwargs):
+            take(0, _hidden(args[0] if args else kwargs["hidden_states"]))
+
+        handles = [adapter.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        for index, block in enumerate(adapter.blocks):
+            handles.append(block.register_forward_hook(lambda m, a, out, i=index: take(i + 1, _hidden(out))))
+        device = next(model.parameters()).device
+        batches = 0
+        try:
+            with torch.no_grad():
+                for start in range(0, num_samples, self.batch_size):
+                    batch = input_ids[start : start + self.batch_size]
+                    current["keep"] = keep[start : start + self.batch_size]
+                    adapter.backbone(input_ids=batch.to(device), use_cache=False)
+                    batches += 1
+                    if progress is not None:
+                        progress(len(batch))
+        finally:
+            for handle in handles:
+                handle.remove()
+        states = [torch.cat(parts) for parts in boundaries]
+        return BoundaryStates(
+            states,
+            forward_passes=1,
+            info={"tokens": states[0].shape[0], "batches": batches, "drop_first": self.drop_first,
+                  "max_tokens": self.max_tokens},
+        )

@@ -1,0 +1,157 @@
+"""Calibration samples: fixed-length token windows drawn reproducibly from a text source.
+
+Sources: ``wikitext2`` (local ``wikitext-2/valid.txt`` in the data directory, else Hugging Face
+``wikitext-2-raw-v1`` validation), ``c4``, ``ptb``, ``alpaca`` (Hugging Face datasets), a local
+``.txt`` or ``.jsonl`` file, or ``self`` (text sampled from the model itself, so pruning needs no
+data at all). The same source, tokenizer, sizes and seed always give the same token windows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from miprun.data.datadir import local_file
+from miprun.errors import MiprunError, did_you_mean
+
+_MAX_CHARS = 8_000_000
+
+
+@dataclass
+class Calibration:
+    """Token windows ``input_ids`` (num_samples × seq_len) and a description of where they came from."""
+
+    input_ids: Any
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def _hf_text(path: str, name: str | None, split: str, column: str, **kwargs: Any) -> str:
+    try:
+        from datasets import load_dataset
+
+        data = load_dataset(path, name, split=split, **kwargs)
+    except Exception as exc:  # datasets raises many types for a missing network or dataset
+        raise MiprunError(
+            f"cannot load Hugging Face dataset '{path}' ({type(exc).__name__}); put a local copy in "
+            f"MIPRUN_DATA_DIR or pass a .txt/.jsonl file to --calib"
+        ) from exc
+    pieces, size = [], 0
+    for row in data:
+        pieces.append(row[column])
+        size += len(row[column])
+        if size > _MAX_CHARS:
+            break
+    return "\n\n".join(pieces)
+
+
+def _wikitext2() -> str:
+    local = local_file("wikitext-2", "valid.txt")
+    if local is not None:
+        return local.read_text(encoding="utf-8")
+    return _hf_text("wikitext", "wikitext-2-raw-v1", "validation", "text")
+
+
+NAMED_SOURCES: dict[str, Callable[[], str]] = {
+    "wikitext2": _wikitext2,
+    "c4": lambda: _hf_text(
+        "allenai/c4", None, "validation", "text",
+        data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"},
+    ),
+    "ptb": lambda: _hf_text("ptb_text_only", "penn_treebank", "validation", "sentence"),
+    "alpaca": lambda: _hf_text("tatsu-lab/alpaca", None, "train", "text"),
+}
+"""Named calibration sources → text loader."""
+
+
+def read_text_file(path: Path) -> str:
+    """Text of a ``.txt`` file, or of a ``.jsonl`` file's ``text`` field (else its first string field)."""
+    if not path.exists():
+        raise MiprunError(f"calibration file '{path}' does not exist")
+    if path.suffix == ".jsonl":
+        pieces = []
+        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise MiprunError(f"{path}:{line_number} is not valid JSON ({exc.msg})") from exc
+            text = row.get("text") if isinstance(row, dict) else None
+            if text is None and isinstance(row, dict):
+                text = next((v for v in row.values() if isinstance(v, str)), None)
+            if text:
+                pieces.append(text)
+        return "\n\n".join(pieces)
+    return path.read_text(encoding="utf-8")
+
+
+def _windows(ids: Any, num_samples: int, seq_len: int, seed: int, label: str) -> Any:
+    import torch
+
+    total = ids.numel()
+    if total < seq_len + 1:
+        raise MiprunError(
+            f"calibration source '{label}' has {total} tokens, fewer than --seq-len {seq_len}; "
+            f"use a larger source or a shorter --seq-len"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, total - seq_len, (num_samples,), generator=generator)
+    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+
+
+def _self_generated(model: Any, tokenizer: Any, num_samples: int, seq_len: int, seed: int) -> Any:
+    import torch
+
+    start_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start_id is None:
+        raise MiprunError("--calib self needs a tokenizer with a BOS or EOS token")
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    prompt = torch.full((num_samples, 1), start_id, dtype=torch.long, device=device)
+    with torch.no_grad():
+        out = model.generate(
+            prompt, do_sample=True, top_k=50, temperature=1.0, max_new_tokens=seq_len,
+            min_new_tokens=seq_len, pad_token_id=start_id,
+        )
+    return out[:, 1 : seq_len + 1].cpu()
+
+
+def load_calibration(
+    source: str,
+    tokenizer: Any,
+    *,
+    num_samples: int,
+    seq_len: int,
+    seed: int,
+    model: Any = None,
+) -> Calibration:
+    """Draw ``num_samples`` windows of ``seq_len`` tokens from ``source`` with ``seed``."""
+    if num_samples < 1 or seq_len < 2:
+        raise MiprunError(f"need --num-samples ≥ 1 and --seq-len ≥ 2, got {num_samples} and {seq_len}")
+    info: dict[str, Any] = {"name": source, "num_samples": num_samples, "seq_len": seq_len, "seed": seed}
+    if source == "self":
+        if model is None:
+            raise MiprunError("--calib self needs the model to generate text")
+        ids = _self_generated(model, tokenizer, num_samples, seq_len, seed)
+        info["kind"] = "model-generated"
+        return Calibration(ids, info)
+    if source in NAMED_SOURCES:
+        text = NAMED_SOURCES[source]()
+        info["kind"] = "named"
+        local = local_file("wikitext-2", "valid.txt") if source == "wikitext2" else None
+        if local is not None:
+            info["path"] = str(local)
+    else:
+        path = Path(source).expanduser()
+        if path.suffix not in (".txt", ".jsonl") and not path.exists():
+            choices = [*NAMED_SOURCES, "self"]
+            raise MiprunError(
+                f"unknown calibration source '{source}'{did_you_mean(source, choices)}; "
+                f"use one of {', '.join(choices)} or a .txt/.jsonl file"
+            )
+        text = read_text_file(path)
+        info.update(kind="file", path=str(path.resolve()))
+    ids = tokenizer(text[:_MAX_CHARS], return_tensors="pt", add_special_tokens=False).input_ids[0]
+    return Calibration(_windows(ids, num_samples, seq_len, seed, source), info)

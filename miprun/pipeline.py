@@ -1,0 +1,247 @@
+"""The pruning pipeline: load → calibrate → collect → score → select → operate → save.
+
+:func:`prune` composes the five strategy kinds by name. The CLI's ``miprun run`` is a thin shell
+over it, so everything the command does is available from Python::
+
+    import miprun
+    result = miprun.prune("smollm2-135m", n=6, output="pruned/smollm2-6")
+    result.selection.blocks
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from miprun.errors import MiprunError
+from miprun.models.embedded import DEFAULT_MODEL
+from miprun.registry import Registry, get_registry
+
+DEFAULT_ESTIMATOR = "gaussian"
+"""Estimator used when the scorer needs one and none is named (see docs/estimators.md)."""
+
+
+class Reporter:
+    """Progress callbacks; the default does nothing. The CLI passes a rich implementation."""
+
+    def start(self, stage: str, total: int | None = None) -> None:
+        """A stage begins; ``total`` units of work follow (None when unknown)."""
+
+    def advance(self, amount: int = 1) -> None:
+        """``amount`` units of the current stage are done."""
+
+    def finish(self, stage: str, seconds: float) -> None:
+        """A stage ended after ``seconds``."""
+
+
+@dataclass
+class PruneResult:
+    """Everything a run produced: the pruned model in memory, the selection, scores and report."""
+
+    model: Any
+    tokenizer: Any
+    adapter: Any
+    selection: Any
+    scores: Any
+    report: dict[str, Any]
+    output: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """The strategies of one run, resolved by name with their options."""
+
+    names: dict[str, str]
+    options: dict[str, dict[str, Any]]
+
+    def describe(self, registry: Registry) -> dict[str, Any]:
+        """Name, options and providing plugin of every strategy in the plan."""
+        return {
+            kind: {"name": name, "options": self.options.get(kind, {}), "provider": registry.get(kind, name).provider}
+            for kind, name in self.names.items()
+        }
+
+
+def resolve_plan(
+    *,
+    collector: str = "hidden-states",
+    estimator: str | None = None,
+    scorer: str | None = None,
+    selector: str | None = None,
+    surgeon: str = "remove-blocks",
+    options: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    registry: Registry | None = None,
+) -> Plan:
+    """Fill in defaults and check every name before any work starts.
+
+    Without a scorer, naming an estimator selects ``block-mi`` (MI-PRUN) and otherwise
+    ``block-influence`` (ShortGPT). Without a selector, ``block-mi`` uses ``fast-block-select`` and
+    other scorers ``greedy``. ``block-mi`` without an estimator uses :data:`DEFAULT_ESTIMATOR`.
+    Strategies that take a ``seed`` option get the run's seed unless it is set explicitly.
+    """
+    registry = registry or get_registry()
+    scorer = scorer or ("block-mi" if estimator else "block-influence")
+    names = {"collector": collector, "scorer": scorer}
+    scorer_entry = registry.get("scorer", scorer)
+    if estimator is None and "estimator" in (options or {}):
+        estimator = DEFAULT_ESTIMATOR
+    if estimator is not None or getattr(scorer_entry.load_factory(), "needs_estimator", False):
+        names["estimator"] = estimator or DEFAULT_ESTIMATOR
+    names["selector"] = selector or ("fast-block-select" if scorer == "block-mi" else "greedy")
+    names["surgeon"] = surgeon
+    resolved: dict[str, dict[str, Any]] = {}
+    for kind, name in names.items():
+        entry = registry.get(kind, name)
+        opts = dict((options or {}).get(kind, {}))
+        if "seed" in entry.options() and "seed" not in opts:
+            opts["seed"] = seed
+        resolved[kind] = opts
+    unknown = set(options or {}) - set(names)
+    if unknown:
+        raise MiprunError(f"options given for {', '.join(sorted(unknown))}, which this run does not use")
+    return Plan(names, resolved)
+
+
+def blocks_to_remove(total: int, n: int | None, ratio: float | None) -> int:
+    """Number of blocks to remove from ``n`` or ``ratio`` (default ratio 0.2), checked against ``total``."""
+    if n is not None and ratio is not None:
+        raise MiprunError("give either --prune N or --ratio r, not both")
+    if n is None:
+        ratio = 0.2 if ratio is None else ratio
+        if not 0 < ratio < 1:
+            raise MiprunError(f"--ratio must be between 0 and 1 (exclusive), got {ratio}")
+        n = max(1, round(ratio * total))
+    if n < 1:
+        raise MiprunError(f"--prune must be at least 1, got {n}")
+    if n >= total:
+        raise MiprunError(f"--prune {n} would remove every block: the model has {total} blocks; choose at most {total - 1}")
+    return n
+
+
+@contextmanager
+def _stage(name: str, timings: dict[str, float], reporter: Reporter, total: int | None = None) -> Iterator[None]:
+    reporter.start(name, total)
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 4)
+    reporter.finish(name, timings[name])
+
+
+def default_output(model: str, plan: Plan, n: int) -> Path:
+    """``pruned/<model>-<scorer>-<selector>-minus<N>`` in the current directory."""
+    slug = Path(model.rstrip("/")).name.removesuffix(".gguf").replace("/", "-")
+    return Path("pruned") / f"{slug}-{plan.names['scorer']}-{plan.names['selector']}-minus{n}"
+
+
+def prune(
+    model: Any = DEFAULT_MODEL,
+    *,
+    n: int | None = None,
+    ratio: float | None = None,
+    calib: str = "wikitext2",
+    num_samples: int = 16,
+    seq_len: int = 256,
+    seed: int = 0,
+    collector: str = "hidden-states",
+    estimator: str | None = None,
+    scorer: str | None = None,
+    selector: str | None = None,
+    surgeon: str = "remove-blocks",
+    options: dict[str, dict[str, Any]] | None = None,
+    output: str | Path | None = None,
+    save: bool = True,
+    overwrite: bool = False,
+    dtype: str = "auto",
+    device_map: str | None = None,
+    evaluate: dict[str, Any] | None = None,
+    reporter: Reporter | None = None,
+) -> PruneResult:
+    """Prune ``model`` (a name/path/hub id, or a :class:`miprun.models.loading.LoadedModel`).
+
+    :param n: blocks to remove; or ``ratio`` of blocks (default 0.2 when neither is given).
+    :param calib: calibration source (see :mod:`miprun.data.calibration`).
+    :param options: per-kind strategy options, e.g. ``{"estimator": {"alpha": 2}}``.
+    :param output: checkpoint directory; default ``pruned/<model>-<scorer>-<selector>-minus<N>``.
+    :param save: write the checkpoint and report (False keeps the result in memory only).
+    :param evaluate: keyword arguments for :func:`miprun.evaluation.evaluate`, run on the pruned
+        model before saving; its results go into the report.
+    """
+    import torch
+
+    from miprun.data.calibration import load_calibration
+    from miprun.models.loading import LoadedModel, load_model
+    from miprun.output import check_output, save_checkpoint
+    from miprun.provenance import versions
+
+    reporter = reporter or Reporter()
+    registry = get_registry()
+    plan = resolve_plan(
+        collector=collector, estimator=estimator, scorer=scorer, selector=selector,
+        surgeon=surgeon, options=options, seed=seed, registry=registry,
+    )
+    if output is not None and save:
+        check_output(Path(output), overwrite=overwrite)
+    strategies = {kind: registry.create(kind, name, **plan.options[kind]) for kind, name in plan.names.items()}
+    timings: dict[str, float] = {}
+
+    with _stage("load", timings, reporter):
+        loaded = model if isinstance(model, LoadedModel) else load_model(str(model), dtype=dtype, device_map=device_map)
+    model_name = loaded.source.get("spec", str(model))
+    total = loaded.adapter.num_blocks
+    count = blocks_to_remove(total, n, ratio)
+    out_path = Path(output) if output is not None else default_output(model_name, plan, count)
+    if save:
+        check_output(out_path, overwrite=overwrite)
+
+    torch.manual_seed(seed)
+    with _stage("calibrate", timings, reporter):
+        calibration = load_calibration(
+            calib, loaded.tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed, model=loaded.model
+        )
+    with _stage("collect", timings, reporter, total=num_samples):
+        states = strategies["collector"].collect(
+            loaded.model, loaded.adapter, calibration.input_ids, progress=reporter.advance
+        )
+    with _stage("estimate", timings, reporter):
+        scores = strategies["scorer"].score(states, strategies.get("estimator"))
+    with _stage("select", timings, reporter):
+        selection = strategies["selector"].select(scores, count)
+    with _stage("operate", timings, reporter):
+        surgery = strategies["surgeon"].apply(loaded.model, loaded.adapter, selection.blocks)
+
+    report: dict[str, Any] = {
+        "miprun_report_version": 1,
+        "model": loaded.source,
+        "model_type": loaded.adapter.model_type,
+        "data": calibration.source,
+        "seed": seed,
+        "strategies": plan.describe(registry),
+        "prune": {"requested": count, "of_blocks": total},
+        "selected_blocks": selection.blocks,
+        "block_scores": {"metric": scores.metric, "redundant_when_high": scores.redundant_when_high,
+                         "values": [scores.value(i) for i in range(total)],
+                         "importance": scores.singles()},
+        "span_table": scores.table(),
+        "evaluations": {"spans": scores.evaluations, "mi": scores.evaluations if scores.metric == "mi" else 0,
+                        "selector": selection.evaluations, "forward_passes": states.forward_passes},
+        "collection": states.info,
+        "selection": {"trace": selection.trace, "info": selection.info},
+        "surgery": surgery,
+        "timings": timings,
+        "versions": versions(),
+    }
+    if evaluate:
+        from miprun.evaluation import evaluate as run_evaluation
+
+        with _stage("evaluate", timings, reporter):
+            report["evaluation"] = run_evaluation(loaded.model, loaded.tokenizer, **evaluate)
+    result = PruneResult(loaded.model, loaded.tokenizer, loaded.adapter, selection, scores, report, timings=timings)
+    if save:
+        with _stage("save", timings, reporter):
+            result.output = save_checkpoint(loaded.model, loaded.tokenizer, out_path, report, overwrite=overwrite)
+    return result
