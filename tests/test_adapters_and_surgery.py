@@ -1,0 +1,80 @@
+"""Architecture adapters and the remove-blocks surgeon on tiny models of every supported architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from miprun.errors import MiprunError
+from miprun.models.adapters import adapter_for
+from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
+
+from conftest import ARCHITECTURES, build_tiny
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_removed_model_matches_a_model_built_without_those_blocks(arch, tmp_path):
+    loaded = build_tiny(arch, layers=4)
+    model, adapter = loaded.model, loaded.adapter
+    assert adapter.num_blocks == 4
+    ids = torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8]])
+    kept = [adapter.blocks[i] for i in (0, 2)]
+    summary = RemoveBlocksSurgeon().apply(model, adapter, [1, 3])
+    assert summary["kept_blocks"] == [0, 2] and summary["parameters_after"] < summary["parameters_before"]
+    assert adapter.num_blocks == 2 and list(adapter.blocks) == kept
+    assert adapter.block_config.num_hidden_layers == 2
+    for index, block in enumerate(adapter.blocks):
+        assert all(m.layer_idx == index for m in block.modules() if hasattr(m, "layer_idx"))
+    layer_types = getattr(adapter.block_config, "layer_types", None)
+    if layer_types is not None:
+        assert len(layer_types) == 2
+    with torch.no_grad():
+        in_memory = model(ids).logits
+        generated = model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=True)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert adapter_for(reloaded).num_blocks == 2
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, in_memory)
+        assert torch.equal(reloaded.generate(ids, max_new_tokens=4, do_sample=False), generated)
+    if model.config.tie_word_embeddings:
+        assert reloaded.get_output_embeddings().weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
+
+
+def test_removing_a_block_equals_skipping_it_in_the_forward_pass():
+    loaded = build_tiny("llama", layers=4)
+    ids = torch.tensor([[1, 5, 9, 12, 7]])
+    adapter = loaded.adapter
+    original = list(adapter.blocks)
+
+    skipped = {}
+
+    def skip(module, args, kwargs, output):
+        return (args[0] if args else kwargs["hidden_states"],) if isinstance(output, tuple) else (args[0] if args else kwargs["hidden_states"])
+
+    handle = original[2].register_forward_hook(skip, with_kwargs=True)
+    with torch.no_grad():
+        skipped["logits"] = loaded.model(ids, use_cache=False).logits
+    handle.remove()
+    RemoveBlocksSurgeon().apply(loaded.model, adapter, [2])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids, use_cache=False).logits, skipped["logits"])
+
+
+def test_surgeon_rejects_bad_indices():
+    loaded = build_tiny("llama", layers=3)
+    with pytest.raises(MiprunError, match="distinct indices in 0..2"):
+        RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, [3])
+    with pytest.raises(MiprunError, match="cannot remove all 3 blocks"):
+        RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, [0, 1, 2])
+
+
+def test_unsupported_architecture_is_named():
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("opt", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
+                                  vocab_size=50, word_embed_proj_dim=16)
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(MiprunError, match=r"unsupported architecture 'opt'; miprun supports .*llama"):
+        adapter_for(model)

