@@ -42,7 +42,7 @@ def eval_command(
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Perplexity window length (default min(2048, model context))."),
     batch_size: int = typer.Option(4, "--batch-size", help="Perplexity windows and lm-eval requests per forward pass."),
     max_windows: Optional[int] = typer.Option(None, "--max-windows", help="Perplexity on the first N windows only."),
-    ppl_lm_eval: bool = typer.Option(False, "--ppl-lm-eval", help="Also run lm-eval's wikitext word-perplexity task on the local document-level WikiText-2 test set."),
+    ppl_lm_eval: bool = typer.Option(False, "--ppl-lm-eval", help="Also run lm-eval's wikitext word-perplexity task on the local document-level WikiText-2 test set (beside --ppl wikitext2)."),
     lm_eval_pages: Optional[int] = typer.Option(None, "--lm-eval-pages", help="With --ppl-lm-eval: only the first N of the 62 pages."),
     prefill_len: int = typer.Option(512, "--prefill-len", help="Latency: tokens in the 1 × L prefill."),
     decode_batch: int = typer.Option(8, "--decode-batch", help="Throughput: sequences decoded together."),
@@ -80,8 +80,6 @@ def _run(
     limit_value = int(limit) if limit is not None and limit >= 1 and float(limit).is_integer() else limit
     task_names = parse_tasks(tasks)
     ppl_names = _split(ppl)
-    if ppl_lm_eval and "wikitext2" not in ppl_names:
-        ppl_names.append("wikitext2")
     speed_config = SpeedConfig(prefill_len=prefill_len, decode_batch=decode_batch, decode_tokens=decode_tokens, repeats=repeats)
     prompts = tuple(prompt) if prompt else DEFAULT_PROMPTS
     stderr = Console(stderr=True)
