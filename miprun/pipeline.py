@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from miprun.errors import MiprunError
 from miprun.models.embedded import DEFAULT_MODEL
 from miprun.registry import Registry, get_registry
+from miprun.strategies import RunContext, call_with_context
 
 DEFAULT_ESTIMATOR = "gaussian"
 """Estimator used when the scorer needs one and none is named (see docs/estimators.md)."""
@@ -207,10 +208,12 @@ def prune(
         states = strategies["collector"].collect(
             loaded.model, loaded.adapter, calibration.input_ids, progress=reporter.advance
         )
+    context = RunContext(loaded.model, loaded.adapter, calibration.input_ids, loaded.tokenizer, seed,
+                         forward_passes=states.forward_passes)
     with _stage("estimate", timings, reporter):
-        scores = strategies["scorer"].score(states, strategies.get("estimator"))
+        scores = call_with_context(strategies["scorer"].score, states, strategies.get("estimator"), context=context)
     with _stage("select", timings, reporter):
-        selection = strategies["selector"].select(scores, count)
+        selection = call_with_context(strategies["selector"].select, scores, count, context=context)
     with _stage("operate", timings, reporter):
         surgery = strategies["surgeon"].apply(loaded.model, loaded.adapter, selection.blocks)
 
@@ -228,7 +231,7 @@ def prune(
                          "importance": scores.singles()},
         "span_table": scores.table(),
         "evaluations": {"spans": scores.evaluations, "mi": scores.evaluations if scores.metric == "mi" else 0,
-                        "selector": selection.evaluations, "forward_passes": states.forward_passes},
+                        "selector": selection.evaluations, "forward_passes": context.forward_passes},
         "collection": states.info,
         "selection": {"trace": selection.trace, "info": selection.info},
         "surgery": surgery,

@@ -36,6 +36,39 @@ class BoundaryStates:
 
 
 @dataclass
+class RunContext:
+    """What a strategy may need beyond its main input: the model and the calibration tokens.
+
+    Scorers and selectors whose method accepts a ``context`` keyword receive one (criteria that run
+    the model, such as SLEB or perplexity-drop, need it); others never see it. Strategies that run
+    forward passes over the calibration tokens add them to ``forward_passes`` so that runs can report
+    their cost.
+    """
+
+    model: Any
+    adapter: Any
+    input_ids: Any
+    tokenizer: Any = None
+    seed: int = 0
+    forward_passes: int = 0
+
+
+def accepts_context(method: Any) -> bool:
+    """Whether a strategy method takes the optional ``context`` keyword."""
+    import inspect
+
+    try:
+        return "context" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def call_with_context(method: Any, *args: Any, context: RunContext) -> Any:
+    """Call ``method(*args)``, adding ``context=`` when the method accepts it."""
+    return method(*args, context=context) if accepts_context(method) else method(*args)
+
+
+@dataclass
 class Selection:
     """What a selector chose: 0-based block indices in original numbering, and how it got there."""
 
@@ -83,7 +116,9 @@ class Scorer(Protocol):
     needs_estimator: bool
 
     def score(self, states: BoundaryStates, estimator: Any | None) -> SpanScores:
-        """Return lazily evaluated span scores over ``states.num_blocks`` blocks."""
+        """Return lazily evaluated span scores over ``states.num_blocks`` blocks.
+
+        May also accept ``context: RunContext`` (keyword) when the criterion needs the model."""
 
 
 @runtime_checkable
@@ -93,7 +128,9 @@ class Selector(Protocol):
     name: str
 
     def select(self, scores: SpanScores, n: int) -> Selection:
-        """Return exactly ``n`` distinct block indices in ``range(scores.num_blocks)``."""
+        """Return exactly ``n`` distinct block indices in ``range(scores.num_blocks)``.
+
+        May also accept ``context: RunContext`` (keyword) when selection needs the model (SLEB)."""
 
 
 @runtime_checkable

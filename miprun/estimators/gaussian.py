@@ -15,7 +15,9 @@ invariant to strictly monotone per-coordinate maps), expresses it in its princip
 top ``pca_rank`` and dropping numerically null directions) and whitens it, W = scores / √(λ + ridge).
 :meth:`~GaussianEstimator.mi_prepared` then needs only C = WₓᵀW_y / (N − 1) and its singular values:
 O(N d_x d_y) per pair. All of it runs in float64; the ridge (relative to the largest variance) is the
-usual Σ + εI regularisation.
+usual Σ + εI regularisation. When nothing is projected away, features are standardised first: this
+leaves the MI unchanged and keeps badly scaled features (variance ratios of 10⁹ and more) above the
+eigenvalue floor and the ridge.
 
 Bias: with N samples the plug-in estimate is biased upwards by ≈ d_x d_y / 2N. For the sample
 covariance S (denominator N − 1) of p Gaussian variables, E[log det S] − log det Σ = b(p) with
@@ -127,6 +129,10 @@ class GaussianEstimator:
         if self.copula:
             t = copula_normal(t)
         t = normalize_tokens(t, self.normalize)
+        if self.pca_rank is None or d <= self.pca_rank:
+            # no reduction: the MI is invariant to per-feature scale, so standardise for conditioning
+            # (badly scaled features would otherwise fall under the eigenvalue floor and the ridge)
+            t = normalize_tokens(t, "standardize")
         scores, variances = principal_components(t, self.pca_rank)
         if variances.numel() == 0:
             return GaussianPrepared(white=scores)
