@@ -164,7 +164,8 @@ def aligned_width(
         return float((gram * target).sum()) / den if den > 0 else -1.0
 
     centre, half = math.log(initial_sigma), math.log(span)
-    grid = torch.linspace(centre - half, centre + half, max(int(grid_points), 3), dtype=torch.float64).tolist()
+    points = max(int(grid_points), 3)
+    grid = torch.linspace(centre - half, centre + half, points, dtype=torch.float64).tolist()
     values = [score(g) for g in grid]
     best = max(range(len(grid)), key=lambda i: values[i])
     if values[best] <= 0:

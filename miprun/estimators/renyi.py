@@ -194,7 +194,9 @@ class RenyiEstimator:
             except ValueError:
                 return check_choice("sigma", text, WIDTH_RULES, "renyi")
         if not value > 0 or not math.isfinite(value):
-            raise MiprunError(f"renyi option sigma={sigma!r} must be a positive width or one of {WIDTH_RULES}")
+            raise MiprunError(
+                f"renyi option sigma={sigma!r} must be a positive width or one of: {', '.join(WIDTH_RULES)}"
+            )
         return value
 
     # ------------------------------------------------------------------ per variable

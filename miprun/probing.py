@@ -1,0 +1,236 @@
+"""Probing the model on calibration tokens: loss, perplexity and hidden states with blocks skipped.
+
+The criteria that *run* the model — SLEB, the perplexity-drop criterion of Shortened LLaMA, Taylor
+importance, LaCo's similarity check, the last-token angular distance — share this one utility so
+that they skip blocks the same way and count their cost the same way.
+
+* **Skipping** a block replaces its ``forward`` by the identity on the residual stream for the
+  duration of a ``with`` block: the block list, ``layer_idx`` values and per-layer config lists
+  (``layer_types``) stay untouched, so every other block still gets its own attention mask and
+  rotary embedding. The result is exactly the model with those blocks removed.
+* **Overriding** replaces some parameters of a block for the duration of a ``with`` block (LaCo's
+  merged layers) and restores them afterwards, bit for bit.
+* **Counting**: one *forward pass* is one pass of the model over all calibration sequences (however
+  many batches that takes), the unit :class:`~miprun.strategies.RunContext` uses; every probe adds
+  its passes to the prober and to the run's context.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from miprun.errors import MiprunError
+
+_OUTPUT_ARITY: dict[type, int] = {}
+"""Block class → 0 when its forward returns a tensor, else the length of the tuple it returns."""
+
+
+def _hidden_argument(args: tuple, kwargs: dict) -> torch.Tensor:
+    if args:
+        return args[0]
+    if "hidden_states" in kwargs:
+        return kwargs["hidden_states"]
+    raise MiprunError("cannot skip a block that is not called with its hidden states first")
+
+
+def _passthrough(block: Any, original: Any) -> Any:
+    """A forward that returns the block's input hidden states in the block's own output format."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        hidden = _hidden_argument(args, kwargs)
+        arity = _OUTPUT_ARITY.get(type(block))
+        if arity is None:  # learn the output format once per block class
+            out = original(*args, **kwargs)
+            arity = len(out) if isinstance(out, (tuple, list)) else 0
+            _OUTPUT_ARITY[type(block)] = arity
+        return hidden if arity == 0 else (hidden,) + (None,) * (arity - 1)
+
+    return forward
+
+
+@contextmanager
+def skipping(adapter: Any, blocks: Iterable[int]) -> Iterator[None]:
+    """Within the ``with`` block, blocks ``blocks`` (current indices) pass their input through.
+
+    Equivalent to removing them; nothing about the model changes once the block exits.
+    """
+    chosen = sorted(set(int(b) for b in blocks))
+    bad = [b for b in chosen if not 0 <= b < adapter.num_blocks]
+    if bad:
+        raise MiprunError(f"cannot skip blocks {bad}: the model has blocks 0..{adapter.num_blocks - 1}")
+    patched: list[tuple[Any, Any]] = []
+    try:
+        for index in chosen:
+            block = adapter.blocks[index]
+            previous = block.__dict__.get("forward")  # accelerate hooks set an instance attribute
+            block.forward = _passthrough(block, block.forward)
+            patched.append((block, previous))
+        yield
+    finally:
+        for block, previous in patched:
+            if previous is None:
+                del block.forward
+            else:
+                block.forward = previous
+
+
+@contextmanager
+def overriding(adapter: Any, parameters: dict[int, dict[str, torch.Tensor]]) -> Iterator[None]:
+    """Within the ``with`` block, block ``i`` uses ``parameters[i][name]`` in place of its own
+    parameter ``name`` (as named by ``block.named_parameters()``); the originals come back after."""
+    backups: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for index, tensors in parameters.items():
+                named = dict(adapter.blocks[index].named_parameters())
+                for name, value in tensors.items():
+                    if name not in named:
+                        raise MiprunError(f"block {index} has no parameter '{name}'")
+                    param = named[name]
+                    backups.append((param, param.detach().clone()))
+                    param.copy_(value.to(param.device, param.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for param, saved in reversed(backups):
+                param.copy_(saved)
+
+
+def _device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+class Prober:
+    """Runs ``model`` over calibration ``input_ids`` (n × L) and counts forward passes.
+
+    :param batch_size: sequences per batch (memory only; results do not depend on it beyond
+        floating-point summation order).
+    :param context: a :class:`~miprun.strategies.RunContext` whose ``forward_passes`` is kept in
+        step with this prober's.
+    """
+
+    def __init__(self, model: Any, adapter: Any, input_ids: Any, *, batch_size: int = 4, context: Any = None) -> None:
+        if input_ids is None or getattr(input_ids, "ndim", 0) != 2 or input_ids.shape[1] < 2:
+            raise MiprunError("probing needs calibration input_ids of shape (samples, tokens ≥ 2)")
+        if batch_size < 1:
+            raise MiprunError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model
+        self.adapter = adapter
+        self.input_ids = input_ids
+        self.batch_size = batch_size
+        self.context = context
+        self.passes = 0
+
+    @classmethod
+    def from_context(cls, context: Any, *, batch_size: int = 4, who: str = "this strategy") -> "Prober":
+        """A prober over the run's model and calibration tokens; a clear error without a context."""
+        if context is None or getattr(context, "model", None) is None:
+            raise MiprunError(f"{who} runs the model and needs the run context (model, calibration tokens); "
+                              f"use it through miprun.prune / miprun run / miprun compare")
+        return cls(context.model, context.adapter, context.input_ids, batch_size=batch_size, context=context)
+
+    @property
+    def num_tokens(self) -> int:
+        """Number of next-token predictions scored by :meth:`loss`: n × (L − 1)."""
+        return int(self.input_ids.shape[0] * (self.input_ids.shape[1] - 1))
+
+    def _count(self) -> None:
+        self.passes += 1
+        if self.context is not None:
+            self.context.forward_passes += 1
+
+    def _batches(self) -> Iterator[torch.Tensor]:
+        device = _device(self.model)
+        for start in range(0, self.input_ids.shape[0], self.batch_size):
+            yield self.input_ids[start : start + self.batch_size].to(device)
+
+    def loss(
+        self,
+        skip: Iterable[int] = (),
+        overrides: dict[int, dict[str, torch.Tensor]] | None = None,
+        *,
+        backward: bool = False,
+    ) -> float:
+        """Mean next-token negative log-likelihood (nats) over the calibration tokens with ``skip``
+        removed and ``overrides`` applied. One forward pass.
+
+        :param backward: also back-propagate the mean loss, accumulating into ``param.grad``
+            (the gradient of the loss over the *whole* calibration set, batch by batch).
+        """
+        total = 0.0
+        denominator = float(self.num_tokens)
+        grad = torch.enable_grad() if backward else torch.no_grad()
+        with skipping(self.adapter, skip), overriding(self.adapter, overrides or {}), grad:
+            for batch in self._batches():
+                logits = self.model(input_ids=batch, use_cache=False).logits
+                nll = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum"
+                )
+                if backward:
+                    (nll / denominator).backward()
+                total += float(nll.detach().double())
+                del logits, nll
+        self._count()
+        return total / denominator
+
+    def perplexity(self, skip: Iterable[int] = (), overrides: dict[int, dict[str, torch.Tensor]] | None = None) -> float:
+        """``exp`` of :meth:`loss` (calibration perplexity). One forward pass."""
+        return math.exp(self.loss(skip, overrides))
+
+    def final_states(
+        self, skip: Iterable[int] = (), overrides: dict[int, dict[str, torch.Tensor]] | None = None
+    ) -> torch.Tensor:
+        """The output of the last block (the residual stream before the final norm) at every
+        calibration token, float32 on the CPU, shape (n·L, hidden). One forward pass (no LM head)."""
+        captured: list[torch.Tensor] = []
+
+        def hook(module: Any, args: Any, out: Any) -> None:
+            hidden = out[0] if isinstance(out, (tuple, list)) else out
+            captured.append(hidden.detach().reshape(-1, hidden.shape[-1]).to("cpu", torch.float32))
+
+        handle = self.adapter.blocks[self.adapter.num_blocks - 1].register_forward_hook(hook)
+        try:
+            with skipping(self.adapter, skip), overriding(self.adapter, overrides or {}), torch.no_grad():
+                for batch in self._batches():
+                    self.adapter.backbone(input_ids=batch, use_cache=False)
+        finally:
+            handle.remove()
+        self._count()
+        return torch.cat(captured)
+
+    def boundary_states_at(self, position: int = -1) -> list[torch.Tensor]:
+        """The residual stream at every block boundary at one token ``position`` of every sequence:
+        T + 1 float32 CPU tensors of shape (n, hidden). One forward pass (no LM head)."""
+        boundaries: list[list[torch.Tensor]] = [[] for _ in range(self.adapter.num_blocks + 1)]
+
+        def take(index: int, value: Any) -> None:
+            hidden = value[0] if isinstance(value, (tuple, list)) else value
+            boundaries[index].append(hidden[:, position].detach().to("cpu", torch.float32))
+
+        def pre_hook(module: Any, args: Any, kwargs: Any) -> None:
+            take(0, _hidden_argument(args, kwargs))
+
+        handles = [self.adapter.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        for index, block in enumerate(self.adapter.blocks):
+            handles.append(block.register_forward_hook(lambda m, a, out, i=index: take(i + 1, out)))
+        try:
+            with torch.no_grad():
+                for batch in self._batches():
+                    self.adapter.backbone(input_ids=batch, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self._count()
+        return [torch.cat(parts) for parts in boundaries]
+
+
+def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over rows of the cosine similarity between matching rows of ``a`` and ``b``."""
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).mean())

@@ -1,0 +1,73 @@
+"""Scorer ``angular``: the angular distance between a span's input and output (Gromov et al., 2024,
+"The Unreasonable Ineffectiveness of the Deeper Layers").
+
+For a span of ``n`` blocks starting at block ``l`` the paper defines
+
+    d(x^(l), x^(l+n)) = (1/π) · arccos( x^(l) · x^(l+n) / (‖x^(l)‖ ‖x^(l+n)‖) )
+
+where ``x^(l)`` is the residual stream entering block ``l``. It lies in [0, 1]: 0 when the span
+leaves every token's direction unchanged (an identity span), 1 when it reverses it. The cosine is
+clamped to [−1, 1] before ``arccos`` so rounding can never produce NaN. The value is averaged over
+the collected tokens, or — with ``last_token=True``, the paper's own choice — over the last token
+of every calibration sequence only. Low distance = safe to remove; pair it with the ``best-span``
+selector to remove the best contiguous span as the paper does.
+
+Last-token positions: the ``hidden-states`` collector keeps a random subset of positions, which
+need not include the last one. When ``states.info`` carries ``last_token_states`` (T + 1 tensors,
+one row per sequence) they are used; otherwise the scorer runs one extra forward pass over the
+calibration tokens (through :mod:`miprun.probing`) that captures exactly the last position at
+every boundary, and counts it in the run's forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from miprun.scorers.boundary import boundary_span_scores
+from miprun.scores import SpanScores
+from miprun.strategies import BoundaryStates
+
+
+def angular_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over rows of arccos(cos(a_t, b_t)) / π for row-normalised ``a`` and ``b`` (n × d)."""
+    cosine = (a * b).sum(-1).clamp(-1.0, 1.0)
+    return float(torch.arccos(cosine).mean() / math.pi)
+
+
+class AngularScorer:
+    """Angular distance between span input and output, token mean (or last token only).
+
+    :param last_token: use only the last token of each calibration sequence (the paper's choice).
+    :param batch_size: sequences per batch for the extra last-token pass.
+    """
+
+    name = "angular"
+    needs_estimator = False
+
+    def __init__(self, last_token: bool = False, batch_size: int = 4) -> None:
+        self.last_token = last_token
+        self.batch_size = batch_size
+        self.options = {"last_token": last_token, "batch_size": batch_size}
+
+    def score(self, states: BoundaryStates, estimator: object | None = None, *, context: Any = None) -> SpanScores:
+        """Span scores with value = mean angular distance in [0, 1] (higher = more important)."""
+        if self.last_token:
+            states = self._last_token_states(states, context)
+
+        def prepare(x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(x.double(), dim=-1)
+
+        return boundary_span_scores(states, prepare, angular_distance, metric="angular", redundant_when_high=False)
+
+    def _last_token_states(self, states: BoundaryStates, context: Any) -> BoundaryStates:
+        given = states.info.get("last_token_states")
+        if given is not None:
+            return BoundaryStates(list(given), info={"tokens": int(given[0].shape[0]), "last_token": True})
+        from miprun.probing import Prober
+
+        prober = Prober.from_context(context, batch_size=self.batch_size, who="angular with last_token=True")
+        captured = prober.boundary_states_at(-1)
+        return BoundaryStates(captured, forward_passes=1, info={"tokens": int(captured[0].shape[0]), "last_token": True})
