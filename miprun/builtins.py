@@ -52,6 +52,26 @@ def miprun_register_scorers(register):
         "miprun.scorers.block_mi:BlockMIScorer",
         description="MI-PRUN: importance = −MI(span input, span output) with the chosen estimator",
     )
+    register(
+        "angular",
+        "miprun.scorers.angular:AngularScorer",
+        description="Gromov et al.: arccos(cos(span input, span output))/π, token mean or last token",
+    )
+    register(
+        "ppl",
+        "miprun.scorers.perplexity_drop:PerplexityDropScorer",
+        description="Shortened LLaMA PPL: calibration perplexity with the block removed (T passes)",
+    )
+    register(
+        "taylor",
+        "miprun.scorers.taylor:TaylorScorer",
+        description="Shortened LLaMA Taylor+: Σ|w·∂L/∂w| per block; first 4 / last 2 blocks kept",
+    )
+    register(
+        "magnitude",
+        "miprun.scorers.magnitude:MagnitudeScorer",
+        description="Weight magnitude per block (mean |w|, L1 or L2)",
+    )
 
 
 @hookimpl
@@ -72,6 +92,26 @@ def miprun_register_selectors(register):
         "miprun.selectors.brute_force:BruteForceSelector",
         description="Same refinement as fast-block-select with exact scores for every candidate",
     )
+    register(
+        "best-span",
+        "miprun.selectors.best_span:BestSpanSelector",
+        description="The contiguous span of N blocks with the lowest importance (Gromov et al.)",
+    )
+    register(
+        "sleb",
+        "miprun.selectors.sleb:SLEBSelector",
+        description="SLEB: remove the block whose removal raises calibration loss least, re-score, repeat",
+    )
+    register(
+        "laco",
+        "miprun.selectors.laco:LayerCollapseSelector",
+        description="LaCo: merge following layers into a base while the output stays similar",
+    )
+    register(
+        "random",
+        "miprun.selectors.random_blocks:RandomSelector",
+        description="N blocks drawn uniformly at random (seeded)",
+    )
 
 
 @hookimpl
@@ -81,4 +121,9 @@ def miprun_register_surgeons(register):
         "remove-blocks",
         "miprun.surgeons.remove_blocks:RemoveBlocksSurgeon",
         description="Delete whole decoder blocks, re-index per-layer state, update the config",
+    )
+    register(
+        "laco",
+        "miprun.surgeons.laco:LayerCollapseSurgeon",
+        description="LaCo: fold each removed block's parameter differences into the kept block before it",
     )

@@ -135,11 +135,8 @@ def test_named_sets_read_the_data_directory(monkeypatch):
 
 
 @pytest.mark.integration
-def test_smollm2_wikitext2_first_windows():
+def test_smollm2_wikitext2_first_windows(smollm2):
     """The default model on the first two 2048-token windows of WikiText-2 raw (~15 s)."""
-    from miprun.models.loading import load_model
-
-    loaded = load_model("smollm2-135m")
-    result = perplexity(loaded.model, loaded.tokenizer, "wikitext2", max_windows=2, progress=False)
+    result = perplexity(smollm2.model, smollm2.tokenizer, "wikitext2", max_windows=2, progress=False)
     assert result.seq_len == 2048 and result.tokens == 2 * 2047
     assert 5 < result.perplexity < 40

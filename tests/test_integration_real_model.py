@@ -20,7 +20,9 @@ from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
 pytestmark = pytest.mark.integration
 
 
-def test_run_with_no_arguments_prunes_the_default_model(tmp_path, smollm2):
+def test_run_with_no_arguments_prunes_the_default_model(tmp_path):
+    from miprun.models.loading import load_model
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     done = subprocess.run([sys.executable, "-m", "miprun.cli.main", "run"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -34,6 +36,7 @@ def test_run_with_no_arguments_prunes_the_default_model(tmp_path, smollm2):
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert reloaded.config.num_hidden_layers == 24 and len(reloaded.model.layers) == 24
     # the same blocks removed in memory from the original give the same logits
+    smollm2 = load_model("smollm2-135m")
     RemoveBlocksSurgeon().apply(smollm2.model, smollm2.adapter, report["selected_blocks"])
     ids = smollm2.tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
     with torch.no_grad():
@@ -63,3 +66,24 @@ def test_mi_prun_with_each_estimator_on_the_real_model(tmp_path, estimator):
     assert {"collect", "estimate", "select", "save"} <= set(report["timings"])
     assert len([r for r in report["span_table"] if r["length"] == 1]) == 30
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 24
+
+
+def test_gguf_file_loads_with_the_same_weights_as_the_cached_checkpoint(smollm2):
+    from miprun.models.embedded import embedded_checkpoint, gguf_path
+    from miprun.models.loading import load_model
+
+    embedded_checkpoint("smollm2-135m")
+    from_gguf = load_model(str(gguf_path("smollm2-135m")))
+    assert from_gguf.source["kind"] == "gguf" and from_gguf.adapter.num_blocks == 30
+    reference = AutoModelForCausalLM.from_pretrained(smollm2.source["path"]).eval()
+    ids = torch.tensor([[504, 3458, 282, 4649, 314]])
+    with torch.no_grad():
+        torch.testing.assert_close(from_gguf.model(ids).logits, reference(ids).logits)
+
+
+def test_hub_id_without_network_is_a_clear_error():
+    from miprun.errors import MiprunError
+    from miprun.models.loading import load_model
+
+    with pytest.raises(MiprunError, match="cannot load model 'no-such-org/no-such-model'"):
+        load_model("no-such-org/no-such-model")

@@ -71,6 +71,7 @@ def _run(
     from miprun.evaluation import compare_reports, evaluate, parse_tasks
     from miprun.evaluation.generation import DEFAULT_PROMPTS
     from miprun.evaluation.report import print_report, to_markdown
+    from miprun.evaluation.perplexity import check_dataset
     from miprun.evaluation.size_speed import SpeedConfig
 
     if limit is not None and limit <= 0:
@@ -80,6 +81,8 @@ def _run(
     limit_value = int(limit) if limit is not None and limit >= 1 and float(limit).is_integer() else limit
     task_names = parse_tasks(tasks)
     ppl_names = _split(ppl)
+    for name in ppl_names:
+        check_dataset(name)
     speed_config = SpeedConfig(prefill_len=prefill_len, decode_batch=decode_batch, decode_tokens=decode_tokens, repeats=repeats)
     prompts = tuple(prompt) if prompt else DEFAULT_PROMPTS
     stderr = Console(stderr=True)

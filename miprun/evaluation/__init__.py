@@ -15,7 +15,7 @@ from miprun.evaluation.generation import DEFAULT_PROMPTS
 from miprun.evaluation.lm_eval_bridge import PAPER_TASKS, parse_tasks
 from miprun.evaluation.size_speed import SpeedConfig
 
-__all__ = ["PAPER_TASKS", "SpeedConfig", "evaluate", "compare_reports", "parse_tasks"]
+__all__ = ["PAPER_TASKS", "SpeedConfig", "compare_reports", "evaluate", "parse_tasks", "two_ways"]
 
 
 def _model_info(model: Any, adapter: Any, source: dict[str, Any] | None) -> dict[str, Any]:
@@ -117,6 +117,9 @@ def evaluate(
             )
         }
         seconds["perplexity_lm_eval"] = round(time.perf_counter() - t0, 3)
+        ours = report.get("perplexity", {}).get("wikitext2")
+        if ours:
+            report["wikitext2_two_ways"] = two_ways(ours, report["perplexity_lm_eval"]["wikitext"])
     if task_names:
         t0 = time.perf_counter()
         scores = lm_eval_bridge.run_tasks(model, tokenizer, task_names, limit=limit, batch_size=task_batch_size)
@@ -135,6 +138,22 @@ def evaluate(
     seconds["total"] = round(time.perf_counter() - start, 3)
     report["seconds"] = seconds
     return report
+
+
+def two_ways(ours: dict[str, Any], lm_eval: dict[str, Any]) -> dict[str, Any]:
+    """WikiText-2 perplexity by miprun's protocol and by lm-eval's ``wikitext`` task, side by side.
+
+    ``miprun_token_ppl`` is miprun's headline number (per token of the model's tokenizer);
+    ``miprun_word_ppl`` re-expresses the same total NLL per whitespace-separated word, the unit of
+    lm-eval's ``word_perplexity`` (which scores detokenized document-level pages).
+    """
+    return {
+        "miprun_token_ppl": ours["perplexity"],
+        "miprun_word_ppl": ours.get("word_perplexity"),
+        "lm_eval_word_ppl": lm_eval.get("word_perplexity"),
+        "lm_eval_byte_ppl": lm_eval.get("byte_perplexity"),
+        "lm_eval_bits_per_byte": lm_eval.get("bits_per_byte"),
+    }
 
 
 def compare_reports(dense: dict[str, Any], pruned: dict[str, Any]) -> dict[str, Any]:

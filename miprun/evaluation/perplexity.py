@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -67,16 +66,27 @@ class PerplexityResult:
 # --------------------------------------------------------------------------------------- text
 
 
-def _hf_text(path: str, name: str | None, split: str, column: str, joiner: str, limit: int | None = None, **kwargs: Any) -> str:
-    try:
-        import datasets
+def _hf_text(
+    path: str, name: str | None, split: str, column: str, joiner: str, limit: int | None = None,
+    attempts: list[dict[str, Any]] | None = None, **kwargs: Any,
+) -> str:
+    """Rows of a Hugging Face data set joined into one text; ``attempts`` are further
+    ``load_dataset`` keyword sets tried in turn when the first load fails."""
+    import datasets
 
-        data = datasets.load_dataset(path, name, split=split, **kwargs)
-    except Exception as exc:  # network, missing scripts, …
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    attempts = [kwargs] + list(attempts or [])
+    data, error = None, None
+    for attempt in attempts:
+        try:
+            data = datasets.load_dataset(path, name, split=split, **attempt)
+            break
+        except Exception as exc:  # network, retired loading scripts, …
+            error = exc
+    if data is None:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise MiprunError(
             f"no local copy and cannot load '{path}' from Hugging Face ({first}); set MIPRUN_DATA_DIR to a data directory"
-        ) from exc
+        ) from error
     rows = data[column] if limit is None else data[column][:limit]
     return joiner.join(rows)
 
@@ -100,16 +110,30 @@ def _read_jsonl(path: Path) -> str:
     return "\n\n".join(pieces)
 
 
+def check_dataset(dataset: str) -> None:
+    """Raise :class:`MiprunError` unless ``dataset`` is a named set or an existing local file."""
+    if dataset in DATASETS:
+        return
+    path = Path(dataset).expanduser()
+    if path.is_file():
+        return
+    if path.suffix in (".txt", ".raw", ".jsonl", ".json") or "/" in dataset:
+        raise MiprunError(f"perplexity file '{dataset}' does not exist")
+    raise MiprunError(
+        f"unknown perplexity data set '{dataset}'{did_you_mean(dataset, list(DATASETS))}; "
+        f"use one of {', '.join(DATASETS)} or a path to a .txt/.jsonl file"
+    )
+
+
 def load_text(dataset: str) -> tuple[str, str]:
     """Return ``(text, source)`` for a named data set or a local ``.txt``/``.jsonl`` file.
 
     Named sets are read from the data directory when present (see ``miprun.data.datadir``), from
     Hugging Face ``datasets`` otherwise. ``source`` says which file or upstream name was used.
     """
+    check_dataset(dataset)
     path = Path(dataset).expanduser()
-    if dataset not in DATASETS and (path.suffix in (".txt", ".raw", ".jsonl", ".json") or path.exists()):
-        if not path.is_file():
-            raise MiprunError(f"perplexity file '{dataset}' does not exist")
+    if dataset not in DATASETS:
         text = _read_jsonl(path) if path.suffix in (".jsonl", ".json") else path.read_text(encoding="utf-8")
         return text, str(path.resolve())
     if dataset == "wikitext2":
@@ -117,12 +141,12 @@ def load_text(dataset: str) -> tuple[str, str]:
         if found:
             return found.read_text(encoding="utf-8"), str(found)
         # The rows of the HF set are the lines of wiki.test.raw with their newlines.
-        return _hf_text("wikitext", "wikitext-2-raw-v1", "test", "text", ""), "hf:wikitext/wikitext-2-raw-v1:test"
+        return _hf_text("Salesforce/wikitext", "wikitext-2-raw-v1", "test", "text", ""), "hf:wikitext/wikitext-2-raw-v1:test"
     if dataset == "wikitext2-tokenized":
         found = local_file("wikitext-2", "test.txt")
         if found:
             return found.read_text(encoding="utf-8"), str(found)
-        return _hf_text("wikitext", "wikitext-2-v1", "test", "text", ""), "hf:wikitext/wikitext-2-v1:test"
+        return _hf_text("Salesforce/wikitext", "wikitext-2-v1", "test", "text", ""), "hf:wikitext/wikitext-2-v1:test"
     if dataset == "c4":
         for name in ("c4-validation.00000-of-00008.json", "c4-validation.00000-of-00008.json.gz", "validation.jsonl"):
             found = local_file("c4", name)
@@ -131,15 +155,16 @@ def load_text(dataset: str) -> tuple[str, str]:
         shard = "en/c4-validation.00000-of-00008.json.gz"
         text = _hf_text("allenai/c4", None, "validation", "text", "\n\n", limit=1100, data_files={"validation": shard})
         return text, f"hf:allenai/c4:{shard}"
-    if dataset == "ptb":
-        found = local_file("ptb", "ptb.test.txt")
-        if found:
-            return found.read_text(encoding="utf-8"), str(found)
-        return _hf_text("ptb_text_only", "penn_treebank", "test", "sentence", " "), "hf:ptb_text_only/penn_treebank:test"
-    raise MiprunError(
-        f"unknown perplexity data set '{dataset}'{did_you_mean(dataset, list(DATASETS))}; "
-        f"use one of {', '.join(DATASETS)} or a path to a .txt/.jsonl file"
+    # ptb
+    found = local_file("ptb", "ptb.test.txt")
+    if found:
+        return found.read_text(encoding="utf-8"), str(found)
+    # The loading script of ptb_text_only no longer runs on datasets >= 4; its parquet export does.
+    text = _hf_text(
+        "ptb-text-only/ptb_text_only", "penn_treebank", "test", "sentence", " ",
+        attempts=[{"revision": "refs/convert/parquet"}],
     )
+    return text, "hf:ptb-text-only/ptb_text_only/penn_treebank:test"
 
 
 def _read_jsonl_first(path: Path, count: int) -> str:
@@ -217,17 +242,40 @@ def _model_device(model: Any):
         return torch.device("cpu")
 
 
-def _progress(enabled: bool | None):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+class _Progress:
+    """Progress over windows on stderr: a rich bar on a terminal, a line per ~10 % otherwise."""
 
-    console = Console(stderr=True)
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=not enabled, transient=False,
-    )
+    def __init__(self, enabled: bool | None, label: str, total: int) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.enabled = self.console.is_terminal if enabled is None else enabled
+        self.label, self.total, self.done = label, total, 0
+        self.start = time.perf_counter()
+        self.bar = None
+        self.every = max(1, total // 10)
+
+    def __enter__(self) -> "_Progress":
+        if self.enabled and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=self.console)
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=self.total)
+        return self
+
+    def advance(self, count: int) -> None:
+        """Record ``count`` more windows done."""
+        before, self.done = self.done, self.done + count
+        if self.bar is not None:
+            self.bar.advance(self.task, count)
+        elif self.enabled and (self.done // self.every > before // self.every or self.done == self.total):
+            elapsed = time.perf_counter() - self.start
+            self.console.print(f"{self.label}: {self.done}/{self.total} windows, {elapsed:.0f} s", highlight=False)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def nll_of_windows(model: Any, windows: list[tuple[list[int], int]], *, batch_size: int = 1, progress: bool | None = None, label: str = "perplexity") -> tuple[float, int]:
@@ -247,8 +295,7 @@ def nll_of_windows(model: Any, windows: list[tuple[list[int], int]], *, batch_si
             batches[-1].append(i)
         else:
             batches.append([i])
-    with _progress(progress) as bar, torch.inference_mode():
-        task = bar.add_task(label, total=len(windows))
+    with _Progress(progress, label, len(windows)) as bar, torch.inference_mode():
         for batch in batches:
             input_ids = torch.tensor([windows[i][0] for i in batch], dtype=torch.long, device=device)
             logits = model(input_ids=input_ids, use_cache=False).logits
@@ -261,7 +308,7 @@ def nll_of_windows(model: Any, windows: list[tuple[list[int], int]], *, batch_si
                 total += float(nll.double().sum())
                 count += int(targets.numel())
             del logits
-            bar.advance(task, len(batch))
+            bar.advance(len(batch))
     return total, count
 
 
@@ -283,7 +330,8 @@ def perplexity(
     :param add_bos: prepend the prefix token (BOS, else EOS) to every window.
     :param max_windows: evaluate only the first N windows (quick runs; the result says so).
     :param text: evaluate this text instead of loading ``dataset`` (``dataset`` is then a label).
-    :param progress: rich progress bar on stderr (None: only when stderr is a terminal).
+    :param progress: progress on stderr, a rich bar on a terminal, lines otherwise (None: only
+        when stderr is a terminal).
     """
     start = time.perf_counter()
     if text is None:

@@ -22,13 +22,16 @@ class ArchitectureSpec:
     :param config: dotted path from ``model.config`` to the sub-config holding the layer count
         (empty for the top-level config).
     :param per_layer_fields: config fields holding one entry per layer, sliced on removal.
-    :param ffn: names inside a block of the feed-forward up/gate/down projections (for width pruning).
+    :param ffn: names inside a block of the feed-forward up/gate/down projections (for width pruning);
+        the last one is the down projection, the others produce the FFN's hidden neurons.
+    :param ffn_size_field: config field holding the FFN width (``intermediate_size``; GPT-2 ``n_inner``).
     """
 
     blocks: tuple[str, ...]
     config: str = ""
     per_layer_fields: tuple[str, ...] = ("layer_types",)
     ffn: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+    ffn_size_field: str = "intermediate_size"
 
 
 _LLAMA_LIKE = ArchitectureSpec(blocks=("model.layers", "layers"))
@@ -44,7 +47,7 @@ SPECS: dict[str, ArchitectureSpec] = {
         config="text_config",
     ),
     "gpt2": ArchitectureSpec(
-        blocks=("transformer.h", "h"), per_layer_fields=(), ffn=("mlp.c_fc", "mlp.c_proj")
+        blocks=("transformer.h", "h"), per_layer_fields=(), ffn=("mlp.c_fc", "mlp.c_proj"), ffn_size_field="n_inner"
     ),
     "bert": ArchitectureSpec(
         blocks=("bert.encoder.layer", "encoder.layer"),
@@ -119,6 +122,42 @@ class ArchitectureAdapter:
             if isinstance(values, (list, tuple)) and len(values) >= max(keep, default=-1) + 1:
                 setattr(config, field_name, [values[i] for i in keep])
         config.num_hidden_layers = len(keep)
+
+
+    # -------------------------------------------------------------- FFN access (width pruning)
+
+    def ffn_modules(self, index: int) -> tuple[list[Any], Any]:
+        """The FFN of block ``index``: ``(producers, down)`` — the modules whose outputs are the FFN
+        neurons (gate/up, ``c_fc``, ``intermediate.dense``) and the down projection that reads them."""
+        block = self.blocks[index]
+        try:
+            modules = [_resolve(block, name) for name in self.spec.ffn]
+        except AttributeError as exc:
+            raise MiprunError(
+                f"block {index} of '{self.model_type}' has no FFN modules {', '.join(self.spec.ffn)} ({exc})"
+            ) from None
+        return modules[:-1], modules[-1]
+
+    def ffn_width(self, index: int) -> int:
+        """Number of FFN neurons of block ``index`` (the down projection's input size)."""
+        _, down = self.ffn_modules(index)
+        return ffn_in_features(down)
+
+    def set_ffn_width(self, width: int) -> None:
+        """Record a common FFN width in the config (``intermediate_size`` / ``n_inner``)."""
+        setattr(self.block_config, self.spec.ffn_size_field, int(width))
+
+
+def ffn_in_features(module: Any) -> int:
+    """Input size of a down projection: ``nn.Linear.in_features`` or GPT-2 ``Conv1D`` (weight in × out)."""
+    if hasattr(module, "in_features"):
+        return int(module.in_features)
+    return int(module.weight.shape[0])
+
+
+def ffn_widths(adapter: ArchitectureAdapter) -> list[int]:
+    """FFN width of every block, in block order."""
+    return [adapter.ffn_width(i) for i in range(adapter.num_blocks)]
 
 
 def adapter_for(model: Any) -> ArchitectureAdapter:

