@@ -17,6 +17,11 @@ def miprun_register_collectors(register):
         "miprun.collectors.hidden_states:HiddenStatesCollector",
         description="Residual stream at every block boundary (before the final norm), float32 on CPU",
     )
+    register(
+        "ffn-activations",
+        "miprun.collectors.ffn_activations:FFNActivationsCollector",
+        description="[neuron] Input of every FFN down projection (after gating), token-subsampled, float32 on CPU",
+    )
 
 
 @hookimpl
@@ -28,6 +33,11 @@ def miprun_register_estimators(register):
         description="Matrix-based Rényi α-entropy MI from Gram matrices (α=2 Frobenius fast path)",
     )
     register(
+        "gaussian-channel",
+        "miprun.estimators.gaussian_channel:GaussianChannelEstimator",
+        description="Per-token additive Gaussian channel MI ½log(‖y‖²/‖y−x‖²) (block default)",
+    )
+    register(
         "ksg",
         "miprun.estimators.ksg:KSGEstimator",
         description="Kraskov–Stögbauer–Grassberger k-NN MI (algorithm 1), optional projection",
@@ -36,6 +46,21 @@ def miprun_register_estimators(register):
         "gaussian",
         "miprun.estimators.gaussian:GaussianEstimator",
         description="Gaussian log-det MI with Wishart bias correction and optional PCA rank",
+    )
+    register(
+        "neuron-renyi",
+        "miprun.estimators.neuron_renyi:NeuronRenyiEstimator",
+        description="[neuron] All-pairs Rényi α-MI of scalar neurons, α=1.01, Scott + kernel-alignment widths (EMA)",
+    )
+    register(
+        "neuron-gaussian",
+        "miprun.estimators.neuron_gaussian:NeuronGaussianEstimator",
+        description="[neuron] All-pairs Gaussian-copula MI −½log(1−ρ²) of rank-normalised neurons (fast)",
+    )
+    register(
+        "neuron-pearson",
+        "miprun.estimators.neuron_pearson:NeuronPearsonEstimator",
+        description="[neuron] |Pearson correlation| in place of MI (the paper's ablation baseline)",
     )
 
 
@@ -51,6 +76,11 @@ def miprun_register_scorers(register):
         "block-mi",
         "miprun.scorers.block_mi:BlockMIScorer",
         description="MI-PRUN: importance = −MI(span input, span output) with the chosen estimator",
+    )
+    register(
+        "neuron-mi",
+        "miprun.scorers.neuron_mi:NeuronMIScorer",
+        description="[neuron] Pairwise neuron redundancy per FFN layer from a neuron estimator",
     )
     register(
         "angular",
@@ -93,6 +123,26 @@ def miprun_register_selectors(register):
         description="Same refinement as fast-block-select with exact scores for every candidate",
     )
     register(
+        "mds-cluster",
+        "miprun.selectors.mds_cluster:MDSClusterSelector",
+        description="[neuron] MDS of d=A·exp(−MI), k-means, keep the neuron nearest each centroid; best of M seeds by KL",
+    )
+    register(
+        "mi-threshold",
+        "miprun.selectors.mi_threshold:MIThresholdSelector",
+        description="[neuron] Huang et al. Algorithm 1: drop one neuron of random pairs with MI above T_r",
+    )
+    register(
+        "neuron-magnitude",
+        "miprun.selectors.neuron_magnitude:NeuronMagnitudeSelector",
+        description="[neuron] Baseline: remove the neurons with the smallest weight norm",
+    )
+    register(
+        "neuron-random",
+        "miprun.selectors.neuron_random:NeuronRandomSelector",
+        description="[neuron] Baseline: remove random neurons (seeded)",
+    )
+    register(
         "best-span",
         "miprun.selectors.best_span:BestSpanSelector",
         description="The contiguous span of N blocks with the lowest importance (Gromov et al.)",
@@ -121,6 +171,11 @@ def miprun_register_surgeons(register):
         "remove-blocks",
         "miprun.surgeons.remove_blocks:RemoveBlocksSurgeon",
         description="Delete whole decoder blocks, re-index per-layer state, update the config",
+    )
+    register(
+        "slice-ffn",
+        "miprun.surgeons.slice_ffn:SliceFFNSurgeon",
+        description="[neuron] Remove FFN neurons (gate/up rows, down columns; GPT-2 Conv1D, BERT); update intermediate_size",
     )
     register(
         "laco",

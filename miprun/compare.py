@@ -79,7 +79,7 @@ def builtin_methods() -> dict[str, MethodSpec]:
         "mi-brute-force": _mi("brute-force", "MI-PRUN refinement scoring every candidate span exactly"),
         "shortgpt": MethodSpec("", "greedy", "block-influence", description="ShortGPT block influence (1 − cos), greedy"),
         "angular": MethodSpec("", "best-span", "angular", description="Gromov et al.: best contiguous span by angular distance"),
-        "angular-last": MethodSpec("", "best-span", "angular", options={"scorer": {"last_token": True}},
+        "angular-last": MethodSpec("", "best-span", "angular", options={"scorer": {"last_token": True}}, uses_states=False,
                                    description="Angular distance on the last token only (the paper's setting)"),
         "sleb": MethodSpec("", "sleb", uses_states=False, description="SLEB: iterative removal by calibration loss"),
         "ppl": MethodSpec("", "greedy", "ppl", uses_states=False,

@@ -45,6 +45,7 @@ NEURON = "neuron"
 DEFAULT_NEURON_ESTIMATOR = "neuron-renyi"
 DEFAULT_NEURON_SELECTOR = "mds-cluster"
 _CACHE_BYTES = 1 << 30
+NORMALIZE = ("auto", "self", "none")
 
 # ------------------------------------------------------------------ data flowing between neuron strategies
 
@@ -79,6 +80,9 @@ class NeuronScores:
     of 11 008 neurons are handled one at a time. ``seconds[i]`` is the time spent on layer ``i``.
 
     :param compute: ``compute(i) -> matrix``; None for runs whose selector uses no activations.
+    :param self_information: the diagonal holds each neuron's finite self-information I(i; i) (Rényi
+        MI; |ρ| = 1), so :meth:`similarity` can normalise by it; False when the diagonal is only a cap
+        (Gaussian-copula MI is infinite there).
     """
 
     def __init__(
@@ -90,9 +94,11 @@ class NeuronScores:
         metric: str = "none",
         activations: FFNActivations | None = None,
         cache_bytes: int = _CACHE_BYTES,
+        self_information: bool = False,
         info: dict[str, Any] | None = None,
     ) -> None:
         self.layers = list(layers)
+        self.self_information = bool(self_information)
         self.widths = list(widths)
         self.metric = metric
         self.activations = activations
@@ -129,6 +135,27 @@ class NeuronScores:
         self._cache[index] = matrix
         return matrix
 
+    def similarity(self, index: int, normalize: str = "auto") -> Any:
+        """The matrix of layer ``index`` as selectors compare it.
+
+        ``normalize="self"`` divides by the self-information, s_ij = I_ij / √(I_ii I_jj) (1 on the
+        diagonal and for exact copies; 0 off the diagonal for a neuron with I_ii = 0); ``"none"``
+        returns the raw values; ``"auto"`` (default) normalises when the diagonal is a
+        self-information (:attr:`self_information`) and otherwise returns the raw values.
+        """
+        if normalize not in NORMALIZE:
+            raise MiprunError(f"normalize={normalize!r} must be one of {', '.join(NORMALIZE)}")
+        matrix = self.pairwise(index)
+        if normalize == "none" or (normalize == "auto" and not self.self_information):
+            return matrix
+        import torch
+
+        diagonal = matrix.diagonal().to(torch.float64)
+        scale = torch.where(diagonal > 1e-12, diagonal, torch.full_like(diagonal, float("inf"))).sqrt()
+        out = (matrix.to(torch.float64) / (scale[:, None] * scale[None, :])).to(torch.float32)
+        out.fill_diagonal_(1.0)
+        return out
+
     def release(self, index: int) -> None:
         """Drop the cached matrix of layer position ``index``."""
         self._cache.pop(index, None)
@@ -157,6 +184,9 @@ class NeuronSelection:
     evaluations: int = 0
     trace: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    merges: dict[int, list[tuple[int, int, float]]] | None = None
+    """Optional compensation: per layer, ``(removed j, kept k, β)`` — the surgeon adds β × neuron j's
+    down-projection weights to neuron k's (``mds-cluster merge=True``)."""
 
     def removed(self, widths: dict[int, int]) -> dict[int, list[int]]:
         """Removed neuron indices per layer, given each layer's original width."""
@@ -176,6 +206,16 @@ def check_selection(selection: NeuronSelection, layers: list[int], widths: list[
                 f"the selector kept {len(kept)} neurons in layer {layer}, expected {width - count}; "
                 f"miprun saves standard checkpoints, which need the same FFN width in every layer"
             )
+
+
+def accepts_merges(method: Any) -> bool:
+    """Whether a surgeon's ``apply`` takes the optional ``merges`` keyword."""
+    import inspect
+
+    try:
+        return "merges" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------ counts and plan
@@ -338,7 +378,13 @@ def prune_neurons(
         selection = call_with_context(strategies["selector"].select, scores, count, context=context)
     check_selection(selection, layers, widths, count)
     with stage("operate", timings, reporter):
-        surgery = strategies["surgeon"].apply(loaded.model, loaded.adapter, selection.keep)
+        surgeon = strategies["surgeon"]
+        if selection.merges and accepts_merges(surgeon.apply):
+            surgery = surgeon.apply(loaded.model, loaded.adapter, selection.keep, merges=selection.merges)
+        elif selection.merges:
+            raise MiprunError(f"the selection asks to merge neurons, which surgeon '{plan.names['surgeon']}' cannot do")
+        else:
+            surgery = surgeon.apply(loaded.model, loaded.adapter, selection.keep)
 
     width_of = dict(zip(layers, widths))
     report = base_report(loaded, calibration, seed=seed, plan=plan, registry=registry)

@@ -29,6 +29,11 @@ def _load(spec: str, dtype: str, device: str | None):
     return loaded
 
 
+def _write_json(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
 def eval_command(
     model: str = typer.Argument("smollm2-135m", help="Embedded name, checkpoint directory, .gguf file or hub id."),
     ppl: str = typer.Option("wikitext2", "--ppl", help="Perplexity data: comma list of wikitext2, wikitext2-tokenized, c4, ptb or .txt/.jsonl paths; 'none' to skip."),
@@ -87,6 +92,10 @@ def _run(
     prompts = tuple(prompt) if prompt else DEFAULT_PROMPTS
     stderr = Console(stderr=True)
 
+    def save_partial(partial: dict) -> None:
+        if json_file:
+            _write_json(json_file, {**partial, "partial": True})
+
     loaded = _load(model, dtype, device)
     stderr.print(f"[dim]loaded {model} ({loaded.adapter.num_blocks} blocks) in {loaded.source.get('load_seconds')} s[/dim]")
     report = evaluate(
@@ -94,6 +103,7 @@ def _run(
         generate=generate, progress=True, seq_len=seq_len, batch_size=batch_size, task_batch_size=batch_size,
         max_windows=max_windows, ppl_lm_eval=ppl_lm_eval, lm_eval_pages=lm_eval_pages, speed_config=speed_config,
         prompts=prompts, max_new_tokens=max_new_tokens, source=loaded.source, adapter=loaded.adapter,
+        on_section=save_partial,
     )
     if compare_to:
         dense = _load(compare_to, dtype, device)
@@ -107,8 +117,7 @@ def _run(
 
     print_report(report, Console())
     if json_file:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        json_file.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        _write_json(json_file, report)
         stderr.print(f"wrote {json_file}")
     if markdown_file:
         markdown_file.parent.mkdir(parents=True, exist_ok=True)

@@ -16,16 +16,17 @@ from miprun.models.embedded import DEFAULT_MODEL
 def run(
     model: Annotated[str, typer.Option(help="Embedded name, checkpoint directory, .gguf file or hub id")] = DEFAULT_MODEL,
     calib: Annotated[str, typer.Option(help="wikitext2, c4, ptb, alpaca, self, or a .txt/.jsonl file")] = "wikitext2",
-    prune: Annotated[Optional[int], typer.Option("--prune", "-n", help="Number of blocks to remove")] = None,
-    ratio: Annotated[Optional[float], typer.Option(help="Fraction of blocks to remove (default 0.2)")] = None,
+    prune: Annotated[Optional[int], typer.Option("--prune", "-n", help="Number of blocks (neuron granularity: FFN neurons per layer) to remove")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help="Fraction of blocks (neuron granularity: of each FFN's neurons) to remove (default 0.2)")] = None,
+    granularity: Annotated[str, typer.Option(help="What to remove: block (depth) or neuron (FFN width)")] = "block",
     num_samples: Annotated[int, typer.Option(help="Calibration sequences")] = 16,
     seq_len: Annotated[int, typer.Option(help="Tokens per calibration sequence")] = 256,
     seed: Annotated[int, typer.Option(help="Seed for data sampling and every seeded strategy")] = 0,
-    collector: Annotated[str, typer.Option(help="Collector name (miprun list collector)")] = "hidden-states",
+    collector: Annotated[Optional[str], typer.Option(help="Collector (default hidden-states; neuron: ffn-activations)")] = None,
     estimator: Annotated[Optional[str], typer.Option(help="MI estimator; naming one selects the block-mi scorer")] = None,
     scorer: Annotated[Optional[str], typer.Option(help="Scorer (default block-influence, or block-mi with --estimator)")] = None,
     selector: Annotated[Optional[str], typer.Option(help="Selector (default greedy, or fast-block-select for block-mi)")] = None,
-    surgeon: Annotated[str, typer.Option(help="Surgeon name")] = "remove-blocks",
+    surgeon: Annotated[Optional[str], typer.Option(help="Surgeon (default remove-blocks; neuron: slice-ffn)")] = None,
     option: Annotated[list[str], typer.Option("--option", "-o", help="Strategy option KIND.KEY=VALUE, repeatable")] = [],
     output: Annotated[Optional[Path], typer.Option(help="Checkpoint directory (default pruned/<model>-...)")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory (atomically)")] = False,
@@ -41,13 +42,16 @@ def run(
     with RichReporter() as reporter:
         result = run_pipeline(
             model, n=prune, ratio=ratio, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
-            collector=collector, estimator=estimator, scorer=scorer, selector=selector, surgeon=surgeon,
+            granularity=granularity, collector=collector, estimator=estimator, scorer=scorer, selector=selector, surgeon=surgeon,
             options=parse_options(option), output=output, overwrite=overwrite, dtype=dtype,
             device_map=device_map, evaluate=evaluate, reporter=reporter,
         )
     report = result.report
     if json_output:
         print_json(report)
+        return
+    if report.get("granularity") == "neuron":
+        _print_neuron_run(result)
         return
     table = Table(title="miprun run", show_header=False)
     table.add_row("model", str(report["model"]["spec"]))
@@ -63,3 +67,33 @@ def run(
     table.add_row("saved to", str(result.output))
     out.print(table)
     err.print(f"load it with AutoModelForCausalLM.from_pretrained('{result.output}')")
+
+
+def _perplexity_value(value: object) -> str:
+    if isinstance(value, dict):
+        value = value.get("perplexity")
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _print_neuron_run(result) -> None:
+    """The summary table of a neuron-granularity run."""
+    report = result.report
+    surgery, prune, scores = report["surgery"], report["prune"], report["neuron_scores"]
+    table = Table(title="miprun run --granularity neuron", show_header=False)
+    table.add_row("model", str(report["model"]["spec"]))
+    table.add_row("strategies", ", ".join(f"{k}={v['name']}" for k, v in report["strategies"].items()))
+    table.add_row("FFN width", f"{surgery['width_before'][0]} → {surgery['width_after']} "
+                               f"({prune['neurons_per_layer']} removed from each of {prune['layers']} layers, "
+                               f"{surgery['config_field']})")
+    table.add_row("parameters", f"{surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
+    table.add_row("relative FLOPs", f"{surgery['relative_flops']:.3f} (FFN {surgery['relative_ffn_flops']:.3f})")
+    if scores.get("mean_seconds_per_layer") is not None:
+        table.add_row("estimate s/layer", f"{scores['mean_seconds_per_layer']:.2f} ({scores['metric']})")
+    table.add_row("timings (s)", ", ".join(f"{k} {v:.2f}" for k, v in report["timings"].items()))
+    if "evaluation" in report:
+        for name, value in report["evaluation"].get("perplexity", {}).items():
+            table.add_row(f"perplexity {name}", _perplexity_value(value))
+    table.add_row("saved to", str(result.output))
+    out.print(table)
+    if result.output is not None:
+        err.print(f"load it with AutoModelForCausalLM.from_pretrained('{result.output}')")

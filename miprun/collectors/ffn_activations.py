@@ -81,7 +81,10 @@ class FFNActivationsCollector:
         current: dict[str, torch.Tensor] = {}
 
         def hook(index: int):
+            """A pre-hook keeping layer ``index``'s sampled positions."""
+
             def take(module, args, kwargs):
+                """Gather the kept token positions of the down projection's input."""
                 hidden = args[0] if args else kwargs["input"]
                 rows = current["keep"].to(hidden.device)
                 picked = torch.gather(hidden, 1, rows.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from miprun.errors import MiprunError
+from miprun.estimators.neuron_mi import ScalarPairMixin
 from miprun.estimators.preprocess import copula_normal
 
 _MIN_RESIDUAL = 1e-12
@@ -46,7 +47,7 @@ def as_activation_matrix(acts: Any, owner: str) -> torch.Tensor:
     return x
 
 
-class NeuronGaussianEstimator:
+class NeuronGaussianEstimator(ScalarPairMixin):
     """All-pairs Gaussian-copula MI −½ log(1 − ρ²) of scalar neurons (see the module docstring).
 
     :param copula: rank-transform to normal scores first (default); False uses the raw
@@ -55,6 +56,7 @@ class NeuronGaussianEstimator:
 
     name = "neuron-gaussian"
     granularity = "neuron"
+    self_information = False  # the diagonal is only the cap (I(X; X) is infinite)
 
     def __init__(self, *, copula: bool = True) -> None:
         self.copula = bool(copula)

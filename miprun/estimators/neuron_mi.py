@@ -8,7 +8,8 @@ per FFN layer::
 
 returning a symmetric float32 matrix of dependence between every pair of neurons (higher = more
 redundant; MI in nats for the MI estimators), and filling ``info`` with what it chose (widths, token
-batches). The block-level protocol (``prepare`` / ``mi_prepared`` / ``mi``) is not required.
+batches). The built-in ones also follow the :class:`~miprun.strategies.Estimator` protocol for two
+*scalar* variables (:class:`ScalarPairMixin`): ``mi(x, y)`` is one entry of ``pairwise``.
 
 Vectorised kernel alignment
     :func:`aligned_widths` is :func:`miprun.estimators.kernels.aligned_width` run for many scalar
@@ -35,6 +36,33 @@ _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 CHUNK_BYTES = 64 * 2**20
 
 
+class ScalarPairMixin:
+    """``prepare`` / ``mi_prepared`` / ``mi`` for two scalar neurons, from ``pairwise`` on the pair
+    (so a neuron estimator also satisfies :class:`miprun.strategies.Estimator`)."""
+
+    def prepare(self, x: Any) -> torch.Tensor:
+        """One neuron's activations as a (tokens,) float64 tensor; more than one column is an error."""
+        from miprun.errors import MiprunError
+
+        t = torch.as_tensor(x).detach().to("cpu", torch.float64)
+        if t.ndim == 2 and t.shape[1] == 1:
+            t = t[:, 0]
+        if t.ndim != 1:
+            raise MiprunError(
+                f"{getattr(self, 'name', 'this estimator')} measures scalar neurons, got shape {tuple(t.shape)}; "
+                f"use a block estimator (renyi, gaussian, ksg) for vectors"
+            )
+        return t
+
+    def mi_prepared(self, px: torch.Tensor, py: torch.Tensor) -> float:
+        """The dependence between two prepared neurons (an off-diagonal entry of ``pairwise``)."""
+        return float(self.pairwise(torch.stack([px, py], dim=1))[0, 1])  # type: ignore[attr-defined]
+
+    def mi(self, x: Any, y: Any) -> float:
+        """The dependence between two neurons given as (tokens,) or (tokens × 1) arrays."""
+        return self.mi_prepared(self.prepare(x), self.prepare(y))
+
+
 def scalar_sq_dists(x: torch.Tensor) -> torch.Tensor:
     """Squared distances between the tokens of every neuron: (m, n, n) from ``x`` (n × m)."""
     t = x.T.contiguous()
@@ -50,21 +78,58 @@ def scott_widths(x: torch.Tensor, gamma: float) -> torch.Tensor:
     return gamma * std * n ** (-1.0 / 5.0)
 
 
-def _centered_norms(k: torch.Tensor) -> torch.Tensor:
-    """‖HKH‖_F for a stack of symmetric matrices (C × n × n)."""
-    n = k.shape[-1]
-    rows = k.sum(dim=-1)
-    value = k.pow(2).sum(dim=(-2, -1)) - 2.0 / n * rows.pow(2).sum(dim=-1) + (rows.sum(dim=-1) / n).pow(2)
-    return value.clamp_min(0.0).sqrt()
+ALIGNMENTS = ("unbiased", "centred")
 
 
-def _alignment(dist: torch.Tensor, log_sigma: torch.Tensor, target_c: torch.Tensor, target_norm: float) -> torch.Tensor:
-    """Centred alignment of K_σ (one σ per neuron) with the centred target, for a chunk of neurons."""
-    sigma2 = torch.exp(2.0 * log_sigma)[:, None, None]
-    gram = torch.exp(dist / (-2.0 * sigma2))
-    den = _centered_norms(gram) * target_norm
-    num = (gram * target_c).sum(dim=(-2, -1))
-    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.full_like(num, -1.0))
+class _Target:
+    """A target Gram matrix prepared for :func:`_alignment` (flattened, with the sums it needs)."""
+
+    def __init__(self, target: torch.Tensor, mode: str, dtype: torch.dtype) -> None:
+        t = target.to(torch.float64)
+        n = t.shape[0]
+        self.n, self.mode = n, mode
+        if mode == "centred":
+            centred = t - t.mean(dim=0, keepdim=True) - t.mean(dim=1, keepdim=True) + t.mean()
+            self.flat = centred.reshape(-1).to(dtype)
+            self.norm = float(centred.norm())
+        else:
+            off = t.clone()
+            off.fill_diagonal_(0.0)
+            self.flat = off.reshape(-1).to(dtype)
+            self.total = float(off.sum())
+            self.rows = off.sum(dim=1)
+            self.hsic = _hsic_u(float(off.pow(2).sum()), self.total, self.total, float(self.rows @ self.rows), n)
+            self.norm = math.sqrt(self.hsic) if self.hsic > 0 else 0.0
+        # one matrix product gives ⟨K, target⟩ and the n row sums of every K: (n² × (1 + n))
+        row_sum = torch.zeros(n * n, n, dtype=dtype)
+        row_sum[torch.arange(n * n), torch.arange(n).repeat_interleave(n)] = 1.0
+        self.reducer = torch.cat([self.flat[:, None], row_sum], dim=1)
+
+
+def _hsic_u(inner: Any, total_k: Any, total_l: Any, rows_dot: Any, n: int) -> Any:
+    """n(n−3) · unbiased HSIC (Song et al. 2012) of zero-diagonal kernels from their sums."""
+    return inner + total_k * total_l / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * rows_dot
+
+
+def _alignment(dist: torch.Tensor, log_sigma: torch.Tensor, target: _Target) -> torch.Tensor:
+    """Alignment of K_σ (one σ per neuron; ``dist`` = C × n² flattened squared distances) with the
+    target: centred (Cristianini et al.; as :func:`~miprun.estimators.kernels.centered_alignment`)
+    or unbiased (the diagonal of both kernels excluded; see :func:`aligned_widths`)."""
+    n = target.n
+    scale = (-0.5 * torch.exp(-2.0 * log_sigma)).to(dist.dtype)[:, None]
+    gram = torch.exp(dist * scale)
+    reduced = (gram @ target.reducer).to(torch.float64)
+    inner, rows = reduced[:, 0], reduced[:, 1:]
+    sq = torch.linalg.vector_norm(gram, dim=1).to(torch.float64).pow(2)
+    if target.mode == "centred":
+        norm2 = sq - 2.0 / n * rows.pow(2).sum(dim=-1) + (rows.sum(dim=-1) / n).pow(2)
+    else:  # the Gaussian diagonal is exactly 1: remove it from every sum
+        rows = rows - 1.0
+        total = rows.sum(dim=-1)
+        inner = _hsic_u(inner, total, target.total, rows @ target.rows, n)
+        norm2 = _hsic_u(sq - n, total, total, rows.pow(2).sum(dim=-1), n)
+    den = norm2.clamp_min(0.0).sqrt() * target.norm
+    return torch.where((den > 0) & (norm2 > 0), inner / den.clamp_min(1e-300), torch.full_like(inner, -1.0))
 
 
 def aligned_widths(
@@ -75,23 +140,34 @@ def aligned_widths(
     span: float = 16.0,
     grid_points: int = 17,
     rel_tol: float = 1e-3,
+    alignment: str = "centred",
     chunk: int | None = None,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """Per-neuron widths maximising the centred alignment between each neuron's Gaussian kernel and
+    """Per-neuron widths maximising the alignment between each neuron's Gaussian kernel and
     ``target_gram`` (e.g. the layer's kernel), searched on [σ₀/span, σ₀·span] around ``initial``.
 
     :param x: data (n × m), one column per scalar neuron.
     :param target_gram: n × n target kernel over the same tokens.
     :param initial: (m,) starting widths σ₀ (e.g. :func:`scott_widths`).
+    :param alignment: ``centred`` — A(K, T) = ⟨HKH, HTH⟩/(‖HKH‖‖HTH‖), exactly what
+        :func:`miprun.estimators.kernels.aligned_width` maximises; ``unbiased`` — the same with the
+        unbiased HSIC U-statistic of Song et al. (2012) in place of ⟨HKH, HTH⟩, which leaves out the
+        diagonals. A Gaussian kernel's diagonal is 1 whatever the width, and on a small token batch
+        it dominates the centred layer kernel, so the centred alignment always prefers the smallest
+        width (or, with the diagonal simply zeroed, rejects every width); the unbiased form does not.
+    :param dtype: precision of the kernels (float32 halves the time; sums are taken in float64).
     :returns: (m,) float64 widths; σ₀ where no width aligns positively (e.g. a constant neuron).
     """
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
     x = x.to(torch.float64)
     n, m = x.shape
-    target = target_gram.to(torch.float64)
-    target_c = target - target.mean(dim=0, keepdim=True) - target.mean(dim=1, keepdim=True) + target.mean()
-    target_norm = float(target_c.norm())
     initial = initial.to(torch.float64)
-    if target_norm == 0 or n < 2:
+    if n < 4 or float(target_gram.abs().sum()) == 0:
+        return initial.clone()
+    target = _Target(target_gram, alignment, dtype)
+    if target.norm == 0:
         return initial.clone()
     chunk = chunk or max(1, CHUNK_BYTES // (8 * n * n * 3))
     out = initial.clone()
@@ -99,17 +175,17 @@ def aligned_widths(
     offsets = torch.linspace(-half, half, max(int(grid_points), 3), dtype=torch.float64)
     for start in range(0, m, chunk):
         stop = min(start + chunk, m)
-        dist = scalar_sq_dists(x[:, start:stop])
+        dist = scalar_sq_dists(x[:, start:stop]).reshape(stop - start, n * n).to(dtype)
         centre = initial[start:stop].log()
         grid = centre[:, None] + offsets[None, :]
-        values = torch.stack([_alignment(dist, grid[:, g], target_c, target_norm) for g in range(grid.shape[1])], dim=1)
+        values = torch.stack([_alignment(dist, grid[:, g], target) for g in range(grid.shape[1])], dim=1)
         best = values.argmax(dim=1)
         rows = torch.arange(stop - start)
         best_value = values[rows, best]
         lo = grid[rows, (best - 1).clamp_min(0)]
         hi = grid[rows, (best + 1).clamp_max(grid.shape[1] - 1)]
         a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-        fa, fb = _alignment(dist, a, target_c, target_norm), _alignment(dist, b, target_c, target_norm)
+        fa, fb = _alignment(dist, a, target), _alignment(dist, b, target)
         while bool(((hi - lo) > rel_tol).any()):
             active = (hi - lo) > rel_tol
             left = fa >= fb  # the maximum lies in [lo, b]
@@ -118,7 +194,7 @@ def aligned_widths(
             new_a = torch.where(left, new_hi - _GOLDEN * (new_hi - new_lo), b)
             new_b = torch.where(left, a, new_lo + _GOLDEN * (new_hi - new_lo))
             probe = torch.where(left, new_a, new_b)
-            f_probe = _alignment(dist, probe, target_c, target_norm)
+            f_probe = _alignment(dist, probe, target)
             new_fa = torch.where(left, f_probe, fb)
             new_fb = torch.where(left, fa, f_probe)
             lo, hi = torch.where(active, new_lo, lo), torch.where(active, new_hi, hi)

@@ -10,8 +10,13 @@ Kernel widths (``width="aligned"``, the paper's rule)
     For every batch: the *layer's* kernel uses Scott's rule on all neurons together
     (:func:`~miprun.estimators.kernels.scott_width`, √d-corrected, factor ``gamma``); each neuron's
     width starts from its own Scott width γ·std·n^(−1/5) and is moved, within a factor ``span``, to
-    the width that maximises the centred kernel alignment between the neuron's kernel and the
-    layer's kernel (:func:`~miprun.estimators.neuron_mi.aligned_widths`). The per-batch optimum is
+    the width that maximises the kernel alignment between the neuron's kernel and the layer's kernel
+    (:func:`~miprun.estimators.neuron_mi.aligned_widths`). The alignment is the *unbiased* centred
+    alignment (HSIC U-statistic, Song et al. 2012), which leaves out the kernels' diagonals: a
+    Gaussian Gram matrix has ones there whatever the width, and on 32-token batches the diagonal
+    dominates the centred layer kernel, so the textbook centred alignment drove every neuron of a
+    1 536-wide layer to the smallest width searched (``alignment="centred"`` keeps it for
+    comparison). The grid has 9 points and the golden-section search stops at 1 % in σ. The per-batch optimum is
     smoothed over the batches with an exponential moving average σ ← β σ + (1 − β) σ*_batch
     (``ema`` = β, as :class:`~miprun.estimators.kernels.WidthEMA`). ``width="scott"`` skips the
     alignment (Scott's rule per neuron, EMA-smoothed); a float fixes every width.
@@ -41,7 +46,9 @@ import torch
 from miprun.errors import MiprunError
 from miprun.estimators import kernels
 from miprun.estimators.neuron_mi import (
+    ALIGNMENTS,
     CHUNK_BYTES,
+    ScalarPairMixin,
     aligned_widths,
     parallel_map,
     renyi_entropies,
@@ -54,7 +61,7 @@ from miprun.estimators.preprocess import NORMALIZATIONS, check_choice, normalize
 WIDTH_RULES = ("aligned", "scott")
 
 
-class NeuronRenyiEstimator:
+class NeuronRenyiEstimator(ScalarPairMixin):
     """All-pairs matrix-based Rényi MI of scalar neurons (see the module docstring).
 
     :param alpha: entropy order α > 0; 1.01 (default, the paper's) or 2 (fast path).
@@ -65,7 +72,11 @@ class NeuronRenyiEstimator:
     :param span: the aligned width stays within [σ_Scott / span, σ_Scott · span].
     :param batch_size: tokens per batch (None: 32 for α ≠ 2, 128 for α = 2).
     :param mi_batches: batches the MI is averaged over (None: 1 for α ≠ 2, 4 for α = 2).
-    :param width_batches: batches the widths are smoothed over (None: all).
+    :param width_batches: batches the widths are smoothed over (None: all, default).
+    :param width_batch_size: tokens per batch of the width search (default 32; the MI batches are
+        ``batch_size``; the aligned width is searched relative to each batch's Scott width).
+    :param alignment: ``unbiased`` (default; the kernels' diagonals left out, see
+        :func:`~miprun.estimators.neuron_mi.aligned_widths`) or ``centred`` (the textbook form).
     :param normalize: per-neuron token normalisation before everything (``standardize``).
     :param workers: threads for the eigendecompositions (None: torch's thread count).
     :param seed: seed of the token shuffle that forms the batches.
@@ -73,6 +84,7 @@ class NeuronRenyiEstimator:
 
     name = "neuron-renyi"
     granularity = "neuron"
+    self_information = True  # the diagonal is I_α(i; i) = 2 S_α(A_i) − S_α(A_i∘A_i), finite
 
     def __init__(
         self,
@@ -80,11 +92,13 @@ class NeuronRenyiEstimator:
         alpha: float = 1.01,
         width: str | float = "aligned",
         gamma: float = 0.8,
-        ema: float = 0.9,
+        ema: float = 0.5,
         span: float = 8.0,
         batch_size: int | None = None,
         mi_batches: int | None = None,
         width_batches: int | None = None,
+        width_batch_size: int = 32,
+        alignment: str = "unbiased",
         normalize: str = "standardize",
         workers: int | None = None,
         seed: int = 0,
@@ -102,6 +116,10 @@ class NeuronRenyiEstimator:
         self.batch_size = optional_int("batch_size", batch_size, "neuron-renyi") or (128 if fast else 32)
         self.mi_batches = optional_int("mi_batches", mi_batches, "neuron-renyi") or (4 if fast else 1)
         self.width_batches = optional_int("width_batches", width_batches, "neuron-renyi")
+        self.width_batch_size = int(width_batch_size)
+        if self.width_batch_size < 4:
+            raise MiprunError(f"neuron-renyi option width_batch_size={width_batch_size!r} must be at least 4 tokens")
+        self.alignment = check_choice("alignment", alignment, ALIGNMENTS, "neuron-renyi")
         if self.batch_size < 4:
             raise MiprunError(f"neuron-renyi option batch_size={batch_size!r} must be at least 4 tokens")
         self.normalize = check_choice("normalize", normalize, NORMALIZATIONS, "neuron-renyi")
@@ -124,23 +142,27 @@ class NeuronRenyiEstimator:
 
     # ------------------------------------------------------------------ batches and widths
 
-    def batches(self, n: int) -> list[torch.Tensor]:
-        """Token indices of each batch: a seeded shuffle of ``n`` tokens cut into ``batch_size``
-        pieces (a last piece shorter than half a batch is dropped unless it is the only one)."""
+    def batches(self, n: int, size: int | None = None) -> list[torch.Tensor]:
+        """Token indices of each batch: a seeded shuffle of ``n`` tokens cut into pieces of ``size``
+        (default ``batch_size``; a last piece shorter than half a batch is dropped unless it is the
+        only one)."""
         if n < 4:
             raise MiprunError(f"neuron-renyi needs at least 4 tokens, got {n}; raise --num-samples or collector.max_tokens")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        size = min(self.batch_size, n)
+        size = min(size or self.batch_size, n)
         pieces = list(order.split(size))
         if len(pieces) > 1 and len(pieces[-1]) < size // 2:
             pieces.pop()
         return pieces
 
-    def widths(self, x: torch.Tensor, batches: list[torch.Tensor], info: dict[str, Any] | None = None) -> torch.Tensor:
-        """Per-neuron kernel widths for normalised data ``x`` (n × m), EMA-smoothed over ``batches``."""
+    def widths(self, x: torch.Tensor, info: dict[str, Any] | None = None) -> torch.Tensor:
+        """Per-neuron kernel widths for the MI batches of normalised data ``x`` (n × m): the aligned
+        (or Scott) widths of ``width_batch_size``-token batches, EMA-smoothed, rescaled by Scott's
+        n^(−1/5) from the width batches to the MI batches."""
         m = x.shape[1]
         if isinstance(self.width, float):
             return torch.full((m,), self.width, dtype=torch.float64)
+        batches = self.batches(x.shape[0], self.width_batch_size)
         used = batches[: self.width_batches] if self.width_batches else batches
         smoothed: torch.Tensor | None = None
         scott_last = None
@@ -151,11 +173,15 @@ class NeuronRenyiEstimator:
             if self.width == "aligned":
                 layer_sigma = kernels.scott_width(xb, self.gamma)
                 target = kernels.gaussian_gram(kernels.pairwise_sq_dists(xb), layer_sigma)
-                batch_widths = aligned_widths(xb, target, initial, span=self.span)
+                batch_widths = aligned_widths(xb, target, initial, span=self.span, alignment=self.alignment,
+                                              grid_points=9, rel_tol=1e-2, dtype=torch.float32)
             else:
                 batch_widths = initial
             smoothed = batch_widths if smoothed is None else self.ema * smoothed + (1.0 - self.ema) * batch_widths
         assert smoothed is not None
+        n_width, n_mi = len(used[0]), min(self.batch_size, x.shape[0])
+        smoothed = smoothed * (n_mi / n_width) ** (-1.0 / 5.0)
+        scott_last = scott_last * (n_mi / n_width) ** (-1.0 / 5.0)
         if info is not None:
             info["width_rule"] = self.width
             info["width_batches"] = len(used)
@@ -192,6 +218,7 @@ class NeuronRenyiEstimator:
         chunks = list(upper_pairs(m, max_pairs))
 
         def joint_entropy(pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            """S_α of the joint Gram matrices of one chunk of pairs."""
             a, b = pair
             return renyi_entropies(grams[a] * grams[b], self.alpha)
 
@@ -214,7 +241,7 @@ class NeuronRenyiEstimator:
             raise MiprunError("neuron-renyi input contains NaN or inf; check the collected activations")
         x = normalize_tokens(x, self.normalize)
         batches = self.batches(x.shape[0])
-        widths = self.widths(x, batches, info)
+        widths = self.widths(x, info)
         width_seconds = time.perf_counter() - start
         used = batches[: self.mi_batches]
         total = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)

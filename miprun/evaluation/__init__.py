@@ -8,7 +8,7 @@ documented in ``docs/evaluation.md``.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from miprun.evaluation.generation import DEFAULT_PROMPTS
@@ -54,6 +54,7 @@ def evaluate(
     max_new_tokens: int = 48,
     source: dict[str, Any] | None = None,
     adapter: Any = None,
+    on_section: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` and return a JSON-serialisable report.
 
@@ -73,6 +74,8 @@ def evaluate(
         (``lm_eval_pages``: only the first N of its 62 pages).
     :param source: where the model came from (``LoadedModel.source``); its ``path`` gives the
         checkpoint size on disk.
+    :param on_section: called with the report so far after each finished section (e.g. to save
+        partial results of a long run).
     :param adapter: the model's :class:`~miprun.models.adapters.ArchitectureAdapter` (found from
         the model when omitted).
     :returns: ``{"model", "settings", "size", "perplexity", "perplexity_lm_eval", "tasks",
@@ -109,6 +112,7 @@ def evaluate(
             for name in ppl
         }
         seconds["perplexity"] = round(time.perf_counter() - t0, 3)
+        _notify(on_section, report, seconds)
     if ppl_lm_eval:
         t0 = time.perf_counter()
         report["perplexity_lm_eval"] = {
@@ -120,6 +124,7 @@ def evaluate(
         ours = report.get("perplexity", {}).get("wikitext2")
         if ours:
             report["wikitext2_two_ways"] = two_ways(ours, report["perplexity_lm_eval"]["wikitext"])
+        _notify(on_section, report, seconds)
     if task_names:
         t0 = time.perf_counter()
         scores = lm_eval_bridge.run_tasks(model, tokenizer, task_names, limit=limit, batch_size=task_batch_size)
@@ -127,10 +132,12 @@ def evaluate(
         accs = [s["acc"] for s in scores.values() if isinstance(s.get("acc"), (int, float))]
         report["task_average"] = sum(accs) / len(accs) if accs else None
         seconds["tasks"] = round(time.perf_counter() - t0, 3)
+        _notify(on_section, report, seconds)
     if latency:
         t0 = time.perf_counter()
         report["speed"] = size_speed.speed(model, speed_config)
         seconds["speed"] = round(time.perf_counter() - t0, 3)
+        _notify(on_section, report, seconds)
     if generate:
         t0 = time.perf_counter()
         report["generation"] = generate_samples(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
@@ -138,6 +145,11 @@ def evaluate(
     seconds["total"] = round(time.perf_counter() - start, 3)
     report["seconds"] = seconds
     return report
+
+
+def _notify(callback: Callable[[dict[str, Any]], None] | None, report: dict[str, Any], seconds: dict[str, float]) -> None:
+    if callback is not None:
+        callback({**report, "seconds": dict(seconds)})
 
 
 def two_ways(ours: dict[str, Any], lm_eval: dict[str, Any]) -> dict[str, Any]:

@@ -148,6 +148,17 @@ class ArchitectureAdapter:
         setattr(self.block_config, self.spec.ffn_size_field, int(width))
 
 
+def neuron_axis(module: Any, role: str) -> int:
+    """The weight axis that indexes FFN neurons: ``role="producer"`` (gate/up/c_fc/intermediate)
+    or ``"down"``. ``nn.Linear`` stores (out × in), GPT-2's ``Conv1D`` the transpose (in × out)."""
+    linear = hasattr(module, "in_features")
+    if role == "producer":
+        return 0 if linear else 1
+    if role == "down":
+        return 1 if linear else 0
+    raise ValueError(f"role must be 'producer' or 'down', got {role!r}")
+
+
 def ffn_in_features(module: Any) -> int:
     """Input size of a down projection: ``nn.Linear.in_features`` or GPT-2 ``Conv1D`` (weight in × out)."""
     if hasattr(module, "in_features"):

@@ -6,8 +6,10 @@ For a span of ``n`` blocks starting at block ``l`` the paper defines
     d(x^(l), x^(l+n)) = (1/π) · arccos( x^(l) · x^(l+n) / (‖x^(l)‖ ‖x^(l+n)‖) )
 
 where ``x^(l)`` is the residual stream entering block ``l``. It lies in [0, 1]: 0 when the span
-leaves every token's direction unchanged (an identity span), 1 when it reverses it. The cosine is
-clamped to [−1, 1] before ``arccos`` so rounding can never produce NaN. The value is averaged over
+leaves every token's direction unchanged (an identity span), 1 when it reverses it. The angle is
+computed as 2·atan2(‖â − b̂‖, ‖â + b̂‖) of the unit vectors, which equals arccos of the cosine
+clamped to [−1, 1] but is exact near 0 (arccos(1 − ε) ≈ √(2ε) turns rounding of the cosine into
+an angle of 1e-8; this form gives exactly 0 for identical directions) and can never be NaN. The value is averaged over
 the collected tokens, or — with ``last_token=True``, the paper's own choice — over the last token
 of every calibration sequence only. Low distance = safe to remove; pair it with the ``best-span``
 selector to remove the best contiguous span as the paper does.
@@ -32,9 +34,10 @@ from miprun.strategies import BoundaryStates
 
 
 def angular_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean over rows of arccos(cos(a_t, b_t)) / π for row-normalised ``a`` and ``b`` (n × d)."""
-    cosine = (a * b).sum(-1).clamp(-1.0, 1.0)
-    return float(torch.arccos(cosine).mean() / math.pi)
+    """Mean over rows of arccos(cos(a_t, b_t)) / π for row-normalised ``a`` and ``b`` (n × d),
+    computed as 2·atan2(‖a − b‖, ‖a + b‖) (see the module docstring); always in [0, 1]."""
+    angle = 2.0 * torch.atan2((a - b).norm(dim=-1), (a + b).norm(dim=-1))
+    return float(angle.mean() / math.pi)
 
 
 class AngularScorer:

@@ -137,7 +137,7 @@ class LayerCollapseSelector:
                 "merges": {str(base): blocks for base, blocks in sorted(merge_plan(num_blocks, final).items())},
                 "threshold": self.threshold,
                 "forced": forced,
-                "candidates_checked": len(trace) + sum(len(t.get("candidates", {})) - 1 for t in trace if t.get("forced")),
+                "similarity_checks": prober.passes - 1,
                 "forward_passes": prober.passes,
             },
         )

@@ -1,0 +1,63 @@
+"""Scorer ``neuron-mi``: pairwise redundancy of the FFN neurons of every layer (Huang, Song & Pao).
+
+For each layer it asks the run's pairwise estimator (``neuron-renyi``, ``neuron-gaussian``,
+``neuron-pearson`` or a plugin's) for the symmetric neurons × neurons matrix of MI (or |ρ|) and
+hands selectors a :class:`~miprun.neuron_pipeline.NeuronScores`. By default every layer is computed
+here, in the ``estimate`` stage, with its time recorded (``seconds_per_layer`` in the report) —
+as long as all matrices fit in ``cache_bytes``; beyond that (e.g. 32 layers of 11 008 neurons)
+layers are computed lazily when a selector asks for them and released after use, so memory holds
+one layer's matrix at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from miprun.errors import MiprunError
+from miprun.neuron_pipeline import FFNActivations, NeuronScores
+
+
+class NeuronMIScorer:
+    """All-pairs neuron dependence per FFN layer from a pairwise estimator.
+
+    :param eager: compute every layer now when the matrices fit in ``cache_bytes``.
+    :param cache_bytes: memory allowed for cached matrices (float32, width² × 4 bytes per layer).
+    """
+
+    name = "neuron-mi"
+    granularity = "neuron"
+    needs_estimator = True
+
+    def __init__(self, *, eager: bool = True, cache_bytes: int = 1 << 30) -> None:
+        self.eager = bool(eager)
+        self.cache_bytes = int(cache_bytes)
+
+    def score(self, acts: FFNActivations, estimator: Any | None) -> NeuronScores:
+        """Neuron scores over the layers of ``acts``, each matrix from ``estimator.pairwise``."""
+        if not isinstance(acts, FFNActivations):
+            raise MiprunError("scorer 'neuron-mi' needs FFN activations; use collector ffn-activations")
+        if estimator is None or not callable(getattr(estimator, "pairwise", None)):
+            name = getattr(estimator, "name", None)
+            raise MiprunError(
+                f"scorer 'neuron-mi' needs a pairwise (neuron) estimator, got {name or 'none'}; "
+                f"pass --estimator renyi, gaussian or pearson"
+            )
+        scores: NeuronScores
+
+        def compute(index: int) -> Any:
+            """The pairwise matrix of layer position ``index``, its details kept in ``layer_info``."""
+            info: dict[str, Any] = {}
+            matrix = estimator.pairwise(acts.acts[index], info=info)
+            scores.layer_info[index] = info
+            return matrix
+
+        scores = NeuronScores(
+            acts.layers, acts.widths, compute, metric=getattr(estimator, "metric", "mi"), activations=acts,
+            cache_bytes=self.cache_bytes, self_information=getattr(estimator, "self_information", False),
+            info={"estimator": getattr(estimator, "name", type(estimator).__name__)},
+        )
+        total = sum(w * w * 4 for w in acts.widths)
+        if self.eager and total <= self.cache_bytes:
+            for index in range(scores.num_layers):
+                scores.pairwise(index)
+        return scores

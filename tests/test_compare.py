@@ -1,0 +1,125 @@
+"""``miprun compare`` on a tiny random model: one calibration sample, the dense row first, costs,
+JSON / Markdown output, the pruning-curve mode and its optional plot."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import miprun
+from miprun.cli.compare_cmd import compare as compare_command
+from miprun.compare import builtin_methods, compare, parse_depths, parse_method_options, parse_methods, to_markdown
+from miprun.errors import MiprunError
+
+from conftest import build_tiny
+
+ROW_KEYS = {"method", "prune", "blocks", "perplexity", "tasks", "cost", "strategies", "selection"}
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    loaded = build_tiny("llama", layers=5)
+    path = tmp_path / "tiny"
+    loaded.model.save_pretrained(path)
+    loaded.tokenizer.save_pretrained(path)
+    return path
+
+
+def cli_app() -> typer.Typer:
+    app = typer.Typer(pretty_exceptions_enable=False)
+    app.command("compare")(compare_command)
+    app.command("other")(lambda: None)  # keep "compare" a sub-command
+    return app
+
+
+def test_compare_shares_one_calibration_sample_and_reports_quality_and_cost(text_file):
+    loaded = build_tiny("llama", layers=6)
+    report = compare(loaded, prune=2, methods=["shortgpt", "sleb", "random", "angular"], calib=str(text_file),
+                     num_samples=4, seq_len=16, ppl=(str(text_file),), eval_seq_len=16, eval_max_windows=3)
+    rows = report["rows"]
+    assert [r["method"] for r in rows] == ["dense", "shortgpt", "sleb", "random", "angular"]
+    assert all(ROW_KEYS <= set(r) for r in rows)
+    assert rows[0]["blocks"] == [] and rows[0]["prune"] == 0
+    assert all(len(r["blocks"]) == 2 and r["prune"] == 2 for r in rows[1:])
+    assert all(set(r["cost"]) >= {"seconds", "forward_passes", "mi_evaluations", "peak_memory_mb"} for r in rows)
+    assert all(isinstance(r["perplexity"][str(text_file)], float) for r in rows)
+    by = {r["method"]: r for r in rows}
+    assert by["sleb"]["cost"]["forward_passes"] == 6 + 5 + 1 > by["shortgpt"]["cost"]["forward_passes"] == 1
+    assert by["random"]["cost"]["forward_passes"] == 0
+    # the same calibration, seed and strategies as `miprun run` give the same selection
+    single = miprun.prune(build_tiny("llama", layers=6), n=2, calib=str(text_file), num_samples=4, seq_len=16, save=False)
+    assert by["shortgpt"]["blocks"] == single.selection.blocks
+    assert loaded.adapter.num_blocks == 6  # the model handed in is never pruned
+    markdown = to_markdown(report)
+    assert markdown.count("\n| ") == 6 and "| dense | 0 | — |" in markdown
+    json.dumps(report, allow_nan=False)
+
+
+def test_mi_methods_count_mi_evaluations_for_the_greedy_vs_iterative_ablation(text_file):
+    report = compare(build_tiny("llama", layers=6), prune=2, methods="mi-greedy,mi-prun,mi-brute-force",
+                     calib=str(text_file), num_samples=8, seq_len=24, ppl=(),
+                     options={m: {"estimator": {"pca_rank": 8}} for m in ("mi-greedy", "mi-prun", "mi-brute-force")})
+    costs = {r["method"]: r["cost"]["mi_evaluations"] for r in report["rows"][1:]}
+    assert costs["mi-greedy"] == 6 and costs["mi-brute-force"] >= costs["mi-prun"] >= 6
+    assert all(r["perplexity"] == {} for r in report["rows"])
+
+
+def test_cli_writes_json_and_markdown(tmp_path, tiny_checkpoint, text_file):
+    out, md = tmp_path / "out.json", tmp_path / "out.md"
+    result = CliRunner().invoke(cli_app(), [
+        "compare", "--model", str(tiny_checkpoint), "--calib", str(text_file), "--prune", "1",
+        "--methods", "shortgpt,random", "--eval", str(text_file), "--eval-seq-len", "16", "--eval-max-windows", "2",
+        "--num-samples", "4", "--seq-len", "16", "--json", str(out), "--markdown", str(md),
+        "--option", "random.selector.seed=5",
+    ])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert [r["method"] for r in data["rows"]] == ["dense", "shortgpt", "random"]
+    assert data["rows"][2]["strategies"]["selector"]["options"] == {"seed": 5}
+    assert "| shortgpt | 1 |" in md.read_text()
+    assert "shortgpt" in result.output
+
+
+def test_curve_mode_writes_a_png_and_the_table_behind_it(tmp_path, tiny_checkpoint, text_file):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "curve.png"
+    result = CliRunner().invoke(cli_app(), [
+        "compare", "--model", str(tiny_checkpoint), "--calib", str(text_file), "--prune", "1,2,3",
+        "--methods", "shortgpt,angular,random", "--eval", str(text_file), "--eval-seq-len", "16",
+        "--eval-max-windows", "2", "--num-samples", "4", "--seq-len", "16", "--plot", str(png),
+    ])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = png.with_suffix(".csv").read_text().splitlines()
+    assert lines[0].startswith("method,prune,blocks") and len(lines) == 1 + 1 + 3 * 3
+
+
+def test_curve_mode_without_matplotlib_fails_before_pruning(monkeypatch, tmp_path, tiny_checkpoint):
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    result = CliRunner().invoke(cli_app(), ["compare", "--model", str(tiny_checkpoint), "--prune", "1,2", "--methods", "random"])
+    assert isinstance(result.exception, MiprunError) and "miprun[plot]" in str(result.exception)
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(MiprunError, match="did you mean 'sleb'"):
+        parse_methods("sleeb")
+    with pytest.raises(MiprunError, match="comma list"):
+        parse_depths("2,x")
+    assert parse_depths("6,2,4,2") == [2, 4, 6]
+    with pytest.raises(MiprunError, match="METHOD.KIND.KEY=VALUE"):
+        parse_method_options(["selector=3"])
+    assert parse_method_options(["laco.selector.threshold=0.5"]) == {"laco": {"selector": {"threshold": 0.5}}}
+    assert {"mi-prun", "shortgpt", "angular", "sleb", "ppl", "taylor", "laco", "random", "magnitude"} <= set(builtin_methods())
+    with pytest.raises(MiprunError, match="uses no estimator"):
+        compare(None, methods=["sleb"], options={"sleb": {"estimator": {"alpha": 2}}})
