@@ -7,6 +7,8 @@ import sys
 
 import typer
 
+from miprun.cli.compare_cmd import compare
+from miprun.cli.eval_cmd import eval_command
 from miprun.cli.listing import list_plugins, list_strategies
 from miprun.cli.run_cmd import run
 from miprun.cli.scores_cmd import scores
@@ -24,6 +26,8 @@ app.command("list")(list_strategies)
 app.command("plugins")(list_plugins)
 app.command("scores")(scores)
 app.command("select")(select)
+app.command("eval")(eval_command)
+app.command("compare")(compare)
 
 
 def main() -> None:

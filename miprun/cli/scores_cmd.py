@@ -16,8 +16,9 @@ def scores(
     run: Annotated[Path, typer.Argument(help="Checkpoint directory written by 'miprun run', or its miprun_report.json")],
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
-    """Print every single-block and span score a run computed, one row per first block, one column
-    per span length; selected blocks are marked."""
+    """Print every block and span score a run computed (rows: first block; columns: span length).
+
+    Removed blocks are marked with *."""
     report = load_report(run)
     rows = report["span_table"]
     if json_output:

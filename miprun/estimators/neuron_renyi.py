@@ -15,11 +15,13 @@ Kernel widths (``width="aligned"``, the paper's rule)
     alignment (HSIC U-statistic, Song et al. 2012), which leaves out the kernels' diagonals: a
     Gaussian Gram matrix has ones there whatever the width, and on 32-token batches the diagonal
     dominates the centred layer kernel, so the textbook centred alignment drove every neuron of a
-    1 536-wide layer to the smallest width searched (``alignment="centred"`` keeps it for
-    comparison). The grid has 9 points and the golden-section search stops at 1 % in σ. The per-batch optimum is
-    smoothed over the batches with an exponential moving average σ ← β σ + (1 − β) σ*_batch
-    (``ema`` = β, as :class:`~miprun.estimators.kernels.WidthEMA`). ``width="scott"`` skips the
-    alignment (Scott's rule per neuron, EMA-smoothed); a float fixes every width.
+    random 16-wide layer to the smallest width searched (``alignment="centred"`` keeps it for
+    comparison). The grid has 9 points and the golden-section search stops at 1 % in σ. The
+    per-batch optimum (batches of ``width_batch_size`` = 32 tokens) is smoothed over all batches with
+    an exponential moving average σ ← β σ + (1 − β) σ*_batch (``ema`` = β = 0.5, as
+    :class:`~miprun.estimators.kernels.WidthEMA`), then rescaled by Scott's n^(−1/5) to the MI
+    batch size. ``width="scott"`` skips the alignment (Scott's rule per neuron, EMA-smoothed); a
+    float fixes every width.
 
 Cost and batching
     α = 2 needs no eigenvalues: S_2(A) = −log ‖A‖²_F and the joint term of every pair is one inner
@@ -215,17 +217,21 @@ class NeuronRenyiEstimator(ScalarPairMixin):
             return entropy[:, None] + entropy[None, :] + joint.log()
         entropy = renyi_entropies(grams, self.alpha)
         max_pairs = max(1, CHUNK_BYTES // (4 * n * n))
-        chunks = list(upper_pairs(m, max_pairs))
 
         def joint_entropy(pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
             """S_α of the joint Gram matrices of one chunk of pairs."""
             a, b = pair
             return renyi_entropies(grams[a] * grams[b], self.alpha)
 
-        for (a, b), value in zip(chunks, parallel_map(joint_entropy, chunks, self.workers)):
-            mi = entropy[a] + entropy[b] - value
-            out[a, b] = mi
-            out[b, a] = mi
+        pending = upper_pairs(m, max_pairs)
+        while True:  # ``workers`` chunks at a time, so the index arrays stay bounded
+            window = [chunk for _, chunk in zip(range(self.workers), pending)]
+            if not window:
+                break
+            for (a, b), value in zip(window, parallel_map(joint_entropy, window, self.workers)):
+                mi = entropy[a] + entropy[b] - value
+                out[a, b] = mi
+                out[b, a] = mi
         diagonal = 2.0 * entropy - renyi_entropies(grams * grams, self.alpha)
         out[torch.arange(m), torch.arange(m)] = diagonal
         return out
