@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--held-out-samples", type=int, default=8)
     parser.add_argument("--held-out-seq-len", type=int, default=256)
     parser.add_argument("--prune", default="3,6,9")
-    parser.add_argument("--ppl-windows", type=int, default=40)
+    parser.add_argument("--ppl-windows", type=int, default=40, help="0 skips the perplexity part")
     parser.add_argument("--ppl-seq-len", type=int, default=512)
     parser.add_argument("--skip-costs", action="store_true", help="only selections and perplexity")
     parser.add_argument("--json")
@@ -111,6 +111,8 @@ def main() -> None:
             result.setdefault("correlation", {})[label] = {"spearman": rho, "kendall": tau}
             print(f"{label:<28}{rho:>9.3f}{tau:>9.3f}{result['score_seconds'][label]:>9.2f}")
 
+    if args.ppl_windows <= 0:
+        return finish(result, args.json)
     dense_ppl = perplexity(loaded.model, loaded.tokenizer, "wikitext2", seq_len=args.ppl_seq_len,
                            max_windows=args.ppl_windows).perplexity
     result["dense_perplexity"] = dense_ppl
@@ -128,8 +130,13 @@ def main() -> None:
             result.setdefault("selections", []).append({"method": label, "n": n, "blocks": blocks, "perplexity": ppl})
             print(f"{label:<22}{n:>3}{ppl:>12.2f}  {blocks}", flush=True)
             del pruned
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
+    finish(result, args.json)
+
+
+def finish(result: dict[str, Any], path: str | None) -> None:
+    """Write ``result`` as JSON to ``path`` when one is given."""
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)
 
 

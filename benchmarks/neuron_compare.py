@@ -67,6 +67,7 @@ def row_from_report(method: str, report: dict, seconds: float, ppl: dict) -> dic
         "parameters": surgery["parameters_after"],
         "relative_flops": surgery["relative_flops"],
         "ppl": ppl["perplexity"],
+        "eval_tokens": ppl["tokens"],
         "prune_seconds": round(seconds, 1),
         "estimate_s_per_layer": scores.get("mean_seconds_per_layer"),
         "forward_passes": report["evaluations"]["forward_passes"],
@@ -120,7 +121,8 @@ def main() -> None:
 
             rows.append({"method": "dense", "selector": "—", "estimator": "—",
                          "width": loaded.adapter.ffn_width(0), "parameters": count_parameters(loaded.model),
-                         "relative_flops": 1.0, "ppl": ppl["perplexity"], "prune_seconds": 0.0,
+                         "relative_flops": 1.0, "ppl": ppl["perplexity"], "eval_tokens": ppl["tokens"],
+                         "prune_seconds": 0.0,
                          "estimate_s_per_layer": None, "forward_passes": 0})
         elif method == "renyi":
             out_dir = out_root / "renyi-mds-cluster"

@@ -20,7 +20,7 @@ def miprun_register_collectors(register):
     register(
         "ffn-activations",
         "miprun.collectors.ffn_activations:FFNActivationsCollector",
-        description="[neuron] Input of every FFN down projection (after gating), token-subsampled, float32 on CPU",
+        description="(neuron) Input of every FFN down projection (after gating), token-subsampled, float32 on CPU",
     )
 
 
@@ -50,17 +50,17 @@ def miprun_register_estimators(register):
     register(
         "neuron-renyi",
         "miprun.estimators.neuron_renyi:NeuronRenyiEstimator",
-        description="[neuron] All-pairs Rényi α-MI of scalar neurons, α=1.01, Scott + kernel-alignment widths (EMA)",
+        description="(neuron) All-pairs Rényi α-MI of scalar neurons, α=1.01, Scott + kernel-alignment widths (EMA)",
     )
     register(
         "neuron-gaussian",
         "miprun.estimators.neuron_gaussian:NeuronGaussianEstimator",
-        description="[neuron] All-pairs Gaussian-copula MI −½log(1−ρ²) of rank-normalised neurons (fast)",
+        description="(neuron) All-pairs Gaussian-copula MI −½log(1−ρ²) of rank-normalised neurons (fast)",
     )
     register(
         "neuron-pearson",
         "miprun.estimators.neuron_pearson:NeuronPearsonEstimator",
-        description="[neuron] |Pearson correlation| in place of MI (the paper's ablation baseline)",
+        description="(neuron) |Pearson correlation| in place of MI (the paper's ablation baseline)",
     )
 
 
@@ -80,7 +80,7 @@ def miprun_register_scorers(register):
     register(
         "neuron-mi",
         "miprun.scorers.neuron_mi:NeuronMIScorer",
-        description="[neuron] Pairwise neuron redundancy per FFN layer from a neuron estimator",
+        description="(neuron) Pairwise neuron redundancy per FFN layer from a neuron estimator",
     )
     register(
         "angular",
@@ -125,22 +125,22 @@ def miprun_register_selectors(register):
     register(
         "mds-cluster",
         "miprun.selectors.mds_cluster:MDSClusterSelector",
-        description="[neuron] MDS of d=A·exp(−MI), k-means, keep the neuron nearest each centroid; best of M seeds by KL",
+        description="(neuron) MDS of d=A·exp(−MI), k-means, keep the neuron nearest each centroid; best of M seeds by KL",
     )
     register(
         "mi-threshold",
         "miprun.selectors.mi_threshold:MIThresholdSelector",
-        description="[neuron] Huang et al. Algorithm 1: drop one neuron of random pairs with MI above T_r",
+        description="(neuron) Huang et al. Algorithm 1: drop one neuron of random pairs with MI above T_r",
     )
     register(
         "neuron-magnitude",
         "miprun.selectors.neuron_magnitude:NeuronMagnitudeSelector",
-        description="[neuron] Baseline: remove the neurons with the smallest weight norm",
+        description="(neuron) Baseline: remove the neurons with the smallest weight norm",
     )
     register(
         "neuron-random",
         "miprun.selectors.neuron_random:NeuronRandomSelector",
-        description="[neuron] Baseline: remove random neurons (seeded)",
+        description="(neuron) Baseline: remove random neurons (seeded)",
     )
     register(
         "best-span",
@@ -175,7 +175,7 @@ def miprun_register_surgeons(register):
     register(
         "slice-ffn",
         "miprun.surgeons.slice_ffn:SliceFFNSurgeon",
-        description="[neuron] Remove FFN neurons (gate/up rows, down columns; GPT-2 Conv1D, BERT); update intermediate_size",
+        description="(neuron) Remove FFN neurons (gate/up rows, down columns; GPT-2 Conv1D, BERT); update intermediate_size",
     )
     register(
         "laco",

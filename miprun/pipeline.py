@@ -27,7 +27,7 @@ from miprun.models.embedded import DEFAULT_MODEL
 from miprun.registry import Registry, get_registry
 from miprun.strategies import RunContext, call_with_context
 
-DEFAULT_ESTIMATOR = "gaussian"
+DEFAULT_ESTIMATOR = "gaussian-channel"
 """Estimator used when the scorer needs one and none is named (see docs/estimators.md)."""
 
 GRANULARITIES = ("block", "neuron")

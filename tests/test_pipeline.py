@@ -72,7 +72,7 @@ def test_counts_and_defaults():
         blocks_to_remove(30, 2, 0.1)
     plan = resolve_plan(estimator="renyi")
     assert plan.names["scorer"] == "block-mi" and plan.names["selector"] == "fast-block-select"
-    assert resolve_plan(scorer="block-mi").names["estimator"] == "gaussian"
+    assert resolve_plan(scorer="block-mi").names["estimator"] == "gaussian-channel"
     with pytest.raises(MiprunError, match="did you mean 'greedy'"):
         resolve_plan(selector="gredy")
 

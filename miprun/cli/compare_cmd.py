@@ -77,7 +77,7 @@ def compare(
     if str(json_path) != "-":
         table = Table(title=f"miprun compare — {report['model'].get('spec', model)} ({report['num_blocks']} blocks)")
         for column in table_columns(report):
-            table.add_column(column, justify="left" if column in ("method", "removed blocks") else "right")
+            table.add_column(column, justify="left" if column in ("method", "removed blocks") else "right", overflow="fold")
         for cells in table_rows(report):
             table.add_row(*cells)
         out.print(table)
