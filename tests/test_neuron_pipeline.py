@@ -208,10 +208,12 @@ def test_cli_runs_neuron_pruning_and_rejects_block_strategies(capsys, monkeypatc
 
 
 @pytest.mark.integration
-def test_smollm2_width_pruning_saves_a_loadable_checkpoint(tmp_path, smollm2):
+def test_smollm2_width_pruning_saves_a_loadable_checkpoint(tmp_path):
     """SmolLM2-135M, every FFN 1536 → 1229 by Gaussian-copula MI and Algorithm 1 on a small sample."""
+    from miprun.models.loading import load_model
+
     out = tmp_path / "smol"
-    result = miprun.prune(smollm2, granularity="neuron", ratio=0.2, num_samples=2, seq_len=64,
+    result = miprun.prune(load_model("smollm2-135m"), granularity="neuron", ratio=0.2, num_samples=2, seq_len=64,
                           estimator="gaussian", selector="mi-threshold",
                           options={"collector": {"max_tokens": 96}}, output=out)
     assert result.report["surgery"]["width_after"] == 1229
