@@ -94,3 +94,12 @@ def smollm2():
     from miprun.models.loading import load_model
 
     return load_model("smollm2-135m")
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny models are fastest that way, especially on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,15 +15,7 @@ from miprun.surgeons.laco import LayerCollapseSurgeon, merge_plan, mergeable_par
 from conftest import build_tiny
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster than two on a busy shared CPU)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ANY_SCORES = SpanScores(6, lambda f, n: 0.0, metric="x", redundant_when_high=False)
 

@@ -18,15 +18,7 @@ from miprun.strategies import BoundaryStates, RunContext
 from conftest import build_tiny
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster than two on a busy shared CPU)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 NO_STATES = BoundaryStates([torch.zeros(1, 1)] * 5)
 

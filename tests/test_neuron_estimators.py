@@ -15,13 +15,7 @@ from miprun.estimators.neuron_renyi import NeuronRenyiEstimator
 from miprun.estimators.renyi import RenyiEstimator, matrix_renyi_entropy
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensor work is much faster on one thread when the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_vectorised_alignment_search_matches_the_scalar_reference():

@@ -23,13 +23,7 @@ from conftest import WORDS, build_tiny, build_tokenizer
 IDS = torch.tensor([[1, 5, 9, 12, 7, 30, 44, 8]])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensor work is much faster on one thread when the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAST = {"estimator": {"alpha": 2, "batch_size": 32, "mi_batches": 1}, "selector": {"seeds": 2, "kl_samples": 2}}

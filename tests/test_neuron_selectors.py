@@ -28,13 +28,7 @@ from miprun.strategies import RunContext
 from conftest import build_tiny
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensor work is much faster on one thread when the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 EXACT = [(0, 12), (1, 13), (2, 14)]  # originals 0–2 and their exact copies
