@@ -21,6 +21,7 @@ from miprun.registry import get_registry
 
 CONFIGS = [
     ("block-influence", None, "greedy", {}),
+    ("block-mi", "gaussian-channel", "fast-block-select", {}),
     ("block-mi", "renyi", "fast-block-select", {}),
     ("block-mi", "gaussian", "fast-block-select", {}),
     ("block-mi", "ksg", "fast-block-select", {}),
@@ -55,6 +56,12 @@ def main() -> None:
     plain_forward_seconds(loaded, calib.input_ids[:1], 1)  # warm-up
     floor = plain_forward_seconds(loaded, calib.input_ids, collector.batch_size)
 
+    tokens = calib.input_ids.numel()
+    print(f"model {args.model}; calibration {args.calib} {args.num_samples}x{args.seq_len} = {tokens} tokens; "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"plain forward pass (floor): {floor:.2f} s")
+    print(f"{'scorer':<16}{'estimator':<17}{'selector':<18}{'collect':>8}{'estimate':>9}{'select':>8}{'total':>8}"
+          f"{'x fwd':>7}{'evals':>7}  blocks", flush=True)
     rows = []
     for scorer_name, estimator_name, selector_name, options in CONFIGS:
         start = time.perf_counter()
@@ -71,16 +78,11 @@ def main() -> None:
             "total_s": done - start, "ratio_to_forward": (done - start) / floor,
             "span_evaluations": scores.evaluations, "blocks": selection.blocks,
         })
+        r = rows[-1]
+        print(f"{r['scorer']:<16}{r['estimator']:<17}{r['selector']:<18}{r['collect_s']:>8.2f}{r['estimate_s']:>9.2f}"
+              f"{r['select_s']:>8.2f}{r['total_s']:>8.2f}{r['ratio_to_forward']:>7.2f}{r['span_evaluations']:>7}  "
+              f"{r['blocks']}", flush=True)
 
-    tokens = calib.input_ids.numel()
-    print(f"model {args.model}; calibration {args.calib} {args.num_samples}x{args.seq_len} = {tokens} tokens; "
-          f"{states.info['tokens']} tokens kept per boundary; torch threads {torch.get_num_threads()}")
-    print(f"plain forward pass (floor): {floor:.2f} s")
-    header = f"{'scorer':<16}{'estimator':<10}{'selector':<18}{'collect':>8}{'estimate':>9}{'select':>8}{'total':>8}{'x fwd':>7}{'evals':>7}  blocks"
-    print(header)
-    for r in rows:
-        print(f"{r['scorer']:<16}{r['estimator']:<10}{r['selector']:<18}{r['collect_s']:>8.2f}{r['estimate_s']:>9.2f}"
-              f"{r['select_s']:>8.2f}{r['total_s']:>8.2f}{r['ratio_to_forward']:>7.2f}{r['span_evaluations']:>7}  {r['blocks']}")
     if args.json:
         print(json.dumps({"floor_s": floor, "tokens": tokens, "rows": rows}, indent=2))
 

@@ -306,6 +306,7 @@ def compare(
     dtype: str = "auto",
     device_map: str | None = None,
     log: Callable[[str], None] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Prune ``model`` with every method in ``methods`` at every depth in ``prune`` and evaluate each.
 
@@ -318,7 +319,9 @@ def compare(
     :param eval_seq_len: perplexity window; ``eval_max_windows``: only the first N windows.
     :param options: per-method strategy options ``{method: {kind: {key: value}}}``.
     :param log: called with one line per finished step (progress for the CLI).
-    :returns: ``{"model", "settings", "rows"}``; ``rows[0]`` is the dense model, then one row per
+    :param on_row: called with the report so far (``"complete": False``) after every row, so that a
+        long comparison that is interrupted still leaves its finished rows behind.
+    :returns: ``{"model", "num_blocks", "settings", "rows", "complete", "seconds"}``; ``rows[0]`` is the dense model, then one row per
         method and depth with ``method``, ``prune``, ``blocks``, ``perplexity``, ``tasks``,
         ``task_average``, ``cost``, ``strategies``, ``selection``.
     """
@@ -376,6 +379,29 @@ def compare(
     }]
     log(f"dense: {_brief(rows[0])}")
 
+    def report(complete: bool) -> dict[str, Any]:
+        return {
+            "model": {k: v for k, v in loaded.source.items() if isinstance(v, (str, int, float, bool)) or v is None},
+            "num_blocks": total,
+            "settings": {
+                "prune": depths, "methods": names, "calib": calibration.source, "num_samples": num_samples,
+                "seq_len": seq_len, "seed": seed, "ppl": list(ppl),
+                "tasks": list(tasks) if not isinstance(tasks, str) else tasks,
+                "limit": limit, "eval_seq_len": eval_seq_len, "eval_max_windows": eval_max_windows,
+                "collection": {"seconds": round(collect_seconds, 3),
+                               **{k: v for k, v in states.info.items() if isinstance(v, (int, float, str, bool))}},
+                "device": str(device),
+                "methods_described": {name: {"plan": known[name].plan(), "description": known[name].description}
+                                      for name in names},
+            },
+            "rows": list(rows),
+            "complete": complete,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    if on_row is not None:
+        on_row(report(False))
+
     for name in names:
         spec = known[name]
         for n in depths:
@@ -417,22 +443,11 @@ def compare(
                 row["merges"] = surgery["merges"]
             rows.append(row)
             log(f"{name} -{n}: {_brief(row)}")
+            if on_row is not None:
+                on_row(report(False))
             del working, adapter, context, scores, selection
     _release_freed_memory()
-    return {
-        "model": {k: v for k, v in loaded.source.items() if isinstance(v, (str, int, float, bool)) or v is None},
-        "num_blocks": total,
-        "settings": {
-            "prune": depths, "methods": names, "calib": calibration.source, "num_samples": num_samples,
-            "seq_len": seq_len, "seed": seed, "ppl": list(ppl), "tasks": list(tasks) if not isinstance(tasks, str) else tasks,
-            "limit": limit, "eval_seq_len": eval_seq_len, "eval_max_windows": eval_max_windows,
-            "collection": {"seconds": round(collect_seconds, 3), **{k: v for k, v in states.info.items() if isinstance(v, (int, float, str, bool))}},
-            "device": str(device),
-            "methods_described": {name: {"plan": known[name].plan(), "description": known[name].description} for name in names},
-        },
-        "rows": rows,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    return report(True)
 
 
 def _brief(row: dict[str, Any]) -> str:

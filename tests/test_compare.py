@@ -41,8 +41,11 @@ def cli_app() -> typer.Typer:
 
 def test_compare_shares_one_calibration_sample_and_reports_quality_and_cost(text_file):
     loaded = build_tiny("llama", layers=6)
+    partial = []
     report = compare(loaded, prune=2, methods=["shortgpt", "sleb", "random", "angular"], calib=str(text_file),
-                     num_samples=4, seq_len=16, ppl=(str(text_file),), eval_seq_len=16, eval_max_windows=3)
+                     num_samples=4, seq_len=16, ppl=(str(text_file),), eval_seq_len=16, eval_max_windows=3,
+                     on_row=lambda r: partial.append((len(r["rows"]), r["complete"])))
+    assert partial == [(i, False) for i in range(1, 6)] and report["complete"]
     rows = report["rows"]
     assert [r["method"] for r in rows] == ["dense", "shortgpt", "sleb", "random", "angular"]
     assert all(ROW_KEYS <= set(r) for r in rows)
@@ -80,7 +83,7 @@ def test_cli_writes_json_and_markdown(tmp_path, tiny_checkpoint, text_file):
     ])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert [r["method"] for r in data["rows"]] == ["dense", "shortgpt", "random"]
+    assert [r["method"] for r in data["rows"]] == ["dense", "shortgpt", "random"] and data["complete"]
     assert data["rows"][2]["strategies"]["selector"]["options"] == {"seed": 5}
     assert "| shortgpt | 1 |" in md.read_text()
     assert "shortgpt" in result.output

@@ -54,11 +54,16 @@ def compare(
         require_matplotlib()  # fail before hours of pruning, not after
     ppl = tuple(p.strip() for p in eval_ppl.split(",") if p.strip())
     task_list = tasks or ()
+
+    def save_partial(partial: dict) -> None:
+        # keep finished rows on disk while a long comparison runs ("complete": false until the end)
+        if json_path is not None and str(json_path) != "-":
+            json_path.write_text(json.dumps(to_json(partial), indent=2, default=str) + "\n")
     report = run_compare(
         model, prune=depths, methods=names, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
         ppl=ppl, tasks=task_list, limit=int(limit) if limit is not None and limit >= 1 else limit,
         eval_seq_len=eval_seq_len, eval_max_windows=eval_max_windows, options=parse_method_options(option),
-        dtype=dtype, device_map=device_map, log=lambda line: err.print(f"[dim]{line}[/dim]"),
+        dtype=dtype, device_map=device_map, log=lambda line: err.print(f"[dim]{line}[/dim]"), on_row=save_partial,
     )
     data = to_json(report)
     if json_path is not None:
