@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from miprun.collectors.hidden_states import capture_boundaries
 from miprun.errors import MiprunError
 
 _OUTPUT_ARITY: dict[type, int] = {}
@@ -208,27 +209,12 @@ class Prober:
     def boundary_states_at(self, position: int = -1) -> list[torch.Tensor]:
         """The residual stream at every block boundary at one token ``position`` of every sequence:
         T + 1 float32 CPU tensors of shape (n, hidden). One forward pass (no LM head)."""
-        boundaries: list[list[torch.Tensor]] = [[] for _ in range(self.adapter.num_blocks + 1)]
-
-        def take(index: int, value: Any) -> None:
-            hidden = value[0] if isinstance(value, (tuple, list)) else value
-            boundaries[index].append(hidden[:, position].detach().to("cpu", torch.float32))
-
-        def pre_hook(module: Any, args: Any, kwargs: Any) -> None:
-            take(0, _hidden_argument(args, kwargs))
-
-        handles = [self.adapter.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
-        for index, block in enumerate(self.adapter.blocks):
-            handles.append(block.register_forward_hook(lambda m, a, out, i=index: take(i + 1, out)))
-        try:
-            with torch.no_grad():
-                for batch in self._batches():
-                    self.adapter.backbone(input_ids=batch, use_cache=False)
-        finally:
-            for handle in handles:
-                handle.remove()
+        num_samples, seq_len = self.input_ids.shape
+        keep = torch.full((num_samples, 1), position % seq_len, dtype=torch.long)
+        states = capture_boundaries(self.adapter, self.input_ids, keep, batch_size=self.batch_size,
+                                    device=_device(self.model))
         self._count()
-        return [torch.cat(parts) for parts in boundaries]
+        return states
 
 
 def mean_cosine(a: torch.Tensor, b: torch.Tensor) -> float:

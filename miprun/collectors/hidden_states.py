@@ -52,39 +52,48 @@ class HiddenStatesCollector:
     def collect(self, model: Any, adapter: Any, input_ids: torch.Tensor, *, progress: Any = None) -> BoundaryStates:
         """Run the backbone over ``input_ids`` in batches and return the T + 1 boundary states."""
         num_samples, seq_len = input_ids.shape
-        keep = self.positions(num_samples, seq_len)
-        boundaries: list[list[torch.Tensor]] = [[] for _ in range(adapter.num_blocks + 1)]
-        current: dict[str, torch.Tensor] = {}
-
-        def take(index: int, hidden: torch.Tensor) -> None:
-            rows = current["keep"].to(hidden.device)
-            picked = torch.gather(hidden, 1, rows.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-            boundaries[index].append(picked.reshape(-1, hidden.shape[-1]).to("cpu", torch.float32))
-
-        def pre_hook(module, args, kwargs):
-            take(0, _hidden(args[0] if args else kwargs["hidden_states"]))
-
-        handles = [adapter.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
-        for index, block in enumerate(adapter.blocks):
-            handles.append(block.register_forward_hook(lambda m, a, out, i=index: take(i + 1, _hidden(out))))
         device = next(model.parameters()).device
-        batches = 0
-        try:
-            with torch.no_grad():
-                for start in range(0, num_samples, self.batch_size):
-                    batch = input_ids[start : start + self.batch_size]
-                    current["keep"] = keep[start : start + self.batch_size]
-                    adapter.backbone(input_ids=batch.to(device), use_cache=False)
-                    batches += 1
-                    if progress is not None:
-                        progress(len(batch))
-        finally:
-            for handle in handles:
-                handle.remove()
-        states = [torch.cat(parts) for parts in boundaries]
+        states = capture_boundaries(adapter, input_ids, self.positions(num_samples, seq_len),
+                                    batch_size=self.batch_size, device=device, progress=progress)
         return BoundaryStates(
             states,
             forward_passes=1,
-            info={"tokens": states[0].shape[0], "batches": batches, "drop_first": self.drop_first,
-                  "max_tokens": self.max_tokens},
+            info={"tokens": states[0].shape[0], "batches": math.ceil(num_samples / self.batch_size),
+                  "drop_first": self.drop_first, "max_tokens": self.max_tokens},
         )
+
+
+def capture_boundaries(
+    adapter: Any, input_ids: torch.Tensor, keep: torch.Tensor, *, batch_size: int, device: Any, progress: Any = None
+) -> list[torch.Tensor]:
+    """One forward pass of the backbone over ``input_ids`` (n × L) in batches, capturing the residual
+    stream at every block boundary at the positions ``keep`` (n × k, per sample).
+
+    :returns: T + 1 float32 CPU tensors of shape (n·k, hidden), rows in sample-major order.
+    """
+    boundaries: list[list[torch.Tensor]] = [[] for _ in range(adapter.num_blocks + 1)]
+    current: dict[str, torch.Tensor] = {}
+
+    def take(index: int, hidden: torch.Tensor) -> None:
+        rows = current["keep"].to(hidden.device)
+        picked = torch.gather(hidden, 1, rows.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        boundaries[index].append(picked.reshape(-1, hidden.shape[-1]).to("cpu", torch.float32))
+
+    def pre_hook(module, args, kwargs):
+        take(0, _hidden(args[0] if args else kwargs["hidden_states"]))
+
+    handles = [adapter.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
+    for index, block in enumerate(adapter.blocks):
+        handles.append(block.register_forward_hook(lambda m, a, out, i=index: take(i + 1, _hidden(out))))
+    try:
+        with torch.no_grad():
+            for start in range(0, input_ids.shape[0], batch_size):
+                batch = input_ids[start : start + batch_size]
+                current["keep"] = keep[start : start + batch_size]
+                adapter.backbone(input_ids=batch.to(device), use_cache=False)
+                if progress is not None:
+                    progress(len(batch))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [torch.cat(parts) for parts in boundaries]

@@ -8,12 +8,12 @@ data at all). The same source, tokenizer, sizes and seed always give the same to
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from miprun.data.datadir import local_file
+from miprun.data.text import hf_text, read_text_file
 from miprun.errors import MiprunError, did_you_mean
 
 _MAX_CHARS = 8_000_000
@@ -27,64 +27,25 @@ class Calibration:
     source: dict[str, Any] = field(default_factory=dict)
 
 
-def _hf_text(path: str, name: str | None, split: str, column: str, **kwargs: Any) -> str:
-    try:
-        from datasets import load_dataset
-
-        data = load_dataset(path, name, split=split, **kwargs)
-    except Exception as exc:  # datasets raises many types for a missing network or dataset
-        raise MiprunError(
-            f"cannot load Hugging Face dataset '{path}' ({type(exc).__name__}); put a local copy in "
-            f"MIPRUN_DATA_DIR or pass a .txt/.jsonl file to --calib"
-        ) from exc
-    pieces, size = [], 0
-    for row in data:
-        pieces.append(row[column])
-        size += len(row[column])
-        if size > _MAX_CHARS:
-            break
-    return "\n\n".join(pieces)
-
-
 def _wikitext2() -> str:
     local = local_file("wikitext-2", "valid.txt")
     if local is not None:
         return local.read_text(encoding="utf-8")
-    return _hf_text("wikitext", "wikitext-2-raw-v1", "validation", "text")
+    return hf_text("Salesforce/wikitext", "wikitext-2-raw-v1", "validation", "text", max_chars=_MAX_CHARS)
 
 
 NAMED_SOURCES: dict[str, Callable[[], str]] = {
     "wikitext2": _wikitext2,
-    "c4": lambda: _hf_text(
-        "allenai/c4", None, "validation", "text",
+    "c4": lambda: hf_text(
+        "allenai/c4", None, "validation", "text", max_chars=_MAX_CHARS,
         data_files={"validation": "en/c4-validation.00000-of-00008.json.gz"},
     ),
-    "ptb": lambda: _hf_text("ptb_text_only", "penn_treebank", "validation", "sentence"),
-    "alpaca": lambda: _hf_text("tatsu-lab/alpaca", None, "train", "text"),
+    # the loading script of ptb_text_only no longer runs on datasets >= 4; its parquet export does
+    "ptb": lambda: hf_text("ptb-text-only/ptb_text_only", "penn_treebank", "validation", "sentence", joiner=" ",
+                           max_chars=_MAX_CHARS, attempts=[{"revision": "refs/convert/parquet"}]),
+    "alpaca": lambda: hf_text("tatsu-lab/alpaca", None, "train", "text", max_chars=_MAX_CHARS),
 }
 """Named calibration sources → text loader."""
-
-
-def read_text_file(path: Path) -> str:
-    """Text of a ``.txt`` file, or of a ``.jsonl`` file's ``text`` field (else its first string field)."""
-    if not path.exists():
-        raise MiprunError(f"calibration file '{path}' does not exist")
-    if path.suffix == ".jsonl":
-        pieces = []
-        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MiprunError(f"{path}:{line_number} is not valid JSON ({exc.msg})") from exc
-            text = row.get("text") if isinstance(row, dict) else None
-            if text is None and isinstance(row, dict):
-                text = next((v for v in row.values() if isinstance(v, str)), None)
-            if text:
-                pieces.append(text)
-        return "\n\n".join(pieces)
-    return path.read_text(encoding="utf-8")
 
 
 def _windows(ids: Any, num_samples: int, seq_len: int, seed: int, label: str) -> Any:
@@ -151,7 +112,7 @@ def load_calibration(
                 f"unknown calibration source '{source}'{did_you_mean(source, choices)}; "
                 f"use one of {', '.join(choices)} or a .txt/.jsonl file"
             )
-        text = read_text_file(path)
+        text = read_text_file(path, what="calibration file")
         info.update(kind="file", path=str(path.resolve()))
     ids = tokenizer(text[:_MAX_CHARS], return_tensors="pt", add_special_tokens=False).input_ids[0]
     return Calibration(_windows(ids, num_samples, seq_len, seed, source), info)

@@ -18,7 +18,6 @@ Protocol (see docs/evaluation.md):
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from miprun.data.datadir import local_file
+from miprun.data.text import hf_text, read_jsonl, read_text_file
 from miprun.errors import MiprunError, did_you_mean
 
 DEFAULT_SEQ_LEN = 2048
@@ -66,50 +66,6 @@ class PerplexityResult:
 # --------------------------------------------------------------------------------------- text
 
 
-def _hf_text(
-    path: str, name: str | None, split: str, column: str, joiner: str, limit: int | None = None,
-    attempts: list[dict[str, Any]] | None = None, **kwargs: Any,
-) -> str:
-    """Rows of a Hugging Face data set joined into one text; ``attempts`` are further
-    ``load_dataset`` keyword sets tried in turn when the first load fails."""
-    import datasets
-
-    attempts = [kwargs] + list(attempts or [])
-    data, error = None, None
-    for attempt in attempts:
-        try:
-            data = datasets.load_dataset(path, name, split=split, **attempt)
-            break
-        except Exception as exc:  # network, retired loading scripts, …
-            error = exc
-    if data is None:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise MiprunError(
-            f"no local copy and cannot load '{path}' from Hugging Face ({first}); set MIPRUN_DATA_DIR to a data directory"
-        ) from error
-    rows = data[column] if limit is None else data[column][:limit]
-    return joiner.join(rows)
-
-
-def _read_jsonl(path: Path) -> str:
-    pieces = []
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if isinstance(row, str):
-                pieces.append(row)
-                continue
-            field = next((k for k in ("text", "page", "content", "sentence") if isinstance(row.get(k), str)), None)
-            if field is None:
-                field = next((k for k, v in row.items() if isinstance(v, str)), None)
-            if field is None:
-                raise MiprunError(f"{path}: a line has no text field (expected 'text', 'page', 'content' or 'sentence')")
-            pieces.append(row[field])
-    return "\n\n".join(pieces)
-
-
 def check_dataset(dataset: str) -> None:
     """Raise :class:`MiprunError` unless ``dataset`` is a named set or an existing local file."""
     if dataset in DATASETS:
@@ -134,51 +90,36 @@ def load_text(dataset: str) -> tuple[str, str]:
     check_dataset(dataset)
     path = Path(dataset).expanduser()
     if dataset not in DATASETS:
-        text = _read_jsonl(path) if path.suffix in (".jsonl", ".json") else path.read_text(encoding="utf-8")
-        return text, str(path.resolve())
+        return read_text_file(path, what="perplexity file"), str(path.resolve())
     if dataset == "wikitext2":
         found = local_file("wikitext-2-raw", "wiki.test.raw")
         if found:
             return found.read_text(encoding="utf-8"), str(found)
         # The rows of the HF set are the lines of wiki.test.raw with their newlines.
-        return _hf_text("Salesforce/wikitext", "wikitext-2-raw-v1", "test", "text", ""), "hf:wikitext/wikitext-2-raw-v1:test"
+        return hf_text("Salesforce/wikitext", "wikitext-2-raw-v1", "test", "text", joiner=""), "hf:wikitext/wikitext-2-raw-v1:test"
     if dataset == "wikitext2-tokenized":
         found = local_file("wikitext-2", "test.txt")
         if found:
             return found.read_text(encoding="utf-8"), str(found)
-        return _hf_text("Salesforce/wikitext", "wikitext-2-v1", "test", "text", ""), "hf:wikitext/wikitext-2-v1:test"
+        return hf_text("Salesforce/wikitext", "wikitext-2-v1", "test", "text", joiner=""), "hf:wikitext/wikitext-2-v1:test"
     if dataset == "c4":
         for name in ("c4-validation.00000-of-00008.json", "c4-validation.00000-of-00008.json.gz", "validation.jsonl"):
             found = local_file("c4", name)
             if found:
-                return _read_jsonl_first(found, 1100), str(found)
+                return read_jsonl(found, max_rows=1100), str(found)
         shard = "en/c4-validation.00000-of-00008.json.gz"
-        text = _hf_text("allenai/c4", None, "validation", "text", "\n\n", limit=1100, data_files={"validation": shard})
+        text = hf_text("allenai/c4", None, "validation", "text", max_rows=1100, data_files={"validation": shard})
         return text, f"hf:allenai/c4:{shard}"
     # ptb
     found = local_file("ptb", "ptb.test.txt")
     if found:
         return found.read_text(encoding="utf-8"), str(found)
     # The loading script of ptb_text_only no longer runs on datasets >= 4; its parquet export does.
-    text = _hf_text(
-        "ptb-text-only/ptb_text_only", "penn_treebank", "test", "sentence", " ",
+    text = hf_text(
+        "ptb-text-only/ptb_text_only", "penn_treebank", "test", "sentence", joiner=" ",
         attempts=[{"revision": "refs/convert/parquet"}],
     )
     return text, "hf:ptb-text-only/ptb_text_only/penn_treebank:test"
-
-
-def _read_jsonl_first(path: Path, count: int) -> str:
-    import gzip
-
-    pieces = []
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                pieces.append(json.loads(line)["text"])
-            if len(pieces) >= count:
-                break
-    return "\n\n".join(pieces)
 
 
 # ------------------------------------------------------------------------------------ windows

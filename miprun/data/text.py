@@ -1,0 +1,118 @@
+"""Reading text: local ``.txt`` / ``.jsonl`` (optionally gzipped) files and Hugging Face data sets.
+
+One home for what the calibration sources (:mod:`miprun.data.calibration`) and the perplexity data
+sets (:mod:`miprun.evaluation.perplexity`) both need.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from miprun.errors import MiprunError
+
+TEXT_FIELDS = ("text", "page", "content", "sentence")
+"""JSON fields tried in turn for a line's text (then the first string field)."""
+
+
+def hf_text(
+    path: str,
+    name: str | None,
+    split: str,
+    column: str,
+    *,
+    joiner: str = "\n\n",
+    max_rows: int | None = None,
+    max_chars: int | None = None,
+    attempts: Iterable[dict[str, Any]] = (),
+    **kwargs: Any,
+) -> str:
+    """Rows of ``column`` of a Hugging Face data set joined with ``joiner``.
+
+    :param max_rows: keep only the first rows; ``max_chars``: stop once this many characters are read.
+    :param attempts: further ``load_dataset`` keyword sets tried in turn when the first load
+        (with ``kwargs``) fails — e.g. a parquet revision for a data set whose loading script no
+        longer runs.
+    :raises MiprunError: one line naming the data set and the fix when nothing loads (no network).
+    """
+    import datasets
+
+    data, error = None, None
+    for attempt in [kwargs, *attempts]:
+        try:
+            data = datasets.load_dataset(path, name, split=split, **attempt)
+            break
+        except Exception as exc:  # network, retired loading scripts, missing data set, …
+            error = exc
+    if data is None:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise MiprunError(
+            f"no local copy and cannot load '{path}' from Hugging Face ({first}); set MIPRUN_DATA_DIR to a "
+            f"data directory or pass a local .txt/.jsonl file"
+        ) from error
+    pieces, size = [], 0
+    for number, row in enumerate(data):
+        if max_rows is not None and number >= max_rows:
+            break
+        pieces.append(row[column])
+        size += len(row[column])
+        if max_chars is not None and size > max_chars:
+            break
+    return joiner.join(pieces)
+
+
+def _line_text(row: Any, where: str) -> str:
+    if isinstance(row, str):
+        return row
+    if not isinstance(row, dict):
+        raise MiprunError(f"{where}: expected a JSON object or string per line")
+    field = next((k for k in TEXT_FIELDS if isinstance(row.get(k), str)), None)
+    if field is None:
+        field = next((k for k, v in row.items() if isinstance(v, str)), None)
+    if field is None:
+        raise MiprunError(f"{where}: the line has no text field (expected one of {', '.join(TEXT_FIELDS)})")
+    return row[field]
+
+
+def read_jsonl(path: Path, *, max_rows: int | None = None) -> str:
+    """The text of every line of a ``.jsonl`` / ``.json`` (or ``.gz``) file, joined by blank lines.
+
+    Each line is a string or an object whose text is the first of :data:`TEXT_FIELDS` present, else
+    its first string field. Bad lines raise :class:`MiprunError` naming the file and line.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    pieces = []
+    with opener(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise MiprunError(f"{path}:{number} is not valid JSON ({exc.msg})") from exc
+            text = _line_text(row, f"{path}:{number}")
+            if text:
+                pieces.append(text)
+            if max_rows is not None and len(pieces) >= max_rows:
+                break
+    return "\n\n".join(pieces)
+
+
+def is_jsonl(path: Path) -> bool:
+    """Whether ``path`` names a JSON-lines file (``.jsonl``, ``.json``, either gzipped)."""
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    return bool(suffixes) and suffixes[-1] in (".jsonl", ".json")
+
+
+def read_text_file(path: Path, *, what: str = "text file") -> str:
+    """Text of a plain text file or of a JSON-lines file (see :func:`read_jsonl`).
+
+    :raises MiprunError: when the file does not exist (``what`` names it in the message).
+    """
+    if not path.is_file():
+        raise MiprunError(f"{what} '{path}' does not exist")
+    if is_jsonl(path):
+        return read_jsonl(path)
+    return path.read_text(encoding="utf-8")

@@ -1,0 +1,32 @@
+"""Reading local text: plain files, JSON lines (gzipped or not), clear errors."""
+
+import gzip
+import json
+
+import pytest
+
+from miprun.data.text import is_jsonl, read_jsonl, read_text_file
+from miprun.errors import MiprunError
+
+
+def test_jsonl_fields_strings_and_row_limit(tmp_path):
+    rows = [{"text": "first"}, "second", {"id": 3, "sentence": "third"}, {"id": 4, "note": "fourth"}]
+    path = tmp_path / "c4-validation.00000-of-00008.json.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    assert is_jsonl(path) and not is_jsonl(tmp_path / "wiki.test.raw")
+    assert read_text_file(path) == "first\n\nsecond\n\nthird\n\nfourth"
+    assert read_jsonl(path, max_rows=2) == "first\n\nsecond"
+
+
+def test_bad_lines_and_missing_files_are_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{not json\n')
+    with pytest.raises(MiprunError, match=r"bad.jsonl:2 is not valid JSON"):
+        read_text_file(bad)
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text('{"n": 1}\n')
+    with pytest.raises(MiprunError, match="numbers.jsonl:1: the line has no text field"):
+        read_text_file(numbers)
+    with pytest.raises(MiprunError, match="calibration file .*missing.txt' does not exist"):
+        read_text_file(tmp_path / "missing.txt", what="calibration file")
