@@ -40,9 +40,12 @@ SCORES: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("MI gaussian-channel", "block-mi", "gaussian-channel", {}),
     ("MI gaussian-channel rms", "block-mi", "gaussian-channel", {"normalize": "rms"}),
     ("MI gaussian pca64", "block-mi", "gaussian", {}),
-    ("MI renyi a=2 scott", "block-mi", "renyi", {}),
-    ("MI renyi a=2 median", "block-mi", "renyi", {"sigma": "median"}),
-    ("MI renyi a=2 rms", "block-mi", "renyi", {"normalize": "rms"}),
+    ("MI renyi (default)", "block-mi", "renyi", {}),
+    ("MI renyi median", "block-mi", "renyi", {"sigma": "median"}),
+    ("MI renyi raw standardized", "block-mi", "renyi", {"normalize": "standardize", "self_normalize": False}),
+    ("MI renyi raw median", "block-mi", "renyi", {"normalize": "standardize", "self_normalize": False,
+                                                  "sigma": "median"}),
+    ("MI renyi raw rms", "block-mi", "renyi", {"self_normalize": False}),
     ("MI ksg pca8", "block-mi", "ksg", {}),
 ]
 

@@ -43,8 +43,19 @@ Choices made here (see ``/work/shared/notes/mi-estimation.md``):
 - **Scott in low dimension**: N^(−1/(4+d)) shrinks the width when d is small, and Rényi MI of
   independent variables then stays large (0.84 nats at d = 2, n = 256, against 1.50 for ρ = 0.9);
   ``median`` is better there (0.016 vs 0.32). At d = 576 the two rules are close.
-- **Normalisation**: ``standardize`` by default, so massive-activation channels do not dominate
-  distances and the estimate is invariant to per-feature scaling.
+- **Normalisation**: ``rms`` by default — each token divided by its root-mean-square, as the
+  model's own pre-block RMS norm does, so the huge-norm growth of the residual stream with depth
+  does not set the scale; ``standardize`` (per-feature) makes the estimate invariant to feature
+  scaling instead.
+- **Self-normalisation** (``self_normalize``, default on): I(X; Y) / √(I(X; X) · I(Y; Y)), 1 for
+  Y = X (up to a scale), small for shuffled tokens that have structure to share (0.19 vs 0.997
+  for a noisy copy on clustered data, d = 64). Raw I_α is bounded
+  by each variable's entropy, which itself changes from boundary to boundary with the kernel width;
+  dividing by the self-information compares blocks in the same units. On SmolLM2-135M this lifted
+  the Spearman correlation of the block score with the true removal cost from ≈ 0.1 to ≈ 0.7
+  (docs/estimators.md). On structureless data (i.i.d. Gaussians) I(X; X) itself is tiny and the
+  ratio saturates (0.96 for independent x, z at d = 64 with Scott's width, 0.32 with ``median``):
+  a self-normalised value is only meaningful for variables with structure, such as hidden states.
 - Squared distances are computed in float64 on centred data; the Gram matrix is stored in float32
   (half the memory per prepared variable) and all sums and eigendecompositions run in float64.
 - Compare values only at fixed n and tokens: every entropy is capped by log n, so dependent and
@@ -63,6 +74,7 @@ from miprun.errors import MiprunError
 from miprun.estimators import kernels
 from miprun.estimators.preprocess import (
     NORMALIZATIONS,
+    as_bool,
     as_matrix,
     check_choice,
     normalize_tokens,
@@ -123,6 +135,7 @@ class RenyiPrepared:
     gram: torch.Tensor
     entropy: float
     sigma: float
+    self_mi: float = math.nan
 
     @property
     def n(self) -> int:
@@ -141,6 +154,8 @@ class RenyiEstimator:
     :param align_batch: tokens per batch for the ``alignment`` search.
     :param align_ema: EMA factor β smoothing the aligned width over batches.
     :param align_span: the aligned width stays within [σ_Scott / span, σ_Scott · span].
+    :param self_normalize: return I(X; Y) / √(I(X; X) · I(Y; Y)) — MI in units of each variable's
+        self-information — instead of nats (see "Self-normalisation" in the module docstring).
     """
 
     name = "renyi"
@@ -151,12 +166,13 @@ class RenyiEstimator:
         alpha: float = 2.0,
         sigma: str | float = "scott",
         gamma: float = 0.8,
-        normalize: str = "standardize",
+        normalize: str = "rms",
         max_samples: int | None = None,
         align_frac: float = 0.05,
         align_batch: int = 512,
         align_ema: float = 0.5,
         align_span: float = 4.0,
+        self_normalize: bool = True,
     ) -> None:
         self.alpha = float(alpha)
         if not self.alpha > 0 or not math.isfinite(self.alpha):
@@ -181,6 +197,7 @@ class RenyiEstimator:
                 "renyi alignment options need 0 < align_frac < 1, align_batch ≥ 4, 0 ≤ align_ema < 1 "
                 "and align_span > 1"
             )
+        self.self_normalize = as_bool("self_normalize", self_normalize, "renyi")
         self.min_samples = 4
 
     @staticmethod
@@ -230,7 +247,10 @@ class RenyiEstimator:
         sigma = self.width(t, dist)
         gram = kernels.gaussian_gram(dist, sigma)
         entropy = matrix_renyi_entropy(gram, self.alpha)
-        return RenyiPrepared(gram=gram.to(torch.float32), entropy=entropy, sigma=sigma)
+        prepared = RenyiPrepared(gram=gram.to(torch.float32), entropy=entropy, sigma=sigma)
+        if self.self_normalize:
+            prepared.self_mi = 2.0 * entropy - self.joint_entropy(prepared, prepared)
+        return prepared
 
     # ------------------------------------------------------------------ pairs
 
@@ -246,8 +266,12 @@ class RenyiEstimator:
         return matrix_renyi_entropy(px.gram.double() * py.gram.double(), self.alpha)
 
     def mi_prepared(self, px: RenyiPrepared, py: RenyiPrepared) -> float:
-        """I_α = S_α(A) + S_α(B) − S_α(A, B) in nats."""
-        return px.entropy + py.entropy - self.joint_entropy(px, py)
+        """I_α = S_α(A) + S_α(B) − S_α(A, B) in nats, or divided by √(I_α(X; X) · I_α(Y; Y))
+        with ``self_normalize``."""
+        mi = px.entropy + py.entropy - self.joint_entropy(px, py)
+        if not self.self_normalize:
+            return mi
+        return mi / math.sqrt(max(px.self_mi, 1e-300) * max(py.self_mi, 1e-300))
 
     def mi(self, x: Any, y: Any) -> float:
         """I_α between ``x`` (n × d_x) and ``y`` (n × d_y) in nats."""
