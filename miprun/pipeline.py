@@ -150,8 +150,9 @@ def resolve_plan(
 ) -> Plan:
     """Fill in defaults and check every name before any work starts.
 
-    Without a scorer, naming an estimator selects ``block-mi`` (MI-PRUN) and otherwise
-    ``block-influence`` (ShortGPT). Without a selector, ``block-mi`` uses ``fast-block-select`` and
+    Without a scorer, naming an estimator or an MI-PRUN selector (one whose class sets
+    ``default_scorer``, e.g. ``fast-block-select``) selects that scorer (``block-mi``) and
+    otherwise ``block-influence`` (ShortGPT). Without a selector, ``block-mi`` uses ``fast-block-select`` and
     other scorers ``greedy``. ``block-mi`` without an estimator uses :data:`DEFAULT_ESTIMATOR`.
     Strategies that take a ``seed`` option get the run's seed unless it is set explicitly.
     """
@@ -159,9 +160,12 @@ def resolve_plan(
     collector = check_granularity(registry, "collector", collector, "block")
     if estimator is not None:
         estimator = check_granularity(registry, "estimator", estimator, "block")
-    scorer = check_granularity(registry, "scorer", scorer or ("block-mi" if estimator else "block-influence"), "block")
     if selector is not None:
         selector = check_granularity(registry, "selector", selector, "block")
+    if scorer is None:
+        implied = getattr(registry.get("selector", selector).load_factory(), "default_scorer", None) if selector else None
+        scorer = "block-mi" if estimator else implied or "block-influence"
+    scorer = check_granularity(registry, "scorer", scorer, "block")
     surgeon = check_granularity(registry, "surgeon", surgeon, "block")
     names = {"collector": collector, "scorer": scorer}
     scorer_entry = registry.get("scorer", scorer)

@@ -123,7 +123,8 @@ class Scorer(Protocol):
 
 @runtime_checkable
 class Selector(Protocol):
-    """Chooses ``n`` blocks to remove."""
+    """Chooses ``n`` blocks to remove. An optional class attribute ``default_scorer`` names the
+    scorer a run uses when this selector is chosen and no scorer is named."""
 
     name: str
 

@@ -73,6 +73,12 @@ def test_counts_and_defaults():
     plan = resolve_plan(estimator="renyi")
     assert plan.names["scorer"] == "block-mi" and plan.names["selector"] == "fast-block-select"
     assert resolve_plan(scorer="block-mi").names["estimator"] == "gaussian-channel"
+    # MI-PRUN's selectors imply MI scores; other selectors keep ShortGPT's; an explicit scorer wins
+    for selector in ("fast-block-select", "brute-force"):
+        names = resolve_plan(selector=selector).names
+        assert (names["scorer"], names["estimator"]) == ("block-mi", "gaussian-channel")
+    assert resolve_plan(selector="greedy").names["scorer"] == "block-influence"
+    assert resolve_plan(scorer="block-influence", selector="fast-block-select").names["scorer"] == "block-influence"
     with pytest.raises(MiprunError, match="did you mean 'greedy'"):
         resolve_plan(selector="gredy")
 

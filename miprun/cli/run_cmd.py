@@ -24,7 +24,7 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed for data sampling and every seeded strategy")] = 0,
     collector: Annotated[Optional[str], typer.Option(help="Collector (default hidden-states; neuron: ffn-activations)")] = None,
     estimator: Annotated[Optional[str], typer.Option(help="MI estimator; naming one selects the block-mi scorer")] = None,
-    scorer: Annotated[Optional[str], typer.Option(help="Scorer (default block-influence, or block-mi with --estimator)")] = None,
+    scorer: Annotated[Optional[str], typer.Option(help="Scorer (default block-influence; block-mi with --estimator or an MI-PRUN selector)")] = None,
     selector: Annotated[Optional[str], typer.Option(help="Selector (default greedy, or fast-block-select for block-mi)")] = None,
     surgeon: Annotated[Optional[str], typer.Option(help="Surgeon (default remove-blocks; neuron: slice-ffn)")] = None,
     option: Annotated[list[str], typer.Option("--option", "-o", help="Strategy option KIND.KEY=VALUE, repeatable")] = [],

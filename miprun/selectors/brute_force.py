@@ -16,6 +16,7 @@ class BruteForceSelector:
     """
 
     name = "brute-force"
+    default_scorer = "block-mi"  # MI-PRUN's selector: without --scorer it runs on span MI
 
     def __init__(self, conflict: str = GREEDY_LONGEST_FIRST, max_iterations: int = 20) -> None:
         check_options(None, conflict, max_iterations)

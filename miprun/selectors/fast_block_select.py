@@ -17,6 +17,7 @@ class FastBlockSelector:
     """
 
     name = "fast-block-select"
+    default_scorer = "block-mi"  # MI-PRUN's selector: without --scorer it runs on span MI
 
     def __init__(self, k: int = 5, conflict: str = GREEDY_LONGEST_FIRST, max_iterations: int = 20) -> None:
         check_options(k, conflict, max_iterations)
