@@ -71,10 +71,12 @@ def _self_generated(model: Any, tokenizer: Any, num_samples: int, seq_len: int, 
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     prompt = torch.full((num_samples, 1), start_id, dtype=torch.long, device=device)
+    # no padding happens (equal lengths); a pad id other than the prompt token avoids a false warning
+    pad_id = next((t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t not in (None, start_id)), start_id)
     with torch.no_grad():
         out = model.generate(
-            prompt, do_sample=True, top_k=50, temperature=1.0, max_new_tokens=seq_len,
-            min_new_tokens=seq_len, pad_token_id=start_id,
+            prompt, attention_mask=torch.ones_like(prompt), do_sample=True, top_k=50, temperature=1.0,
+            max_new_tokens=seq_len, min_new_tokens=seq_len, pad_token_id=pad_id,
         )
     return out[:, 1 : seq_len + 1].cpu()
 
