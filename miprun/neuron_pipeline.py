@@ -36,6 +36,7 @@ from miprun.pipeline import (
     finish_run,
     load_stage,
     model_slug,
+    plan_with_options,
     stage,
 )
 from miprun.registry import Registry, get_registry
@@ -285,17 +286,7 @@ def resolve_neuron_plan(
             )
     names["selector"] = selector
     names["surgeon"] = check_granularity(registry, "surgeon", surgeon or "slice-ffn", NEURON)
-    resolved: dict[str, dict[str, Any]] = {}
-    for kind, name in names.items():
-        entry = registry.get(kind, name)
-        opts = dict(options.get(kind, {}))
-        if "seed" in entry.options() and "seed" not in opts:
-            opts["seed"] = seed
-        resolved[kind] = opts
-    unknown = set(options) - set(names)
-    if unknown:
-        raise MiprunError(f"options given for {', '.join(sorted(unknown))}, which this run does not use")
-    return Plan(names, resolved)
+    return plan_with_options(registry, names, options, seed)
 
 
 def default_neuron_output(model: str, plan: Plan, kept: int) -> Path:

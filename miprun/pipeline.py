@@ -175,11 +175,19 @@ def resolve_plan(
         names["estimator"] = estimator or DEFAULT_ESTIMATOR
     names["selector"] = selector or ("fast-block-select" if scorer == "block-mi" else "greedy")
     names["surgeon"] = surgeon
+    return plan_with_options(registry, names, options, seed)
+
+
+def plan_with_options(
+    registry: Registry, names: dict[str, str], options: dict[str, dict[str, Any]] | None, seed: int
+) -> Plan:
+    """A :class:`Plan` of the checked strategy ``names`` with their ``options``; strategies that take
+    a ``seed`` get the run's seed unless it is set explicitly. Options for a kind the run does not
+    use are an error."""
     resolved: dict[str, dict[str, Any]] = {}
     for kind, name in names.items():
-        entry = registry.get(kind, name)
         opts = dict((options or {}).get(kind, {}))
-        if "seed" in entry.options() and "seed" not in opts:
+        if "seed" in registry.get(kind, name).options() and "seed" not in opts:
             opts["seed"] = seed
         resolved[kind] = opts
     unknown = set(options or {}) - set(names)
