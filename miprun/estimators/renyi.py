@@ -249,7 +249,7 @@ class RenyiEstimator:
         entropy = matrix_renyi_entropy(gram, self.alpha)
         prepared = RenyiPrepared(gram=gram.to(torch.float32), entropy=entropy, sigma=sigma)
         if self.self_normalize:
-            prepared.self_mi = 2.0 * entropy - self.joint_entropy(prepared, prepared)
+            prepared.self_mi = self._raw_mi(prepared, prepared)
         return prepared
 
     # ------------------------------------------------------------------ pairs
@@ -265,14 +265,17 @@ class RenyiEstimator:
             return -math.log(_sum_sq(px.gram, py.gram) / trace**2)
         return matrix_renyi_entropy(px.gram.double() * py.gram.double(), self.alpha)
 
+    def _raw_mi(self, px: RenyiPrepared, py: RenyiPrepared) -> float:
+        return px.entropy + py.entropy - self.joint_entropy(px, py)
+
     def mi_prepared(self, px: RenyiPrepared, py: RenyiPrepared) -> float:
         """I_α = S_α(A) + S_α(B) − S_α(A, B) in nats, or divided by √(I_α(X; X) · I_α(Y; Y))
         with ``self_normalize``."""
-        mi = px.entropy + py.entropy - self.joint_entropy(px, py)
+        mi = self._raw_mi(px, py)
         if not self.self_normalize:
             return mi
         return mi / math.sqrt(max(px.self_mi, 1e-300) * max(py.self_mi, 1e-300))
 
     def mi(self, x: Any, y: Any) -> float:
-        """I_α between ``x`` (n × d_x) and ``y`` (n × d_y) in nats."""
+        """I_α between ``x`` (n × d_x) and ``y`` (n × d_y), as :meth:`mi_prepared` returns it."""
         return self.mi_prepared(self.prepare(x), self.prepare(y))
