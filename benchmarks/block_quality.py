@@ -32,9 +32,11 @@ from miprun.evaluation.perplexity import perplexity
 from miprun.models.loading import load_model
 from miprun.probing import Prober
 from miprun.registry import get_registry
+from miprun.strategies import RunContext, call_with_context
 
 SCORES: list[tuple[str, str, str | None, dict[str, Any]]] = [
     # label, scorer, estimator, estimator options
+    ("MI output (default)", "output-mi", "gaussian-channel", {}),
     ("cosine (ShortGPT)", "block-influence", None, {}),
     ("angular", "angular", None, {}),
     ("MI gaussian-channel", "block-mi", "gaussian-channel", {}),
@@ -49,13 +51,15 @@ SCORES: list[tuple[str, str, str | None, dict[str, Any]]] = [
     ("MI ksg pca8", "block-mi", "ksg", {}),
 ]
 
-METHODS: list[tuple[str, str, str | None, str]] = [
-    # label, scorer, estimator, selector
-    ("mi-prun (default)", "block-mi", "gaussian-channel", "fast-block-select"),
-    ("mi greedy", "block-mi", "gaussian-channel", "greedy"),
-    ("mi-prun renyi", "block-mi", "renyi", "fast-block-select"),
-    ("shortgpt", "block-influence", None, "greedy"),
-    ("angular span", "angular", None, "best-span"),
+METHODS: list[tuple[str, str, str | None, str, dict[str, Any]]] = [
+    # label, scorer, estimator, selector, scorer options
+    ("mi-prun (default)", "output-mi", "gaussian-channel", "fast-block-select", {}),
+    ("mi output greedy", "output-mi", "gaussian-channel", "greedy", {}),
+    ("mi-prun logit space", "output-mi", "gaussian-channel", "fast-block-select", {"space": "logits"}),
+    ("mi-prun local", "block-mi", "gaussian-channel", "fast-block-select", {}),
+    ("mi-prun renyi", "block-mi", "renyi", "fast-block-select", {}),
+    ("shortgpt", "block-influence", None, "greedy", {}),
+    ("angular span", "angular", None, "best-span", {}),
 ]
 
 
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument("--ppl-windows", type=int, default=40, help="0 skips the perplexity part")
     parser.add_argument("--ppl-seq-len", type=int, default=512)
     parser.add_argument("--skip-costs", action="store_true", help="only selections and perplexity")
+    parser.add_argument("--methods", help="comma list of method labels of part 3 to run (default: all)")
     parser.add_argument("--json")
     args = parser.parse_args()
     depths = [int(x) for x in args.prune.split(",")]
@@ -92,11 +97,11 @@ def main() -> None:
     print(f"model {args.model}, calibration {args.calib} {args.num_samples}x{args.seq_len}, "
           f"{states.info['tokens']} tokens per boundary")
 
+    context = RunContext(loaded.model, loaded.adapter, calib.input_ids, loaded.tokenizer)
     scores: dict[str, Any] = {}
     for label, scorer, estimator, options in SCORES:
         start = time.perf_counter()
-        est = registry.create("estimator", estimator, **options) if estimator else None
-        scores[label] = registry.create("scorer", scorer).score(states, est)
+        scores[label] = score_with(registry, context, states, scorer, estimator, options)
         result.setdefault("score_seconds", {})[label] = time.perf_counter() - start
 
     if not args.skip_costs:
@@ -121,19 +126,45 @@ def main() -> None:
     result["dense_perplexity"] = dense_ppl
     print(f"\nperplexity protocol: wikitext2, {args.ppl_windows} windows of {args.ppl_seq_len}; dense {dense_ppl:.2f}")
     print(f"{'method':<22}{'N':>3}{'perplexity':>12}  blocks")
+    # one score object per scorer, shared by every N (and by part 2 where it has default options)
+    method_scores = {(scorer, estimator, "{}"): scores[label]
+                     for label, scorer, estimator, options in SCORES if not options}
     for n in depths:
-        for label, scorer, estimator, selector in METHODS:
-            est = registry.create("estimator", estimator) if estimator else None
-            span_scores = registry.create("scorer", scorer).score(states, est)
+        for label, scorer, estimator, selector, scorer_options in METHODS:
+            if args.methods and label not in args.methods.split(","):
+                continue
+            key = (scorer, estimator, json.dumps(scorer_options, sort_keys=True))
+            if key not in method_scores:
+                method_scores[key] = score_with(registry, context, states, scorer, estimator, {}, scorer_options)
+                importance = method_scores[key].singles()
+                if "removal_cost" in result:
+                    rho = spearmanr(importance, result["removal_cost"]["per_block"]).correlation
+                    result.setdefault("correlation", {})[label] = {"spearman": rho}
+                    print(f"  ({label}: Spearman ρ with the removal cost {rho:.3f})", flush=True)
+            span_scores = method_scores[key]
+            start = time.perf_counter()
             blocks = registry.create("selector", selector).select(span_scores, n).blocks
+            seconds = time.perf_counter() - start
             pruned = copy.deepcopy(loaded)
             registry.create("surgeon", "remove-blocks").apply(pruned.model, pruned.adapter, blocks)
             ppl = perplexity(pruned.model, pruned.tokenizer, "wikitext2", seq_len=args.ppl_seq_len,
                              max_windows=args.ppl_windows).perplexity
-            result.setdefault("selections", []).append({"method": label, "n": n, "blocks": blocks, "perplexity": ppl})
-            print(f"{label:<22}{n:>3}{ppl:>12.2f}  {blocks}", flush=True)
+            result.setdefault("selections", []).append(
+                {"method": label, "n": n, "blocks": blocks, "perplexity": ppl, "select_seconds": seconds,
+                 "set_mi": span_scores.set_value(blocks) if span_scores.supports_sets else None})
+            print(f"{label:<22}{n:>3}{ppl:>12.2f}  {blocks}  ({seconds:.0f} s)", flush=True)
+            finish(result, args.json)
             del pruned
     finish(result, args.json)
+
+
+def score_with(registry, context: RunContext, states, scorer: str, estimator: str | None, options: dict,
+               scorer_options: dict | None = None) -> Any:
+    """The span scores of ``scorer`` (with its ``scorer_options``, and ``estimator`` with its
+    ``options``) on ``states``."""
+    est = registry.create("estimator", estimator, **options) if estimator else None
+    return call_with_context(registry.create("scorer", scorer, **(scorer_options or {})).score, states, est,
+                             context=context)
 
 
 def finish(result: dict[str, Any], path: str | None) -> None:

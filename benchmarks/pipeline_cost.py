@@ -18,9 +18,11 @@ import torch
 from miprun.data.calibration import load_calibration
 from miprun.models.loading import load_model
 from miprun.registry import get_registry
+from miprun.strategies import RunContext, call_with_context
 
 CONFIGS = [
     ("block-influence", None, "greedy", {}),
+    ("output-mi", "gaussian-channel", "fast-block-select", {}),
     ("block-mi", "gaussian-channel", "fast-block-select", {}),
     ("block-mi", "renyi", "fast-block-select", {}),
     ("block-mi", "gaussian", "fast-block-select", {}),
@@ -68,7 +70,8 @@ def main() -> None:
         states = collector.collect(loaded.model, loaded.adapter, calib.input_ids)
         collected = time.perf_counter()
         estimator = registry.create("estimator", estimator_name, **options) if estimator_name else None
-        scores = registry.create("scorer", scorer_name).score(states, estimator)
+        context = RunContext(loaded.model, loaded.adapter, calib.input_ids, loaded.tokenizer)
+        scores = call_with_context(registry.create("scorer", scorer_name).score, states, estimator, context=context)
         estimated = time.perf_counter()
         selection = registry.create("selector", selector_name).select(scores, args.prune)
         done = time.perf_counter()
@@ -76,7 +79,8 @@ def main() -> None:
             "scorer": scorer_name, "estimator": estimator_name or "-", "selector": selector_name,
             "collect_s": collected - start, "estimate_s": estimated - collected, "select_s": done - estimated,
             "total_s": done - start, "ratio_to_forward": (done - start) / floor,
-            "span_evaluations": scores.evaluations, "blocks": selection.blocks,
+            "span_evaluations": scores.evaluations, "forward_passes": 1 + context.forward_passes,
+            "blocks": selection.blocks,
         })
         r = rows[-1]
         print(f"{r['scorer']:<16}{r['estimator']:<17}{r['selector']:<18}{r['collect_s']:>8.2f}{r['estimate_s']:>9.2f}"

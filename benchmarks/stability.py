@@ -2,7 +2,8 @@
 
 Runs selection for several calibration sources, sequence lengths and sample counts, and reports
 each selection and its Jaccard agreement with the reference setting (first source, largest length
-and count), for the default MI pipeline and for ShortGPT's cosine.
+and count), for the default MI pipeline (output MI + Fast-Block-Select), the paper's local block MI and
+ShortGPT's cosine.
 
     python benchmarks/stability.py --sources wikitext2,self --seq-lens 64,128,256 --samples 4,8,16 --prune 6
 """
@@ -17,9 +18,11 @@ from typing import Any
 from miprun.data.calibration import load_calibration
 from miprun.models.loading import load_model
 from miprun.registry import get_registry
+from miprun.strategies import RunContext, call_with_context
 
 METHODS = {
-    "mi-prun": ("block-mi", "gaussian-channel", "fast-block-select"),
+    "mi-prun": ("output-mi", "gaussian-channel", "fast-block-select"),
+    "mi-prun-local": ("block-mi", "gaussian-channel", "fast-block-select"),
     "shortgpt": ("block-influence", None, "greedy"),
 }
 
@@ -54,10 +57,12 @@ def main() -> None:
         row: dict[str, Any] = {"source": source, "seq_len": seq_len, "samples": count}
         for method, (scorer, estimator, selector) in METHODS.items():
             est = registry.create("estimator", estimator) if estimator else None
-            scores = registry.create("scorer", scorer).score(states, est)
+            context = RunContext(loaded.model, loaded.adapter, calib.input_ids, loaded.tokenizer)
+            scores = call_with_context(registry.create("scorer", scorer).score, states, est, context=context)
             row[method] = registry.create("selector", selector).select(scores, args.prune).blocks
         rows.append(row)
         print(f"{source:<10}{seq_len:>5}{count:>4}  " + "  ".join(f"{m} {row[m]}" for m in METHODS), flush=True)
+        write_json(args.json, {"args": vars(args), "rows": rows, "complete": False})
 
     reference = rows[0]
     print(f"\nJaccard agreement with the reference ({reference['source']}, {reference['seq_len']} tokens, "
@@ -68,9 +73,14 @@ def main() -> None:
         print(f"{row['source']:<10}{row['seq_len']:>5}{row['samples']:>4}" + "".join(f"{row['jaccard'][m]:>12.2f}" for m in METHODS))
     means = {m: sum(r["jaccard"][m] for r in rows) / len(rows) for m in METHODS}
     print(f"{'mean':<19}" + "".join(f"{means[m]:>12.2f}" for m in METHODS))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump({"args": vars(args), "rows": rows, "mean_jaccard": means}, handle, indent=2)
+    write_json(args.json, {"args": vars(args), "rows": rows, "mean_jaccard": means, "complete": True})
+
+
+def write_json(path: str | None, result: dict[str, Any]) -> None:
+    """Write ``result`` to ``path`` when one is given (after every row, so a stopped run keeps its rows)."""
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,11 @@ def miprun_register_scorers(register):
         description="MI-PRUN: importance = −MI(span input, span output) with the chosen estimator",
     )
     register(
+        "output-mi",
+        "miprun.scorers.output_mi:OutputMIScorer",
+        description="MI between the model output with and without the block set (T + 1 passes; FBS default)",
+    )
+    register(
         "neuron-mi",
         "miprun.scorers.neuron_mi:NeuronMIScorer",
         description="(neuron) Pairwise neuron redundancy per FFN layer from a neuron estimator",

@@ -64,18 +64,21 @@ class MethodSpec:
         return {kind: name for kind, name in names.items() if name is not None}
 
 
-def _mi(selector: str, description: str) -> MethodSpec:
+def _mi(selector: str, description: str, scorer: str = "output-mi") -> MethodSpec:
     from miprun.pipeline import DEFAULT_ESTIMATOR
 
-    return MethodSpec("", selector, "block-mi", DEFAULT_ESTIMATOR, description=description)
+    return MethodSpec("", selector, scorer, DEFAULT_ESTIMATOR, description=description)
 
 
 def builtin_methods() -> dict[str, MethodSpec]:
     """The methods ``miprun compare`` knows by name."""
     specs = {
-        "mi-prun": _mi("fast-block-select", "MI-PRUN: block MI + Fast-Block-Select (iterative span refinement)"),
-        "mi-greedy": _mi("greedy", "Single-block MI, the N least informative blocks at once"),
-        "mi-brute-force": _mi("brute-force", "MI-PRUN refinement scoring every candidate span exactly"),
+        "mi-prun": _mi("fast-block-select", "MI of the model output with/without the set + Fast-Block-Select (default)"),
+        "mi-greedy": _mi("greedy", "Single-block output MI, the N least informative blocks at once"),
+        "mi-prun-local": _mi("fast-block-select", "MI-PRUN paper: block input/output MI + span refinement",
+                             scorer="block-mi"),
+        "mi-brute-force": _mi("brute-force", "MI-PRUN paper's refinement scoring every candidate span exactly",
+                              scorer="block-mi"),
         "shortgpt": MethodSpec("", "greedy", "block-influence", description="ShortGPT block influence (1 − cos), greedy"),
         "angular": MethodSpec("", "best-span", "angular", description="Gromov et al.: best contiguous span by angular distance"),
         "angular-last": MethodSpec("", "best-span", "angular", options={"scorer": {"last_token": True}}, uses_states=False,

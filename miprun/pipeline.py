@@ -30,6 +30,9 @@ from miprun.strategies import RunContext, call_with_context
 DEFAULT_ESTIMATOR = "gaussian-channel"
 """Estimator used when the scorer needs one and none is named (see docs/estimators.md)."""
 
+MI_SCORERS = ("block-mi", "output-mi")
+"""Block scorers built on an MI estimator; without a named selector they run Fast-Block-Select."""
+
 GRANULARITIES = ("block", "neuron")
 """What a run removes: whole blocks (depth) or FFN neurons (width)."""
 
@@ -150,11 +153,12 @@ def resolve_plan(
 ) -> Plan:
     """Fill in defaults and check every name before any work starts.
 
-    Without a scorer, naming an estimator or an MI-PRUN selector (one whose class sets
-    ``default_scorer``, e.g. ``fast-block-select``) selects that scorer (``block-mi``) and
-    otherwise ``block-influence`` (ShortGPT). Without a selector, ``block-mi`` uses ``fast-block-select`` and
-    other scorers ``greedy``. ``block-mi`` without an estimator uses :data:`DEFAULT_ESTIMATOR`.
-    Strategies that take a ``seed`` option get the run's seed unless it is set explicitly.
+    Without a scorer, an MI-PRUN selector (one whose class sets ``default_scorer``, e.g.
+    ``fast-block-select``) selects its scorer (``output-mi``); else naming an estimator selects
+    ``block-mi``; else the scorer is ``block-influence`` (ShortGPT). Without a selector, the MI
+    scorers use ``fast-block-select`` and other scorers ``greedy``. A scorer that needs an
+    estimator and gets none uses :data:`DEFAULT_ESTIMATOR`. Strategies that take a ``seed``
+    option get the run's seed unless it is set explicitly.
     """
     registry = registry or get_registry()
     collector = check_granularity(registry, "collector", collector, "block")
@@ -164,7 +168,7 @@ def resolve_plan(
         selector = check_granularity(registry, "selector", selector, "block")
     if scorer is None:
         implied = getattr(registry.get("selector", selector).load_factory(), "default_scorer", None) if selector else None
-        scorer = "block-mi" if estimator else implied or "block-influence"
+        scorer = implied or ("block-mi" if estimator else "block-influence")
     scorer = check_granularity(registry, "scorer", scorer, "block")
     surgeon = check_granularity(registry, "surgeon", surgeon, "block")
     names = {"collector": collector, "scorer": scorer}
@@ -173,7 +177,7 @@ def resolve_plan(
         estimator = DEFAULT_ESTIMATOR
     if estimator is not None or getattr(scorer_entry.load_factory(), "needs_estimator", False):
         names["estimator"] = estimator or DEFAULT_ESTIMATOR
-    names["selector"] = selector or ("fast-block-select" if scorer == "block-mi" else "greedy")
+    names["selector"] = selector or ("fast-block-select" if scorer in MI_SCORERS else "greedy")
     names["surgeon"] = surgeon
     return plan_with_options(registry, names, options, seed)
 
@@ -395,6 +399,7 @@ def prune(
                          "values": [scores.value(i) for i in range(total)],
                          "importance": scores.singles()},
         "span_table": scores.table(),
+        "set_table": scores.set_table(),
         "evaluations": {"spans": scores.evaluations, "mi": scores.evaluations if scores.metric == "mi" else 0,
                         "selector": selection.evaluations, "forward_passes": context.forward_passes},
         "collection": states.info,

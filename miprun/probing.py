@@ -38,19 +38,42 @@ def _hidden_argument(args: tuple, kwargs: dict) -> torch.Tensor:
     raise MiprunError("cannot skip a block that is not called with its hidden states first")
 
 
+def _in_block_format(block: Any, original: Any, args: tuple, kwargs: dict, hidden: torch.Tensor) -> Any:
+    """``hidden`` in the output format of ``block`` (a tensor, or a tuple led by it)."""
+    arity = _OUTPUT_ARITY.get(type(block))
+    if arity is None:  # learn the output format once per block class
+        out = original(*args, **kwargs)
+        arity = len(out) if isinstance(out, (tuple, list)) else 0
+        _OUTPUT_ARITY[type(block)] = arity
+    return hidden if arity == 0 else (hidden,) + (None,) * (arity - 1)
+
+
 def _passthrough(block: Any, original: Any) -> Any:
     """A forward that returns the block's input hidden states in the block's own output format."""
 
     def forward(*args: Any, **kwargs: Any) -> Any:
-        hidden = _hidden_argument(args, kwargs)
-        arity = _OUTPUT_ARITY.get(type(block))
-        if arity is None:  # learn the output format once per block class
-            out = original(*args, **kwargs)
-            arity = len(out) if isinstance(out, (tuple, list)) else 0
-            _OUTPUT_ARITY[type(block)] = arity
-        return hidden if arity == 0 else (hidden,) + (None,) * (arity - 1)
+        return _in_block_format(block, original, args, kwargs, _hidden_argument(args, kwargs))
 
     return forward
+
+
+@contextmanager
+def _patched_forwards(adapter: Any, forwards: dict[int, Any]) -> Iterator[None]:
+    """Within the ``with`` block, block ``i`` runs ``forwards[i](block, original_forward)``."""
+    patched: list[tuple[Any, Any]] = []
+    try:
+        for index in sorted(forwards):
+            block = adapter.blocks[index]
+            previous = block.__dict__.get("forward")  # accelerate hooks set an instance attribute
+            block.forward = forwards[index](block, block.forward)
+            patched.append((block, previous))
+        yield
+    finally:
+        for block, previous in patched:
+            if previous is None:
+                del block.forward
+            else:
+                block.forward = previous
 
 
 @contextmanager
@@ -63,20 +86,8 @@ def skipping(adapter: Any, blocks: Iterable[int]) -> Iterator[None]:
     bad = [b for b in chosen if not 0 <= b < adapter.num_blocks]
     if bad:
         raise MiprunError(f"cannot skip blocks {bad}: the model has blocks 0..{adapter.num_blocks - 1}")
-    patched: list[tuple[Any, Any]] = []
-    try:
-        for index in chosen:
-            block = adapter.blocks[index]
-            previous = block.__dict__.get("forward")  # accelerate hooks set an instance attribute
-            block.forward = _passthrough(block, block.forward)
-            patched.append((block, previous))
+    with _patched_forwards(adapter, {index: _passthrough for index in chosen}):
         yield
-    finally:
-        for block, previous in patched:
-            if previous is None:
-                del block.forward
-            else:
-                block.forward = previous
 
 
 @contextmanager
@@ -128,14 +139,20 @@ class Prober:
         self.batch_size = batch_size
         self.context = context
         self.passes = 0
+        self._prefix: list[list[torch.Tensor]] | None = None  # [block][batch] dense block outputs
+        self._batch_index = 0
 
     @classmethod
-    def from_context(cls, context: Any, *, batch_size: int = 4, who: str = "this strategy") -> "Prober":
-        """A prober over the run's model and calibration tokens; a clear error without a context."""
+    def from_context(
+        cls, context: Any, *, batch_size: int = 4, who: str = "this strategy", samples: int | None = None
+    ) -> "Prober":
+        """A prober over the run's model and calibration tokens (the first ``samples`` sequences
+        when given); a clear error without a context."""
         if context is None or getattr(context, "model", None) is None:
             raise MiprunError(f"{who} runs the model and needs the run context (model, calibration tokens); "
                               f"use it through miprun.prune / miprun run / miprun compare")
-        return cls(context.model, context.adapter, context.input_ids, batch_size=batch_size, context=context)
+        input_ids = context.input_ids if samples is None else context.input_ids[:samples]
+        return cls(context.model, context.adapter, input_ids, batch_size=batch_size, context=context)
 
     @property
     def num_tokens(self) -> int:
@@ -149,7 +166,8 @@ class Prober:
 
     def _batches(self) -> Iterator[torch.Tensor]:
         device = _device(self.model)
-        for start in range(0, self.input_ids.shape[0], self.batch_size):
+        for index, start in enumerate(range(0, self.input_ids.shape[0], self.batch_size)):
+            self._batch_index = index
             yield self.input_ids[start : start + self.batch_size].to(device)
 
     def loss(
@@ -205,6 +223,57 @@ class Prober:
             handle.remove()
         self._count()
         return torch.cat(captured)
+
+    def output_states(self, skip: Iterable[int] = (), *, reuse_prefix: bool = False) -> torch.Tensor:
+        """What the language-model head reads — the backbone's last hidden state, after the final
+        norm where the architecture has one — at every calibration token with ``skip`` removed,
+        float32 on the CPU, shape (n·L, hidden). One forward pass (no LM head).
+
+        :param reuse_prefix: keep every block's output from the first call without ``skip`` and,
+            in later calls, replay the blocks before the first removed one instead of running them:
+            the same numbers for less compute, at the memory of one hidden state per block and
+            calibration token (kept where the model computes).
+        """
+        chosen = sorted(set(int(b) for b in skip))
+        replay = {}
+        if reuse_prefix and self._prefix is not None and chosen:
+            replay = {index: self._replay(index) for index in range(chosen[0])}
+        capture = reuse_prefix and self._prefix is None and not chosen
+        outputs: list[list[torch.Tensor]] = [[] for _ in range(self.adapter.num_blocks)] if capture else []
+        handles = [self.adapter.blocks[i].register_forward_hook(self._keeper(outputs[i])) for i in range(len(outputs))]
+        captured: list[torch.Tensor] = []
+        try:
+            with skipping(self.adapter, chosen), _patched_forwards(self.adapter, replay), torch.no_grad():
+                for batch in self._batches():
+                    hidden = self.adapter.backbone(input_ids=batch, use_cache=False).last_hidden_state
+                    captured.append(hidden.reshape(-1, hidden.shape[-1]).to("cpu", torch.float32))
+        finally:
+            for handle in handles:
+                handle.remove()
+        if capture:
+            self._prefix = outputs
+        self._count()
+        return torch.cat(captured)
+
+    @staticmethod
+    def _keeper(store: list[torch.Tensor]) -> Any:
+        """A forward hook appending the block's output hidden states to ``store``."""
+
+        def hook(module: Any, args: Any, out: Any) -> None:
+            store.append((out[0] if isinstance(out, (tuple, list)) else out).detach())
+
+        return hook
+
+    def _replay(self, index: int) -> Any:
+        """A forward factory for block ``index`` returning its kept dense output for the current batch."""
+
+        def factory(block: Any, original: Any) -> Any:
+            def forward(*args: Any, **kwargs: Any) -> Any:
+                return _in_block_format(block, original, args, kwargs, self._prefix[index][self._batch_index])
+
+            return forward
+
+        return factory
 
     def boundary_states_at(self, position: int = -1) -> list[torch.Tensor]:
         """The residual stream at every block boundary at one token ``position`` of every sequence:

@@ -9,7 +9,7 @@ the cost measure the MI-PRUN paper reports for Fast-Block-Select.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from miprun.errors import MiprunError
 
@@ -23,6 +23,10 @@ class SpanScores:
     :param redundant_when_high: True when a high value means the span adds little (MI: the output
         still carries most of the input), so importance = −value; False when a high value means the
         span matters (1 − cosine), so importance = value.
+    :param compute_set: ``compute_set(blocks) -> value`` for any set of blocks removed together,
+        for scorers that measure a whole pruned model (``output-mi``); selectors that can use
+        set values (Fast-Block-Select) check :attr:`supports_sets`. A contiguous set is the span of
+        the same blocks and shares its cached value.
     """
 
     def __init__(
@@ -32,6 +36,7 @@ class SpanScores:
         *,
         metric: str,
         redundant_when_high: bool,
+        compute_set: Callable[[tuple[int, ...]], float] | None = None,
     ) -> None:
         if num_blocks < 1:
             raise MiprunError(f"span scores need at least one block, got {num_blocks}")
@@ -39,7 +44,9 @@ class SpanScores:
         self.metric = metric
         self.redundant_when_high = redundant_when_high
         self._compute = compute
+        self._compute_set = compute_set
         self._values: dict[tuple[int, int], float] = {}
+        self._set_values: dict[tuple[int, ...], float] = {}
 
     def value(self, first: int, length: int = 1) -> float:
         """The scorer's raw value of span ``[first, first + length)``, computed once."""
@@ -57,6 +64,31 @@ class SpanScores:
         v = self.value(first, length)
         return -v if self.redundant_when_high else v
 
+    @property
+    def supports_sets(self) -> bool:
+        """Whether any set of blocks (not only contiguous spans) can be scored."""
+        return self._compute_set is not None
+
+    def set_value(self, blocks: Iterable[int]) -> float:
+        """The value of removing ``blocks`` together, computed once; needs :attr:`supports_sets`."""
+        key = tuple(sorted(set(int(b) for b in blocks)))
+        if not key:
+            raise MiprunError("a block set to score needs at least one block")
+        if key == tuple(range(key[0], key[-1] + 1)):
+            return self.value(key[0], len(key))
+        if self._compute_set is None:
+            raise MiprunError(f"scorer metric '{self.metric}' scores contiguous spans only, not the set {list(key)}")
+        if key not in self._set_values:
+            if key[0] < 0 or key[-1] >= self.num_blocks:
+                raise MiprunError(f"block set {list(key)} is outside the model's {self.num_blocks} blocks")
+            self._set_values[key] = float(self._compute_set(key))
+        return self._set_values[key]
+
+    def set_importance(self, blocks: Iterable[int]) -> float:
+        """Importance of removing ``blocks`` together: lower means safer to remove."""
+        v = self.set_value(blocks)
+        return -v if self.redundant_when_high else v
+
     def singles(self) -> list[float]:
         """Importance of every single block, in block order."""
         return [self.importance(i) for i in range(self.num_blocks)]
@@ -67,14 +99,21 @@ class SpanScores:
 
     @property
     def evaluations(self) -> int:
-        """Number of distinct spans evaluated so far (single blocks included)."""
-        return len(self._values)
+        """Number of distinct spans and block sets evaluated so far (single blocks included)."""
+        return len(self._values) + len(self._set_values)
 
     def table(self) -> list[dict[str, float | int]]:
         """Every evaluated span as ``{"first", "length", "value", "importance"}`` rows, sorted."""
         return [
             {"first": f, "length": n, "value": v, "importance": -v if self.redundant_when_high else v}
             for (f, n), v in sorted(self._values.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        ]
+
+    def set_table(self) -> list[dict[str, object]]:
+        """Every evaluated non-contiguous block set as ``{"blocks", "value", "importance"}`` rows."""
+        return [
+            {"blocks": list(blocks), "value": v, "importance": -v if self.redundant_when_high else v}
+            for blocks, v in sorted(self._set_values.items(), key=lambda kv: (len(kv[0]), kv[0]))
         ]
 
     @classmethod

@@ -43,28 +43,48 @@ def test_run_with_no_arguments_prunes_the_default_model(tmp_path):
         torch.testing.assert_close(reloaded(ids).logits, smollm2.model(ids).logits, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("estimator", ["renyi", "ksg", "gaussian"])
-def test_mi_prun_with_each_estimator_on_the_real_model(tmp_path, estimator):
+def run_cli(argv: list[str]) -> None:
+    """Run ``miprun`` in this process with ``argv``; a non-zero exit fails the test."""
     from miprun.cli.main import main
 
-    out = tmp_path / "out"
-    argv = ["miprun", "run", "--model", "smollm2-135m", "--calib", "wikitext2", "--prune", "6",
-            "--selector", "fast-block-select", "--estimator", estimator, "--num-samples", "4", "--seq-len", "128",
-            "--output", str(out)]
     saved = sys.argv
-    sys.argv = argv
+    sys.argv = ["miprun", *argv]
     try:
         main()
     except SystemExit as exc:
         assert not exc.code
     finally:
         sys.argv = saved
+
+
+@pytest.mark.parametrize("estimator", ["renyi", "ksg", "gaussian"])
+def test_mi_prun_with_each_estimator_on_the_real_model(tmp_path, estimator):
+    out = tmp_path / "out"
+    run_cli(["run", "--model", "smollm2-135m", "--calib", "wikitext2", "--prune", "6", "--scorer", "block-mi",
+             "--selector", "fast-block-select", "--estimator", estimator, "--num-samples", "4", "--seq-len", "128",
+             "--output", str(out)])
     report = json.loads((out / "miprun_report.json").read_text())
     assert len(report["selected_blocks"]) == 6 and len(set(report["selected_blocks"])) == 6
     assert report["strategies"]["estimator"]["name"] == estimator
     assert report["evaluations"]["mi"] >= 30
     assert {"collect", "estimate", "select", "save"} <= set(report["timings"])
     assert len([r for r in report["span_table"] if r["length"] == 1]) == 30
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 24
+
+
+def test_default_mi_pipeline_refines_the_set_on_the_real_model(tmp_path):
+    out = tmp_path / "out"
+    run_cli(["run", "--selector", "fast-block-select", "--prune", "6", "--num-samples", "4", "--seq-len", "128",
+             "--output", str(out)])
+    report = json.loads((out / "miprun_report.json").read_text())
+    assert report["strategies"]["scorer"]["name"] == "output-mi"
+    assert report["strategies"]["estimator"]["name"] == "gaussian-channel"
+    blocks = report["selected_blocks"]
+    assert len(set(blocks)) == 6 and not {0, 1, 29} & set(blocks)  # the first and last blocks are vital
+    info, trace = report["selection"]["info"], report["selection"]["trace"]
+    assert info["mode"] == "set-exchange" and info["stop"] == "converged"
+    assert trace[-1]["importance"] <= trace[0]["importance"]  # exchanges only ever improve the set's MI
+    assert report["evaluations"]["forward_passes"] == 2 + report["evaluations"]["mi"]
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 24
 
 

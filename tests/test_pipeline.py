@@ -73,10 +73,13 @@ def test_counts_and_defaults():
     plan = resolve_plan(estimator="renyi")
     assert plan.names["scorer"] == "block-mi" and plan.names["selector"] == "fast-block-select"
     assert resolve_plan(scorer="block-mi").names["estimator"] == "gaussian-channel"
-    # MI-PRUN's selectors imply MI scores; other selectors keep ShortGPT's; an explicit scorer wins
-    for selector in ("fast-block-select", "brute-force"):
+    # MI-PRUN's selectors imply their MI scorer (even with an estimator named); other selectors keep
+    # ShortGPT's; an explicit scorer wins
+    for selector, scorer in (("fast-block-select", "output-mi"), ("brute-force", "block-mi")):
         names = resolve_plan(selector=selector).names
-        assert (names["scorer"], names["estimator"]) == ("block-mi", "gaussian-channel")
+        assert (names["scorer"], names["estimator"]) == (scorer, "gaussian-channel")
+    assert resolve_plan(selector="fast-block-select", estimator="renyi").names["scorer"] == "output-mi"
+    assert resolve_plan(scorer="output-mi").names["selector"] == "fast-block-select"
     assert resolve_plan(selector="greedy").names["scorer"] == "block-influence"
     assert resolve_plan(scorer="block-influence", selector="fast-block-select").names["scorer"] == "block-influence"
     with pytest.raises(MiprunError, match="did you mean 'greedy'"):

@@ -18,7 +18,7 @@ def compare(
     model: Annotated[str, typer.Option(help="Embedded name, checkpoint directory, .gguf file or hub id")] = DEFAULT_MODEL,
     calib: Annotated[str, typer.Option(help="Calibration source shared by all methods (wikitext2, c4, a file, …)")] = "wikitext2",
     prune: Annotated[str, typer.Option("--prune", "-n", help="Blocks to remove: N, or a comma list for a pruning curve (2,4,6)")] = "6",
-    methods: Annotated[str, typer.Option(help="Comma list of methods (mi-prun, mi-greedy, mi-brute-force, shortgpt, angular, angular-last, sleb, ppl, taylor, magnitude, laco, random)")] = DEFAULT_METHODS,
+    methods: Annotated[str, typer.Option(help="Comma list of methods (mi-prun, mi-greedy, mi-prun-local, mi-brute-force, shortgpt, angular, angular-last, sleb, ppl, taylor, magnitude, laco, random)")] = DEFAULT_METHODS,
     eval_ppl: Annotated[str, typer.Option("--eval", help="Perplexity data sets, comma list ('' for none)")] = "wikitext2",
     tasks: Annotated[Optional[str], typer.Option(help="lm-eval tasks, comma list or 'paper'")] = None,
     limit: Annotated[Optional[float], typer.Option(help="Score only the first N documents of each task")] = None,
