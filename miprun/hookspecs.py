@@ -59,7 +59,8 @@ def miprun_register_estimators(register):
 @hookspec
 def miprun_register_scorers(register):
     """Register scorers: strategies that turn collected states into importance scores of single
-    blocks and contiguous spans of blocks (lower importance = safer to remove).
+    blocks and contiguous spans of blocks (lower importance = safer to remove) — and, for scorers
+    that run the pruned model, of any set of blocks removed together.
 
     :param register: ``register(name, factory, *, description="")``; the factory returns an object
         following :class:`miprun.strategies.Scorer`.

@@ -118,7 +118,9 @@ class Scorer(Protocol):
     def score(self, states: BoundaryStates, estimator: Any | None) -> SpanScores:
         """Return lazily evaluated span scores over ``states.num_blocks`` blocks.
 
-        May also accept ``context: RunContext`` (keyword) when the criterion needs the model."""
+        May also accept ``context: RunContext`` (keyword) when the criterion needs the model. A
+        scorer that can score any block set removed together passes ``compute_set`` to
+        :class:`SpanScores`; Fast-Block-Select then refines the whole set on it."""
 
 
 @runtime_checkable

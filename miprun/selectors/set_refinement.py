@@ -26,7 +26,9 @@ from __future__ import annotations
 from typing import Any
 
 from miprun.scores import SpanScores
-from miprun.selectors.refinement import check_options, check_prune_count, least_important, top_k
+from miprun.selectors.refinement import (
+    GREEDY_LONGEST_FIRST, check_options, check_prune_count, least_important, top_k,
+)
 from miprun.strategies import Selection
 
 
@@ -42,7 +44,7 @@ def best_span_start(scores: SpanScores, n: int, singles: list[float], k: int | N
 def _alternatives(pruning: list[int], rest: list[int], singles: list[float], k: int | None) -> list[int]:
     """The top-K least important single blocks outside ``pruning`` and the blocks adjacent to ``rest``."""
     ranked = sorted((b for b in range(len(singles)) if b not in pruning), key=lambda b: (singles[b], b))
-    chosen = set(ranked[: top_k(max(len(pruning), 1), len(ranked), k)])
+    chosen = set(ranked[: top_k(len(pruning), len(ranked), k)])
     chosen.update(b + d for b in rest for d in (-1, 1) if 0 <= b + d < len(singles) and b + d not in pruning)
     return sorted(chosen)
 
@@ -79,7 +81,7 @@ def exchange(
 
 def refine_sets(scores: SpanScores, n: int, *, k: int | None, max_iterations: int = 20) -> Selection:
     """Fast-Block-Select on set scores (see the module docstring); ``scores.supports_sets`` must hold."""
-    check_options(k, "greedy-longest-first", max_iterations)
+    check_options(k, GREEDY_LONGEST_FIRST, max_iterations)  # the conflict rule has no role here
     check_prune_count(scores.num_blocks, n)
     before = scores.evaluations
     singles = scores.singles()
