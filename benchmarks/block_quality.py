@@ -114,9 +114,7 @@ def main() -> None:
         print(" ".join(f"{c:.2f}" for c in costs))
         print(f"\n{'score':<28}{'spearman':>9}{'kendall':>9}{'seconds':>9}")
         for label, sc in scores.items():
-            importance = sc.singles()
-            rho, tau = spearmanr(importance, costs).correlation, kendalltau(importance, costs).correlation
-            result.setdefault("correlation", {})[label] = {"spearman": rho, "kendall": tau}
+            rho, tau = record_correlation(result, label, sc)
             print(f"{label:<28}{rho:>9.3f}{tau:>9.3f}{result['score_seconds'][label]:>9.2f}")
 
     if args.ppl_windows <= 0:
@@ -136,10 +134,8 @@ def main() -> None:
             key = (scorer, estimator, json.dumps(scorer_options, sort_keys=True))
             if key not in method_scores:
                 method_scores[key] = score_with(registry, context, states, scorer, estimator, {}, scorer_options)
-                importance = method_scores[key].singles()
                 if "removal_cost" in result:
-                    rho = spearmanr(importance, result["removal_cost"]["per_block"]).correlation
-                    result.setdefault("correlation", {})[label] = {"spearman": rho}
+                    rho, _ = record_correlation(result, label, method_scores[key])
                     print(f"  ({label}: Spearman ρ with the removal cost {rho:.3f})", flush=True)
             span_scores = method_scores[key]
             start = time.perf_counter()
@@ -156,6 +152,15 @@ def main() -> None:
             finish(result, args.json)
             del pruned
     finish(result, args.json)
+
+
+def record_correlation(result: dict[str, Any], label: str, scores: Any) -> tuple[float, float]:
+    """Spearman ρ and Kendall τ of ``scores``' single-block importance with the measured removal
+    cost, stored in ``result["correlation"][label]``."""
+    importance, costs = scores.singles(), result["removal_cost"]["per_block"]
+    rho, tau = spearmanr(importance, costs).correlation, kendalltau(importance, costs).correlation
+    result.setdefault("correlation", {})[label] = {"spearman": rho, "kendall": tau}
+    return rho, tau
 
 
 def score_with(registry, context: RunContext, states, scorer: str, estimator: str | None, options: dict,

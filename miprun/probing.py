@@ -112,6 +112,11 @@ def overriding(adapter: Any, parameters: dict[int, dict[str, torch.Tensor]]) -> 
                 param.copy_(saved)
 
 
+def _as_rows(hidden: torch.Tensor) -> torch.Tensor:
+    """Hidden states (batch × tokens × hidden) as float32 CPU rows, one per token."""
+    return hidden.detach().reshape(-1, hidden.shape[-1]).to("cpu", torch.float32)
+
+
 def _device(model: Any) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -209,12 +214,7 @@ class Prober:
         """The output of the last block (the residual stream before the final norm) at every
         calibration token, float32 on the CPU, shape (n·L, hidden). One forward pass (no LM head)."""
         captured: list[torch.Tensor] = []
-
-        def hook(module: Any, args: Any, out: Any) -> None:
-            hidden = out[0] if isinstance(out, (tuple, list)) else out
-            captured.append(hidden.detach().reshape(-1, hidden.shape[-1]).to("cpu", torch.float32))
-
-        handle = self.adapter.blocks[self.adapter.num_blocks - 1].register_forward_hook(hook)
+        handle = self.adapter.blocks[self.adapter.num_blocks - 1].register_forward_hook(self._keeper(captured))
         try:
             with skipping(self.adapter, skip), overriding(self.adapter, overrides or {}), torch.no_grad():
                 for batch in self._batches():
@@ -222,7 +222,7 @@ class Prober:
         finally:
             handle.remove()
         self._count()
-        return torch.cat(captured)
+        return torch.cat([_as_rows(hidden) for hidden in captured])
 
     def output_states(self, skip: Iterable[int] = (), *, reuse_prefix: bool = False) -> torch.Tensor:
         """What the language-model head reads — the backbone's last hidden state, after the final
@@ -246,7 +246,7 @@ class Prober:
             with skipping(self.adapter, chosen), _patched_forwards(self.adapter, replay), torch.no_grad():
                 for batch in self._batches():
                     hidden = self.adapter.backbone(input_ids=batch, use_cache=False).last_hidden_state
-                    captured.append(hidden.reshape(-1, hidden.shape[-1]).to("cpu", torch.float32))
+                    captured.append(_as_rows(hidden))
         finally:
             for handle in handles:
                 handle.remove()
