@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from miprun.errors import MiprunError, did_you_mean
+from miprun.models.devices import input_device
 
 DENSE = "dense"
 
@@ -356,7 +357,7 @@ def compare(
     total = loaded.adapter.num_blocks
     for n in depths:
         blocks_to_remove(total, n, None)
-    device = next(loaded.model.parameters()).device
+    device = input_device(loaded.model)
     log(f"loaded {loaded.source.get('spec', model)} ({total} blocks) in {time.perf_counter() - started:.1f}s")
 
     torch.manual_seed(seed)

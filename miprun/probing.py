@@ -25,6 +25,7 @@ import torch
 
 from miprun.collectors.hidden_states import capture_boundaries
 from miprun.errors import MiprunError
+from miprun.models.devices import input_device
 
 _OUTPUT_ARITY: dict[type, int] = {}
 """Block class → 0 when its forward returns a tensor, else the length of the tuple it returns."""
@@ -117,13 +118,6 @@ def _as_rows(hidden: torch.Tensor) -> torch.Tensor:
     return hidden.detach().reshape(-1, hidden.shape[-1]).to("cpu", torch.float32)
 
 
-def _device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 class Prober:
     """Runs ``model`` over calibration ``input_ids`` (n × L) and counts forward passes.
 
@@ -170,7 +164,7 @@ class Prober:
             self.context.forward_passes += 1
 
     def _batches(self) -> Iterator[torch.Tensor]:
-        device = _device(self.model)
+        device = input_device(self.model)
         for index, start in enumerate(range(0, self.input_ids.shape[0], self.batch_size)):
             self._batch_index = index
             yield self.input_ids[start : start + self.batch_size].to(device)
@@ -281,7 +275,7 @@ class Prober:
         num_samples, seq_len = self.input_ids.shape
         keep = torch.full((num_samples, 1), position % seq_len, dtype=torch.long)
         states = capture_boundaries(self.adapter, self.input_ids, keep, batch_size=self.batch_size,
-                                    device=_device(self.model))
+                                    device=input_device(self.model))
         self._count()
         return states
 

@@ -19,6 +19,7 @@ import torch
 
 from miprun.collectors.hidden_states import HiddenStatesCollector
 from miprun.errors import MiprunError
+from miprun.models.devices import input_device
 from miprun.neuron_pipeline import FFNActivations
 
 _STORE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -92,7 +93,7 @@ class FFNActivationsCollector:
             return take
 
         handles = [adapter.ffn_modules(i)[1].register_forward_pre_hook(hook(i), with_kwargs=True) for i in layers]
-        device = next(model.parameters()).device
+        device = input_device(model)
         batches = 0
         try:
             with torch.no_grad():

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from miprun.models.devices import input_device
 from miprun.strategies import BoundaryStates
 
 
@@ -52,7 +53,7 @@ class HiddenStatesCollector:
     def collect(self, model: Any, adapter: Any, input_ids: torch.Tensor, *, progress: Any = None) -> BoundaryStates:
         """Run the backbone over ``input_ids`` in batches and return the T + 1 boundary states."""
         num_samples, seq_len = input_ids.shape
-        device = next(model.parameters()).device
+        device = input_device(model)
         states = capture_boundaries(adapter, input_ids, self.positions(num_samples, seq_len),
                                     batch_size=self.batch_size, device=device, progress=progress)
         return BoundaryStates(

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from miprun.data.datadir import local_file
 from miprun.data.text import hf_text, read_text_file
 from miprun.errors import MiprunError, did_you_mean
+from miprun.models.devices import input_device
 
 _MAX_CHARS = 8_000_000
 
@@ -69,7 +70,7 @@ def _self_generated(model: Any, tokenizer: Any, num_samples: int, seq_len: int, 
     if start_id is None:
         raise MiprunError("--calib self needs a tokenizer with a BOS or EOS token")
     torch.manual_seed(seed)
-    device = next(model.parameters()).device
+    device = input_device(model)
     prompt = torch.full((num_samples, 1), start_id, dtype=torch.long, device=device)
     # no padding happens (equal lengths); a pad id other than the prompt token avoids a false warning
     pad_id = next((t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t not in (None, start_id)), start_id)

@@ -14,6 +14,7 @@ from typing import Any
 from miprun.evaluation.generation import DEFAULT_PROMPTS
 from miprun.evaluation.lm_eval_bridge import PAPER_TASKS, parse_tasks
 from miprun.evaluation.size_speed import SpeedConfig
+from miprun.models.devices import input_device
 
 __all__ = ["PAPER_TASKS", "SpeedConfig", "compare_reports", "evaluate", "parse_tasks", "two_ways"]
 
@@ -24,7 +25,7 @@ def _model_info(model: Any, adapter: Any, source: dict[str, Any] | None) -> dict
         "model_type": getattr(model.config, "model_type", None),
         "class": type(model).__name__,
         "dtype": str(first.dtype).replace("torch.", ""),
-        "device": str(first.device),
+        "device": str(input_device(model)),
     }
     if adapter is not None:
         info["num_blocks"] = adapter.num_blocks

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from miprun.models.devices import input_device
+
 DEFAULT_PROMPTS = (
     "The capital of France is",
     "Photosynthesis is the process by which",
@@ -28,7 +30,7 @@ def generate_samples(
     """
     import torch
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     samples = []
     for prompt in prompts:

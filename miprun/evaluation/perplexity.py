@@ -28,6 +28,7 @@ from typing import Any
 from miprun.data.datadir import local_file
 from miprun.data.text import hf_text, read_jsonl, read_text_file
 from miprun.errors import MiprunError, did_you_mean
+from miprun.models.devices import input_device
 
 DEFAULT_SEQ_LEN = 2048
 
@@ -174,15 +175,6 @@ def make_windows(ids: list[int], seq_len: int, prefix: int | None) -> list[tuple
     return windows
 
 
-def _model_device(model: Any):
-    import torch
-
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 class _Progress:
     """Progress over windows on stderr: a rich bar on a terminal, a line per ~10 % otherwise."""
 
@@ -227,7 +219,7 @@ def nll_of_windows(model: Any, windows: list[tuple[list[int], int]], *, batch_si
     """
     import torch
 
-    device = _model_device(model)
+    device = input_device(model)
     total, count = 0.0, 0
     order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]))
     batches: list[list[int]] = []

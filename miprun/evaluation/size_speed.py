@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from miprun.models.devices import input_device
+
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
@@ -117,7 +119,7 @@ def _random_ids(model: Any, batch: int, length: int, seed: int):
 
     vocab = model.get_input_embeddings().weight.shape[0]
     generator = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
+    device = input_device(model)
     return torch.randint(0, vocab, (batch, length), generator=generator).to(device)
 
 
@@ -218,7 +220,7 @@ def speed(model: Any, config: SpeedConfig | None = None) -> dict[str, Any]:
     config = config or SpeedConfig()
     return {
         "config": config.to_dict(),
-        "device": str(next(model.parameters()).device),
+        "device": str(input_device(model)),
         "threads": torch.get_num_threads(),
         "prefill": prefill_latency(model, config),
         "decode": decode_throughput(model, config),

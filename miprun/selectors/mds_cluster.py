@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from miprun.errors import MiprunError
+from miprun.models.devices import input_device
 from miprun.neuron_pipeline import NORMALIZE, NeuronScores, NeuronSelection
 
 
@@ -241,7 +242,7 @@ def _kl_reference(context: Any, samples: int) -> tuple[Any, list[torch.Tensor], 
 
 
 def _forward(model: Any, ids: torch.Tensor) -> list[torch.Tensor | None]:
-    device = next(model.parameters()).device
+    device = input_device(model)
     results: list[torch.Tensor | None] = []
     with torch.no_grad():
         for row in ids:
