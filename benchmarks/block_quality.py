@@ -55,7 +55,7 @@ METHODS: list[tuple[str, str, str | None, str, dict[str, Any]]] = [
     # label, scorer, estimator, selector, scorer options
     ("mi-prun (default)", "output-mi", "gaussian-channel", "fast-block-select", {}),
     ("mi output greedy", "output-mi", "gaussian-channel", "greedy", {}),
-    ("mi-prun logit space", "output-mi", "gaussian-channel", "fast-block-select", {"space": "logits"}),
+    ("mi-prun hidden space", "output-mi", "gaussian-channel", "fast-block-select", {"space": "hidden"}),
     ("mi-prun local", "block-mi", "gaussian-channel", "fast-block-select", {}),
     ("mi-prun renyi", "block-mi", "renyi", "fast-block-select", {}),
     ("shortgpt", "block-influence", None, "greedy", {}),

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import miprun
+from miprun.collectors.hidden_states import HiddenStatesCollector
 from miprun.errors import MiprunError
 from miprun.estimators.gaussian_channel import GaussianChannelEstimator
 from miprun.probing import Prober
@@ -101,11 +102,21 @@ def test_output_mi_is_the_estimator_on_the_dense_and_pruned_outputs():
     context = RunContext(loaded.model, loaded.adapter, ids)
     estimator = GaussianChannelEstimator()
     scores = OutputMIScorer().score(BoundaryStates([None] * 6), estimator, context=context)
+    raw = OutputMIScorer(space="hidden").score(BoundaryStates([None] * 6), estimator,
+                                               context=RunContext(loaded.model, loaded.adapter, ids))
     prober = Prober(loaded.model, loaded.adapter, ids)
     dense = prober.output_states()
+    head = loaded.model.get_output_embeddings().weight.detach().double()
+    centred = head - head.mean(0)
+
+    def logits(z):  # the centred logits the default space is an isometry of
+        return z.double() @ centred.T
+
     for blocks in ([1], [0, 2], [1, 2, 4]):
-        expected = estimator.mi(dense, prober.output_states(skip=blocks))
-        assert scores.set_value(blocks) == pytest.approx(expected, rel=1e-9)
+        pruned = prober.output_states(skip=blocks)
+        assert scores.set_value(blocks) == pytest.approx(estimator.mi(logits(dense), logits(pruned)), rel=1e-9)
+        assert raw.set_value(blocks) == pytest.approx(estimator.mi(dense, pruned), rel=1e-9)
+        assert raw.set_value(blocks) != pytest.approx(scores.set_value(blocks), rel=1e-3)
     singles = scores.singles()
     assert min(range(5), key=singles.__getitem__) == 3  # removing the identity changes nothing
     assert scores.value(3) > 10 + max(scores.value(i) for i in range(5) if i != 3)
@@ -176,5 +187,32 @@ def test_logit_space_is_an_isometry_of_the_centred_logits():
     z = torch.randn(6, rotation.shape[0], dtype=torch.float64)
     torch.testing.assert_close((z @ rotation.T).norm(dim=-1), (z @ centred.T).norm(dim=-1))
     assert rotation.shape == (weight.shape[1], weight.shape[1])  # hidden-sized: no vocabulary-sized tensors
+    chunked = logit_isometry(loaded.model, rows_per_chunk=7)  # the Gram summed over vocabulary chunks
+    torch.testing.assert_close((z @ chunked.T).norm(dim=-1), (z @ centred.T).norm(dim=-1))
+    loaded.model.get_output_embeddings().weight = torch.nn.Parameter(torch.empty_like(weight, device="meta"))
+    with pytest.raises(MiprunError, match="cannot find the language-model head's weights"):
+        logit_isometry(loaded.model)
     with pytest.raises(MiprunError, match="space"):
         OutputMIScorer(space="logit")
+
+
+def test_offloaded_model_gives_the_same_states_and_output_mi():
+    """accelerate's CPU offload leaves every weight a meta tensor behind hooks: inputs must go to the
+    hooks' execution device and the logit geometry must come from the offloaded copy of the head."""
+    from accelerate import cpu_offload
+
+    loaded = build_tiny("llama", layers=4, seed=3)
+    ids = torch.randint(4, 40, (3, 12))
+
+    def run():
+        states = HiddenStatesCollector().collect(loaded.model, loaded.adapter, ids)
+        scores = OutputMIScorer().score(states, GaussianChannelEstimator(),
+                                        context=RunContext(loaded.model, loaded.adapter, ids))
+        return states, scores.singles(), scores.set_value([0, 2])
+
+    dense_states, dense_singles, dense_set = run()
+    cpu_offload(loaded.model, execution_device=torch.device("cpu"))
+    assert loaded.model.get_output_embeddings().weight.is_meta
+    states, singles, set_value = run()
+    assert all(torch.equal(a, b) for a, b in zip(dense_states.states, states.states))
+    assert singles == pytest.approx(dense_singles, rel=1e-12) and set_value == pytest.approx(dense_set, rel=1e-12)

@@ -6,6 +6,13 @@ the run's estimator (``gaussian-channel`` by default: the removal acts as additi
 Z₋S − Z on the dense output). High MI means the pruned model still carries what the full model
 hands its head, so S adds little: importance = −I(Z; Z₋S).
 
+Z is compared in the geometry of the model's predictions (``space="logits"``, the default): the
+head's input is mapped isometrically onto the centred logits, so a difference counts as much as
+it moves the logits — the only thing the model's output depends on — and directions the head
+ignores (or the constant shift softmax ignores) count for nothing. ``space="hidden"`` compares the
+raw head input; measured against the true removal cost on two calibration sources, the logit
+geometry chose better block sets (docs/estimators.md).
+
 Why not only the block's own input and output (``block-mi``, the MI-PRUN paper)? A block's local
 input/output statistics miss what later blocks do with its update, and blocks removed together
 interact; on SmolLM2-135M the local MI ranks blocks with Spearman ρ ≈ 0.80 against the true
@@ -36,14 +43,42 @@ from miprun.strategies import BoundaryStates
 SPACES = ("hidden", "logits")
 
 
-def logit_isometry(model: Any) -> torch.Tensor:
-    """R (hidden × hidden, float64) with ‖R·z‖ = ‖W_c·z‖ for the centred output embedding W_c."""
+def logit_isometry(model: Any, rows_per_chunk: int = 8192) -> torch.Tensor:
+    """R (hidden × hidden, float64, on CPU) with ‖R·z‖ = ‖W_c·z‖ for the centred output embedding W_c.
+
+    R = diag(√λ)·Vᵀ from the eigendecomposition of the Gram W_cᵀW_c, which is accumulated over
+    ``rows_per_chunk`` vocabulary rows at a time on the head's own device: no float64 copy of a
+    vocabulary-sized matrix is made, and on a GPU the O(V·d²) products run there.
+    """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or getattr(head, "weight", None) is None:
         raise MiprunError("output-mi with space=logits needs a model with a language-model head; "
                           "use space=hidden or load it with AutoModelForCausalLM")
-    weight = head.weight.detach().to("cpu", torch.float64)
-    return torch.linalg.qr(weight - weight.mean(0, keepdim=True), mode="r").R
+    weight = _head_weight(head)
+    gram = weight.new_zeros((weight.shape[1], weight.shape[1]), dtype=torch.float64)
+    total = weight.new_zeros(weight.shape[1], dtype=torch.float64)
+    for chunk in weight.split(rows_per_chunk):
+        chunk = chunk.double()
+        gram += chunk.T @ chunk
+        total += chunk.sum(0)
+    mean = total / weight.shape[0]
+    gram = (gram - weight.shape[0] * torch.outer(mean, mean)).cpu()
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+    return (eigenvectors * eigenvalues.clamp_min(0).sqrt()).T
+
+
+def _head_weight(head: Any) -> torch.Tensor:
+    """The head's weight; when accelerate has offloaded it (a meta tensor), the copy its hook holds."""
+    weight = head.weight.detach()
+    if not weight.is_meta:
+        return weight
+    hook = getattr(head, "_hf_hook", None)
+    for candidate in getattr(hook, "hooks", [hook]):
+        weights_map = getattr(candidate, "weights_map", None)
+        if weights_map is not None and "weight" in weights_map:
+            return weights_map["weight"].detach()
+    raise MiprunError("output-mi with space=logits cannot find the language-model head's weights (a meta "
+                      "tensor with no offload copy); load the model with its weights or use space=hidden")
 
 
 class OutputMIScorer:
@@ -53,17 +88,17 @@ class OutputMIScorer:
     :param batch_size: sequences per forward batch (memory only).
     :param reuse_prefix: replay the dense blocks before the first removed one (see the module
         docstring); off saves the memory and recomputes them.
-    :param space: ``"hidden"`` compares the head's input as it is; ``"logits"`` first maps it
-        isometrically onto the centred logits (z ↦ R·z with Q·R the QR factorisation of the
-        output embedding minus its mean row, so ‖R·z‖ = ‖W_c·z‖): distances then count as much
-        as they move the logits, at no vocabulary-sized cost.
+    :param space: ``"logits"`` (default) first maps the head's input isometrically onto the
+        centred logits (z ↦ R·z with RᵀR = W_cᵀW_c for the output embedding minus its mean row,
+        so ‖R·z‖ = ‖W_c·z‖): distances count as much as they move the logits, at no
+        vocabulary-sized cost per token. ``"hidden"`` compares the head's input as it is.
     """
 
     name = "output-mi"
     needs_estimator = True
 
     def __init__(
-        self, samples: int | None = None, batch_size: int = 4, reuse_prefix: bool = True, space: str = "hidden"
+        self, samples: int | None = None, batch_size: int = 4, reuse_prefix: bool = True, space: str = "logits"
     ) -> None:
         check_choice("space", space, SPACES, self.name)
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
