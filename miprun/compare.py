@@ -259,7 +259,8 @@ def _no_scores(num_blocks: int) -> Any:
 
 
 def _strategies(spec: MethodSpec, extra: Mapping[str, Mapping[str, Any]], seed: int, registry: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Build the method's strategies; returns (strategies by kind, description by kind)."""
+    """Build the method's strategies; returns (strategies by kind, description by kind with the
+    effective options: defaults overridden by the method's and the caller's)."""
     plan = spec.plan()
     unknown = set(extra) - set(plan)
     if unknown:
@@ -271,7 +272,7 @@ def _strategies(spec: MethodSpec, extra: Mapping[str, Mapping[str, Any]], seed: 
         if "seed" in entry.options() and "seed" not in options:
             options["seed"] = seed
         built[kind] = entry.create(**options)
-        described[kind] = {"name": name, "options": options}
+        described[kind] = {"name": name, "options": {**entry.defaults(), **options}}
     return built, described
 
 

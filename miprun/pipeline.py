@@ -133,11 +133,14 @@ class Plan:
     options: dict[str, dict[str, Any]]
 
     def describe(self, registry: Registry) -> dict[str, Any]:
-        """Name, options and providing plugin of every strategy in the plan."""
-        return {
-            kind: {"name": name, "options": self.options.get(kind, {}), "provider": registry.get(kind, name).provider}
-            for kind, name in self.names.items()
-        }
+        """Name, effective options (the factory's defaults overridden by the run's) and providing
+        plugin of every strategy in the plan, so a report stays exact when a default changes."""
+        described = {}
+        for kind, name in self.names.items():
+            entry = registry.get(kind, name)
+            options = {**entry.defaults(), **self.options.get(kind, {})}
+            described[kind] = {"name": name, "options": options, "provider": entry.provider}
+        return described
 
 
 def resolve_plan(

@@ -55,6 +55,15 @@ class Entry:
             return []
         return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
+    def defaults(self) -> dict[str, Any]:
+        """The factory's keyword options that have defaults, with those defaults."""
+        try:
+            params = inspect.signature(self.load_factory()).parameters.values()
+        except (TypeError, ValueError):
+            return {}
+        return {p.name: p.default for p in params
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty}
+
     def create(self, **options: Any) -> Any:
         """Build the strategy with ``options``; unknown options are a :class:`MiprunError`."""
         factory = self.load_factory()

@@ -171,6 +171,10 @@ def test_fast_block_select_alone_runs_output_mi_and_removes_identity_blocks(text
     report = result.report
     assert report["strategies"]["scorer"]["name"] == "output-mi"
     assert report["strategies"]["estimator"]["name"] == "gaussian-channel"
+    # the report records effective options, defaults included, so it stays exact if a default changes
+    assert report["strategies"]["scorer"]["options"] == {"samples": None, "batch_size": 4, "reuse_prefix": True,
+                                                         "space": "logits"}
+    assert report["strategies"]["estimator"]["options"] == {"normalize": "none", "eps": 1e-12}
     assert result.selection.blocks == [1, 4]
     assert report["selection"]["info"]["mode"] == "set-exchange"
     assert report["evaluations"]["mi"] == result.scores.evaluations >= 6
