@@ -47,22 +47,20 @@ class Entry:
             ) from exc
         return obj
 
-    def options(self) -> list[str]:
-        """Names of the keyword options the factory accepts."""
+    def _keyword_parameters(self) -> list[inspect.Parameter]:
         try:
             params = inspect.signature(self.load_factory()).parameters.values()
         except (TypeError, ValueError):
             return []
-        return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return [p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+    def options(self) -> list[str]:
+        """Names of the keyword options the factory accepts."""
+        return [p.name for p in self._keyword_parameters()]
 
     def defaults(self) -> dict[str, Any]:
         """The factory's keyword options that have defaults, with those defaults."""
-        try:
-            params = inspect.signature(self.load_factory()).parameters.values()
-        except (TypeError, ValueError):
-            return {}
-        return {p.name: p.default for p in params
-                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty}
+        return {p.name: p.default for p in self._keyword_parameters() if p.default is not p.empty}
 
     def create(self, **options: Any) -> Any:
         """Build the strategy with ``options``; unknown options are a :class:`MiprunError`."""

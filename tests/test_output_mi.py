@@ -193,7 +193,12 @@ def test_logit_space_is_an_isometry_of_the_centred_logits():
     assert rotation.shape == (weight.shape[1], weight.shape[1])  # hidden-sized: no vocabulary-sized tensors
     chunked = logit_isometry(loaded.model, rows_per_chunk=7)  # the Gram summed over vocabulary chunks
     torch.testing.assert_close((z @ chunked.T).norm(dim=-1), (z @ centred.T).norm(dim=-1))
+    torch.testing.assert_close(chunked, rotation)  # the unique (Cholesky) factor, however it is summed
     loaded.model.get_output_embeddings().weight = torch.nn.Parameter(torch.empty_like(weight, device="meta"))
+    loaded.model.config.tie_word_embeddings = True  # a tied head falls back to the input embedding's weights
+    loaded.model.get_input_embeddings().weight = torch.nn.Parameter(weight.float())
+    torch.testing.assert_close(logit_isometry(loaded.model), rotation)
+    loaded.model.config.tie_word_embeddings = False
     with pytest.raises(MiprunError, match="cannot find the language-model head's weights"):
         logit_isometry(loaded.model)
     with pytest.raises(MiprunError, match="space"):

@@ -7,21 +7,39 @@ from typing import Any
 import torch
 
 
+def accelerate_hooks(module: Any) -> list[Any]:
+    """The accelerate hooks attached to ``module`` (a ``SequentialHook`` unpacked), or none."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        return []
+    return list(getattr(hook, "hooks", [hook]))
+
+
+def input_embedding(model: Any) -> Any:
+    """The model's input embedding module, or ``None`` when it does not expose one."""
+    try:
+        return model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+
+
 def input_device(model: Any) -> torch.device:
     """The device input ids must be on: where the model's input embedding runs.
 
     A plain model answers with its embedding weight's device. Under accelerate (``device_map``,
-    CPU or disk offload) parameters may be meta tensors or sit on other devices; the embedding's
-    hook names its execution device, which is the answer then. A model without parameters runs
-    on the CPU.
+    CPU or disk offload) parameters may be meta tensors or sit on other devices; the execution
+    device named by the embedding's (else the model's) hook is the answer then. Otherwise the first
+    parameter that holds data, and the CPU for a model without any.
     """
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    hook = getattr(embedding, "_hf_hook", None)
-    for candidate in getattr(hook, "hooks", [hook]) if hook is not None else []:
-        device = getattr(candidate, "execution_device", None)
-        if device is not None:
-            return torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
-    for parameter in (embedding or model).parameters():
-        if not parameter.is_meta:
-            return parameter.device
+    embedding = input_embedding(model)
+    for module in (embedding, model):
+        for hook in accelerate_hooks(module):
+            device = getattr(hook, "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+    modules = (embedding, model) if embedding is not None else (model,)
+    for module in modules:
+        for parameter in module.parameters():
+            if not parameter.is_meta:
+                return parameter.device
     return torch.device("cpu")

@@ -36,6 +36,7 @@ import torch
 
 from miprun.errors import MiprunError
 from miprun.estimators.preprocess import check_choice
+from miprun.models.devices import accelerate_hooks, input_embedding
 from miprun.scores import SpanScores
 from miprun.strategies import BoundaryStates
 
@@ -46,37 +47,47 @@ SPACES = ("hidden", "logits")
 def logit_isometry(model: Any, rows_per_chunk: int = 8192) -> torch.Tensor:
     """R (hidden × hidden, float64, on CPU) with ‖R·z‖ = ‖W_c·z‖ for the centred output embedding W_c.
 
-    R = diag(√λ)·Vᵀ from the eigendecomposition of the Gram W_cᵀW_c, which is accumulated over
+    R is the upper Cholesky factor of the Gram W_cᵀW_c (unique, so the same R on every run; the
+    square root of an eigendecomposition if the Gram is singular). The Gram is accumulated over
     ``rows_per_chunk`` vocabulary rows at a time on the head's own device: no float64 copy of a
-    vocabulary-sized matrix is made, and on a GPU the O(V·d²) products run there.
+    vocabulary-sized matrix is made, and on a GPU the O(V·d²) products run there. The head is taken
+    as the linear map it is for decoder LLMs; a head bias or a transform before it (BERT's
+    masked-LM head) is not part of R.
     """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None or getattr(head, "weight", None) is None:
-        raise MiprunError("output-mi with space=logits needs a model with a language-model head; "
-                          "use space=hidden or load it with AutoModelForCausalLM")
-    weight = _head_weight(head)
-    gram = weight.new_zeros((weight.shape[1], weight.shape[1]), dtype=torch.float64)
-    total = weight.new_zeros(weight.shape[1], dtype=torch.float64)
+    weight = _head_weight(model)
+    device = weight.device if weight.device.type not in ("meta", "mps") else torch.device("cpu")  # mps: no float64
+    gram = torch.zeros((weight.shape[1], weight.shape[1]), dtype=torch.float64, device=device)
+    total = torch.zeros(weight.shape[1], dtype=torch.float64, device=device)
     for chunk in weight.split(rows_per_chunk):
-        chunk = chunk.double()
+        chunk = chunk.to(device, torch.float64)
         gram += chunk.T @ chunk
         total += chunk.sum(0)
     mean = total / weight.shape[0]
     gram = (gram - weight.shape[0] * torch.outer(mean, mean)).cpu()
+    factor, info = torch.linalg.cholesky_ex(gram, upper=True)
+    if int(info) == 0:
+        return factor
     eigenvalues, eigenvectors = torch.linalg.eigh(gram)
     return (eigenvectors * eigenvalues.clamp_min(0).sqrt()).T
 
 
-def _head_weight(head: Any) -> torch.Tensor:
-    """The head's weight; when accelerate has offloaded it (a meta tensor), the copy its hook holds."""
-    weight = head.weight.detach()
-    if not weight.is_meta:
-        return weight
-    hook = getattr(head, "_hf_hook", None)
-    for candidate in getattr(hook, "hooks", [hook]):
-        weights_map = getattr(candidate, "weights_map", None)
-        if weights_map is not None and "weight" in weights_map:
-            return weights_map["weight"].detach()
+def _head_weight(model: Any) -> torch.Tensor:
+    """The language-model head's weight. When accelerate has offloaded it (a meta tensor), the copy
+    its hook holds — or, for a head tied to the input embedding, the embedding's copy."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None or getattr(head, "weight", None) is None:
+        raise MiprunError("output-mi with space=logits needs a model with a language-model head; "
+                          "use space=hidden or load it with AutoModelForCausalLM")
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    for module in (head, input_embedding(model) if tied else None):
+        if module is None or getattr(module, "weight", None) is None:
+            continue
+        if not module.weight.is_meta:
+            return module.weight.detach()
+        for hook in accelerate_hooks(module):
+            weights_map = getattr(hook, "weights_map", None)
+            if weights_map is not None and "weight" in weights_map:
+                return weights_map["weight"].detach()
     raise MiprunError("output-mi with space=logits cannot find the language-model head's weights (a meta "
                       "tensor with no offload copy); load the model with its weights or use space=hidden")
 
