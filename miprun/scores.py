@@ -61,8 +61,10 @@ class SpanScores:
 
     def importance(self, first: int, length: int = 1) -> float:
         """Importance of the span: lower means safer to remove."""
-        v = self.value(first, length)
-        return -v if self.redundant_when_high else v
+        return self._as_importance(self.value(first, length))
+
+    def _as_importance(self, value: float) -> float:
+        return -value if self.redundant_when_high else value
 
     @property
     def supports_sets(self) -> bool:
@@ -86,8 +88,7 @@ class SpanScores:
 
     def set_importance(self, blocks: Iterable[int]) -> float:
         """Importance of removing ``blocks`` together: lower means safer to remove."""
-        v = self.set_value(blocks)
-        return -v if self.redundant_when_high else v
+        return self._as_importance(self.set_value(blocks))
 
     def singles(self) -> list[float]:
         """Importance of every single block, in block order."""
@@ -105,14 +106,14 @@ class SpanScores:
     def table(self) -> list[dict[str, float | int]]:
         """Every evaluated span as ``{"first", "length", "value", "importance"}`` rows, sorted."""
         return [
-            {"first": f, "length": n, "value": v, "importance": -v if self.redundant_when_high else v}
+            {"first": f, "length": n, "value": v, "importance": self._as_importance(v)}
             for (f, n), v in sorted(self._values.items(), key=lambda kv: (kv[0][1], kv[0][0]))
         ]
 
     def set_table(self) -> list[dict[str, object]]:
         """Every evaluated non-contiguous block set as ``{"blocks", "value", "importance"}`` rows."""
         return [
-            {"blocks": list(blocks), "value": v, "importance": -v if self.redundant_when_high else v}
+            {"blocks": list(blocks), "value": v, "importance": self._as_importance(v)}
             for blocks, v in sorted(self._set_values.items(), key=lambda kv: (len(kv[0]), kv[0]))
         ]
 

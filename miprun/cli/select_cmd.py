@@ -98,7 +98,8 @@ def select(
         options["conflict"] = conflict
     try:
         span_scores = load_span_scores(scores, blocks, missing=missing_mi)
-        strategy = get_registry().create("selector", selector, **options)
+        entry = get_registry().get("selector", selector)
+        strategy = entry.create(**options)
         selection = strategy.select(span_scores, prune)
     except MiprunError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -109,7 +110,7 @@ def select(
             "blocks": selection.blocks,
             "evaluations": selection.evaluations,
             "selector": selector,
-            "options": dict(getattr(strategy, "options", options)),
+            "options": {**entry.defaults(), **options},
             "trace": selection.trace if trace else [],
         }
         typer.echo(json.dumps(payload))

@@ -53,7 +53,6 @@ class AngularScorer:
     def __init__(self, last_token: bool = False, batch_size: int = 4) -> None:
         self.last_token = last_token
         self.batch_size = batch_size
-        self.options = {"last_token": last_token, "batch_size": batch_size}
 
     def score(self, states: BoundaryStates, estimator: object | None = None, *, context: Any = None) -> SpanScores:
         """Span scores with value = mean angular distance in [0, 1] (higher = more important)."""

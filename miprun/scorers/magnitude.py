@@ -44,7 +44,6 @@ class MagnitudeScorer:
         self.norm = norm
         self.keep_first = keep_first
         self.keep_last = keep_last
-        self.options = {"norm": norm, "keep_first": keep_first, "keep_last": keep_last}
 
     def score(self, states: BoundaryStates, estimator: object | None = None, *, context: Any = None) -> SpanScores:
         """Span scores with value = weight magnitude of the span (higher = more important)."""

@@ -118,7 +118,6 @@ class OutputMIScorer:
         self.batch_size = batch_size
         self.reuse_prefix = reuse_prefix
         self.space = space
-        self.options = {"samples": samples, "batch_size": batch_size, "reuse_prefix": reuse_prefix, "space": space}
 
     def score(self, states: BoundaryStates, estimator: Any | None, *, context: Any = None) -> SpanScores:
         """Scores with value = I(Z; Z₋S) in nats for spans and arbitrary block sets (every single

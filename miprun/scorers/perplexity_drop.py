@@ -26,7 +26,6 @@ class PerplexityDropScorer:
 
     def __init__(self, batch_size: int = 4) -> None:
         self.batch_size = batch_size
-        self.options = {"batch_size": batch_size}
 
     def score(self, states: BoundaryStates, estimator: object | None = None, *, context: Any = None) -> SpanScores:
         """Span scores with value = calibration perplexity without the span (every block now)."""

@@ -68,7 +68,6 @@ class TaylorScorer:
         self.keep_first = keep_first
         self.keep_last = keep_last
         self.batch_size = batch_size
-        self.options = {"keep_first": keep_first, "keep_last": keep_last, "batch_size": batch_size}
 
     def score(self, states: BoundaryStates, estimator: object | None = None, *, context: Any = None) -> SpanScores:
         """Span scores with value = summed |w · grad| (higher = more important; protected = +∞)."""

@@ -16,9 +16,6 @@ class BestSpanSelector:
 
     name = "best-span"
 
-    def __init__(self) -> None:
-        self.options: dict[str, object] = {}
-
     def select(self, scores: SpanScores, n: int) -> Selection:
         """Score every span of length ``n`` and return the blocks of the least important one."""
         check_prune_count(scores.num_blocks, n)

@@ -22,7 +22,6 @@ class BruteForceSelector:
         check_options(None, conflict, max_iterations)
         self.conflict = conflict
         self.max_iterations = max_iterations
-        self.options = {"conflict": conflict, "max_iterations": max_iterations}
 
     def select(self, scores: SpanScores, n: int) -> Selection:
         """Return the ``n`` blocks to remove; see :func:`miprun.selectors.refinement.refine`."""

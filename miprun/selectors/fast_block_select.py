@@ -29,7 +29,6 @@ class FastBlockSelector:
         self.k = k
         self.conflict = conflict
         self.max_iterations = max_iterations
-        self.options = {"k": k, "conflict": conflict, "max_iterations": max_iterations}
 
     def select(self, scores: SpanScores, n: int) -> Selection:
         """Return the ``n`` blocks to remove: :func:`~miprun.selectors.set_refinement.refine_sets`

@@ -15,9 +15,6 @@ class GreedySelector:
 
     name = "greedy"
 
-    def __init__(self) -> None:
-        self.options: dict[str, object] = {}
-
     def select(self, scores: SpanScores, n: int) -> Selection:
         """Return the ``n`` least important blocks, sorted; the trace holds the full ranking."""
         check_prune_count(scores.num_blocks, n)

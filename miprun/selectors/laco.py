@@ -70,8 +70,6 @@ class LayerCollapseSelector:
         self.highest = highest
         self.force = force
         self.batch_size = batch_size
-        self.options = {"layers_per_merge": layers_per_merge, "interval": interval, "threshold": threshold,
-                        "lowest": lowest, "highest": highest, "force": force, "batch_size": batch_size}
 
     def select(self, scores: SpanScores, n: int, *, context: Any = None) -> Selection:
         """Return the ``n`` blocks to fold into earlier ones; ``info["merges"]`` maps base → blocks."""

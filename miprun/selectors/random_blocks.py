@@ -22,7 +22,6 @@ class RandomSelector:
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
-        self.options = {"seed": seed}
 
     def select(self, scores: SpanScores, n: int) -> Selection:
         """Return ``n`` random blocks, sorted."""

@@ -38,7 +38,6 @@ class SLEBSelector:
 
     def __init__(self, batch_size: int = 4) -> None:
         self.batch_size = batch_size
-        self.options = {"batch_size": batch_size}
 
     def select(self, scores: SpanScores, n: int, *, context: Any = None) -> Selection:
         """Remove ``n`` blocks greedily by loss increase; the trace holds every candidate's loss."""
