@@ -26,13 +26,13 @@ from typing import Any
 import torch
 from scipy.stats import kendalltau, spearmanr
 
+from miprun.contracts import RunContext, Selection
 from miprun.data.calibration import load_calibration
 from miprun.data.datadir import local_file
 from miprun.evaluation.perplexity import perplexity
 from miprun.models.loading import load_model
 from miprun.probing import Prober
 from miprun.registry import get_registry
-from miprun.strategies import RunContext, call_with_context
 
 SCORES: list[tuple[str, str, str | None, dict[str, Any]]] = [
     # label, scorer, estimator, estimator options
@@ -53,9 +53,9 @@ SCORES: list[tuple[str, str, str | None, dict[str, Any]]] = [
 
 METHODS: list[tuple[str, str, str | None, str, dict[str, Any]]] = [
     # label, scorer, estimator, selector, scorer options
-    ("mi-prun (default)", "output-mi", "gaussian-channel", "fast-block-select", {}),
+    ("mi-prun (default)", "output-mi", "gaussian-channel", "set-exchange", {}),
     ("mi output greedy", "output-mi", "gaussian-channel", "greedy", {}),
-    ("mi-prun hidden space", "output-mi", "gaussian-channel", "fast-block-select", {"space": "hidden"}),
+    ("mi-prun hidden space", "output-mi", "gaussian-channel", "set-exchange", {"space": "hidden"}),
     ("mi-prun local", "block-mi", "gaussian-channel", "fast-block-select", {}),
     ("mi-prun renyi", "block-mi", "renyi", "fast-block-select", {}),
     ("shortgpt", "block-influence", None, "greedy", {}),
@@ -142,7 +142,7 @@ def main() -> None:
             blocks = registry.create("selector", selector).select(span_scores, n).blocks
             seconds = time.perf_counter() - start
             pruned = copy.deepcopy(loaded)
-            registry.create("surgeon", "remove-blocks").apply(pruned.model, pruned.adapter, blocks)
+            registry.create("surgeon", "remove-blocks").apply(pruned.model, pruned.adapter, Selection(blocks))
             ppl = perplexity(pruned.model, pruned.tokenizer, "wikitext2", seq_len=args.ppl_seq_len,
                              max_windows=args.ppl_windows).perplexity
             result.setdefault("selections", []).append(
@@ -168,8 +168,7 @@ def score_with(registry, context: RunContext, states, scorer: str, estimator: st
     """The span scores of ``scorer`` (with its ``scorer_options``, and ``estimator`` with its
     ``options``) on ``states``."""
     est = registry.create("estimator", estimator, **options) if estimator else None
-    return call_with_context(registry.create("scorer", scorer, **(scorer_options or {})).score, states, est,
-                             context=context)
+    return registry.create("scorer", scorer, **(scorer_options or {})).score(states, est, context=context)
 
 
 def finish(result: dict[str, Any], path: str | None) -> None:

@@ -15,15 +15,15 @@ import itertools
 import json
 from typing import Any
 
+from miprun.contracts import RunContext
 from miprun.data.calibration import load_calibration
 from miprun.models.loading import load_model
 from miprun.registry import get_registry
-from miprun.strategies import RunContext, call_with_context
 
 METHODS: dict[str, tuple[str, str | None, str, dict[str, Any]]] = {
     # name: scorer, estimator, selector, scorer options
-    "mi-prun": ("output-mi", "gaussian-channel", "fast-block-select", {}),
-    "mi-prun-hidden": ("output-mi", "gaussian-channel", "fast-block-select", {"space": "hidden"}),
+    "mi-prun": ("output-mi", "gaussian-channel", "set-exchange", {}),
+    "mi-prun-hidden": ("output-mi", "gaussian-channel", "set-exchange", {"space": "hidden"}),
     "mi-prun-local": ("block-mi", "gaussian-channel", "fast-block-select", {}),
     "shortgpt": ("block-influence", None, "greedy", {}),
 }
@@ -66,8 +66,7 @@ def main() -> None:
             scorer, estimator, selector, scorer_options = METHODS[method]
             est = registry.create("estimator", estimator) if estimator else None
             context = RunContext(loaded.model, loaded.adapter, calib.input_ids, loaded.tokenizer)
-            scores = call_with_context(registry.create("scorer", scorer, **scorer_options).score, states, est,
-                                       context=context)
+            scores = registry.create("scorer", scorer, **scorer_options).score(states, est, context=context)
             row[method] = registry.create("selector", selector).select(scores, args.prune).blocks
         rows.append(row)
         print(f"{source:<10}{seq_len:>5}{count:>4}  " + "  ".join(f"{m} {row[m]}" for m in methods), flush=True)

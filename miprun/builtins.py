@@ -1,12 +1,18 @@
-"""miprun's built-in strategies, registered through the same hooks as any third-party plugin.
+"""miprun's built-in strategies and architectures, registered through the same hooks as any
+third-party plugin.
 
 Factories are given as ``"module:attribute"`` strings so that listing strategies imports nothing
-heavy; each strategy lives in its own module under the package of its kind.
+heavy; each strategy lives in its own module under the package of its kind. Capabilities
+(:class:`miprun.contracts.Capabilities`) are declared here, beside each name, and the run planner
+reads them without importing the strategy.
 """
 
 from __future__ import annotations
 
 from miprun import hookimpl
+from miprun.contracts import ArchitectureSpec
+
+NEURON = "neuron"
 
 
 @hookimpl
@@ -21,6 +27,7 @@ def miprun_register_collectors(register):
         "ffn-activations",
         "miprun.collectors.ffn_activations:FFNActivationsCollector",
         description="(neuron) Input of every FFN down projection (after gating), token-subsampled, float32 on CPU",
+        granularity=NEURON,
     )
 
 
@@ -51,16 +58,19 @@ def miprun_register_estimators(register):
         "neuron-renyi",
         "miprun.estimators.neuron_renyi:NeuronRenyiEstimator",
         description="(neuron) All-pairs Rényi α-MI of scalar neurons, α=1.01, Scott + kernel-alignment widths (EMA)",
+        granularity=NEURON, pairwise=True,
     )
     register(
         "neuron-gaussian",
         "miprun.estimators.neuron_gaussian:NeuronGaussianEstimator",
         description="(neuron) All-pairs Gaussian-copula MI −½log(1−ρ²) of rank-normalised neurons (fast)",
+        granularity=NEURON, pairwise=True,
     )
     register(
         "neuron-pearson",
         "miprun.estimators.neuron_pearson:NeuronPearsonEstimator",
         description="(neuron) |Pearson correlation| in place of MI (the paper's ablation baseline)",
+        granularity=NEURON, pairwise=True,
     )
 
 
@@ -71,41 +81,51 @@ def miprun_register_scorers(register):
         "block-influence",
         "miprun.scorers.block_influence:BlockInfluenceScorer",
         description="ShortGPT block influence: 1 − cosine(block input, block output), token mean",
+        default_selector="greedy",
     )
     register(
         "block-mi",
         "miprun.scorers.block_mi:BlockMIScorer",
         description="MI-PRUN: importance = −MI(span input, span output) with the chosen estimator",
+        needs_estimator=True, default_estimator="gaussian-channel", default_selector="fast-block-select",
     )
     register(
         "output-mi",
         "miprun.scorers.output_mi:OutputMIScorer",
-        description="MI between the model output with and without the block set (T + 1 passes; FBS default)",
+        description="MI between the model output with and without the block set (runs the model per set)",
+        reads_states=False, runs_model=True, needs_estimator=True, set_scores=True,
+        default_estimator="gaussian-channel", default_selector="set-exchange",
     )
     register(
         "neuron-mi",
         "miprun.scorers.neuron_mi:NeuronMIScorer",
         description="(neuron) Pairwise neuron redundancy per FFN layer from a neuron estimator",
+        granularity=NEURON, needs_estimator=True, pairwise=True,
+        default_estimator="neuron-renyi", default_selector="mds-cluster",
     )
     register(
         "angular",
         "miprun.scorers.angular:AngularScorer",
         description="Gromov et al.: arccos(cos(span input, span output))/π, token mean or last token",
+        runs_model=True, default_selector="best-span",
     )
     register(
         "ppl",
         "miprun.scorers.perplexity_drop:PerplexityDropScorer",
         description="Shortened LLaMA PPL: calibration perplexity with the block removed (T passes)",
+        reads_states=False, runs_model=True, default_selector="greedy",
     )
     register(
         "taylor",
         "miprun.scorers.taylor:TaylorScorer",
         description="Shortened LLaMA Taylor+: Σ|w·∂L/∂w| per block; first 4 / last 2 blocks kept",
+        reads_states=False, runs_model=True, default_selector="greedy",
     )
     register(
         "magnitude",
         "miprun.scorers.magnitude:MagnitudeScorer",
         description="Weight magnitude per block (mean |w|, L1 or L2)",
+        reads_states=False, default_selector="greedy",
     )
 
 
@@ -120,52 +140,68 @@ def miprun_register_selectors(register):
     register(
         "fast-block-select",
         "miprun.selectors.fast_block_select:FastBlockSelector",
-        description="MI-PRUN Algorithm 1: iterative span refinement, exact scores for top-K only",
+        description="MI-PRUN Algorithm 1: iterative span refinement, exact scores for the top-K candidates only",
+        default_scorer="block-mi",
     )
     register(
         "brute-force",
         "miprun.selectors.brute_force:BruteForceSelector",
-        description="Same refinement as fast-block-select with exact scores for every candidate",
+        description="Algorithm 1's refinement with exact scores for every candidate span",
+        default_scorer="block-mi",
     )
     register(
-        "mds-cluster",
-        "miprun.selectors.mds_cluster:MDSClusterSelector",
-        description="(neuron) MDS of d=A·exp(−MI), k-means, keep the neuron nearest each centroid; best of M seeds by KL",
-    )
-    register(
-        "mi-threshold",
-        "miprun.selectors.mi_threshold:MIThresholdSelector",
-        description="(neuron) Huang et al. Algorithm 1: drop one neuron of random pairs with MI above T_r",
-    )
-    register(
-        "neuron-magnitude",
-        "miprun.selectors.neuron_magnitude:NeuronMagnitudeSelector",
-        description="(neuron) Baseline: remove the neurons with the smallest weight norm",
-    )
-    register(
-        "neuron-random",
-        "miprun.selectors.neuron_random:NeuronRandomSelector",
-        description="(neuron) Baseline: remove random neurons (seeded)",
+        "set-exchange",
+        "miprun.selectors.set_exchange:SetExchangeSelector",
+        description="Fast-Block-Select's set variant: refine the whole pruning set by exchange on set scores",
+        set_scores=True, default_scorer="output-mi",
     )
     register(
         "best-span",
         "miprun.selectors.best_span:BestSpanSelector",
         description="The contiguous span of N blocks with the lowest importance (Gromov et al.)",
+        default_scorer="angular",
     )
     register(
         "sleb",
         "miprun.selectors.sleb:SLEBSelector",
         description="SLEB: remove the block whose removal raises calibration loss least, re-score, repeat",
+        needs_scores=False, runs_model=True,
     )
     register(
         "laco",
         "miprun.selectors.laco:LayerCollapseSelector",
         description="LaCo: merge following layers into a base while the output stays similar",
+        needs_scores=False, runs_model=True, default_surgeon="laco",
     )
     register(
         "random",
         "miprun.selectors.random_blocks:RandomSelector",
         description="N blocks drawn uniformly at random (seeded)",
+        needs_scores=False,
+    )
+    register(
+        "mds-cluster",
+        "miprun.selectors.mds_cluster:MDSClusterSelector",
+        description="(neuron) MDS of d=A·exp(−MI), k-means, keep the neuron nearest each centroid; best of M seeds by KL",
+        granularity=NEURON, runs_model=True, default_scorer="neuron-mi",
+    )
+    register(
+        "mi-threshold",
+        "miprun.selectors.mi_threshold:MIThresholdSelector",
+        description="(neuron) Huang et al. Algorithm 1: drop one neuron of random pairs with MI above T_r",
+        granularity=NEURON, default_scorer="neuron-mi",
+    )
+    register(
+        "neuron-magnitude",
+        "miprun.selectors.neuron_magnitude:NeuronMagnitudeSelector",
+        description="(neuron) Baseline: remove the neurons with the smallest weight norm",
+        granularity=NEURON, needs_scores=False,
+    )
+    register(
+        "neuron-random",
+        "miprun.selectors.neuron_random:NeuronRandomSelector",
+        description="(neuron) Baseline: remove random neurons (seeded)",
+        granularity=NEURON, needs_scores=False,
     )
 
 
@@ -181,9 +217,40 @@ def miprun_register_surgeons(register):
         "slice-ffn",
         "miprun.surgeons.slice_ffn:SliceFFNSurgeon",
         description="(neuron) Remove FFN neurons (gate/up rows, down columns; GPT-2 Conv1D, BERT); update intermediate_size",
+        granularity=NEURON,
     )
     register(
         "laco",
         "miprun.surgeons.laco:LayerCollapseSurgeon",
         description="LaCo: fold each removed block's parameter differences into the kept block before it",
+    )
+
+
+_LLAMA_LIKE = ArchitectureSpec(blocks=("model.layers", "layers"))
+
+
+@hookimpl
+def miprun_register_architectures(register):
+    """Register the built-in architectures."""
+    for model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma3_text"):
+        register(model_type, _LLAMA_LIKE, description="decoder blocks at model.layers, gated FFN")
+    register(
+        "gemma3",
+        ArchitectureSpec(
+            blocks=("model.language_model.layers", "language_model.layers", "model.language_model.model.layers"),
+            config="text_config",
+        ),
+        description="Gemma 3 multimodal: the language model's blocks, text_config",
+    )
+    register(
+        "gpt2",
+        ArchitectureSpec(blocks=("transformer.h", "h"), per_layer_fields=(), ffn=("mlp.c_fc", "mlp.c_proj"),
+                         ffn_size_field="n_inner"),
+        description="GPT-2: transformer.h, Conv1D FFN",
+    )
+    register(
+        "bert",
+        ArchitectureSpec(blocks=("bert.encoder.layer", "encoder.layer"), per_layer_fields=(),
+                         ffn=("intermediate.dense", "output.dense")),
+        description="BERT encoders (width pruning)",
     )

@@ -1,116 +1,44 @@
 """Head-to-head comparison of pruning methods on one model, one calibration sample, one protocol.
 
-:func:`compare` loads the model once, draws one calibration sample and collects the block-boundary
-hidden states once, then for every method (and every depth in curve mode) prunes a fresh deep copy
-of the model and evaluates it with :func:`miprun.evaluation.evaluate`. The dense model is the first
-row. ``miprun compare`` is a thin shell over it::
+:func:`compare` loads the model once, draws one calibration sample, then for every method (and
+every depth in curve mode) runs the method's plan through the engine (:func:`miprun.engine.execute`)
+on a fresh deep copy of the model and evaluates it with :func:`miprun.evaluation.evaluate`. Methods
+are named methods or combinations (:mod:`miprun.methods`), so a plugin's strategies are compared like
+built-ins. Collected inputs are shared: each distinct collector runs once, before the first method.
+The dense model is the first row. ``miprun compare`` is a thin shell over it::
 
     from miprun.compare import compare
-    report = compare("smollm2-135m", prune=6, methods=["mi-prun", "shortgpt", "sleb"])
+    report = compare("smollm2-135m", prune=6, methods=["mi-prun", "shortgpt", "linear-cka+greedy"])
     report["rows"][1]["blocks"], report["rows"][1]["perplexity"]["wikitext2"]
 
 Cost accounting (``row["cost"]``):
 
 * ``seconds`` — wall time of the method's pruning (scoring, selection, surgery), plus the shared
-  hidden-state collection for methods that read those states; evaluation is not included.
+  collection for methods that read collected states; evaluation is not included.
 * ``forward_passes`` — passes over the whole calibration set (1 for the collection, plus whatever
   the strategies run through :mod:`miprun.probing`).
 * ``mi_evaluations`` — distinct span MI estimates (MI-based scorers only); ``span_evaluations`` —
   distinct span scores of any kind.
 * ``peak_memory_mb`` — the peak increase of resident memory (CPU) or of allocated GPU memory over
-  its level when the method started (its deep copy already made); approximate on the CPU, where
-  the allocator may reuse memory freed by earlier methods.
+  its level when the method started (its deep copy already made; :class:`miprun.memory.PeakMemory`).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import math
-import os
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
-from miprun.errors import MiprunError, did_you_mean
+from miprun.errors import MiprunError
+from miprun.memory import PeakMemory, release_freed_memory
+from miprun.methods import Method, parse_methods
 from miprun.models.devices import input_device
+from miprun.plotting import DENSE
 
-DENSE = "dense"
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """One named method: the strategies it composes and their default options.
-
-    :param scorer: scorer name, or None for methods whose selector needs no scores.
-    :param uses_states: whether the method reads the collected hidden states (and so is charged
-        the collection's cost).
-    """
-
-    name: str
-    selector: str
-    scorer: str | None = None
-    estimator: str | None = None
-    surgeon: str = "remove-blocks"
-    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    uses_states: bool = True
-    description: str = ""
-
-    def plan(self) -> dict[str, str]:
-        """Strategy kind → name, for the kinds this method uses."""
-        names = {"scorer": self.scorer, "estimator": self.estimator, "selector": self.selector, "surgeon": self.surgeon}
-        return {kind: name for kind, name in names.items() if name is not None}
-
-
-def _mi(selector: str, description: str, scorer: str = "output-mi") -> MethodSpec:
-    from miprun.pipeline import DEFAULT_ESTIMATOR
-
-    return MethodSpec("", selector, scorer, DEFAULT_ESTIMATOR, description=description)
-
-
-def builtin_methods() -> dict[str, MethodSpec]:
-    """The methods ``miprun compare`` knows by name."""
-    specs = {
-        "mi-prun": _mi("fast-block-select", "MI of the model output with/without the set + Fast-Block-Select (default)"),
-        "mi-greedy": _mi("greedy", "Single-block output MI, the N least informative blocks at once"),
-        "mi-prun-local": _mi("fast-block-select", "MI-PRUN paper: block input/output MI + span refinement",
-                             scorer="block-mi"),
-        "mi-brute-force": _mi("brute-force", "MI-PRUN paper's refinement scoring every candidate span exactly",
-                              scorer="block-mi"),
-        "shortgpt": MethodSpec("", "greedy", "block-influence", description="ShortGPT block influence (1 − cos), greedy"),
-        "angular": MethodSpec("", "best-span", "angular", description="Gromov et al.: best contiguous span by angular distance"),
-        "angular-last": MethodSpec("", "best-span", "angular", options={"scorer": {"last_token": True}}, uses_states=False,
-                                   description="Angular distance on the last token only (the paper's setting)"),
-        "sleb": MethodSpec("", "sleb", uses_states=False, description="SLEB: iterative removal by calibration loss"),
-        "ppl": MethodSpec("", "greedy", "ppl", uses_states=False,
-                          description="Shortened LLaMA PPL: one-shot perplexity without each block"),
-        "taylor": MethodSpec("", "greedy", "taylor", uses_states=False,
-                             description="Shortened LLaMA Taylor+: Σ|w·∂L/∂w| per block"),
-        "magnitude": MethodSpec("", "greedy", "magnitude", uses_states=False, description="Mean |w| per block"),
-        "laco": MethodSpec("", "laco", surgeon="laco", uses_states=False,
-                           description="LaCo layer collapse: merge following layers into a base"),
-        "random": MethodSpec("", "random", uses_states=False, description="Seeded random blocks"),
-    }
-    return {name: MethodSpec(name, s.selector, s.scorer, s.estimator, s.surgeon, s.options, s.uses_states, s.description)
-            for name, s in specs.items()}
-
-
-def parse_methods(methods: str | Sequence[str]) -> list[str]:
-    """Split a comma list of method names and check each one (did-you-mean on a typo)."""
-    names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
-    if not names:
-        raise MiprunError("give at least one method, e.g. --methods mi-prun,shortgpt")
-    known = builtin_methods()
-    for name in names:
-        if name not in known:
-            raise MiprunError(f"unknown method '{name}'{did_you_mean(name, list(known))}; "
-                              f"known methods: {', '.join(known)}")
-    if len(set(names)) != len(names):
-        raise MiprunError(f"method listed twice in {','.join(names)}")
-    return names
+DEFAULT_METHODS = ("mi-prun", "shortgpt", "angular", "sleb", "random")
+"""What :func:`compare` runs when no methods are named."""
 
 
 def parse_depths(prune: int | str | Sequence[int]) -> list[int]:
@@ -127,153 +55,6 @@ def parse_depths(prune: int | str | Sequence[int]) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise MiprunError(f"--prune needs block counts ≥ 1, got {prune!r}")
     return sorted(set(values))
-
-
-def parse_method_options(items: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
-    """``METHOD.KIND.KEY=VALUE`` items → ``{method: {kind: {key: value}}}``."""
-    from miprun.cli.options import parse_options
-
-    grouped: dict[str, list[str]] = {}
-    for item in items:
-        method, dot, rest = item.partition(".")
-        if not dot:
-            raise MiprunError(f"option '{item}' is not METHOD.KIND.KEY=VALUE (e.g. sleb.selector.batch_size=8)")
-        grouped.setdefault(method, []).append(rest)
-    known = builtin_methods()
-    for method in grouped:
-        if method not in known:
-            raise MiprunError(f"option for unknown method '{method}'{did_you_mean(method, list(known))}")
-    return {method: parse_options(rest) for method, rest in grouped.items()}
-
-
-def require_matplotlib() -> Any:
-    """Import matplotlib (Agg backend) or raise a :class:`MiprunError` saying how to install it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise MiprunError(
-            "the pruning-curve plot needs matplotlib, an optional extra: pip install 'miprun[plot]' "
-            "(or pip install matplotlib); pass --no-plot to get the table only"
-        ) from exc
-    return plt
-
-
-# ----------------------------------------------------------------------------------- memory
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        try:
-            import psutil
-
-            return int(psutil.Process().memory_info().rss)
-        except Exception:  # psutil missing or unsupported platform
-            return None
-
-
-def _release_freed_memory() -> None:
-    """Hand memory freed by the previous method back to the OS (glibc), so RSS peaks mean something.
-
-    No ``gc.collect()``: the deep copies hold no reference cycles and are freed by reference
-    counting, and a full collection costs about a second in a process that imported lm-eval."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMemory:
-    """Context manager measuring the peak memory increase while it is open (see module docstring).
-
-    On CUDA the peak comes from ``torch.cuda.max_memory_allocated``; on the CPU a background thread
-    samples the resident set size every ``interval`` seconds.
-    """
-
-    def __init__(self, device: Any = None, interval: float = 0.02) -> None:
-        self.device = device
-        self.interval = interval
-        self.peak_mb: float | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._start = 0
-        self._peak = 0
-
-    def _cuda(self) -> bool:
-        return self.device is not None and getattr(self.device, "type", str(self.device)) == "cuda"
-
-    def __enter__(self) -> "PeakMemory":
-        if self._cuda():
-            import torch
-
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._start = torch.cuda.memory_allocated(self.device)
-            return self
-        start = _rss_bytes()
-        if start is None:
-            return self
-        self._start = self._peak = start
-
-        def sample() -> None:
-            while not self._stop.wait(self.interval):
-                now = _rss_bytes() or 0
-                self._peak = max(self._peak, now)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._cuda():
-            import torch
-
-            torch.cuda.synchronize(self.device)
-            self.peak_mb = round((torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20, 1)
-            return
-        if self._thread is None:
-            return
-        self._stop.set()
-        self._thread.join()
-        self._peak = max(self._peak, _rss_bytes() or 0)
-        self.peak_mb = round((self._peak - self._start) / 2**20, 1)
-
-
-# ----------------------------------------------------------------------------------- compare
-
-
-def _no_scores(num_blocks: int) -> Any:
-    from miprun.scores import SpanScores
-
-    def compute(first: int, length: int) -> float:
-        raise MiprunError("this method's selector reads no span scores")
-
-    return SpanScores(num_blocks, compute, metric="none", redundant_when_high=False)
-
-
-def _strategies(spec: MethodSpec, extra: Mapping[str, Mapping[str, Any]], seed: int, registry: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Build the method's strategies; returns (strategies by kind, description by kind with the
-    effective options: defaults overridden by the method's and the caller's)."""
-    plan = spec.plan()
-    unknown = set(extra) - set(plan)
-    if unknown:
-        raise MiprunError(f"method '{spec.name}' uses no {', '.join(sorted(unknown))} (it uses {', '.join(plan)})")
-    built, described = {}, {}
-    for kind, name in plan.items():
-        entry = registry.get(kind, name)
-        options = {**dict(spec.options.get(kind, {})), **dict(extra.get(kind, {}))}
-        if "seed" in entry.options() and "seed" not in options:
-            options["seed"] = seed
-        built[kind] = entry.create(**options)
-        described[kind] = {"name": name, "options": {**entry.defaults(), **options}}
-    return built, described
 
 
 def _json_safe(value: Any) -> Any:
@@ -296,7 +77,7 @@ def compare(
     model: Any = None,
     *,
     prune: int | str | Sequence[int] = 6,
-    methods: str | Sequence[str] = ("mi-prun", "shortgpt", "angular", "sleb", "random"),
+    methods: str | Sequence[str | Method] = DEFAULT_METHODS,
     calib: str = "wikitext2",
     num_samples: int = 16,
     seq_len: int = 256,
@@ -318,7 +99,8 @@ def compare(
     :param model: embedded name, checkpoint directory, hub id, or a
         :class:`~miprun.models.loading.LoadedModel` (never modified: each method prunes a deep copy).
     :param prune: blocks to remove — one number, or several (curve mode).
-    :param methods: names from :func:`builtin_methods`.
+    :param methods: named methods or combinations ``SCORER[:ESTIMATOR]+SELECTOR[+SURGEON]``
+        (:func:`miprun.methods.parse_method`), as a comma list or a sequence.
     :param ppl: perplexity data sets; ``tasks``/``limit``: lm-eval tasks (see
         :func:`miprun.evaluation.evaluate`).
     :param eval_seq_len: perplexity window; ``eval_max_windows``: only the first N windows.
@@ -326,32 +108,36 @@ def compare(
     :param log: called with one line per finished step (progress for the CLI).
     :param on_row: called with the report so far (``"complete": False``) after every row, so that a
         long comparison that is interrupted still leaves its finished rows behind.
-    :returns: ``{"model", "num_blocks", "settings", "rows", "complete", "seconds"}``; ``rows[0]`` is the dense model, then one row per
-        method and depth with ``method``, ``prune``, ``blocks``, ``perplexity``, ``tasks``,
-        ``task_average``, ``cost``, ``strategies``, ``selection``.
+    :returns: ``{"model", "num_blocks", "settings", "rows", "complete", "seconds"}``; ``rows[0]`` is the
+        dense model, then one row per method and depth with ``method``, ``prune``, ``blocks``,
+        ``perplexity``, ``tasks``, ``task_average``, ``cost``, ``strategies``, ``selection``.
     """
     import torch
 
     from miprun.data.calibration import load_calibration
+    from miprun.engine import Collections, execute
     from miprun.evaluation import evaluate
+    from miprun.granularity import blocks_to_remove
     from miprun.models.adapters import adapter_for
     from miprun.models.embedded import DEFAULT_MODEL
     from miprun.models.loading import LoadedModel, load_model
-    from miprun.pipeline import blocks_to_remove
+    from miprun.plans import resolve_plan
     from miprun.registry import get_registry
-    from miprun.strategies import RunContext, call_with_context
 
     log = log or (lambda line: None)
-    names = parse_methods(methods)
+    registry = get_registry()
+    specs = parse_methods(methods, registry)
+    names = [spec.name for spec in specs]
     depths = parse_depths(prune)
     options = dict(options or {})
     unknown = set(options) - set(names)
     if unknown:
-        raise MiprunError(f"options given for {', '.join(sorted(unknown))}, which is not among the compared methods")
-    registry = get_registry()
-    known = builtin_methods()
-    for name in names:  # check every strategy name and option before any work starts
-        _strategies(known[name], options.get(name, {}), seed, registry)
+        raise MiprunError(f"options given for {', '.join(sorted(unknown))}, which is not among the compared methods "
+                          f"({', '.join(names)})")
+    plans = {spec.name: resolve_plan(method=spec, options={k: dict(v) for k, v in options.get(spec.name, {}).items()},
+                                     seed=seed, registry=registry) for spec in specs}
+    for plan in plans.values():  # every option value is checked before any work starts
+        plan.build(registry)
 
     started = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model or DEFAULT_MODEL), dtype=dtype, device_map=device_map)
@@ -364,11 +150,12 @@ def compare(
     torch.manual_seed(seed)
     calibration = load_calibration(calib, loaded.tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed, model=loaded.model)
     input_ids = calibration.input_ids
-    collector = registry.create("collector", "hidden-states", seed=seed)
-    t0 = time.perf_counter()
-    states = collector.collect(loaded.model, loaded.adapter, input_ids)
-    collect_seconds = time.perf_counter() - t0
-    log(f"collected hidden states ({states.info.get('tokens')} tokens) in {collect_seconds:.1f}s")
+    collections = Collections()
+    for plan in plans.values():  # collect once per distinct collector, outside every method's measurement
+        if "collector" in plan.names:
+            collector = registry.create("collector", plan.names["collector"], **plan.options["collector"])
+            done = collections.collect(plan, collector, loaded.model, loaded.adapter, input_ids, reporter=_quiet(), timings={})
+            log(f"collected with {plan.names['collector']} ({done.inputs.info.get('tokens')} tokens) in {done.seconds:.1f}s")
 
     def run_eval(target: Any, adapter: Any) -> dict[str, Any]:
         if not ppl and not tasks:
@@ -393,11 +180,12 @@ def compare(
                 "seq_len": seq_len, "seed": seed, "ppl": list(ppl),
                 "tasks": list(tasks) if not isinstance(tasks, str) else tasks,
                 "limit": limit, "eval_seq_len": eval_seq_len, "eval_max_windows": eval_max_windows,
-                "collection": {"seconds": round(collect_seconds, 3),
-                               **{k: v for k, v in states.info.items() if isinstance(v, (int, float, str, bool))}},
+                "collection": {name: {"seconds": c.seconds, **{k: v for k, v in c.inputs.info.items()
+                                                              if isinstance(v, (int, float, str, bool))}}
+                               for (name, _), c in collections.store.items()},
                 "device": str(device),
-                "methods_described": {name: {"plan": known[name].plan(), "description": known[name].description}
-                                      for name in names},
+                "methods_described": {spec.name: {"plan": plans[spec.name].names, "description": spec.description}
+                                      for spec in specs},
             },
             "rows": list(rows),
             "complete": complete,
@@ -407,52 +195,52 @@ def compare(
     if on_row is not None:
         on_row(report(False))
 
-    for name in names:
-        spec = known[name]
+    for spec in specs:
+        plan = plans[spec.name]
         for n in depths:
-            strategies, described = _strategies(spec, options.get(name, {}), seed, registry)
-            _release_freed_memory()
+            strategies = plan.build(registry)
+            release_freed_memory()
             working = copy.deepcopy(loaded.model)
             adapter = adapter_for(working)
-            context = RunContext(working, adapter, input_ids, loaded.tokenizer, seed,
-                                 forward_passes=states.forward_passes if spec.uses_states else 0)
             torch.manual_seed(seed)
             with PeakMemory(device) as memory:
-                t0 = time.perf_counter()
-                if spec.scorer is None:
-                    scores = _no_scores(total)
-                else:
-                    scores = call_with_context(strategies["scorer"].score, states, strategies.get("estimator"), context=context)
-                selection = call_with_context(strategies["selector"].select, scores, n, context=context)
-                surgery = strategies["surgeon"].apply(working, adapter, list(selection.blocks))
-                seconds = time.perf_counter() - t0 + (collect_seconds if spec.uses_states else 0.0)
+                outcome = execute(plan, working, adapter, input_ids, count=n, tokenizer=loaded.tokenizer, seed=seed,
+                                  strategies=strategies, collections=collections, registry=registry)
             evaluation = run_eval(working, adapter)
-            info = {k: v for k, v in selection.info.items() if isinstance(v, (int, float, str, bool, list, dict)) or v is None}
+            info = {k: v for k, v in outcome.selection.info.items()
+                    if isinstance(v, (int, float, str, bool, list, dict)) or v is None}
+            scores = outcome.scores
             row = {
-                "method": name,
+                "method": spec.name,
                 "prune": n,
-                "blocks": sorted(int(b) for b in selection.blocks),
+                "blocks": sorted(int(b) for b in outcome.selection.blocks),
                 **_evaluation_fields(evaluation),
                 "cost": {
-                    "seconds": round(seconds, 3),
-                    "forward_passes": context.forward_passes,
+                    "seconds": round(outcome.seconds, 3),
+                    "forward_passes": outcome.forward_passes,
                     "mi_evaluations": scores.evaluations if scores.metric == "mi" else 0,
                     "span_evaluations": scores.evaluations,
                     "peak_memory_mb": memory.peak_mb,
                 },
-                "strategies": described,
+                "strategies": plan.describe(registry),
                 "selection": _json_safe(info),
-                "parameters": surgery.get("parameters_after"),
+                "parameters": outcome.surgery.get("parameters_after"),
             }
-            if "merges" in surgery:
-                row["merges"] = surgery["merges"]
+            if "merges" in outcome.surgery:
+                row["merges"] = outcome.surgery["merges"]
             rows.append(row)
-            log(f"{name} -{n}: {_brief(row)}")
+            log(f"{spec.name} -{n}: {_brief(row)}")
             if on_row is not None:
                 on_row(report(False))
-            del working, adapter, context, scores, selection
-    _release_freed_memory()
+            del working, adapter, outcome, scores, strategies
+    release_freed_memory()
     return report(True)
+
+
+def _quiet() -> Any:
+    from miprun.progress import Reporter
+
+    return Reporter()
 
 
 def _brief(row: dict[str, Any]) -> str:
@@ -517,43 +305,3 @@ def to_markdown(report: dict[str, Any]) -> str:
 def to_json(report: dict[str, Any]) -> dict[str, Any]:
     """The report with non-finite floats replaced by None (strict JSON)."""
     return _json_safe(report)
-
-
-def write_curve(report: dict[str, Any], plot: str | Path, dataset: str | None = None) -> tuple[Path, Path]:
-    """Plot perplexity against blocks removed, one line per method, with the dense model as a
-    dashed line; write the PNG to ``plot`` and the table behind it to ``plot`` with ``.csv``.
-
-    :returns: (PNG path, CSV path).
-    """
-    dataset = dataset or (report["settings"]["ppl"] or [None])[0]
-    if dataset is None:
-        raise MiprunError("the pruning curve plots perplexity; evaluate at least one data set (--eval wikitext2)")
-    png = Path(plot)
-    data = png.with_suffix(".csv")
-    rows = [r for r in report["rows"] if r["method"] != DENSE]
-    with data.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", "prune", "blocks", f"ppl_{dataset}", "seconds", "forward_passes", "mi_evaluations"])
-        for r in report["rows"]:
-            writer.writerow([r["method"], r["prune"], " ".join(map(str, r["blocks"])), r["perplexity"].get(dataset),
-                             r["cost"]["seconds"], r["cost"]["forward_passes"], r["cost"]["mi_evaluations"]])
-    plt = require_matplotlib()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for method in dict.fromkeys(r["method"] for r in rows):
-        points = sorted((r["prune"], r["perplexity"].get(dataset)) for r in rows if r["method"] == method)
-        points = [(x, y) for x, y in points if isinstance(y, (int, float))]
-        if points:
-            ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=method)
-    dense = report["rows"][0]["perplexity"].get(dataset)
-    if isinstance(dense, (int, float)):
-        ax.axhline(dense, color="grey", linestyle="--", linewidth=1, label="dense")
-    ax.set_yscale("log")
-    ax.set_xlabel("blocks removed")
-    ax.set_ylabel(f"perplexity ({dataset}, log scale)")
-    ax.set_title(f"{report['model'].get('spec', '')}: pruning curve")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png)
-    plt.close(fig)
-    return png, data

@@ -6,8 +6,9 @@ hooks below. Third-party packages expose one through the ``miprun`` entry-point 
     [project.entry-points.miprun]
     my_plugin = "my_package.plugin"
 
-Every hook receives a ``register`` callback with the signature
-``register(name, factory, *, description="")``:
+Every strategy hook receives a ``register`` callback (:class:`miprun.contracts.Register`)::
+
+    register(name, factory, *, description="", **capabilities)
 
 - ``name`` is what users type on the command line (``--estimator renyi``); names are unique per
   kind across all plugins, and a duplicate is an error that names both providers.
@@ -15,8 +16,12 @@ Every hook receives a ``register`` callback with the signature
   string that is imported only when the strategy is used (keep heavy imports such as torch out of
   the module that implements the hooks so that ``miprun list`` stays fast).
 - ``description`` is the one line shown by ``miprun list``.
+- ``capabilities`` declare what the strategy needs and works with — granularity, whether it reads
+  collected states, runs the model, needs an estimator or scores, its default partners — as the
+  keywords of :class:`miprun.contracts.Capabilities`. The host plans runs from them alone.
 
-The object a factory returns must follow the protocol of its kind in :mod:`miprun.strategies`.
+The object a factory returns must follow the protocol of its kind in :mod:`miprun.contracts`.
+Built-in strategies (:mod:`miprun.builtins`) are registered through these same hooks.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import pluggy
 
 from miprun import PROJECT
+from miprun.contracts import Register, RegisterArchitecture
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 
@@ -31,12 +37,13 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 
 
 @hookspec
-def miprun_register_collectors(register):
+def miprun_register_collectors(register: Register) -> None:
     """Register collectors: strategies that run the model on calibration tokens and return what
-    the scorers need (e.g. the residual stream at every block boundary).
+    scorers read — the residual stream at every block boundary (:class:`~miprun.contracts.BoundaryStates`)
+    or the FFN neurons of every layer (:class:`~miprun.contracts.FFNActivations`).
 
-    :param register: ``register(name, factory, *, description="")``; the factory returns an object
-        following :class:`miprun.strategies.Collector`.
+    :param register: the factory returns a :class:`~miprun.contracts.Collector`. Capabilities:
+        ``granularity``.
     """
 
 
@@ -44,12 +51,12 @@ def miprun_register_collectors(register):
 
 
 @hookspec
-def miprun_register_estimators(register):
-    """Register mutual-information estimators: strategies that estimate MI between two sample
-    matrices ``x`` (n × d_x) and ``y`` (n × d_y) drawn from the same n tokens.
+def miprun_register_estimators(register: Register) -> None:
+    """Register mutual-information estimators: between two sample matrices over the same tokens
+    (:class:`~miprun.contracts.Estimator`, block scorers) or between every pair of scalar neurons of
+    a layer (:class:`~miprun.contracts.PairwiseEstimator`, neuron scorers).
 
-    :param register: ``register(name, factory, *, description="")``; the factory returns an object
-        following :class:`miprun.strategies.Estimator`.
+    :param register: capabilities: ``granularity``, ``pairwise`` (True for pairwise estimators).
     """
 
 
@@ -57,13 +64,14 @@ def miprun_register_estimators(register):
 
 
 @hookspec
-def miprun_register_scorers(register):
-    """Register scorers: strategies that turn collected states into importance scores of single
-    blocks and contiguous spans of blocks (lower importance = safer to remove) — and, for scorers
-    that run the pruned model, of any set of blocks removed together.
+def miprun_register_scorers(register: Register) -> None:
+    """Register scorers: strategies that turn collected inputs into importance — span scores of
+    single blocks and contiguous spans (lower importance = safer to remove; with ``set_scores``,
+    any block set), or pairwise neuron scores.
 
-    :param register: ``register(name, factory, *, description="")``; the factory returns an object
-        following :class:`miprun.strategies.Scorer`.
+    :param register: the factory returns a :class:`~miprun.contracts.Scorer`. Capabilities:
+        ``granularity``, ``reads_states``, ``runs_model``, ``needs_estimator``, ``pairwise``,
+        ``set_scores``, ``default_selector``, ``default_estimator``.
     """
 
 
@@ -71,11 +79,13 @@ def miprun_register_scorers(register):
 
 
 @hookspec
-def miprun_register_selectors(register):
-    """Register selectors: strategies that choose which N blocks to remove from span scores.
+def miprun_register_selectors(register: Register) -> None:
+    """Register selectors: strategies that choose what to remove — N blocks, or N neurons from
+    every FFN layer.
 
-    :param register: ``register(name, factory, *, description="")``; the factory returns an object
-        following :class:`miprun.strategies.Selector`.
+    :param register: the factory returns a :class:`~miprun.contracts.Selector`. Capabilities:
+        ``granularity``, ``needs_scores``, ``reads_states``, ``runs_model``, ``set_scores``,
+        ``default_scorer``, ``default_surgeon``.
     """
 
 
@@ -83,12 +93,25 @@ def miprun_register_selectors(register):
 
 
 @hookspec
-def miprun_register_surgeons(register):
-    """Register surgeons: strategies that edit the model in place to remove the selected parts and
-    keep its configuration consistent, so that the saved checkpoint loads with stock transformers.
+def miprun_register_surgeons(register: Register) -> None:
+    """Register surgeons: strategies that edit the model in place to carry out a selection and keep
+    its configuration consistent, so that the saved checkpoint loads with stock transformers.
 
-    :param register: ``register(name, factory, *, description="")``; the factory returns an object
-        following :class:`miprun.strategies.Surgeon`.
+    :param register: the factory returns a :class:`~miprun.contracts.Surgeon`. Capabilities:
+        ``granularity``.
+    """
+
+
+# --------------------------------------------------------------------------- architectures
+
+
+@hookspec
+def miprun_register_architectures(register: RegisterArchitecture) -> None:
+    """Register architectures miprun can prune: ``register(model_type, spec, *, description="")``
+    with ``model_type`` the value of ``config.model_type`` and ``spec`` an
+    :class:`~miprun.contracts.ArchitectureSpec` (where the blocks and FFN projections live, which
+    config fields hold per-layer lists). A ``model_type`` registered twice is an error naming both
+    providers.
     """
 
 
@@ -100,3 +123,6 @@ KINDS: dict[str, str] = {
     "surgeon": "miprun_register_surgeons",
 }
 """Strategy kind → name of the hook that registers strategies of that kind."""
+
+ARCHITECTURES_HOOK = "miprun_register_architectures"
+"""Name of the hook that registers architectures."""

@@ -11,7 +11,7 @@ that they skip blocks the same way and count their cost the same way.
 * **Overriding** replaces some parameters of a block for the duration of a ``with`` block (LaCo's
   merged layers) and restores them afterwards, bit for bit.
 * **Counting**: one *forward pass* is one pass of the model over all calibration sequences (however
-  many batches that takes), the unit :class:`~miprun.strategies.RunContext` uses; every probe adds
+  many batches that takes), the unit :class:`~miprun.contracts.RunContext` uses; every probe adds
   its passes to the prober and to the run's context.
 """
 
@@ -123,7 +123,7 @@ class Prober:
 
     :param batch_size: sequences per batch (memory only; results do not depend on it beyond
         floating-point summation order).
-    :param context: a :class:`~miprun.strategies.RunContext` whose ``forward_passes`` is kept in
+    :param context: a :class:`~miprun.contracts.RunContext` whose ``forward_passes`` is kept in
         step with this prober's.
     """
 

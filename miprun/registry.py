@@ -2,7 +2,9 @@
 
 Built-in strategies live in :mod:`miprun.builtins`, an ordinary plugin registered through the same
 hooks as third-party packages, which are discovered through the ``miprun`` entry-point group. Set
-``MIPRUN_DISABLE_PLUGIN_AUTOLOAD=1`` to load built-ins only.
+``MIPRUN_DISABLE_PLUGIN_AUTOLOAD=1`` to load built-ins only. Every hook implementation is called
+through pluggy's hook caller, one plugin at a time, so that each registration is attributed to the
+plugin that made it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Callable
 import pluggy
 
 from miprun import PROJECT, hookspecs
+from miprun.contracts import ArchitectureSpec, Capabilities
 from miprun.errors import MiprunError, did_you_mean
 
 BUILTIN_PLUGINS = ("miprun.builtins",)
@@ -23,13 +26,15 @@ BUILTIN_PLUGINS = ("miprun.builtins",)
 
 @dataclass
 class Entry:
-    """One registered strategy: its kind, name, factory and the plugin that provided it."""
+    """One registered strategy: its kind, name, factory, declared capabilities and provider."""
 
     kind: str
     name: str
     factory: Callable[..., Any] | str
     description: str
     provider: str
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    _parameters: list[inspect.Parameter] | None = field(default=None, repr=False)
 
     def load_factory(self) -> Callable[..., Any]:
         """Return the factory callable, importing it if it was registered as ``"module:attr"``."""
@@ -47,48 +52,64 @@ class Entry:
             ) from exc
         return obj
 
-    def _keyword_parameters(self) -> list[inspect.Parameter]:
-        try:
-            params = inspect.signature(self.load_factory()).parameters.values()
-        except (TypeError, ValueError):
-            return []
-        return [p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    def parameters(self) -> list[inspect.Parameter]:
+        """The factory's keyword options (read from its signature once)."""
+        if self._parameters is None:
+            try:
+                params = inspect.signature(self.load_factory()).parameters.values()
+            except (TypeError, ValueError):
+                params = []
+            self._parameters = [p for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_KEYWORD)]
+        return self._parameters
 
     def options(self) -> list[str]:
         """Names of the keyword options the factory accepts."""
-        return [p.name for p in self._keyword_parameters()]
+        return [p.name for p in self.parameters() if p.kind is not p.VAR_KEYWORD]
 
     def defaults(self) -> dict[str, Any]:
         """The factory's keyword options that have defaults, with those defaults."""
-        return {p.name: p.default for p in self._keyword_parameters() if p.default is not p.empty}
+        return {p.name: p.default for p in self.parameters() if p.kind is not p.VAR_KEYWORD and p.default is not p.empty}
 
-    def create(self, **options: Any) -> Any:
-        """Build the strategy with ``options``; unknown options are a :class:`MiprunError`."""
-        factory = self.load_factory()
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Refuse an option the factory does not take, with a did-you-mean."""
+        if any(p.kind is p.VAR_KEYWORD for p in self.parameters()):
+            return
         known = self.options()
-        try:
-            signature = inspect.signature(factory)
-            accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-        except (TypeError, ValueError):
-            accepts_any = True
         for key in options:
-            if not accepts_any and key not in known:
+            if key not in known:
                 raise MiprunError(
                     f"{self.kind} '{self.name}' has no option '{key}'{did_you_mean(key, known)}; "
                     f"valid options: {', '.join(known) or 'none'}"
                 )
-        strategy = factory(**options)
-        strategy.name = self.name
-        return strategy
+
+    def create(self, **options: Any) -> Any:
+        """Build the strategy with ``options``; unknown options are a :class:`MiprunError`."""
+        self.check_options(options)
+        return self.load_factory()(**options)
+
+    def works_at(self, granularity: str) -> bool:
+        """Whether the strategy declared ``granularity``."""
+        return granularity in self.capabilities.granularity
+
+
+@dataclass
+class ArchitectureEntry:
+    """One registered architecture: ``config.model_type``, its layout and its provider."""
+
+    model_type: str
+    spec: ArchitectureSpec
+    description: str
+    provider: str
 
 
 @dataclass
 class Registry:
-    """All strategies of every kind, with the plugins that provided them."""
+    """All strategies of every kind and all architectures, with the plugins that provided them."""
 
     entries: dict[str, dict[str, Entry]] = field(
         default_factory=lambda: {kind: {} for kind in hookspecs.KINDS}
     )
+    architectures: dict[str, ArchitectureEntry] = field(default_factory=dict)
     plugins: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, entry: Entry) -> None:
@@ -101,9 +122,21 @@ class Registry:
             )
         self.entries[entry.kind][entry.name] = entry
 
-    def names(self, kind: str) -> list[str]:
-        """Sorted strategy names of ``kind``."""
-        return sorted(self._kind(kind))
+    def add_architecture(self, entry: ArchitectureEntry) -> None:
+        """Add ``entry``; a model type already taken is an error naming both providers."""
+        taken = self.architectures.get(entry.model_type)
+        if taken is not None:
+            raise MiprunError(
+                f"architecture '{entry.model_type}' is registered twice: by {taken.provider} and by "
+                f"{entry.provider}; uninstall one of the two plugins"
+            )
+        if not isinstance(entry.spec, ArchitectureSpec):
+            raise MiprunError(f"architecture '{entry.model_type}' from {entry.provider} is not an ArchitectureSpec")
+        self.architectures[entry.model_type] = entry
+
+    def names(self, kind: str, granularity: str | None = None) -> list[str]:
+        """Sorted strategy names of ``kind`` (only those that work at ``granularity`` when given)."""
+        return sorted(n for n, e in self._kind(kind).items() if granularity is None or e.works_at(granularity))
 
     def get(self, kind: str, name: str) -> Entry:
         """Return the entry ``name`` of ``kind``; an unknown name is an error with a did-you-mean."""
@@ -119,6 +152,19 @@ class Registry:
     def create(self, kind: str, name: str, **options: Any) -> Any:
         """Build the strategy ``name`` of ``kind`` with ``options``."""
         return self.get(kind, name).create(**options)
+
+    def architecture(self, model_type: str | None) -> ArchitectureSpec:
+        """The layout registered for ``model_type``; an unknown one is an error naming the
+        supported types and how to add one."""
+        entry = self.architectures.get(model_type) if model_type is not None else None
+        if entry is None:
+            known = sorted(self.architectures)
+            raise MiprunError(
+                f"unsupported architecture '{model_type}'; miprun "
+                f"supports {', '.join(known)}; a plugin adds one through the miprun_register_architectures "
+                f"hook (docs/plugins.md)"
+            )
+        return entry.spec
 
     def _kind(self, kind: str) -> dict[str, Entry]:
         if kind not in self.entries:
@@ -138,29 +184,52 @@ def _plugin_package(manager: pluggy.PluginManager, plugin: object) -> tuple[str,
     return PROJECT, __version__
 
 
-def build_registry(extra_plugins: tuple[object, ...] = ()) -> Registry:
-    """Load built-ins, entry-point plugins and ``extra_plugins``; collect everything they register."""
+def _plugin_manager(extra_plugins: tuple[object, ...]) -> pluggy.PluginManager:
     manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(hookspecs)
     for module_name in BUILTIN_PLUGINS:
         manager.register(importlib.import_module(module_name), name=module_name)
     if not os.environ.get("MIPRUN_DISABLE_PLUGIN_AUTOLOAD"):
         manager.load_setuptools_entrypoints(PROJECT)
-    for plugin in extra_plugins:
-        manager.register(plugin)
+    for plugin in extra_plugins:  # named for error messages: a module's or class's name, else its class's
+        manager.register(plugin, name=getattr(plugin, "__name__", type(plugin).__name__))
     manager.check_pending()
+    return manager
 
+
+def _call_each(manager: pluggy.PluginManager, hook_name: str, make_register: Callable[[str], Callable[..., None]]) -> None:
+    """Call ``hook_name`` through pluggy for one plugin at a time, each with its own ``register``."""
+    plugins = manager.list_name_plugin()
+    for name, plugin in plugins:
+        caller = manager.subset_hook_caller(hook_name, remove_plugins=[p for n, p in plugins if n != name])
+        if caller.get_hookimpls():
+            caller(register=make_register(name))
+
+
+def build_registry(extra_plugins: tuple[object, ...] = ()) -> Registry:
+    """Load built-ins, entry-point plugins and ``extra_plugins``; collect everything they register."""
+    manager = _plugin_manager(extra_plugins)
     registry = Registry()
     provided: dict[str, dict[str, list[str]]] = {}
+
     for kind, hook_name in hookspecs.KINDS.items():
-        for impl in getattr(manager.hook, hook_name).get_hookimpls():
-            provider = impl.plugin_name
+        def strategy_register(provider: str, kind: str = kind) -> Callable[..., None]:
+            def register(name: str, factory: Callable[..., Any] | str, *, description: str = "", **capabilities: Any) -> None:
+                declared = Capabilities.declare(kind, f"{kind} '{name}' from {provider}", **capabilities)
+                registry.add(Entry(kind, name, factory, description, provider, declared))
+                provided.setdefault(provider, {}).setdefault(kind, []).append(name)
+            return register
 
-            def register(name, factory, *, description="", _kind=kind, _provider=provider):
-                registry.add(Entry(_kind, name, factory, description, _provider))
-                provided.setdefault(_provider, {}).setdefault(_kind, []).append(name)
+        _call_each(manager, hook_name, strategy_register)
 
-            impl.function(register)
+    def architecture_register(provider: str) -> Callable[..., None]:
+        def register(model_type: str, spec: ArchitectureSpec, *, description: str = "") -> None:
+            registry.add_architecture(ArchitectureEntry(model_type, spec, description, provider))
+            provided.setdefault(provider, {}).setdefault("architecture", []).append(model_type)
+        return register
+
+    _call_each(manager, hookspecs.ARCHITECTURES_HOOK, architecture_register)
+
     for name, plugin in manager.list_name_plugin():
         package, version = _plugin_package(manager, plugin)
         registry.plugins.append(
@@ -179,3 +248,4 @@ def get_registry() -> Registry:
     if _REGISTRY is None:
         _REGISTRY = build_registry()
     return _REGISTRY
+

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ARCHITECTURES, build_tiny
 from transformers import AutoModelForCausalLM
 
+from miprun.contracts import Selection
 from miprun.errors import MiprunError
 from miprun.models.adapters import adapter_for
 from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
-
-from conftest import ARCHITECTURES, build_tiny
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -20,7 +20,7 @@ def test_removed_model_matches_a_model_built_without_those_blocks(arch, tmp_path
     assert adapter.num_blocks == 4
     ids = torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8]])
     kept = [adapter.blocks[i] for i in (0, 2)]
-    summary = RemoveBlocksSurgeon().apply(model, adapter, [1, 3])
+    summary = RemoveBlocksSurgeon().apply(model, adapter, Selection([1, 3]))
     assert summary["kept_blocks"] == [0, 2] and summary["parameters_after"] < summary["parameters_before"]
     assert adapter.num_blocks == 2 and list(adapter.blocks) == kept
     assert adapter.block_config.num_hidden_layers == 2
@@ -57,7 +57,7 @@ def test_removing_a_block_equals_skipping_it_in_the_forward_pass():
     with torch.no_grad():
         skipped["logits"] = loaded.model(ids, use_cache=False).logits
     handle.remove()
-    RemoveBlocksSurgeon().apply(loaded.model, adapter, [2])
+    RemoveBlocksSurgeon().apply(loaded.model, adapter, Selection([2]))
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(ids, use_cache=False).logits, skipped["logits"])
 
@@ -65,9 +65,9 @@ def test_removing_a_block_equals_skipping_it_in_the_forward_pass():
 def test_surgeon_rejects_bad_indices():
     loaded = build_tiny("llama", layers=3)
     with pytest.raises(MiprunError, match="distinct indices in 0..2"):
-        RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, [3])
+        RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([3]))
     with pytest.raises(MiprunError, match="cannot remove all 3 blocks"):
-        RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, [0, 1, 2])
+        RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([0, 1, 2]))
 
 
 def test_unsupported_architecture_is_named():

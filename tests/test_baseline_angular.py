@@ -6,18 +6,15 @@ import math
 
 import pytest
 import torch
+from conftest import build_tiny
 
 from miprun.collectors.hidden_states import HiddenStatesCollector
+from miprun.contracts import BoundaryStates, RunContext, SpanScores
 from miprun.errors import MiprunError
 from miprun.probing import Prober
 from miprun.scorers.angular import AngularScorer
 from miprun.scorers.block_influence import BlockInfluenceScorer
-from miprun.scores import SpanScores
 from miprun.selectors.best_span import BestSpanSelector
-from miprun.strategies import BoundaryStates, RunContext
-
-from conftest import build_tiny
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

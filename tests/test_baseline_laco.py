@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from miprun.probing import Prober, mean_cosine
-from miprun.scores import SpanScores
-from miprun.selectors.laco import LayerCollapseSelector
-from miprun.selectors.random_blocks import RandomSelector
-from miprun.strategies import RunContext
-from miprun.surgeons.laco import LayerCollapseSurgeon, merge_plan, mergeable_parameters, merged_parameters
-
 from conftest import build_tiny
 
+from miprun.contracts import RunContext, Selection, SpanScores
+from miprun.models.layer_collapse import (
+    merge_plan,
+    mergeable_parameters,
+    merged_parameters,
+)
+from miprun.probing import Prober, mean_cosine
+from miprun.selectors.laco import LayerCollapseSelector
+from miprun.selectors.random_blocks import RandomSelector
+from miprun.surgeons.laco import LayerCollapseSurgeon
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,7 +46,7 @@ def test_surgeon_collapses_in_place_and_identical_layers_merge_to_themselves():
             p2.copy_(p1)
     ids = torch.randint(4, 40, (2, 8))
     expected = merged_parameters(loaded.adapter, 1, [2])
-    summary = LayerCollapseSurgeon().apply(loaded.model, loaded.adapter, [2])
+    summary = LayerCollapseSurgeon().apply(loaded.model, loaded.adapter, Selection([2]))
     assert summary["merges"] == {"1": [2]} and summary["kept_blocks"] == [0, 1, 3]
     assert loaded.model.config.num_hidden_layers == 3 and loaded.adapter.num_blocks == 3
     for name, p in mergeable_parameters(loaded.adapter.blocks[1]).items():
@@ -64,7 +66,7 @@ def test_selector_accepts_merges_top_down_and_scores_what_the_surgeon_builds():
     # rebuild the collapsed model with the surgeon and measure the same similarity by hand
     prober = Prober(loaded.model, loaded.adapter, ids)
     reference = prober.final_states().reshape(3, 10, -1)[:, 1:].reshape(-1, 32)
-    LayerCollapseSurgeon().apply(loaded.model, loaded.adapter, selection.blocks)
+    LayerCollapseSurgeon().apply(loaded.model, loaded.adapter, selection)
     collapsed = Prober(loaded.model, loaded.adapter, ids).final_states().reshape(3, 10, -1)[:, 1:].reshape(-1, 32)
     assert mean_cosine(collapsed, reference) == pytest.approx(similarity, abs=1e-6)
 

@@ -7,16 +7,14 @@ import math
 
 import pytest
 import torch
+from conftest import build_tiny
 
+from miprun.contracts import BoundaryStates, RunContext
 from miprun.errors import MiprunError
 from miprun.models.adapters import adapter_for
 from miprun.scorers.magnitude import MagnitudeScorer
 from miprun.scorers.perplexity_drop import PerplexityDropScorer
 from miprun.scorers.taylor import TaylorScorer
-from miprun.strategies import BoundaryStates, RunContext
-
-from conftest import build_tiny
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

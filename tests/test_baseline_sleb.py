@@ -6,15 +6,12 @@ import copy
 
 import pytest
 import torch
-
-from miprun.models.adapters import adapter_for
-from miprun.probing import Prober, overriding
-from miprun.scores import SpanScores
-from miprun.selectors.sleb import SLEBSelector, sleb_forward_passes
-from miprun.strategies import RunContext
-
 from conftest import build_tiny
 
+from miprun.contracts import RunContext, SpanScores
+from miprun.models.adapters import adapter_for
+from miprun.probing import Prober, overriding
+from miprun.selectors.sleb import SLEBSelector, sleb_forward_passes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import WORDS, build_tiny
 
 from miprun.cli.main import main
-
-from conftest import WORDS, build_tiny
 
 
 def run_cli(capsys, monkeypatch, *args):
@@ -44,7 +43,7 @@ def tiny_dir(tmp_path):
 def test_list_and_plugins_json_show_every_kind(capsys, monkeypatch):
     code, out, _ = run_cli(capsys, monkeypatch, "list", "--json")
     rows = json.loads(out)
-    assert code == 0 and {r["kind"] for r in rows} == {"collector", "estimator", "scorer", "selector", "surgeon"}
+    assert code == 0 and {r["kind"] for r in rows} == {"collector", "estimator", "scorer", "selector", "surgeon", "architecture"}
     code, out, _ = run_cli(capsys, monkeypatch, "plugins", "--json")
     builtins = next(p for p in json.loads(out) if p["plugin"] == "miprun.builtins")
     assert set(builtins["provides"]["estimator"]) >= {"renyi", "ksg", "gaussian"}

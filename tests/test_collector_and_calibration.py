@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny
 
 from miprun.collectors.hidden_states import HiddenStatesCollector
 from miprun.data.calibration import load_calibration
 from miprun.errors import MiprunError
-
-from conftest import build_tiny
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -7,16 +7,15 @@ import builtins
 import json
 
 import pytest
-import typer
+from conftest import build_tiny
 from typer.testing import CliRunner
 
 import miprun
-from miprun.cli.compare_cmd import compare as compare_command
-from miprun.compare import builtin_methods, compare, parse_depths, parse_method_options, parse_methods, to_markdown
+from miprun.cli.main import app
+from miprun.compare import compare, parse_depths, to_markdown
 from miprun.errors import MiprunError
-
-from conftest import build_tiny
-
+from miprun.methods import METHODS, parse_methods
+from miprun.options import parse_method_options
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,13 +29,6 @@ def tiny_checkpoint(tmp_path):
     loaded.model.save_pretrained(path)
     loaded.tokenizer.save_pretrained(path)
     return path
-
-
-def cli_app() -> typer.Typer:
-    app = typer.Typer(pretty_exceptions_enable=False)
-    app.command("compare")(compare_command)
-    app.command("other")(lambda: None)  # keep "compare" a sub-command
-    return app
 
 
 def test_compare_shares_one_calibration_sample_and_reports_quality_and_cost(text_file):
@@ -77,7 +69,7 @@ def test_mi_methods_count_mi_evaluations_for_the_greedy_vs_iterative_ablation(te
 
 def test_cli_writes_json_and_markdown(tmp_path, tiny_checkpoint, text_file):
     out, md = tmp_path / "out.json", tmp_path / "out.md"
-    result = CliRunner().invoke(cli_app(), [
+    result = CliRunner().invoke(app, [
         "compare", "--model", str(tiny_checkpoint), "--calib", str(text_file), "--prune", "1",
         "--methods", "shortgpt,random", "--eval", str(text_file), "--eval-seq-len", "16", "--eval-max-windows", "2",
         "--num-samples", "4", "--seq-len", "16", "--json", str(out), "--markdown", str(md),
@@ -94,7 +86,7 @@ def test_cli_writes_json_and_markdown(tmp_path, tiny_checkpoint, text_file):
 def test_curve_mode_writes_a_png_and_the_table_behind_it(tmp_path, tiny_checkpoint, text_file):
     pytest.importorskip("matplotlib")
     png = tmp_path / "curve.png"
-    result = CliRunner().invoke(cli_app(), [
+    result = CliRunner().invoke(app, [
         "compare", "--model", str(tiny_checkpoint), "--calib", str(text_file), "--prune", "1,2,3",
         "--methods", "shortgpt,angular,random", "--eval", str(text_file), "--eval-seq-len", "16",
         "--eval-max-windows", "2", "--num-samples", "4", "--seq-len", "16", "--plot", str(png),
@@ -114,8 +106,8 @@ def test_curve_mode_without_matplotlib_fails_before_pruning(monkeypatch, tmp_pat
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    result = CliRunner().invoke(cli_app(), ["compare", "--model", str(tiny_checkpoint), "--prune", "1,2", "--methods", "random"])
-    assert isinstance(result.exception, MiprunError) and "miprun[plot]" in str(result.exception)
+    result = CliRunner().invoke(app, ["compare", "--model", str(tiny_checkpoint), "--prune", "1,2", "--methods", "random"])
+    assert result.exit_code == 2 and "miprun: error:" in result.stderr and "miprun[plot]" in result.stderr
 
 
 def test_bad_arguments_are_clear_errors():
@@ -127,6 +119,25 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(MiprunError, match="METHOD.KIND.KEY=VALUE"):
         parse_method_options(["selector=3"])
     assert parse_method_options(["laco.selector.threshold=0.5"]) == {"laco": {"selector": {"threshold": 0.5}}}
-    assert {"mi-prun", "shortgpt", "angular", "sleb", "ppl", "taylor", "laco", "random", "magnitude"} <= set(builtin_methods())
-    with pytest.raises(MiprunError, match="uses no estimator"):
+    assert {"mi-prun", "shortgpt", "angular", "sleb", "ppl", "taylor", "laco", "random", "magnitude"} <= set(METHODS)
+    with pytest.raises(MiprunError, match="options given for estimator, which this run does not use"):
         compare(None, methods=["sleb"], options={"sleb": {"estimator": {"alpha": 2}}})
+    with pytest.raises(MiprunError, match=r"unknown estimator 'reny' \(did you mean 'renyi'\?\)"):
+        parse_methods("block-mi:reny+fast-block-select")
+    with pytest.raises(MiprunError, match=r"is not SCORER\[:ESTIMATOR\]\+SELECTOR"):
+        parse_methods("block-mi+")
+
+
+def test_combinations_compare_any_registered_strategies_like_named_methods(text_file):
+    report = compare(build_tiny("llama", layers=6), prune=2, methods="shortgpt,block-influence+greedy,block-mi:renyi+fast-block-select,angular",
+                     calib=str(text_file), num_samples=4, seq_len=16, ppl=())
+    rows = {r["method"]: r for r in report["rows"][1:]}
+    # a combination of the same strategies is the same method: same blocks, same cost
+    assert rows["block-influence+greedy"]["blocks"] == rows["shortgpt"]["blocks"]
+    assert rows["block-influence+greedy"]["strategies"]["scorer"]["name"] == "block-influence"
+    named = rows["block-mi:renyi+fast-block-select"]["strategies"]
+    assert (named["scorer"]["name"], named["estimator"]["name"], named["selector"]["name"]) == ("block-mi", "renyi", "fast-block-select")
+    # a bare scorer name runs with its declared partner selector
+    assert rows["angular"]["strategies"]["selector"]["name"] == "best-span"
+    # hidden states are collected once and shared by the three methods that read them
+    assert list(report["settings"]["collection"]) == ["hidden-states"]

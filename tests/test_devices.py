@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
+from conftest import build_tiny
 
 from miprun.models.devices import accelerate_hooks, input_device
-
-from conftest import build_tiny
 
 
 def test_input_device_of_plain_models_and_modules():

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_eval_helpers import CORPUS, tiny_model, tiny_tokenizer
 
 from miprun.evaluation import SpeedConfig, compare_reports, evaluate
 from miprun.evaluation.generation import generate_samples, side_by_side
 from miprun.evaluation.local_tasks import local_available
 from miprun.evaluation.report import sections, to_markdown
-from test_eval_helpers import CORPUS, tiny_model, tiny_tokenizer
 
 needs_data = pytest.mark.skipif(not local_available("sst2"), reason="the shared data directory is not here")
 

@@ -5,24 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import typer
+from test_eval_helpers import CORPUS, tiny_model, tiny_tokenizer
 from typer.testing import CliRunner
 
-from miprun.cli.eval_cmd import eval_command
+from miprun.cli.main import app
 from miprun.evaluation.local_tasks import local_available
 from miprun.models.adapters import adapter_for
-from test_eval_helpers import CORPUS, tiny_model, tiny_tokenizer
-
-
-def make_app() -> typer.Typer:
-    app = typer.Typer()
-    app.command("eval")(eval_command)
-
-    @app.callback()
-    def main() -> None:
-        """Keep ``eval`` a sub-command."""
-
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +38,7 @@ def test_eval_writes_json_and_markdown(checkpoints):
         "--decode-batch", "2", "--decode-tokens", "2", "--generate", "--prompt", "The quick", "--max-new-tokens", "3",
         "--compare-to", str(checkpoints / "dense"), "--json", str(out_json), "--markdown", str(out_md),
     ]
-    result = CliRunner().invoke(make_app(), args)
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out_json.read_text())
     assert "partial" not in report  # the partial saves made during the run were replaced
@@ -69,12 +57,12 @@ def test_eval_writes_json_and_markdown(checkpoints):
 
 
 def test_missing_model_is_one_line_exit_2(tmp_path):
-    result = CliRunner().invoke(make_app(), ["eval", str(tmp_path / "nowhere"), "--ppl", "none"])
+    result = CliRunner().invoke(app, ["eval", str(tmp_path / "nowhere"), "--ppl", "none"])
     assert result.exit_code == 2
-    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: model path")
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("miprun: error: model path")
 
 
 def test_unknown_perplexity_set_is_one_line_exit_2(checkpoints):
-    result = CliRunner().invoke(make_app(), ["eval", str(checkpoints / "dense"), "--ppl", "wikitxt2"])
+    result = CliRunner().invoke(app, ["eval", str(checkpoints / "dense"), "--ppl", "wikitxt2"])
     assert result.exit_code == 2
     assert "did you mean 'wikitext2'" in result.stderr and result.stderr.strip().count("\n") == 0

@@ -7,10 +7,16 @@ import math
 
 import pytest
 import torch
+from test_eval_helpers import CORPUS, tiny_model, tiny_tokenizer
 
 from miprun.errors import MiprunError
-from miprun.evaluation.perplexity import default_seq_len, load_text, make_windows, perplexity, prefix_token_id
-from test_eval_helpers import CORPUS, tiny_model, tiny_tokenizer
+from miprun.evaluation.perplexity import (
+    default_seq_len,
+    load_text,
+    make_windows,
+    perplexity,
+    prefix_token_id,
+)
 
 TEXT = " ".join(CORPUS * 3)
 

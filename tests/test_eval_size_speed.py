@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 
 import pytest
+from test_eval_helpers import tiny_model, tiny_tokenizer
 
 from miprun.evaluation.size_speed import (
     SpeedConfig,
@@ -16,7 +17,6 @@ from miprun.evaluation.size_speed import (
     prefill_latency,
 )
 from miprun.models.adapters import adapter_for
-from test_eval_helpers import tiny_model, tiny_tokenizer
 
 HIDDEN = 32
 

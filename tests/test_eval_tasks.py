@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from miprun.data.datadir import local_file
-from miprun.evaluation.lm_eval_bridge import PAPER_TASKS, TASKS_DIR, build_tasks, local_task_manager, parse_tasks
+from miprun.evaluation.lm_eval_bridge import (
+    PAPER_TASKS,
+    TASKS_DIR,
+    build_tasks,
+    local_task_manager,
+    parse_tasks,
+)
 from miprun.evaluation.local_tasks import LOCAL_TASKS, local_available, read_local_docs
 
 pytestmark = pytest.mark.skipif(

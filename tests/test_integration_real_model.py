@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from miprun.contracts import Selection
 from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
 
 pytestmark = pytest.mark.integration
@@ -37,7 +38,7 @@ def test_run_with_no_arguments_prunes_the_default_model(tmp_path):
     assert reloaded.config.num_hidden_layers == 24 and len(reloaded.model.layers) == 24
     # the same blocks removed in memory from the original give the same logits
     smollm2 = load_model("smollm2-135m")
-    RemoveBlocksSurgeon().apply(smollm2.model, smollm2.adapter, report["selected_blocks"])
+    RemoveBlocksSurgeon().apply(smollm2.model, smollm2.adapter, Selection(report["selected_blocks"]))
     ids = smollm2.tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, smollm2.model(ids).logits, rtol=0, atol=0)
@@ -74,7 +75,7 @@ def test_mi_prun_with_each_estimator_on_the_real_model(tmp_path, estimator):
 
 def test_default_mi_pipeline_refines_the_set_on_the_real_model(tmp_path):
     out = tmp_path / "out"
-    run_cli(["run", "--selector", "fast-block-select", "--prune", "6", "--num-samples", "4", "--seq-len", "128",
+    run_cli(["run", "--method", "mi-prun", "--prune", "6", "--num-samples", "4", "--seq-len", "128",
              "--output", str(out)])
     report = json.loads((out / "miprun_report.json").read_text())
     assert report["strategies"]["scorer"]["name"] == "output-mi"
@@ -84,7 +85,8 @@ def test_default_mi_pipeline_refines_the_set_on_the_real_model(tmp_path):
     info, trace = report["selection"]["info"], report["selection"]["trace"]
     assert info["mode"] == "set-exchange" and info["stop"] == "converged"
     assert trace[-1]["importance"] <= trace[0]["importance"]  # exchanges only ever improve the set's MI
-    assert report["evaluations"]["forward_passes"] == 2 + report["evaluations"]["mi"]
+    # no collection pass: the reference pass and one per scored block or set
+    assert report["evaluations"]["forward_passes"] == 1 + report["evaluations"]["mi"]
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 24
 
 

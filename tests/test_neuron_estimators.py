@@ -9,11 +9,15 @@ import torch
 from miprun.errors import MiprunError
 from miprun.estimators import kernels
 from miprun.estimators.neuron_gaussian import NeuronGaussianEstimator
-from miprun.estimators.neuron_mi import aligned_widths, renyi_entropies, scott_widths, upper_pairs
+from miprun.estimators.neuron_mi import (
+    aligned_widths,
+    renyi_entropies,
+    scott_widths,
+    upper_pairs,
+)
 from miprun.estimators.neuron_pearson import NeuronPearsonEstimator
 from miprun.estimators.neuron_renyi import NeuronRenyiEstimator
 from miprun.estimators.renyi import RenyiEstimator, matrix_renyi_entropy
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

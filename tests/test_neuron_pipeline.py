@@ -8,17 +8,23 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, BertForMaskedLM
+from conftest import WORDS, build_tiny, build_tokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    BertForMaskedLM,
+)
 
 import miprun
+from miprun.contracts import NeuronSelection
 from miprun.errors import MiprunError
+from miprun.granularity import neurons_to_remove
 from miprun.models.adapters import adapter_for, ffn_widths
 from miprun.models.loading import LoadedModel
-from miprun.neuron_pipeline import neurons_to_remove, resolve_neuron_plan
-from miprun.pipeline import resolve_plan
-from miprun.surgeons.slice_ffn import SliceFFNSurgeon, masked_neurons
-
-from conftest import WORDS, build_tiny, build_tokenizer
+from miprun.models.neuron_masks import masked_neurons
+from miprun.plans import resolve_plan
+from miprun.surgeons.slice_ffn import SliceFFNSurgeon
 
 IDS = torch.tensor([[1, 5, 9, 12, 7, 30, 44, 8]])
 
@@ -66,12 +72,12 @@ def test_masking_neurons_equals_slicing_them(arch):
     with torch.no_grad():
         full_after_hooks = loaded.model(IDS).logits
     assert not torch.allclose(masked, full_after_hooks)  # the hooks were removed on exit
-    summary = SliceFFNSurgeon().apply(loaded.model, loaded.adapter, keep)
+    summary = SliceFFNSurgeon().apply(loaded.model, loaded.adapter, NeuronSelection(keep))
     assert summary["width_after"] == width // 2
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(IDS).logits, masked, atol=1e-5, rtol=1e-5)
     with pytest.raises(MiprunError, match="same number of neurons"):
-        SliceFFNSurgeon().apply(loaded.model, loaded.adapter, {0: [0, 1, 2]})
+        SliceFFNSurgeon().apply(loaded.model, loaded.adapter, NeuronSelection({0: [0, 1, 2]}))
 
 
 def test_merging_a_copy_into_its_twin_preserves_the_output_and_masking_predicts_it():
@@ -93,7 +99,7 @@ def test_merging_a_copy_into_its_twin_preserves_the_output_and_masking_predicts_
             previewed = loaded.model(IDS).logits
     assert not torch.allclose(dropped, before, atol=1e-4)
     torch.testing.assert_close(previewed, before, atol=1e-5, rtol=1e-5)
-    summary = SliceFFNSurgeon().apply(loaded.model, adapter, keep, merges=merges)
+    summary = SliceFFNSurgeon().apply(loaded.model, adapter, NeuronSelection(keep, merges=merges))
     assert summary["merged_neurons"] == 1 and summary["width_after"] == 63
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(IDS).logits, before, atol=1e-5, rtol=1e-5)
@@ -140,10 +146,10 @@ def test_weight_baselines_skip_collection_and_names_resolve_by_granularity(text_
                           num_samples=2, seq_len=16, selector="magnitude", save=False)
     assert result.report["strategies"]["selector"]["name"] == "neuron-magnitude"
     assert set(result.report["strategies"]) == {"selector", "surgeon"} and "collect" not in result.timings
-    plan = resolve_neuron_plan(selector="random", estimator=None)
+    plan = resolve_plan(granularity="neuron", selector="random")
     assert plan.names["selector"] == "neuron-random"
-    plan = resolve_neuron_plan(estimator="pearson")
-    assert plan.names == {"collector": "ffn-activations", "scorer": "neuron-mi", "estimator": "neuron-pearson",
+    plan = resolve_plan(granularity="neuron", estimator="pearson")
+    assert plan.names == {"collector": "ffn-activations", "estimator": "neuron-pearson", "scorer": "neuron-mi",
                           "selector": "mds-cluster", "surgeon": "slice-ffn"}
     assert plan.options["selector"]["seed"] == 0
 
@@ -151,15 +157,15 @@ def test_weight_baselines_skip_collection_and_names_resolve_by_granularity(text_
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: resolve_neuron_plan(selector="greedy"),
+        (lambda: resolve_plan(granularity="neuron", selector="greedy"),
          "selector 'greedy' works at block granularity, not neuron; pass --granularity block"),
-        (lambda: resolve_neuron_plan(estimator="ksg"), "estimator 'ksg' works at block granularity, not neuron"),
+        (lambda: resolve_plan(granularity="neuron", estimator="ksg"), "estimator 'ksg' works at block granularity, not neuron"),
         (lambda: resolve_plan(selector="mds-cluster"),
          "selector 'mds-cluster' works at neuron granularity, not block; pass --granularity neuron"),
         (lambda: resolve_plan(collector="ffn-activations"), "collector 'ffn-activations' works at neuron granularity"),
-        (lambda: resolve_neuron_plan(selector="magnitude", estimator="renyi"),
-         "selector 'neuron-magnitude' uses no activations"),
-        (lambda: resolve_neuron_plan(selector="mds-clustr"), "did you mean 'mds-cluster'"),
+        (lambda: resolve_plan(granularity="neuron", selector="magnitude", estimator="renyi"),
+         "selector 'neuron-magnitude' reads no scores, so this run has no estimator; drop --estimator"),
+        (lambda: resolve_plan(granularity="neuron", selector="mds-clustr"), "did you mean 'mds-cluster'"),
         (lambda: miprun.prune(granularity="width"), "unknown granularity 'width'"),
         (lambda: neurons_to_remove([64, 64], 64, None), "would remove every FFN neuron"),
         (lambda: neurons_to_remove([64, 32], None, 0.5), "FFN widths differ"),

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny
 
+from miprun.contracts import FFNActivations, NeuronScores, RunContext
 from miprun.errors import MiprunError
 from miprun.estimators.neuron_gaussian import NeuronGaussianEstimator
 from miprun.estimators.neuron_pearson import NeuronPearsonEstimator
 from miprun.estimators.neuron_renyi import NeuronRenyiEstimator
-from miprun.neuron_pipeline import FFNActivations, NeuronScores
 from miprun.scorers.neuron_mi import NeuronMIScorer
 from miprun.selectors.mds_cluster import (
     MDSClusterSelector,
@@ -23,10 +24,6 @@ from miprun.selectors.mds_cluster import (
 from miprun.selectors.mi_threshold import MIThresholdSelector, threshold_prune
 from miprun.selectors.neuron_magnitude import NeuronMagnitudeSelector
 from miprun.selectors.neuron_random import NeuronRandomSelector
-from miprun.strategies import RunContext
-
-from conftest import build_tiny
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

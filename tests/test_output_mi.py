@@ -6,19 +6,18 @@ import itertools
 
 import pytest
 import torch
+from conftest import build_tiny
 
 import miprun
 from miprun.collectors.hidden_states import HiddenStatesCollector
+from miprun.contracts import BoundaryStates, RunContext, SpanScores
 from miprun.errors import MiprunError
 from miprun.estimators.gaussian_channel import GaussianChannelEstimator
 from miprun.probing import Prober
 from miprun.scorers.output_mi import OutputMIScorer, logit_isometry
-from miprun.scores import SpanScores
 from miprun.selectors.fast_block_select import FastBlockSelector
+from miprun.selectors.set_exchange import SetExchangeSelector
 from miprun.selectors.greedy import GreedySelector
-from miprun.strategies import BoundaryStates, RunContext
-
-from conftest import build_tiny
 
 COSTS = [3.0, 0.1, 0.2, 1.0, 0.5, 2.0, 0.4, 3.0]
 
@@ -55,7 +54,7 @@ def test_set_values_are_computed_once_and_share_the_span_cache():
 def test_set_refinement_avoids_blocks_that_hurt_together():
     greedy = GreedySelector().select(interacting_scores(), 3).blocks
     assert greedy == [1, 2, 6]  # each is cheap alone; 1 and 2 together are not
-    selection = FastBlockSelector().select(interacting_scores(), 3)
+    selection = SetExchangeSelector().select(interacting_scores(), 3)
     scores = interacting_scores()
     # starts: singles [1, 2, 6] scores 10 − 0.7 − 5 = 4.3; the best 3-span [2, 3, 4] scores 8.3
     assert selection.info["starts"] == {"singles": [1, 2, 6], "span": [2, 3, 4]}
@@ -82,7 +81,7 @@ def test_set_refinement_starts_from_the_best_span_when_it_beats_the_singles():
 
     scores = SpanScores(8, lambda f, n: compute_set(tuple(range(f, f + n))), metric="mi",
                         redundant_when_high=True, compute_set=compute_set)
-    selection = FastBlockSelector().select(scores, 3)
+    selection = SetExchangeSelector().select(scores, 3)
     # singles [1, 5, 7]: 10 − 0.75 − 2·0.5 = 8.25; span [1, 2, 3]: 10 − 0.93 = 9.07
     assert selection.info["starts"] == {"singles": [1, 5, 7], "span": [1, 2, 3]}
     assert selection.info["start"] == "span" and selection.blocks == [1, 2, 3]
@@ -162,12 +161,11 @@ def test_samples_limits_the_calibration_sequences_used():
     assert few.singles() == pytest.approx(same.singles(), rel=1e-12)
 
 
-def test_fast_block_select_alone_runs_output_mi_and_removes_identity_blocks(text_file):
+def test_the_mi_prun_method_runs_output_mi_without_collection_and_removes_identity_blocks(text_file):
     loaded = build_tiny("llama", layers=6, seed=5)
     _identity(loaded, 1)
     _identity(loaded, 4)
-    result = miprun.prune(loaded, n=2, calib=str(text_file), num_samples=4, seq_len=16,
-                          selector="fast-block-select", save=False)
+    result = miprun.prune(loaded, n=2, calib=str(text_file), num_samples=4, seq_len=16, method="mi-prun", save=False)
     report = result.report
     assert report["strategies"]["scorer"]["name"] == "output-mi"
     assert report["strategies"]["estimator"]["name"] == "gaussian-channel"
@@ -178,9 +176,23 @@ def test_fast_block_select_alone_runs_output_mi_and_removes_identity_blocks(text
     assert result.selection.blocks == [1, 4]
     assert report["selection"]["info"]["mode"] == "set-exchange"
     assert report["evaluations"]["mi"] == result.scores.evaluations >= 6
-    # collector pass + reference pass + one pass per scored span or set
-    assert report["evaluations"]["forward_passes"] == 2 + result.scores.evaluations
+    # no collection pass (output-mi reads no collected states): the reference pass + one per scored span or set
+    assert report["collection"] is None and "collect" not in report["timings"]
+    assert report["evaluations"]["forward_passes"] == 1 + result.scores.evaluations
     assert all(len(row["blocks"]) > 1 for row in report["set_table"])
+
+
+def test_fast_block_select_is_algorithm_1_on_any_scorer_and_set_exchange_needs_set_scores(text_file):
+    loaded = build_tiny("llama", layers=6, seed=5)
+    _identity(loaded, 1)
+    _identity(loaded, 2)
+    result = miprun.prune(loaded, n=2, calib=str(text_file), num_samples=4, seq_len=16, scorer="output-mi",
+                          selector="fast-block-select", save=False)
+    info = result.report["selection"]["info"]
+    assert info["conflict"] == "greedy-longest-first" and "mode" not in info  # the paper's span refinement
+    assert result.selection.blocks == [1, 2] and result.report["set_table"] == []  # spans only, no sets
+    with pytest.raises(MiprunError, match="selector 'set-exchange' refines whole block sets .* scorer 'block-mi' scores spans only"):
+        miprun.prune(loaded, n=2, scorer="block-mi", selector="set-exchange", save=False)
 
 
 def test_logit_space_is_an_isometry_of_the_centred_logits():

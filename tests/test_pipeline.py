@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from conftest import build_tiny
 from transformers import AutoModelForCausalLM
 
 import miprun
 from miprun.errors import MiprunError
-from miprun.pipeline import blocks_to_remove, resolve_plan
-
-from conftest import build_tiny
+from miprun.granularity import blocks_to_remove
+from miprun.plans import resolve_plan
 
 
 def test_prune_saves_a_checkpoint_that_reloads_with_identical_logits(tmp_path, text_file):
@@ -73,13 +73,18 @@ def test_counts_and_defaults():
     plan = resolve_plan(estimator="renyi")
     assert plan.names["scorer"] == "block-mi" and plan.names["selector"] == "fast-block-select"
     assert resolve_plan(scorer="block-mi").names["estimator"] == "gaussian-channel"
-    # MI-PRUN's selectors imply their MI scorer (even with an estimator named); other selectors keep
-    # ShortGPT's; an explicit scorer wins
-    for selector, scorer in (("fast-block-select", "output-mi"), ("brute-force", "block-mi")):
+    # MI-PRUN's selectors imply their declared MI scorer (even with an estimator named): Algorithm 1
+    # (fast-block-select, brute-force) runs on span MI, the set variant on output MI; other selectors
+    # keep ShortGPT's; an explicit scorer wins
+    for selector, scorer in (("fast-block-select", "block-mi"), ("brute-force", "block-mi"), ("set-exchange", "output-mi")):
         names = resolve_plan(selector=selector).names
         assert (names["scorer"], names["estimator"]) == (scorer, "gaussian-channel")
-    assert resolve_plan(selector="fast-block-select", estimator="renyi").names["scorer"] == "output-mi"
-    assert resolve_plan(scorer="output-mi").names["selector"] == "fast-block-select"
+    headline = resolve_plan(selector="fast-block-select", estimator="renyi")
+    assert headline.names == {"collector": "hidden-states", "estimator": "renyi", "scorer": "block-mi",
+                              "selector": "fast-block-select", "surgeon": "remove-blocks"}
+    assert headline.reasons["scorer"] == "default of selector 'fast-block-select'"
+    assert resolve_plan(scorer="output-mi").names["selector"] == "set-exchange"
+    assert "collector" not in resolve_plan(scorer="output-mi").names  # output-mi reads no collected states
     assert resolve_plan(selector="greedy").names["scorer"] == "block-influence"
     assert resolve_plan(scorer="block-influence", selector="fast-block-select").names["scorer"] == "block-influence"
     with pytest.raises(MiprunError, match="did you mean 'greedy'"):

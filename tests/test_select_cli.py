@@ -1,4 +1,4 @@
-"""``miprun select`` on a throwaway Typer app, the way the main app registers it."""
+"""``miprun select`` through the real app and Typer's test runner."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from miprun.cli.select_cmd import select
+from miprun.cli.main import app
 
 FIXTURE = Path(__file__).parents[1] / ".." / "shared" / "fixtures" / "miprun_llama2_7b_table6.tsv"
 needs_fixture = pytest.mark.skipif(
@@ -19,14 +18,7 @@ EXAMPLE = ["--scores", str(FIXTURE), "--blocks", "32", "--prune", "5", "--missin
 
 
 def run(*args: str):
-    """Invoke ``miprun select ARGS`` on an app built like the real one."""
-    app = typer.Typer()
-
-    @app.callback()
-    def main() -> None:
-        """Test app."""
-
-    app.command("select")(select)
+    """Invoke ``miprun select ARGS``."""
     return CliRunner().invoke(app, ["select", *args])
 
 

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from miprun.scores import SpanScores
+from miprun.contracts import SpanScores
 from miprun.selectors.brute_force import BruteForceSelector
 from miprun.selectors.fast_block_select import FastBlockSelector
 from miprun.selectors.greedy import GreedySelector

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from miprun.contracts import SpanScores
 from miprun.errors import MiprunError
 from miprun.registry import get_registry
-from miprun.scores import SpanScores
 from miprun.selectors import refinement
 from miprun.selectors.brute_force import BruteForceSelector
 from miprun.selectors.fast_block_select import FastBlockSelector

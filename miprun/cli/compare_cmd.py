@@ -12,13 +12,14 @@ from miprun.cli.console import err, out
 from miprun.models.embedded import DEFAULT_MODEL
 
 DEFAULT_METHODS = "mi-prun,shortgpt,angular,sleb,ppl,taylor,laco,random"
+"""What ``miprun compare`` runs without --methods: every family of built-in method."""
 
 
 def compare(
     model: Annotated[str, typer.Option(help="Embedded name, checkpoint directory, .gguf file or hub id")] = DEFAULT_MODEL,
     calib: Annotated[str, typer.Option(help="Calibration source shared by all methods (wikitext2, c4, a file, …)")] = "wikitext2",
     prune: Annotated[str, typer.Option("--prune", "-n", help="Blocks to remove: N, or a comma list for a pruning curve (2,4,6)")] = "6",
-    methods: Annotated[str, typer.Option(help="Comma list of methods (mi-prun, mi-greedy, mi-prun-local, mi-brute-force, shortgpt, angular, angular-last, sleb, ppl, taylor, magnitude, laco, random)")] = DEFAULT_METHODS,
+    methods: Annotated[str, typer.Option(help="Comma list of named methods (mi-prun, mi-greedy, mi-prun-local, mi-brute-force, shortgpt, angular, angular-last, sleb, ppl, taylor, magnitude, laco, random) or combinations SCORER[:ESTIMATOR]+SELECTOR[+SURGEON] (e.g. linear-cka+greedy)")] = DEFAULT_METHODS,
     eval_ppl: Annotated[str, typer.Option("--eval", help="Perplexity data sets, comma list ('' for none)")] = "wikitext2",
     tasks: Annotated[Optional[str], typer.Option(help="lm-eval tasks, comma list or 'paper'")] = None,
     limit: Annotated[Optional[float], typer.Option(help="Score only the first N documents of each task")] = None,
@@ -42,12 +43,20 @@ def compare(
     """
     import json
 
+    from miprun.compare import compare as run_compare
     from miprun.compare import (
-        compare as run_compare, parse_depths, parse_method_options, parse_methods, require_matplotlib,
-        table_columns, table_rows, to_json, to_markdown, write_curve,
+        parse_depths,
+        table_columns,
+        table_rows,
+        to_json,
+        to_markdown,
     )
+    from miprun.evaluation import parse_limit
+    from miprun.methods import parse_methods
+    from miprun.options import parse_method_options
+    from miprun.plotting import require_matplotlib, write_curve
 
-    names = parse_methods(methods)
+    specs = parse_methods(methods)
     depths = parse_depths(prune)
     curve = len(depths) > 1
     if curve and not no_plot:
@@ -60,8 +69,8 @@ def compare(
         if json_path is not None and str(json_path) != "-":
             json_path.write_text(json.dumps(to_json(partial), indent=2, default=str) + "\n")
     report = run_compare(
-        model, prune=depths, methods=names, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
-        ppl=ppl, tasks=task_list, limit=int(limit) if limit is not None and limit >= 1 else limit,
+        model, prune=depths, methods=specs, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
+        ppl=ppl, tasks=task_list, limit=parse_limit(limit),
         eval_seq_len=eval_seq_len, eval_max_windows=eval_max_windows, options=parse_method_options(option),
         dtype=dtype, device_map=device_map, log=lambda line: err.print(f"[dim]{line}[/dim]"), on_row=save_partial,
     )

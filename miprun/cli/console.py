@@ -7,9 +7,15 @@ import sys
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
-from miprun.pipeline import Reporter
+from miprun.progress import Reporter
 
 err = Console(stderr=True)
 out = Console()

@@ -59,11 +59,7 @@ def eval_command(
     device: Optional[str] = typer.Option(None, "--device", help="Move the model here (e.g. cuda) before evaluating."),
 ) -> None:
     """Evaluate MODEL the way the MI-PRUN paper reports results, offline when the data directory is there."""
-    try:
-        _run(**locals())
-    except MiprunError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    _run(**locals())
 
 
 def _run(
@@ -73,17 +69,15 @@ def _run(
 ) -> None:
     from rich.console import Console
 
-    from miprun.evaluation import compare_reports, evaluate, parse_tasks
+    from miprun.evaluation import compare_reports, evaluate, parse_limit, parse_tasks
     from miprun.evaluation.generation import DEFAULT_PROMPTS
-    from miprun.evaluation.report import print_report, to_markdown
     from miprun.evaluation.perplexity import check_dataset
+    from miprun.evaluation.report import print_report, to_markdown
     from miprun.evaluation.size_speed import SpeedConfig
 
-    if limit is not None and limit <= 0:
-        raise MiprunError(f"--limit must be positive, got {limit}")
     if batch_size < 1:
         raise MiprunError(f"--batch-size must be at least 1, got {batch_size}")
-    limit_value = int(limit) if limit is not None and limit >= 1 and float(limit).is_integer() else limit
+    limit_value = parse_limit(limit)
     task_names = parse_tasks(tasks)
     ppl_names = _split(ppl)
     for name in ppl_names:

@@ -12,16 +12,24 @@ from miprun.registry import get_registry
 
 
 def list_strategies(
-    kind: Annotated[Optional[str], typer.Argument(help="collector, estimator, scorer, selector or surgeon")] = None,
+    kind: Annotated[Optional[str], typer.Argument(help="collector, estimator, scorer, selector, surgeon or architecture")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
-    """List strategies by kind with one-line descriptions (imports no strategy code)."""
+    """List strategies by kind with one-line descriptions and declared capabilities, and the
+    architectures miprun can prune (imports no strategy code)."""
     registry = get_registry()
-    kinds = [kind] if kind else list(registry.entries)
-    rows = [
-        {"kind": k, "name": e.name, "description": e.description, "provider": e.provider}
-        for k in kinds for e in (registry.get(k, n) for n in registry.names(k))
-    ]
+    if kind != "architecture":
+        kinds = [kind] if kind else list(registry.entries)
+        rows = [
+            {"kind": k, "name": e.name, "description": e.description, "provider": e.provider,
+             "capabilities": e.capabilities.declared()}
+            for k in kinds for e in (registry.get(k, n) for n in registry.names(k))
+        ]
+    else:
+        rows = []
+    if kind in (None, "architecture"):
+        rows += [{"kind": "architecture", "name": a.model_type, "description": a.description, "provider": a.provider,
+                  "capabilities": {}} for a in sorted(registry.architectures.values(), key=lambda a: a.model_type)]
     if json_output:
         print_json(rows)
         return

@@ -1,9 +1,15 @@
-"""The ``miprun`` console script."""
+"""The ``miprun`` console script: one Typer app, and the one error path of every command.
+
+A :class:`~miprun.errors.MiprunError` raised anywhere under a command becomes one line on stderr,
+``miprun: error: <message>``, and exit code 2 — the same for every command, whether the app runs
+from the console script or from Typer's test runner.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
+from typing import Any, Callable
 
 import typer
 
@@ -21,24 +27,32 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.command("run")(run)
-app.command("list")(list_strategies)
-app.command("plugins")(list_plugins)
-app.command("scores")(scores)
-app.command("select")(select)
-app.command("eval")(eval_command)
-app.command("compare")(compare)
+
+
+def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``command`` so that a :class:`MiprunError` ends it with one ``miprun: error:`` line, exit 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MiprunError as exc:
+            typer.echo(f"miprun: error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+for _name, _command in (("run", run), ("list", list_strategies), ("plugins", list_plugins), ("scores", scores),
+                        ("select", select), ("eval", eval_command), ("compare", compare)):
+    app.command(_name)(one_line_errors(_command))
 
 
 def main() -> None:
-    """Entry point: run the app; a :class:`MiprunError` becomes one line on stderr and exit code 2."""
+    """Entry point of the ``miprun`` console script."""
     # miprun shows its own progress; keep transformers' per-file bars out of the terminal
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        app()  # standalone mode: usage errors and exit codes are handled by click
-    except MiprunError as exc:
-        sys.stderr.write(f"miprun: error: {exc}\n")
-        sys.exit(2)
+    app()  # standalone mode: usage errors and exit codes are handled by click
 
 
 if __name__ == "__main__":

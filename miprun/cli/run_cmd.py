@@ -9,7 +9,6 @@ import typer
 from rich.table import Table
 
 from miprun.cli.console import RichReporter, err, out, print_json
-from miprun.cli.options import parse_options
 from miprun.models.embedded import DEFAULT_MODEL
 
 
@@ -19,14 +18,15 @@ def run(
     prune: Annotated[Optional[int], typer.Option("--prune", "-n", help="Number of blocks (neuron granularity: FFN neurons per layer) to remove")] = None,
     ratio: Annotated[Optional[float], typer.Option(help="Fraction of blocks (neuron granularity: of each FFN's neurons) to remove (default 0.2)")] = None,
     granularity: Annotated[str, typer.Option(help="What to remove: block (depth) or neuron (FFN width)")] = "block",
+    method: Annotated[Optional[str], typer.Option(help="Named method (mi-prun, shortgpt, sleb, …) or SCORER[:ESTIMATOR]+SELECTOR[+SURGEON]; --scorer etc. override its parts")] = None,
     num_samples: Annotated[int, typer.Option(help="Calibration sequences")] = 16,
     seq_len: Annotated[int, typer.Option(help="Tokens per calibration sequence")] = 256,
     seed: Annotated[int, typer.Option(help="Seed for data sampling and every seeded strategy")] = 0,
     collector: Annotated[Optional[str], typer.Option(help="Collector (default hidden-states; neuron: ffn-activations)")] = None,
-    estimator: Annotated[Optional[str], typer.Option(help="MI estimator; naming one alone selects the block-mi scorer (with --selector fast-block-select: output-mi)")] = None,
-    scorer: Annotated[Optional[str], typer.Option(help="Scorer (default block-influence; output-mi with --selector fast-block-select, block-mi with --estimator or --selector brute-force)")] = None,
-    selector: Annotated[Optional[str], typer.Option(help="Selector (default greedy, or fast-block-select for block-mi and output-mi)")] = None,
-    surgeon: Annotated[Optional[str], typer.Option(help="Surgeon (default remove-blocks; neuron: slice-ffn)")] = None,
+    estimator: Annotated[Optional[str], typer.Option(help="MI estimator; naming one alone selects the MI scorer block-mi (neuron: neuron-mi)")] = None,
+    scorer: Annotated[Optional[str], typer.Option(help="Scorer (default: the selector's declared partner, else block-influence; neuron: neuron-mi)")] = None,
+    selector: Annotated[Optional[str], typer.Option(help="Selector (default: the scorer's declared partner, else greedy; neuron: mds-cluster)")] = None,
+    surgeon: Annotated[Optional[str], typer.Option(help="Surgeon (default remove-blocks, laco for the laco selector; neuron: slice-ffn)")] = None,
     option: Annotated[list[str], typer.Option("--option", "-o", help="Strategy option KIND.KEY=VALUE, repeatable")] = [],
     output: Annotated[Optional[Path], typer.Option(help="Checkpoint directory (default pruned/<model>-...)")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory (atomically)")] = False,
@@ -36,13 +36,14 @@ def run(
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
 ) -> None:
     """Prune a model and save a checkpoint that transformers loads, with miprun_report.json beside it."""
+    from miprun.options import parse_options
     from miprun.pipeline import prune as run_pipeline
 
     evaluate = {"ppl": tuple(eval_ppl.split(","))} if eval_ppl else None
     with RichReporter() as reporter:
         result = run_pipeline(
             model, n=prune, ratio=ratio, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
-            granularity=granularity, collector=collector, estimator=estimator, scorer=scorer, selector=selector, surgeon=surgeon,
+            granularity=granularity, method=method, collector=collector, estimator=estimator, scorer=scorer, selector=selector, surgeon=surgeon,
             options=parse_options(option), output=output, overwrite=overwrite, dtype=dtype,
             device_map=device_map, evaluate=evaluate, reporter=reporter,
         )
@@ -55,10 +56,11 @@ def run(
         return
     table = Table(title="miprun run", show_header=False)
     table.add_row("model", str(report["model"]["spec"]))
-    table.add_row("strategies", ", ".join(f"{k}={v['name']}" for k, v in report["strategies"].items()))
+    _add_strategies(table, report)
     table.add_row("removed blocks", f"{report['selected_blocks']} ({len(report['selected_blocks'])} of {report['prune']['of_blocks']})")
     surgery = report["surgery"]
-    table.add_row("parameters", f"{surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
+    if "parameters_before" in surgery:
+        table.add_row("parameters", f"{surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
     table.add_row("span evaluations", str(report["evaluations"]["spans"]))
     table.add_row("timings (s)", ", ".join(f"{k} {v:.2f}" for k, v in report["timings"].items()))
     if "evaluation" in report:
@@ -69,6 +71,13 @@ def run(
     err.print(f"load it with AutoModelForCausalLM.from_pretrained('{result.output}')")
 
 
+def _add_strategies(table: Table, report: dict) -> None:
+    """One row per strategy of the run: its name and why the plan chose it."""
+    for kind, described in report["strategies"].items():
+        why = described.get("why", "named")
+        table.add_row(kind, described["name"] + ("" if why == "named" else f"  ({why})"))
+
+
 def _perplexity_value(value: object) -> str:
     if isinstance(value, dict):
         value = value.get("perplexity")
@@ -76,17 +85,19 @@ def _perplexity_value(value: object) -> str:
 
 
 def _print_neuron_run(result) -> None:
-    """The summary table of a neuron-granularity run."""
+    """The summary table of a neuron-granularity run (surgery figures as far as the surgeon reports them)."""
     report = result.report
     surgery, prune, scores = report["surgery"], report["prune"], report["neuron_scores"]
     table = Table(title="miprun run --granularity neuron", show_header=False)
     table.add_row("model", str(report["model"]["spec"]))
-    table.add_row("strategies", ", ".join(f"{k}={v['name']}" for k, v in report["strategies"].items()))
-    table.add_row("FFN width", f"{surgery['width_before'][0]} → {surgery['width_after']} "
-                               f"({prune['neurons_per_layer']} removed from each of {prune['layers']} layers, "
-                               f"{surgery['config_field']})")
-    table.add_row("parameters", f"{surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
-    table.add_row("relative FLOPs", f"{surgery['relative_flops']:.3f} (FFN {surgery['relative_ffn_flops']:.3f})")
+    _add_strategies(table, report)
+    width = f"{prune['of_width']} → {prune['of_width'] - prune['neurons_per_layer']}"
+    table.add_row("FFN width", f"{width} ({prune['neurons_per_layer']} removed from each of {prune['layers']} layers"
+                               + (f", {surgery['config_field']})" if "config_field" in surgery else ")"))
+    if "parameters_before" in surgery:
+        table.add_row("parameters", f"{surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
+    if "relative_flops" in surgery:
+        table.add_row("relative FLOPs", f"{surgery['relative_flops']:.3f} (FFN {surgery['relative_ffn_flops']:.3f})")
     if scores.get("mean_seconds_per_layer") is not None:
         table.add_row("estimate s/layer", f"{scores['mean_seconds_per_layer']:.2f} ({scores['metric']})")
     table.add_row("timings (s)", ", ".join(f"{k} {v:.2f}" for k, v in report["timings"].items()))

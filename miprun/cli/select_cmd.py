@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from miprun.contracts import Selection
 from miprun.errors import MiprunError
-from miprun.strategies import Selection
 
 
 def _fmt(x: Any) -> str:
@@ -96,14 +96,13 @@ def select(
         options["k"] = k
     if conflict is not None:
         options["conflict"] = conflict
-    try:
-        span_scores = load_span_scores(scores, blocks, missing=missing_mi)
-        entry = get_registry().get("selector", selector)
-        strategy = entry.create(**options)
-        selection = strategy.select(span_scores, prune)
-    except MiprunError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    span_scores = load_span_scores(scores, blocks, missing=missing_mi)
+    entry = get_registry().get("selector", selector)
+    if not entry.works_at("block") or not entry.capabilities.needs_scores or entry.capabilities.runs_model:
+        raise MiprunError(f"selector '{selector}' does not choose from a score table alone; use a block "
+                          f"selector that reads scores: greedy, fast-block-select, brute-force, best-span")
+    strategy = entry.create(**options)
+    selection = strategy.select(span_scores, prune)
 
     if as_json:
         payload = {

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from miprun.collectors.hidden_states import HiddenStatesCollector
+from miprun.contracts import FFNActivations
 from miprun.errors import MiprunError
 from miprun.models.devices import input_device
-from miprun.neuron_pipeline import FFNActivations
 
 _STORE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -37,7 +37,6 @@ class FFNActivationsCollector:
     """
 
     name = "ffn-activations"
-    granularity = "neuron"
 
     def __init__(
         self,

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
+from miprun.contracts import BoundaryStates
 from miprun.models.devices import input_device
-from miprun.strategies import BoundaryStates
 
 
 def _hidden(value: Any) -> torch.Tensor:

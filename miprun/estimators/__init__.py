@@ -1,1 +1,1 @@
-"""Mutual-information estimators: one module per estimator, one protocol (miprun.strategies.Estimator)."""
+"""Mutual-information estimators: one module per estimator, protocols in miprun.contracts (Estimator, PairwiseEstimator)."""

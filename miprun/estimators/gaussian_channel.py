@@ -24,7 +24,13 @@ from typing import Any
 import torch
 
 from miprun.errors import MiprunError
-from miprun.estimators.preprocess import NORMALIZATIONS, as_matrix, check_choice, normalize_tokens, require_samples
+from miprun.estimators.preprocess import (
+    NORMALIZATIONS,
+    as_matrix,
+    check_choice,
+    normalize_tokens,
+    require_samples,
+)
 
 
 class GaussianChannelEstimator:

@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from miprun.linalg import double_center
+
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 
@@ -96,13 +98,9 @@ def scott_width(x: Any, gamma: float = 0.8) -> float:
 def centered_alignment(k1: torch.Tensor, k2: torch.Tensor) -> float:
     """Centred kernel alignment ⟨HK₁H, HK₂H⟩_F / (‖HK₁H‖_F ‖HK₂H‖_F) of two n × n Gram matrices
     (1 for proportional centred kernels, 0 if either centred kernel vanishes)."""
-    c1, c2 = _center(k1.to(torch.float64)), _center(k2.to(torch.float64))
+    c1, c2 = double_center(k1.to(torch.float64)), double_center(k2.to(torch.float64))
     den = float(c1.norm() * c2.norm())
     return float((c1 * c2).sum()) / den if den > 0 else 0.0
-
-
-def _center(k: torch.Tensor) -> torch.Tensor:
-    return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
 
 
 def _centered_norm(k: torch.Tensor) -> float:
@@ -153,7 +151,7 @@ def aligned_width(
     if not initial_sigma > 0:
         raise ValueError(f"initial_sigma must be positive, got {initial_sigma}")
     dist = pairwise_sq_dists(x) if sq_dists is None else sq_dists.to(torch.float64)
-    target = _center(target_gram.to(torch.float64))
+    target = double_center(target_gram.to(torch.float64))
     target_norm = float(target.norm())
     if target_norm == 0 or float(dist.max()) == 0:
         return float(initial_sigma)

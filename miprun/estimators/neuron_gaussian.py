@@ -55,7 +55,7 @@ class NeuronGaussianEstimator(ScalarPairMixin):
     """
 
     name = "neuron-gaussian"
-    granularity = "neuron"
+    metric = "mi"
     self_information = False  # the diagonal is only the cap (I(X; X) is infinite)
 
     def __init__(self, *, copula: bool = True) -> None:

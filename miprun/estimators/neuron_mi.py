@@ -8,7 +8,7 @@ per FFN layer::
 
 returning a symmetric float32 matrix of dependence between every pair of neurons (higher = more
 redundant; MI in nats for the MI estimators), and filling ``info`` with what it chose (widths, token
-batches). The built-in ones also follow the :class:`~miprun.strategies.Estimator` protocol for two
+batches). The built-in ones also follow the :class:`~miprun.contracts.Estimator` protocol for two
 *scalar* variables (:class:`ScalarPairMixin`): ``mi(x, y)`` is one entry of ``pairwise``.
 
 Vectorised kernel alignment
@@ -38,7 +38,7 @@ CHUNK_BYTES = 64 * 2**20
 
 class ScalarPairMixin:
     """``prepare`` / ``mi_prepared`` / ``mi`` for two scalar neurons, from ``pairwise`` on the pair
-    (so a neuron estimator also satisfies :class:`miprun.strategies.Estimator`)."""
+    (so a neuron estimator also satisfies :class:`miprun.contracts.Estimator`)."""
 
     def prepare(self, x: Any) -> torch.Tensor:
         """One neuron's activations as a (tokens,) float64 tensor; more than one column is an error."""

@@ -13,7 +13,10 @@ from typing import Any
 
 import torch
 
-from miprun.estimators.neuron_gaussian import as_activation_matrix, normal_score_correlation
+from miprun.estimators.neuron_gaussian import (
+    as_activation_matrix,
+    normal_score_correlation,
+)
 from miprun.estimators.neuron_mi import ScalarPairMixin
 
 
@@ -21,7 +24,6 @@ class NeuronPearsonEstimator(ScalarPairMixin):
     """|ρ| between the raw activations of every pair of neurons (a baseline, not an MI estimate)."""
 
     name = "neuron-pearson"
-    granularity = "neuron"
     metric = "abs-corr"
     self_information = True  # |ρ_ii| = 1, so normalising changes nothing
 

@@ -58,7 +58,12 @@ from miprun.estimators.neuron_mi import (
     scott_widths,
     upper_pairs,
 )
-from miprun.estimators.preprocess import NORMALIZATIONS, check_choice, normalize_tokens, optional_int
+from miprun.estimators.preprocess import (
+    NORMALIZATIONS,
+    check_choice,
+    normalize_tokens,
+    optional_int,
+)
 
 WIDTH_RULES = ("aligned", "scott")
 
@@ -85,7 +90,7 @@ class NeuronRenyiEstimator(ScalarPairMixin):
     """
 
     name = "neuron-renyi"
-    granularity = "neuron"
+    metric = "mi"
     self_information = True  # the diagonal is I_α(i; i) = 2 S_α(A_i) − S_α(A_i∘A_i), finite
 
     def __init__(

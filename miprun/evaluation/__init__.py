@@ -16,7 +16,19 @@ from miprun.evaluation.lm_eval_bridge import PAPER_TASKS, parse_tasks
 from miprun.evaluation.size_speed import SpeedConfig
 from miprun.models.devices import input_device
 
-__all__ = ["PAPER_TASKS", "SpeedConfig", "compare_reports", "evaluate", "parse_tasks", "two_ways"]
+__all__ = ["PAPER_TASKS", "SpeedConfig", "compare_reports", "evaluate", "parse_limit", "parse_tasks", "two_ways"]
+
+
+def parse_limit(limit: float | None) -> int | float | None:
+    """``--limit`` as lm-eval takes it: a whole number of documents (``200`` → 200) or a fraction of
+    each task (``0.1``); zero or negative is an error."""
+    from miprun.errors import MiprunError
+
+    if limit is None:
+        return None
+    if limit <= 0:
+        raise MiprunError(f"--limit must be positive, got {limit}; give a number of documents or a fraction below 1")
+    return int(limit) if limit >= 1 and float(limit).is_integer() else limit
 
 
 def _model_info(model: Any, adapter: Any, source: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,61 +1,18 @@
 """Architecture adapters: where a model keeps its blocks and which config fields describe them.
 
-An adapter is the only place that knows an architecture's layout. Everything else (collectors,
-surgeons, evaluation) goes through :func:`adapter_for`, so supporting a new architecture means
-adding one :class:`ArchitectureSpec` to :data:`SPECS`.
+An adapter is the only place that reads an architecture's layout (an
+:class:`~miprun.contracts.ArchitectureSpec`, registered for a ``config.model_type`` through the
+``miprun_register_architectures`` hook). Everything else (collectors, surgeons, evaluation) goes
+through :func:`adapter_for`, so supporting a new architecture means registering one spec — from
+a plugin, or in :mod:`miprun.builtins`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from miprun.contracts import ArchitectureSpec
 from miprun.errors import MiprunError
-
-
-@dataclass(frozen=True)
-class ArchitectureSpec:
-    """Layout of one family of architectures.
-
-    :param blocks: dotted paths (from the top-level model) to the ``ModuleList`` of blocks; the
-        first that exists is used (causal-LM and bare-backbone classes differ by a prefix).
-    :param config: dotted path from ``model.config`` to the sub-config holding the layer count
-        (empty for the top-level config).
-    :param per_layer_fields: config fields holding one entry per layer, sliced on removal.
-    :param ffn: names inside a block of the feed-forward up/gate/down projections (for width pruning);
-        the last one is the down projection, the others produce the FFN's hidden neurons.
-    :param ffn_size_field: config field holding the FFN width (``intermediate_size``; GPT-2 ``n_inner``).
-    """
-
-    blocks: tuple[str, ...]
-    config: str = ""
-    per_layer_fields: tuple[str, ...] = ("layer_types",)
-    ffn: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-    ffn_size_field: str = "intermediate_size"
-
-
-_LLAMA_LIKE = ArchitectureSpec(blocks=("model.layers", "layers"))
-
-SPECS: dict[str, ArchitectureSpec] = {
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE,
-    "gemma3_text": _LLAMA_LIKE,
-    "gemma3": ArchitectureSpec(
-        blocks=("model.language_model.layers", "language_model.layers", "model.language_model.model.layers"),
-        config="text_config",
-    ),
-    "gpt2": ArchitectureSpec(
-        blocks=("transformer.h", "h"), per_layer_fields=(), ffn=("mlp.c_fc", "mlp.c_proj"), ffn_size_field="n_inner"
-    ),
-    "bert": ArchitectureSpec(
-        blocks=("bert.encoder.layer", "encoder.layer"),
-        per_layer_fields=(),
-        ffn=("intermediate.dense", "output.dense"),
-    ),
-}
-"""``config.model_type`` → layout. Names the architectures miprun can prune."""
 
 
 def _resolve(root: Any, path: str) -> Any:
@@ -129,6 +86,11 @@ class ArchitectureAdapter:
     def ffn_modules(self, index: int) -> tuple[list[Any], Any]:
         """The FFN of block ``index``: ``(producers, down)`` — the modules whose outputs are the FFN
         neurons (gate/up, ``c_fc``, ``intermediate.dense``) and the down projection that reads them."""
+        if not self.spec.ffn:
+            raise MiprunError(
+                f"neuron pruning is not supported for '{self.model_type}'"
+                f"{': ' + self.spec.ffn_note if self.spec.ffn_note else ''}; prune blocks instead (--granularity block)"
+            )
         block = self.blocks[index]
         try:
             modules = [_resolve(block, name) for name in self.spec.ffn]
@@ -172,12 +134,8 @@ def ffn_widths(adapter: ArchitectureAdapter) -> list[int]:
 
 
 def adapter_for(model: Any) -> ArchitectureAdapter:
-    """Return the adapter for ``model``; an unsupported architecture is a one-line error."""
+    """Return the adapter for ``model``; an unregistered architecture is a one-line error."""
+    from miprun.registry import get_registry
+
     model_type = getattr(model.config, "model_type", None)
-    spec = SPECS.get(model_type)
-    if spec is None:
-        raise MiprunError(
-            f"unsupported architecture '{model_type}'; miprun supports {', '.join(sorted(SPECS))} "
-            f"(add an ArchitectureSpec in miprun/models/adapters.py for others)"
-        )
-    return ArchitectureAdapter(model, spec, model_type)
+    return ArchitectureAdapter(model, get_registry().architecture(model_type), model_type)

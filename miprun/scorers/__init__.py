@@ -1,1 +1,1 @@
-"""Scorers: turn collected boundary states into span importance (miprun.scores.SpanScores)."""
+"""Scorers: turn collected inputs (or the model) into importance — span scores or neuron scores (miprun.contracts)."""

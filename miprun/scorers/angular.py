@@ -15,10 +15,9 @@ of every calibration sequence only. Low distance = safe to remove; pair it with 
 selector to remove the best contiguous span as the paper does.
 
 Last-token positions: the ``hidden-states`` collector keeps a random subset of positions, which
-need not include the last one. When ``states.info`` carries ``last_token_states`` (T + 1 tensors,
-one row per sequence) they are used; otherwise the scorer runs one extra forward pass over the
-calibration tokens (through :mod:`miprun.probing`) that captures exactly the last position at
-every boundary, and counts it in the run's forward passes.
+need not include the last one, so with ``last_token=True`` the scorer runs one extra forward pass
+over the calibration tokens (through :mod:`miprun.probing`) that captures exactly the last
+position at every boundary, and counts it in the run's forward passes.
 """
 
 from __future__ import annotations
@@ -28,9 +27,8 @@ from typing import Any
 
 import torch
 
+from miprun.contracts import BoundaryStates, SpanScores
 from miprun.scorers.boundary import boundary_span_scores
-from miprun.scores import SpanScores
-from miprun.strategies import BoundaryStates
 
 
 def angular_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -48,7 +46,6 @@ class AngularScorer:
     """
 
     name = "angular"
-    needs_estimator = False
 
     def __init__(self, last_token: bool = False, batch_size: int = 4) -> None:
         self.last_token = last_token
@@ -57,17 +54,14 @@ class AngularScorer:
     def score(self, states: BoundaryStates, estimator: object | None = None, *, context: Any = None) -> SpanScores:
         """Span scores with value = mean angular distance in [0, 1] (higher = more important)."""
         if self.last_token:
-            states = self._last_token_states(states, context)
+            states = self._last_token_states(context)
 
         def prepare(x: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.normalize(x.double(), dim=-1)
 
         return boundary_span_scores(states, prepare, angular_distance, metric="angular", redundant_when_high=False)
 
-    def _last_token_states(self, states: BoundaryStates, context: Any) -> BoundaryStates:
-        given = states.info.get("last_token_states")
-        if given is not None:
-            return BoundaryStates(list(given), info={"tokens": int(given[0].shape[0]), "last_token": True})
+    def _last_token_states(self, context: Any) -> BoundaryStates:
         from miprun.probing import Prober
 
         prober = Prober.from_context(context, batch_size=self.batch_size, who="angular with last_token=True")

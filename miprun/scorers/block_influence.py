@@ -7,20 +7,20 @@ remove.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from miprun.contracts import BoundaryStates, SpanScores
 from miprun.scorers.boundary import boundary_span_scores
-from miprun.scores import SpanScores
-from miprun.strategies import BoundaryStates
 
 
 class BlockInfluenceScorer:
     """1 − cosine similarity between block input and output, averaged over tokens."""
 
     name = "block-influence"
-    needs_estimator = False
 
-    def score(self, states: BoundaryStates, estimator: object | None = None) -> SpanScores:
+    def score(self, states: BoundaryStates, estimator: object | None = None, *, context: Any = None) -> SpanScores:
         """Span scores with value = 1 − mean cosine (higher = more important)."""
 
         def prepare(x: torch.Tensor) -> torch.Tensor:

@@ -8,19 +8,19 @@ boundary state is prepared by the estimator once (e.g. its Gram matrix) and reus
 
 from __future__ import annotations
 
+from typing import Any
+
+from miprun.contracts import BoundaryStates, SpanScores
 from miprun.errors import MiprunError
 from miprun.scorers.boundary import boundary_span_scores
-from miprun.scores import SpanScores
-from miprun.strategies import BoundaryStates
 
 
 class BlockMIScorer:
     """−MI between the input and output states of every block and span."""
 
     name = "block-mi"
-    needs_estimator = True
 
-    def score(self, states: BoundaryStates, estimator: object | None) -> SpanScores:
+    def score(self, states: BoundaryStates, estimator: object | None = None, *, context: Any = None) -> SpanScores:
         """Span scores with value = MI in nats (higher = more redundant)."""
         if estimator is None:
             raise MiprunError("scorer 'block-mi' needs an estimator; pass --estimator (e.g. renyi)")

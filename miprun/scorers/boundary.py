@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from miprun.scores import SpanScores
-from miprun.strategies import BoundaryStates
+from miprun.contracts import BoundaryStates, SpanScores
 
 
 def boundary_span_scores(

@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 
+from miprun.contracts import BoundaryStates, SpanScores
 from miprun.errors import MiprunError
 from miprun.scorers.weights import additive_span_scores, block_weights, protected_blocks
-from miprun.scores import SpanScores
-from miprun.strategies import BoundaryStates
 
 NORMS = ("mean", "l1", "l2")
 
@@ -36,7 +35,6 @@ class MagnitudeScorer:
     """
 
     name = "magnitude"
-    needs_estimator = False
 
     def __init__(self, norm: str = "mean", keep_first: int = 0, keep_last: int = 0) -> None:
         if norm not in NORMS:

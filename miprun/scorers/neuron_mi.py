@@ -2,7 +2,7 @@
 
 For each layer it asks the run's pairwise estimator (``neuron-renyi``, ``neuron-gaussian``,
 ``neuron-pearson`` or a plugin's) for the symmetric neurons × neurons matrix of MI (or |ρ|) and
-hands selectors a :class:`~miprun.neuron_pipeline.NeuronScores`. By default every layer is computed
+hands selectors a :class:`~miprun.contracts.NeuronScores`. By default every layer is computed
 here, in the ``estimate`` stage, with its time recorded (``seconds_per_layer`` in the report) —
 as long as all matrices fit in ``cache_bytes``; beyond that (e.g. 32 layers of 11 008 neurons)
 layers are computed lazily when a selector asks for them and released after use, so memory holds
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from miprun.contracts import FFNActivations, NeuronScores, PairwiseEstimator
 from miprun.errors import MiprunError
-from miprun.neuron_pipeline import FFNActivations, NeuronScores
 
 
 class NeuronMIScorer:
@@ -25,22 +25,18 @@ class NeuronMIScorer:
     """
 
     name = "neuron-mi"
-    granularity = "neuron"
-    needs_estimator = True
 
     def __init__(self, *, eager: bool = True, cache_bytes: int = 1 << 30) -> None:
         self.eager = bool(eager)
         self.cache_bytes = int(cache_bytes)
 
-    def score(self, acts: FFNActivations, estimator: Any | None) -> NeuronScores:
+    def score(self, acts: FFNActivations, estimator: Any | None = None, *, context: Any = None) -> NeuronScores:
         """Neuron scores over the layers of ``acts``, each matrix from ``estimator.pairwise``."""
         if not isinstance(acts, FFNActivations):
             raise MiprunError("scorer 'neuron-mi' needs FFN activations; use collector ffn-activations")
-        if estimator is None or not callable(getattr(estimator, "pairwise", None)):
-            name = getattr(estimator, "name", None)
+        if not isinstance(estimator, PairwiseEstimator):
             raise MiprunError(
-                f"scorer 'neuron-mi' needs a pairwise (neuron) estimator, got {name or 'none'}; "
-                f"pass --estimator renyi, gaussian or pearson"
+                "scorer 'neuron-mi' needs a pairwise (neuron) estimator; pass --estimator renyi, gaussian or pearson"
             )
         scores: NeuronScores
 
@@ -52,9 +48,8 @@ class NeuronMIScorer:
             return matrix
 
         scores = NeuronScores(
-            acts.layers, acts.widths, compute, metric=getattr(estimator, "metric", "mi"), activations=acts,
-            cache_bytes=self.cache_bytes, self_information=getattr(estimator, "self_information", False),
-            info={"estimator": getattr(estimator, "name", type(estimator).__name__)},
+            acts.layers, acts.widths, compute, metric=estimator.metric, activations=acts,
+            cache_bytes=self.cache_bytes, self_information=estimator.self_information,
         )
         total = sum(w * w * 4 for w in acts.widths)
         if self.eager and total <= self.cache_bytes:

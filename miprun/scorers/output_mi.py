@@ -34,12 +34,10 @@ from typing import Any
 
 import torch
 
+from miprun.contracts import BoundaryStates, SpanScores
 from miprun.errors import MiprunError
 from miprun.estimators.preprocess import check_choice
 from miprun.models.devices import accelerate_hooks, input_embedding
-from miprun.scores import SpanScores
-from miprun.strategies import BoundaryStates
-
 
 SPACES = ("hidden", "logits")
 
@@ -106,7 +104,6 @@ class OutputMIScorer:
     """
 
     name = "output-mi"
-    needs_estimator = True
 
     def __init__(
         self, samples: int | None = None, batch_size: int = 4, reuse_prefix: bool = True, space: str = "logits"
@@ -119,7 +116,7 @@ class OutputMIScorer:
         self.reuse_prefix = reuse_prefix
         self.space = space
 
-    def score(self, states: BoundaryStates, estimator: Any | None, *, context: Any = None) -> SpanScores:
+    def score(self, states: BoundaryStates | None, estimator: Any | None = None, *, context: Any = None) -> SpanScores:
         """Scores with value = I(Z; Z₋S) in nats for spans and arbitrary block sets (every single
         block now)."""
         from miprun.probing import Prober

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from miprun.scores import SpanScores
-from miprun.strategies import BoundaryStates
+from miprun.contracts import BoundaryStates, SpanScores
 
 
 class PerplexityDropScorer:
@@ -22,7 +21,6 @@ class PerplexityDropScorer:
     """
 
     name = "ppl"
-    needs_estimator = False
 
     def __init__(self, batch_size: int = 4) -> None:
         self.batch_size = batch_size

@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
+from miprun.contracts import BoundaryStates, SpanScores
 from miprun.scorers.weights import additive_span_scores, block_weights, protected_blocks
-from miprun.scores import SpanScores
-from miprun.strategies import BoundaryStates
 
 
 def taylor_importance(prober: Any) -> list[float]:
@@ -62,7 +61,6 @@ class TaylorScorer:
     """
 
     name = "taylor"
-    needs_estimator = False
 
     def __init__(self, keep_first: int = 4, keep_last: int = 2, batch_size: int = 4) -> None:
         self.keep_first = keep_first

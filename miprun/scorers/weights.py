@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from miprun.scores import SpanScores
+from miprun.contracts import SpanScores
 
 
 def block_weights(block: Any) -> list[tuple[str, Any]]:

@@ -6,9 +6,10 @@ the span ``[l*, l* + N)`` with the smallest one. It scores exactly ``T − N + 1
 
 from __future__ import annotations
 
-from miprun.scores import SpanScores
+from typing import Any
+
+from miprun.contracts import Selection, SpanScores
 from miprun.selectors.refinement import check_prune_count
-from miprun.strategies import Selection
 
 
 class BestSpanSelector:
@@ -16,7 +17,7 @@ class BestSpanSelector:
 
     name = "best-span"
 
-    def select(self, scores: SpanScores, n: int) -> Selection:
+    def select(self, scores: SpanScores, n: int, *, context: Any = None) -> Selection:
         """Score every span of length ``n`` and return the blocks of the least important one."""
         check_prune_count(scores.num_blocks, n)
         before = scores.evaluations

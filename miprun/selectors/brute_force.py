@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from miprun.scores import SpanScores
+from typing import Any
+
+from miprun.contracts import Selection, SpanScores
 from miprun.selectors.refinement import GREEDY_LONGEST_FIRST, check_options, refine
-from miprun.strategies import Selection
 
 
 class BruteForceSelector:
@@ -16,13 +17,12 @@ class BruteForceSelector:
     """
 
     name = "brute-force"
-    default_scorer = "block-mi"  # MI-PRUN's selector: without --scorer it runs on span MI
 
     def __init__(self, conflict: str = GREEDY_LONGEST_FIRST, max_iterations: int = 20) -> None:
         check_options(None, conflict, max_iterations)
         self.conflict = conflict
         self.max_iterations = max_iterations
 
-    def select(self, scores: SpanScores, n: int) -> Selection:
+    def select(self, scores: SpanScores, n: int, *, context: Any = None) -> Selection:
         """Return the ``n`` blocks to remove; see :func:`miprun.selectors.refinement.refine`."""
         return refine(scores, n, k=None, conflict=self.conflict, max_iterations=self.max_iterations)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from miprun.scores import SpanScores
+from typing import Any
+
+from miprun.contracts import Selection, SpanScores
 from miprun.selectors.refinement import check_prune_count
-from miprun.strategies import Selection
 
 
 class GreedySelector:
@@ -15,7 +16,7 @@ class GreedySelector:
 
     name = "greedy"
 
-    def select(self, scores: SpanScores, n: int) -> Selection:
+    def select(self, scores: SpanScores, n: int, *, context: Any = None) -> Selection:
         """Return the ``n`` least important blocks, sorted; the trace holds the full ranking."""
         check_prune_count(scores.num_blocks, n)
         before = scores.evaluations

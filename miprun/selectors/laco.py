@@ -4,7 +4,7 @@ The paper's Algorithm 1, on layer indices of the current (already collapsed) mod
 
     l ← H − C
     while l ≥ L:
-        merge the m = C − 1 layers after l into l (see :mod:`miprun.surgeons.laco`)
+        merge the m = C − 1 layers after l into l (see :mod:`miprun.models.layer_collapse`)
         s ← mean cosine similarity between the last-layer outputs of the merged and the
             original model on the calibration tokens
         if s > T: accept the merge;  l ← min(l − I, |layers| − C)
@@ -20,7 +20,7 @@ Differences from the paper, because miprun selects exactly N blocks:
 
 The similarity is taken over every calibration token except the first of each sequence (the
 attention-sink token). The candidate models are built with the ``laco`` surgeon's merge (original
-parameters, nearest preceding kept block as base), applied temporarily through
+parameters, nearest preceding kept block as base; :mod:`miprun.models.layer_collapse`), applied temporarily through
 :mod:`miprun.probing`, so the selected set collapses exactly as it was scored. One forward pass per
 candidate (no LM head).
 """
@@ -29,10 +29,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from miprun.contracts import Selection, SpanScores
 from miprun.errors import MiprunError
-from miprun.scores import SpanScores
 from miprun.selectors.refinement import check_prune_count
-from miprun.strategies import Selection
 
 
 class LayerCollapseSelector:
@@ -73,8 +72,8 @@ class LayerCollapseSelector:
 
     def select(self, scores: SpanScores, n: int, *, context: Any = None) -> Selection:
         """Return the ``n`` blocks to fold into earlier ones; ``info["merges"]`` maps base → blocks."""
+        from miprun.models.layer_collapse import collapse_overrides, merge_plan
         from miprun.probing import Prober, mean_cosine
-        from miprun.surgeons.laco import collapse_overrides, merge_plan
 
         num_blocks = scores.num_blocks
         check_prune_count(num_blocks, n)

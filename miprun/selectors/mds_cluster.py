@@ -26,7 +26,7 @@ Per FFN layer with m neurons and a target of k = m − n kept:
 
 Subsidiary condition: k-means depends on its seed, so steps 3–4 are repeated for ``seeds`` = M seeds
 (the run's seed, seed + 1, …) over all layers, each candidate model is tried with the removed
-neurons masked (:func:`~miprun.surgeons.slice_ffn.masked_neurons`, no weight copy), and the one
+neurons masked (:func:`~miprun.models.neuron_masks.masked_neurons`, no weight copy), and the one
 whose output distribution on calibration tokens is closest to the original's in KL(original ‖
 pruned) is kept. One reference forward pass plus one per seed, over ``kl_samples`` calibration
 sequences. Models without logits (a bare encoder) are compared by the mean squared difference of
@@ -44,9 +44,10 @@ from typing import Any
 
 import torch
 
+from miprun.contracts import NORMALIZE, NeuronScores, NeuronSelection
 from miprun.errors import MiprunError
+from miprun.linalg import double_center
 from miprun.models.devices import input_device
-from miprun.neuron_pipeline import NORMALIZE, NeuronScores, NeuronSelection
 
 
 def mds_distances(similarity: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -57,12 +58,16 @@ def mds_distances(similarity: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return d
 
 
+def torgerson_gram(distances: torch.Tensor) -> torch.Tensor:
+    """B = −½ J D⁽²⁾ J, the Gram matrix classical MDS embeds (float64)."""
+    return -0.5 * double_center(distances.to(torch.float64).pow(2))
+
+
 def classical_mds(distances: torch.Tensor, dims: int) -> tuple[torch.Tensor, dict[str, float]]:
     """Torgerson's classical MDS: coordinates (m × p) of the top ``dims`` positive eigenpairs of
     −½ J D² J, and how much of the positive spectrum they keep."""
     m = distances.shape[0]
-    sq = distances.to(torch.float64).pow(2)
-    b = -0.5 * (sq - sq.mean(dim=0, keepdim=True) - sq.mean(dim=1, keepdim=True) + sq.mean())
+    b = torgerson_gram(distances)
     dims = max(1, min(int(dims), m - 1))
     if m > 2000 and dims < m // 10:
         from scipy.sparse.linalg import eigsh
@@ -99,9 +104,7 @@ def embedded_sq_dists(distances: torch.Tensor, dims: int | None) -> tuple[torch.
         return torch.cdist(coords, coords).pow(2), info
     if m > 4096:
         return distances.to(torch.float64).pow(2), {"dims": "d² (no eigendecomposition)", "spectrum_kept": None}
-    sq = distances.to(torch.float64).pow(2)
-    b = -0.5 * (sq - sq.mean(dim=0, keepdim=True) - sq.mean(dim=1, keepdim=True) + sq.mean())
-    values, vectors = torch.linalg.eigh(b)
+    values, vectors = torch.linalg.eigh(torgerson_gram(distances))
     positive = values.clamp_min(0.0)
     b_plus = (vectors * positive) @ vectors.T
     diagonal = b_plus.diagonal()
@@ -283,7 +286,7 @@ class MDSClusterSelector:
     :param dims: MDS dimensions kept (None: every positive dimension, implicitly; p: the top p).
     :param scale: A in d = A·exp(−MI).
     :param normalize: ``auto`` (default), ``self`` or ``none``: MI divided by the self-information
-        before the distances (:meth:`~miprun.neuron_pipeline.NeuronScores.similarity`).
+        before the distances (:meth:`~miprun.contracts.NeuronScores.similarity`).
     :param n_init: k-means restarts per seed (lowest within-cluster sum of squares kept).
     :param merge: compensate instead of only removing (not in the paper, off by default): every
         removed neuron j's down-projection weights are added, scaled by the least-squares β of
@@ -296,8 +299,6 @@ class MDSClusterSelector:
     """
 
     name = "mds-cluster"
-    granularity = "neuron"
-    uses_activations = True
 
     def __init__(self, *, dims: int | None = None, scale: float = 1.0, normalize: str = "auto", seeds: int = 3,
                  kl_samples: int = 4, n_init: int = 4, max_iter: int = 100, merge: bool = False,
@@ -327,7 +328,7 @@ class MDSClusterSelector:
         labels, own = kmeans(sq_dists, keep, seed=seed, max_iter=self.max_iter, n_init=self.n_init)
         return nearest_to_centroids(labels, own, keep), labels
 
-    def select(self, scores: NeuronScores, n: int, context: Any = None) -> NeuronSelection:
+    def select(self, scores: NeuronScores, n: int, *, context: Any = None) -> NeuronSelection:
         """Remove ``n`` neurons from every layer; with several seeds, pick by output KL (needs ``context``)."""
         seeds = [self.seed + r for r in range(self.seeds)]
         if len(seeds) > 1 and context is None:
@@ -350,7 +351,7 @@ class MDSClusterSelector:
         divergences: list[float | None] = [None] * len(seeds)
         kind = None
         if len(seeds) > 1:
-            from miprun.surgeons.slice_ffn import masked_neurons
+            from miprun.models.neuron_masks import masked_neurons
 
             ids, reference, kind = _kl_reference(context, self.kl_samples)
             context.forward_passes += 1

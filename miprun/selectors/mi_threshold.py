@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
+from miprun.contracts import NORMALIZE, NeuronScores, NeuronSelection
 from miprun.errors import MiprunError
-from miprun.neuron_pipeline import NORMALIZE, NeuronScores, NeuronSelection
 
 _DRAW_BLOCK = 4096
 
@@ -103,13 +103,11 @@ class MIThresholdSelector:
     :param quantile: T_r as this quantile of the layer's pairwise values (default 0.99).
     :param max_iterations: pairs drawn per layer at most (None: 100 × width).
     :param normalize: compare MI divided by the self-information (``auto``/``self``) or raw (``none``);
-        see :meth:`~miprun.neuron_pipeline.NeuronScores.similarity`.
+        see :meth:`~miprun.contracts.NeuronScores.similarity`.
     :param seed: seed of the draws (the run's seed).
     """
 
     name = "mi-threshold"
-    granularity = "neuron"
-    uses_activations = True
 
     def __init__(self, *, threshold: float | None = None, quantile: float = 0.99,
                  max_iterations: int | None = None, normalize: str = "auto", seed: int = 0) -> None:
@@ -127,7 +125,7 @@ class MIThresholdSelector:
         self.max_iterations = None if max_iterations is None else int(max_iterations)
         self.seed = int(seed)
 
-    def select(self, scores: NeuronScores, n: int) -> NeuronSelection:
+    def select(self, scores: NeuronScores, n: int, *, context: Any = None) -> NeuronSelection:
         """Remove ``n`` neurons from every layer by Algorithm 1 (with deterministic completion)."""
         generator = torch.Generator().manual_seed(self.seed)
         keep: dict[int, list[int]] = {}

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from miprun.contracts import NeuronScores, NeuronSelection
 from miprun.errors import MiprunError
 from miprun.models.adapters import neuron_axis
-from miprun.neuron_pipeline import NeuronScores, NeuronSelection
 
 
 def neuron_weight_norms(adapter: Any, layer: int) -> torch.Tensor:
@@ -35,10 +35,8 @@ class NeuronMagnitudeSelector:
     """Keep the neurons with the largest weight norm in every layer."""
 
     name = "neuron-magnitude"
-    granularity = "neuron"
-    uses_activations = False
 
-    def select(self, scores: NeuronScores, n: int, context: Any = None) -> NeuronSelection:
+    def select(self, scores: NeuronScores, n: int, *, context: Any = None) -> NeuronSelection:
         """Remove the ``n`` neurons of smallest weight norm from every layer (ties: higher index first)."""
         if context is None:
             raise MiprunError("neuron-magnitude needs the model; run it through the pipeline")

@@ -6,9 +6,11 @@ Every layer draws its own n neurons from one generator seeded with the run's see
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from miprun.neuron_pipeline import NeuronScores, NeuronSelection
+from miprun.contracts import NeuronScores, NeuronSelection
 
 
 class NeuronRandomSelector:
@@ -18,13 +20,11 @@ class NeuronRandomSelector:
     """
 
     name = "neuron-random"
-    granularity = "neuron"
-    uses_activations = False
 
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = int(seed)
 
-    def select(self, scores: NeuronScores, n: int) -> NeuronSelection:
+    def select(self, scores: NeuronScores, n: int, *, context: Any = None) -> NeuronSelection:
         """Keep ``width − n`` random neurons per layer (sorted indices)."""
         generator = torch.Generator().manual_seed(self.seed)
         keep = {layer: sorted(torch.randperm(width, generator=generator)[n:].tolist())

@@ -4,10 +4,10 @@ must beat."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
-from miprun.scores import SpanScores
+from miprun.contracts import Selection, SpanScores
 from miprun.selectors.refinement import check_prune_count
-from miprun.strategies import Selection
 
 
 class RandomSelector:
@@ -23,7 +23,7 @@ class RandomSelector:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
-    def select(self, scores: SpanScores, n: int) -> Selection:
+    def select(self, scores: SpanScores, n: int, *, context: Any = None) -> Selection:
         """Return ``n`` random blocks, sorted."""
         check_prune_count(scores.num_blocks, n)
         blocks = sorted(random.Random(self.seed).sample(range(scores.num_blocks), n))

@@ -36,9 +36,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from miprun.contracts import Selection, SpanScores
 from miprun.errors import MiprunError, did_you_mean
-from miprun.scores import SpanScores
-from miprun.strategies import Selection
 
 GREEDY_LONGEST_FIRST = "greedy-longest-first"
 MAX_SUM = "max-sum"
@@ -71,17 +70,22 @@ def check_prune_count(num_blocks: int, n: int) -> None:
         )
 
 
-def check_options(k: int | None, conflict: str, max_iterations: int) -> None:
-    """Validate refinement options; raise :class:`MiprunError` naming the bad one and the fix."""
+def check_budget(k: int | None, max_iterations: int) -> None:
+    """Validate the candidate budget ``k`` and the iteration cap; a :class:`MiprunError` names the fix."""
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise MiprunError(f"k must be a whole number ≥ 1, got {k!r}; pass e.g. k=5 (the paper's value)")
+    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
+        raise MiprunError(f"max_iterations must be a whole number ≥ 1, got {max_iterations!r}")
+
+
+def check_options(k: int | None, conflict: str, max_iterations: int) -> None:
+    """Validate refinement options; raise :class:`MiprunError` naming the bad one and the fix."""
+    check_budget(k, max_iterations)
     if conflict not in CONFLICT_RULES:
         raise MiprunError(
             f"unknown conflict rule '{conflict}'{did_you_mean(str(conflict), list(CONFLICT_RULES))}; "
             f"valid rules: {', '.join(CONFLICT_RULES)}"
         )
-    if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 1:
-        raise MiprunError(f"max_iterations must be a whole number ≥ 1, got {max_iterations!r}")
 
 
 def least_important(singles: list[float], count: int, exclude: set[int] = frozenset()) -> list[int]:

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from miprun.scores import SpanScores
+from miprun.contracts import Selection, SpanScores
 from miprun.selectors.refinement import check_prune_count
-from miprun.strategies import Selection
 
 
 def sleb_forward_passes(num_blocks: int, n: int) -> int:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from miprun.contracts import SpanScores
 from miprun.errors import MiprunError
-from miprun.scores import SpanScores
 
 _ALIASES = {
     "first_layer": "first", "first": "first", "layer": "first",

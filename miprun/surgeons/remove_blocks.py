@@ -4,17 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from miprun.errors import MiprunError
-
-
-def count_parameters(model: Any) -> int:
-    """Number of distinct parameters (tied weights counted once)."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel()
-    return total
+from miprun.contracts import Selection
+from miprun.models.parameters import count_parameters
 
 
 class RemoveBlocksSurgeon:
@@ -23,19 +14,16 @@ class RemoveBlocksSurgeon:
 
     name = "remove-blocks"
 
-    def apply(self, model: Any, adapter: Any, blocks: list[int]) -> dict[str, Any]:
-        """Remove ``blocks`` (0-based original indices) in place; return parameter counts before/after."""
+    def apply(self, model: Any, adapter: Any, selection: Selection) -> dict[str, Any]:
+        """Remove the selected blocks (0-based original indices) in place; return parameter counts
+        before/after."""
         total = adapter.num_blocks
-        invalid = sorted(b for b in blocks if not 0 <= b < total)
-        if invalid or len(set(blocks)) != len(blocks):
-            raise MiprunError(f"cannot remove blocks {blocks}: need distinct indices in 0..{total - 1}")
-        if len(blocks) >= total:
-            raise MiprunError(f"cannot remove all {total} blocks; choose fewer")
+        blocks = selection.checked(total)
         before = count_parameters(model)
         keep = [i for i in range(total) if i not in set(blocks)]
         adapter.keep_blocks(keep)
         return {
-            "removed_blocks": sorted(blocks),
+            "removed_blocks": blocks,
             "kept_blocks": keep,
             "num_blocks_before": total,
             "num_blocks_after": len(keep),

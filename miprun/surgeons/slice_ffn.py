@@ -7,7 +7,7 @@ projection (row j of GPT-2's ``c_proj``). The down projection's bias stays. Ever
 number of neurons, so the config keeps one FFN width (``intermediate_size``; GPT-2 ``n_inner``) and
 ``from_pretrained`` rebuilds the same shapes.
 
-:func:`masked_neurons` is the in-place equivalent used to *try* a selection without editing weights
+:func:`miprun.models.neuron_masks.masked_neurons` is the in-place equivalent used to *try* a selection without editing weights
 (the ``mds-cluster`` selector compares candidate selections by output KL): zeroing neuron j at the
 input of the down projection removes exactly its contribution.
 
@@ -19,14 +19,14 @@ ratio is the one that matters for short contexts. The FFN-only ratio is reported
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from miprun.contracts import NeuronSelection
 from miprun.errors import MiprunError
 from miprun.models.adapters import neuron_axis
-from miprun.surgeons.remove_blocks import count_parameters
+from miprun.models.parameters import count_parameters
 
 
 def linear_flops(model: Any) -> int:
@@ -69,18 +69,15 @@ class SliceFFNSurgeon:
     """Keep the selected FFN neurons of every layer; update the config's FFN width."""
 
     name = "slice-ffn"
-    granularity = "neuron"
 
-    def apply(
-        self, model: Any, adapter: Any, keep: dict[int, list[int]],
-        merges: dict[int, list[tuple[int, int, float]]] | None = None,
-    ) -> dict[str, Any]:
-        """Slice every layer in ``keep`` (block index → kept neuron indices) in place; return widths,
-        parameter counts and relative FLOPs. ``merges`` (per layer ``(removed j, kept k, β)``) first
-        adds β × column j of the down projection to column k, so that a removed neuron whose
-        activation is ≈ β × neuron k's is compensated by neuron k."""
-        if not isinstance(keep, dict):
+    def apply(self, model: Any, adapter: Any, selection: NeuronSelection) -> dict[str, Any]:
+        """Slice every layer of ``selection.keep`` (block index → kept neuron indices) in place; return
+        widths, parameter counts and relative FLOPs. ``selection.merges`` (per layer
+        ``(removed j, kept k, β)``) first adds β × column j of the down projection to column k, so
+        that a removed neuron whose activation is ≈ β × neuron k's is compensated by neuron k."""
+        if not isinstance(selection, NeuronSelection):
             raise MiprunError("surgeon 'slice-ffn' needs kept neurons per layer; use it with a neuron selector")
+        keep, merges = selection.keep, selection.merges
         widths_before = {i: adapter.ffn_width(i) for i in range(adapter.num_blocks)}
         for layer, kept in keep.items():
             if not 0 <= layer < adapter.num_blocks:
@@ -132,37 +129,3 @@ class SliceFFNSurgeon:
             "relative_flops": round(flops_after / flops_before, 6) if flops_before else None,
             "relative_ffn_flops": round(_ffn_flops(adapter) / ffn_before, 6) if ffn_before else None,
         }
-
-
-@contextmanager
-def masked_neurons(
-    adapter: Any, keep: dict[int, list[int]], merges: dict[int, list[tuple[int, int, float]]] | None = None
-) -> Iterator[None]:
-    """Within the block, the model behaves as if only ``keep`` neurons existed: a forward pre-hook
-    on each down projection zeroes the other neurons' activations (weights are untouched). With
-    ``merges``, removed neuron j instead reads β × neuron k's activation, which is what adding
-    β × column j to column k does after slicing."""
-    handles = []
-    for layer, kept in keep.items():
-        _, down = adapter.ffn_modules(layer)
-        mask_cpu = torch.zeros(adapter.ffn_width(layer))
-        mask_cpu[torch.tensor(sorted(kept), dtype=torch.long)] = 1.0
-        pairs = (merges or {}).get(layer, [])
-        sources = torch.tensor([p[0] for p in pairs], dtype=torch.long)
-        targets = torch.tensor([p[1] for p in pairs], dtype=torch.long)
-        betas = torch.tensor([float(p[2]) for p in pairs])
-
-        def zero_removed(module, args, kwargs, mask_cpu=mask_cpu, sources=sources, targets=targets, betas=betas):
-            """Multiply the down projection's input by the keep mask (and route merged neurons)."""
-            hidden = args[0] if args else kwargs["input"]
-            masked = hidden * mask_cpu.to(hidden.device, hidden.dtype)
-            if len(sources):
-                masked[..., sources.to(hidden.device)] = hidden[..., targets.to(hidden.device)] * betas.to(hidden.device, hidden.dtype)
-            return ((masked, *args[1:]), kwargs) if args else (args, {**kwargs, "input": masked})
-
-        handles.append(down.register_forward_pre_hook(zero_removed, with_kwargs=True))
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()

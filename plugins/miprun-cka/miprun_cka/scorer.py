@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from miprun.contracts import BoundaryStates, SpanScores
 from miprun.scorers.boundary import boundary_span_scores
-from miprun.scores import SpanScores
-from miprun.strategies import BoundaryStates
 
 
 def _prepare(x: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -32,8 +31,7 @@ class LinearCKAScorer:
     """Importance = −CKA(span input, span output)."""
 
     name = "linear-cka"
-    needs_estimator = False
 
-    def score(self, states: BoundaryStates, estimator: object | None = None) -> SpanScores:
+    def score(self, states: BoundaryStates, estimator: object | None = None, *, context: object = None) -> SpanScores:
         """Span scores with value = linear CKA (higher = more redundant)."""
         return boundary_span_scores(states, _prepare, linear_cka, metric="cka", redundant_when_high=True)

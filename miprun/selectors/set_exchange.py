@@ -1,4 +1,5 @@
-"""Fast-Block-Select on scores of whole block sets: refinement by exchange.
+"""Selector ``set-exchange``: Fast-Block-Select's set variant — refinement of the whole pruning set
+by exchange.
 
 When the scorer can score any set of blocks removed together (``output-mi``), the pruning set is
 refined on the score of the *set*, so blocks that hurt in combination (on SmolLM2-135M, blocks 3
@@ -25,11 +26,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from miprun.scores import SpanScores
+from miprun.contracts import Selection, SpanScores
+from miprun.errors import MiprunError
 from miprun.selectors.refinement import (
-    GREEDY_LONGEST_FIRST, check_options, check_prune_count, least_important, top_k,
+    check_budget,
+    check_prune_count,
+    least_important,
+    top_k,
 )
-from miprun.strategies import Selection
 
 
 def best_span_start(scores: SpanScores, n: int, singles: list[float], k: int | None) -> list[int]:
@@ -81,7 +85,6 @@ def exchange(
 
 def refine_sets(scores: SpanScores, n: int, *, k: int | None, max_iterations: int = 20) -> Selection:
     """Fast-Block-Select on set scores (see the module docstring); ``scores.supports_sets`` must hold."""
-    check_options(k, GREEDY_LONGEST_FIRST, max_iterations)  # the conflict rule has no role here
     check_prune_count(scores.num_blocks, n)
     before = scores.evaluations
     singles = scores.singles()
@@ -95,3 +98,26 @@ def refine_sets(scores: SpanScores, n: int, *, k: int | None, max_iterations: in
         info={"metric": scores.metric, "k": k, "mode": "set-exchange", "starts": starts, "start": start,
               "stop": stop, "iterations": len(trace)},
     )
+
+
+class SetExchangeSelector:
+    """Refine the whole pruning set by single exchanges on the set's own score (module docstring);
+    needs a scorer registered with ``set_scores`` (``output-mi``).
+
+    :param k: the additive budget ``k`` of ``K = min(⌊ln N⌋ + k, |C|)`` alternatives scored per step.
+    :param max_iterations: iteration cap.
+    """
+
+    name = "set-exchange"
+
+    def __init__(self, k: int = 5, max_iterations: int = 20) -> None:
+        check_budget(k, max_iterations)
+        self.k = k
+        self.max_iterations = max_iterations
+
+    def select(self, scores: SpanScores, n: int, *, context: Any = None) -> Selection:
+        """Return the ``n`` blocks to remove; see :func:`refine_sets`."""
+        if not scores.supports_sets:
+            raise MiprunError(f"selector 'set-exchange' needs scores of whole block sets (output-mi); "
+                              f"'{scores.metric}' scores spans only — use fast-block-select")
+        return refine_sets(scores, n, k=self.k, max_iterations=self.max_iterations)

@@ -1,4 +1,5 @@
-"""Parsing ``--option KIND.KEY=VALUE`` strategy options from the command line."""
+"""Strategy options as users write them: ``KIND.KEY=VALUE`` (``miprun run -o``) and
+``METHOD.KIND.KEY=VALUE`` (``miprun compare -o``)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,14 @@ def parse_options(items: list[str]) -> dict[str, dict[str, Any]]:
             )
         grouped.setdefault(kind, {})[name] = parse_value(value)
     return grouped
+
+
+def parse_method_options(items: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``METHOD.KIND.KEY=VALUE`` items → ``{method: {kind: {key: value}}}``."""
+    grouped: dict[str, list[str]] = {}
+    for item in items:
+        method, dot, rest = item.partition(".")
+        if not dot:
+            raise MiprunError(f"option '{item}' is not METHOD.KIND.KEY=VALUE (e.g. sleb.selector.batch_size=8)")
+        grouped.setdefault(method, []).append(rest)
+    return {method: parse_options(rest) for method, rest in grouped.items()}

@@ -1,17 +1,59 @@
-"""Span scores: the importance of single blocks and contiguous spans, evaluated lazily and counted.
+"""Block (depth) data that flows between strategies: boundary states, span scores, a selection.
 
-A scorer hands selectors a :class:`SpanScores`. Its ``value`` is what the scorer measures (MI in
-nats for ``block-mi``, 1 − cosine for ``block-influence``); ``importance`` turns it into one
-convention shared by all selectors: **lower importance = safer to remove**. Each distinct span is
-computed at most once; :attr:`SpanScores.evaluations` counts the distinct spans computed, which is
-the cost measure the MI-PRUN paper reports for Fast-Block-Select.
+* :class:`BoundaryStates` — what a block collector returns: the residual stream at every block
+  boundary for the same token positions.
+* :class:`SpanScores` — what a block scorer returns: the importance of single blocks and
+  contiguous spans (and, for scorers that run the pruned model, of any block set), evaluated
+  lazily and counted. Its ``value`` is what the scorer measures (MI in nats for ``block-mi``,
+  1 − cosine for ``block-influence``); ``importance`` turns it into one convention shared by all
+  selectors: **lower importance = safer to remove**. Each distinct span is computed at most once;
+  :attr:`SpanScores.evaluations` counts the distinct spans computed, which is the cost measure the
+  MI-PRUN paper reports for Fast-Block-Select.
+* :class:`Selection` — what a block selector returns: the blocks to remove.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 from miprun.errors import MiprunError
+
+
+@dataclass
+class BoundaryStates:
+    """The residual stream at every block boundary: ``states[i]`` is the input of block ``i`` and
+    ``states[i + 1]`` its output, each a float32 CPU tensor of shape (tokens, hidden) holding the
+    same token positions for every boundary."""
+
+    states: list[Any]
+    forward_passes: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of blocks T (there are T + 1 boundaries)."""
+        return len(self.states) - 1
+
+
+@dataclass
+class Selection:
+    """What a block selector chose: 0-based block indices in original numbering, and how it got there."""
+
+    blocks: list[int]
+    evaluations: int = 0
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def checked(self, num_blocks: int) -> list[int]:
+        """The blocks, sorted, after checking they are distinct indices of a model with
+        ``num_blocks`` blocks and leave at least one; otherwise a :class:`MiprunError`."""
+        blocks = [int(b) for b in self.blocks]
+        if len(set(blocks)) != len(blocks) or any(not 0 <= b < num_blocks for b in blocks):
+            raise MiprunError(f"cannot remove blocks {blocks}: need distinct indices in 0..{num_blocks - 1}")
+        if len(blocks) >= num_blocks:
+            raise MiprunError(f"cannot remove all {num_blocks} blocks; choose fewer")
+        return sorted(blocks)
 
 
 class SpanScores:
@@ -116,6 +158,17 @@ class SpanScores:
             {"blocks": list(blocks), "value": v, "importance": self._as_importance(v)}
             for blocks, v in sorted(self._set_values.items(), key=lambda kv: (len(kv[0]), kv[0]))
         ]
+
+    @classmethod
+    def empty(cls, num_blocks: int) -> "SpanScores":
+        """Scores that know only the block count: what a selector that reads no scores (SLEB,
+        random, LaCo) is handed. Asking one for a value is an error naming the fix."""
+
+        def compute(first: int, length: int) -> float:
+            raise MiprunError("this run has no scorer (its selector declared it reads no scores); "
+                              "name a scorer with --scorer")
+
+        return cls(num_blocks, compute, metric="none", redundant_when_high=False)
 
     @classmethod
     def from_table(

@@ -1,0 +1,34 @@
+"""How an architecture lays out its blocks: what a plugin registers to make a model family prunable.
+
+An :class:`ArchitectureSpec` is registered for a ``config.model_type`` through the
+``miprun_register_architectures`` hook (built-ins go through it too); the adapter in
+:mod:`miprun.models.adapters` is the only code that reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ArchitectureSpec:
+    """Layout of one family of architectures.
+
+    :param blocks: dotted paths (from the top-level model) to the ``ModuleList`` of blocks; the
+        first that exists is used (causal-LM and bare-backbone classes differ by a prefix).
+    :param config: dotted path from ``model.config`` to the sub-config holding the layer count
+        (empty for the top-level config).
+    :param per_layer_fields: config fields holding one entry per layer, sliced on removal.
+    :param ffn: names inside a block of the feed-forward up/gate/down projections (for width pruning);
+        the last one is the down projection, the others produce the FFN's hidden neurons. Empty
+        when the family's FFN cannot be sliced neuron by neuron (then ``ffn_note`` says why).
+    :param ffn_size_field: config field holding the FFN width (``intermediate_size``; GPT-2 ``n_inner``).
+    :param ffn_note: why neuron pruning is refused when ``ffn`` is empty (shown to the user).
+    """
+
+    blocks: tuple[str, ...]
+    config: str = ""
+    per_layer_fields: tuple[str, ...] = ("layer_types",)
+    ffn: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+    ffn_size_field: str = "intermediate_size"
+    ffn_note: str = ""

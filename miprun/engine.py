@@ -1,0 +1,147 @@
+"""The run engine: carry out one plan on one model and one calibration sample.
+
+collect (only when a strategy of the plan reads collected states) → score (only when the
+selector reads scores) → select → check → operate, at either granularity. :func:`miprun.prune`
+(``miprun run``) and :func:`miprun.compare.compare` (``miprun compare``) both call
+:func:`execute`; what differs between blocks and neurons lives in :mod:`miprun.granularity`.
+
+Several plans on the same model and tokens (a comparison) share a :class:`Collections`, so each
+distinct collector runs once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from miprun.contracts import RunContext
+from miprun.granularity import GRANULARITY
+from miprun.plans import Plan
+from miprun.progress import Reporter, stage
+from miprun.registry import Registry, get_registry
+
+
+@dataclass
+class Collected:
+    """What one collector gathered, and what it cost."""
+
+    inputs: Any
+    seconds: float
+
+
+@dataclass
+class Collections:
+    """Collected inputs of the model on the calibration tokens, by collector name and options, so
+    that plans run on the same model and tokens collect once."""
+
+    store: dict[tuple[str, str], Collected] = field(default_factory=dict)
+
+    def collect(self, plan: Plan, collector: Any, model: Any, adapter: Any, input_ids: Any, *,
+                reporter: Reporter, timings: dict[str, float]) -> Collected:
+        """The plan collector's inputs: gathered now (timed as the ``collect`` stage) or reused."""
+        key = (plan.names["collector"], repr(sorted(plan.options["collector"].items())))
+        if key not in self.store:
+            start = time.perf_counter()
+            with stage("collect", timings, reporter, total=int(input_ids.shape[0])):
+                inputs = collector.collect(model, adapter, input_ids, progress=reporter.advance)
+            self.store[key] = Collected(inputs, round(time.perf_counter() - start, 4))
+        return self.store[key]
+
+
+@dataclass
+class Outcome:
+    """What executing a plan produced: the selection, the scores, the surgery and the cost.
+
+    :ivar collection: what the collector reported (None when the plan collects nothing).
+    :ivar collect_seconds: the collection's time (also when the inputs were shared).
+    :ivar forward_passes: passes over the calibration tokens, the collection's included.
+    :ivar timings: stage → seconds for the stages this execution ran.
+    """
+
+    plan: Plan
+    count: int
+    size: int
+    scores: Any
+    selection: Any
+    surgery: dict[str, Any]
+    collection: dict[str, Any] | None
+    collect_seconds: float
+    forward_passes: int
+    timings: dict[str, float]
+
+    @property
+    def seconds(self) -> float:
+        """The method's cost in seconds: collection (shared or not), scoring, selection, surgery."""
+        own = sum(v for k, v in self.timings.items() if k in ("estimate", "select", "operate"))
+        return self.collect_seconds + own
+
+    def report(self, registry: Registry) -> dict[str, Any]:
+        """The report fields of this execution: strategies, granularity-specific results, cost,
+        the selector's trace and the surgery."""
+        fields = GRANULARITY[self.plan.granularity].report(self.scores, self.selection, count=self.count, total=self.size)
+        fields["evaluations"]["forward_passes"] = self.forward_passes
+        return {
+            "granularity": self.plan.granularity,
+            "method": self.plan.label,
+            "strategies": self.plan.describe(registry),
+            **fields,
+            "collection": self.collection,
+            "selection": {"trace": self.selection.trace, "info": self.selection.info},
+            "surgery": self.surgery,
+        }
+
+
+def execute(
+    plan: Plan,
+    model: Any,
+    adapter: Any,
+    input_ids: Any,
+    *,
+    count: int,
+    tokenizer: Any = None,
+    seed: int = 0,
+    strategies: dict[str, Any] | None = None,
+    collections: Collections | None = None,
+    registry: Registry | None = None,
+    reporter: Reporter | None = None,
+    timings: dict[str, float] | None = None,
+) -> Outcome:
+    """Run ``plan`` on ``model`` (edited in place) with calibration ``input_ids`` (n × L).
+
+    :param count: units to remove (blocks, or neurons per FFN layer), already checked.
+    :param strategies: the plan's strategies when already built (kind → object); built here otherwise.
+    :param collections: collected inputs shared with other plans on the same model and tokens.
+    :param timings: stage seconds are added here (a fresh dict when None).
+    """
+    registry = registry or get_registry()
+    reporter = reporter or Reporter()
+    timings = {} if timings is None else timings
+    collections = collections or Collections()
+    strategies = strategies or plan.build(registry)
+    granularity = GRANULARITY[plan.granularity]
+
+    collected = None
+    if "collector" in strategies:
+        collected = collections.collect(plan, strategies["collector"], model, adapter, input_ids,
+                                        reporter=reporter, timings=timings)
+    inputs = collected.inputs if collected is not None else None
+    context = RunContext(model, adapter, input_ids, tokenizer, seed,
+                         forward_passes=inputs.forward_passes if inputs is not None else 0, inputs=inputs)
+    with stage("estimate", timings, reporter):
+        if "scorer" in strategies:
+            scores = strategies["scorer"].score(inputs, strategies.get("estimator"), context=context)
+        else:
+            scores = granularity.empty_scores(adapter)
+    with stage("select", timings, reporter):
+        selection = strategies["selector"].select(scores, count, context=context)
+    granularity.check(selection, adapter, count)
+    size = granularity.size(adapter)
+    with stage("operate", timings, reporter):
+        surgery = strategies["surgeon"].apply(model, adapter, selection)
+    return Outcome(
+        plan=plan, count=count, size=size, scores=scores, selection=selection, surgery=surgery,
+        collection=inputs.info if inputs is not None else None,
+        collect_seconds=collected.seconds if collected is not None else 0.0,
+        forward_passes=context.forward_passes, timings=timings,
+    )

@@ -1,0 +1,164 @@
+"""What differs between removing blocks (depth) and FFN neurons (width), in one place.
+
+The engine (:mod:`miprun.engine`) runs any plan the same way; a :class:`Granularity` supplies the
+rest: how many units ``--prune``/``--ratio`` mean, the scores handed to a selector that reads
+none, the check of a selector's answer, the report fields and the default output name.
+
+At neuron granularity ``n`` is the number of neurons removed from *every* FFN layer, so all layers
+keep the same width and the saved config stays standard (``intermediate_size``, GPT-2
+``n_inner``): stock ``transformers`` loads the checkpoint. Unequal per-layer counts are refused
+(docs/neuron-pruning.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from miprun.contracts import NeuronScores, NeuronSelection, Selection, SpanScores
+from miprun.errors import MiprunError
+
+
+def model_slug(model: str) -> str:
+    """The last path component of a model name, without ``.gguf``, safe as a directory name."""
+    return Path(model.rstrip("/")).name.removesuffix(".gguf").replace("/", "-")
+
+
+def _count(total: int, n: int | None, ratio: float | None, unit: str, whole: str) -> int:
+    """Units to remove from ``n`` or ``ratio`` (default 0.2) of ``total``, checked; ``whole`` says
+    what ``total`` counts, for the error."""
+    if n is not None and ratio is not None:
+        raise MiprunError("give either --prune N or --ratio r, not both")
+    if n is None:
+        ratio = 0.2 if ratio is None else ratio
+        if not 0 < ratio < 1:
+            raise MiprunError(f"--ratio must be between 0 and 1 (exclusive), got {ratio}")
+        n = max(1, round(ratio * total))
+    if n < 1:
+        raise MiprunError(f"--prune must be at least 1, got {n}")
+    if n >= total:
+        raise MiprunError(f"--prune {n} would remove every {unit}: {whole}; choose at most {total - 1}")
+    return n
+
+
+def blocks_to_remove(total: int, n: int | None, ratio: float | None) -> int:
+    """Number of blocks to remove from ``n`` or ``ratio`` (default ratio 0.2), checked against ``total``."""
+    return _count(total, n, ratio, "block", f"the model has {total} blocks")
+
+
+def neurons_to_remove(widths: list[int], n: int | None, ratio: float | None) -> int:
+    """Neurons to remove from every FFN layer, from ``n`` or ``ratio`` (default 0.2) of the width."""
+    if not widths:
+        raise MiprunError("the model has no FFN layers to prune")
+    if len(set(widths)) != 1:
+        raise MiprunError(
+            f"FFN widths differ between layers ({min(widths)}–{max(widths)}); neuron pruning needs one "
+            f"intermediate size so the pruned checkpoint stays standard"
+        )
+    return _count(widths[0], n, ratio, "FFN neuron", f"layers have {widths[0]}")
+
+
+class BlockGranularity:
+    """Remove whole blocks."""
+
+    name = "block"
+
+    def size(self, adapter: Any) -> int:
+        """What ``--prune`` counts against: the number of blocks."""
+        return adapter.num_blocks
+
+    def count(self, adapter: Any, n: int | None, ratio: float | None) -> int:
+        """Blocks to remove."""
+        return blocks_to_remove(adapter.num_blocks, n, ratio)
+
+    def empty_scores(self, adapter: Any) -> SpanScores:
+        """Scores for a selector that reads none: the block count only."""
+        return SpanScores.empty(adapter.num_blocks)
+
+    def check(self, selection: Selection, adapter: Any, count: int) -> None:
+        """The selector returned ``count`` distinct blocks of the model."""
+        blocks = list(selection.blocks)
+        total = adapter.num_blocks
+        if len(set(blocks)) != len(blocks) or any(not 0 <= int(b) < total for b in blocks) or len(blocks) != count:
+            raise MiprunError(f"the selector returned blocks {blocks}; expected {count} distinct blocks in 0..{total - 1}")
+
+    def report(self, scores: SpanScores, selection: Selection, *, count: int, total: int) -> dict[str, Any]:
+        """The report fields of a block run."""
+        scored = scores.metric != "none"
+        return {
+            "prune": {"requested": count, "of_blocks": total},
+            "selected_blocks": sorted(int(b) for b in selection.blocks),
+            "block_scores": {"metric": scores.metric, "redundant_when_high": scores.redundant_when_high,
+                             "values": [scores.value(i) for i in range(total)] if scored else [],
+                             "importance": scores.singles() if scored else []},
+            "span_table": scores.table(),
+            "set_table": scores.set_table(),
+            "evaluations": {"spans": scores.evaluations, "mi": scores.evaluations if scores.metric == "mi" else 0,
+                            "selector": selection.evaluations},
+        }
+
+    def default_output(self, model: str, names: dict[str, str], count: int, adapter: Any) -> Path:
+        """``pruned/<model>-<scorer>-<selector>-minus<N>`` (the selector alone when no scorer runs)."""
+        method = "-".join(names[k] for k in ("scorer", "selector") if k in names)
+        return Path("pruned") / f"{model_slug(model)}-{method}-minus{count}"
+
+
+class NeuronGranularity:
+    """Remove the same number of FFN neurons from every layer."""
+
+    name = "neuron"
+
+    def size(self, adapter: Any) -> int:
+        """What ``--prune`` counts against: the FFN width (the first layer's)."""
+        return self.widths(adapter)[0]
+
+    @staticmethod
+    def widths(adapter: Any) -> list[int]:
+        """FFN width of every layer."""
+        from miprun.models.adapters import ffn_widths
+
+        return ffn_widths(adapter)
+
+    def count(self, adapter: Any, n: int | None, ratio: float | None) -> int:
+        """Neurons to remove from every FFN layer."""
+        return neurons_to_remove(self.widths(adapter), n, ratio)
+
+    def empty_scores(self, adapter: Any) -> NeuronScores:
+        """Scores for a selector that reads none: layers and widths only."""
+        return NeuronScores(list(range(adapter.num_blocks)), self.widths(adapter))
+
+    def check(self, selection: NeuronSelection, adapter: Any, count: int) -> None:
+        """Every layer keeps ``width − count`` distinct, in-range neurons."""
+        for layer, width in enumerate(self.widths(adapter)):
+            kept = selection.keep.get(layer)
+            if kept is None:
+                raise MiprunError(f"the selector returned no neurons for layer {layer}")
+            if len(set(kept)) != len(kept) or any(not 0 <= k < width for k in kept):
+                raise MiprunError(f"the selector returned invalid neuron indices for layer {layer}")
+            if len(kept) != width - count:
+                raise MiprunError(
+                    f"the selector kept {len(kept)} neurons in layer {layer}, expected {width - count}; "
+                    f"miprun saves standard checkpoints, which need the same FFN width in every layer"
+                )
+
+    def report(self, scores: NeuronScores, selection: NeuronSelection, *, count: int, total: int) -> dict[str, Any]:
+        """The report fields of a neuron run (``total`` is the original FFN width)."""
+        widths = dict(zip(scores.layers, scores.widths))
+        return {
+            "prune": {"neurons_per_layer": count, "of_width": total, "layers": len(scores.layers),
+                      "ratio": round(count / total, 6)},
+            "removed_neurons": {str(k): v for k, v in selection.removed(widths).items()},
+            "neuron_scores": scores.summary(),
+            "evaluations": {"selector": selection.evaluations},
+        }
+
+    def default_output(self, model: str, names: dict[str, str], count: int, adapter: Any) -> Path:
+        """``pruned/<model>-<estimator or selector>-<selector>-ffn<kept width>``."""
+        method = names.get("estimator", names["selector"]).removeprefix("neuron-")
+        selector = names["selector"]
+        prefix = f"{method}-{selector}" if method != selector else selector
+        return Path("pruned") / f"{model_slug(model)}-{prefix}-ffn{self.size(adapter) - count}"
+
+
+GRANULARITY = {"block": BlockGranularity(), "neuron": NeuronGranularity()}
+"""Granularity name → its specifics."""
