@@ -30,7 +30,7 @@ ROWS: list[tuple[str, dict[str, str]]] = [
     ("default (miprun run)", {}),
     ("headline: --selector fast-block-select --estimator renyi", {"selector": "fast-block-select", "estimator": "renyi"}),
     ("shortgpt", {"method": "shortgpt"}),
-    ("mi-prun", {"method": "mi-prun"}),
+    ("mi-prun without screen (the previous MI pipeline)", {"method": "mi-prun", "options": {"scorer": {"screen": "off"}}}),
     ("mi-prun-local", {"method": "mi-prun-local"}),
     ("block-mi:gaussian+fast-block-select", {"method": "block-mi:gaussian+fast-block-select"}),
     ("block-mi:ksg+fast-block-select", {"method": "block-mi:ksg+fast-block-select"}),

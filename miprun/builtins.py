@@ -38,6 +38,9 @@ def miprun_register_estimators(register):
         "renyi",
         "miprun.estimators.renyi:RenyiEstimator",
         description="Matrix-based Rényi α-entropy MI from Gram matrices (α=2 Frobenius fast path)",
+        caveat=("as a block score it ranks blocks worse than gaussian-channel (Spearman ρ 0.70 against 0.80 "
+                "on SmolLM2-135M) and its selections prune worse than the default `miprun run` "
+                "(docs/estimators.md, 'The headline command')"),
     )
     register(
         "gaussian-channel",
@@ -232,8 +235,34 @@ _LLAMA_LIKE = ArchitectureSpec(blocks=("model.layers", "layers"))
 @hookimpl
 def miprun_register_architectures(register):
     """Register the built-in architectures."""
-    for model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma3_text"):
+    for model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"):
         register(model_type, _LLAMA_LIKE, description="decoder blocks at model.layers, gated FFN")
+    register(
+        "opt",
+        ArchitectureSpec(blocks=("model.decoder.layers", "decoder.layers"), per_layer_fields=(),
+                         ffn=("fc1", "fc2"), ffn_size_field="ffn_dim"),
+        description="OPT: model.decoder.layers, fc1/fc2 FFN",
+    )
+    register(
+        "gpt_neox",
+        ArchitectureSpec(blocks=("gpt_neox.layers", "layers"), per_layer_fields=(),
+                         ffn=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
+        description="GPT-NeoX / Pythia: gpt_neox.layers, parallel attention and FFN",
+    )
+    register(
+        "phi3",
+        ArchitectureSpec(blocks=("model.layers", "layers"), ffn=(),
+                         ffn_note="Phi-3 fuses its gate and up projections into one matrix (mlp.gate_up_proj), "
+                                  "which miprun does not slice neuron by neuron"),
+        description="Phi-3: model.layers (blocks only: fused gate_up_proj FFN)",
+    )
+    register(
+        "mixtral",
+        ArchitectureSpec(blocks=("model.layers", "layers"), ffn=(),
+                         ffn_note="Mixtral's FFN is a mixture of experts (mlp.experts) with one width per expert, "
+                                  "which miprun does not prune neuron by neuron"),
+        description="Mixtral (mixture of experts): model.layers (blocks only)",
+    )
     register(
         "gemma3",
         ArchitectureSpec(

@@ -17,6 +17,7 @@ from typing import Any
 
 from miprun.contracts import RunContext
 from miprun.granularity import GRANULARITY
+from miprun.models.finite import check_weights, finite_activations
 from miprun.plans import Plan
 from miprun.progress import Reporter, stage
 from miprun.registry import Registry, get_registry
@@ -120,21 +121,23 @@ def execute(
     collections = collections or Collections()
     strategies = strategies or plan.build(registry)
     granularity = GRANULARITY[plan.granularity]
+    check_weights(adapter)
 
     collected = None
-    if "collector" in strategies:
-        collected = collections.collect(plan, strategies["collector"], model, adapter, input_ids,
-                                        reporter=reporter, timings=timings)
-    inputs = collected.inputs if collected is not None else None
-    context = RunContext(model, adapter, input_ids, tokenizer, seed,
-                         forward_passes=inputs.forward_passes if inputs is not None else 0, inputs=inputs)
-    with stage("estimate", timings, reporter):
-        if "scorer" in strategies:
-            scores = strategies["scorer"].score(inputs, strategies.get("estimator"), context=context)
-        else:
-            scores = granularity.empty_scores(adapter)
-    with stage("select", timings, reporter):
-        selection = strategies["selector"].select(scores, count, context=context)
+    with finite_activations(adapter):
+        if "collector" in strategies:
+            collected = collections.collect(plan, strategies["collector"], model, adapter, input_ids,
+                                            reporter=reporter, timings=timings)
+        inputs = collected.inputs if collected is not None else None
+        context = RunContext(model, adapter, input_ids, tokenizer, seed,
+                             forward_passes=inputs.forward_passes if inputs is not None else 0, inputs=inputs)
+        with stage("estimate", timings, reporter):
+            if "scorer" in strategies:
+                scores = strategies["scorer"].score(inputs, strategies.get("estimator"), context=context)
+            else:
+                scores = granularity.empty_scores(adapter)
+        with stage("select", timings, reporter):
+            selection = strategies["selector"].select(scores, count, context=context)
     granularity.check(selection, adapter, count)
     size = granularity.size(adapter)
     with stage("operate", timings, reporter):

@@ -85,14 +85,19 @@ class BlockGranularity:
     def report(self, scores: SpanScores, selection: Selection, *, count: int, total: int) -> dict[str, Any]:
         """The report fields of a block run."""
         scored = scores.metric != "none"
+        ranking = scores if all(scores.is_computed(i) for i in range(total)) else scores.ranking
+        scored = scored and all(ranking.is_computed(i) for i in range(total))  # never run a model after surgery
         return {
             "prune": {"requested": count, "of_blocks": total},
             "selected_blocks": sorted(int(b) for b in selection.blocks),
             "block_scores": {"metric": scores.metric, "redundant_when_high": scores.redundant_when_high,
-                             "values": [scores.value(i) for i in range(total)] if scored else [],
-                             "importance": scores.singles() if scored else []},
+                             "values": [ranking.value(i) for i in range(total)] if scored else [],
+                             "importance": ranking.singles() if scored else [],
+                             "from": "screen" if ranking is not scores else "scores", **scores.info},
             "span_table": scores.table(),
             "set_table": scores.set_table(),
+            **({"screen": {"span_table": scores.screen.table(), "set_table": scores.screen.set_table()}}
+               if scores.screen is not None else {}),
             "evaluations": {"spans": scores.evaluations, "mi": scores.evaluations if scores.metric == "mi" else 0,
                             "selector": selection.evaluations},
         }

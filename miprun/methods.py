@@ -38,7 +38,7 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("mi-prun", "output-mi", "gaussian-channel", "set-exchange",
-           description="MI of the model output with/without the set, whole-set refinement (Fast-Block-Select's set variant)"),
+           description="The default: MI of the model output with/without the set, whole-set exchange on a screen, finalists raced"),
     Method("mi-greedy", "output-mi", "gaussian-channel", "greedy",
            description="Single-block output MI, the N least informative blocks at once"),
     Method("mi-prun-local", "block-mi", "gaussian-channel", "fast-block-select",

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import ast
+import types
+import typing
 from typing import Any
 
 from miprun.errors import MiprunError
@@ -48,3 +50,64 @@ def parse_method_options(items: list[str]) -> dict[str, dict[str, dict[str, Any]
             raise MiprunError(f"option '{item}' is not METHOD.KIND.KEY=VALUE (e.g. sleb.selector.batch_size=8)")
         grouped.setdefault(method, []).append(rest)
     return {method: parse_options(rest) for method, rest in grouped.items()}
+
+
+def _type_name(kind: Any) -> str:
+    return {int: "a whole number", float: "a number", bool: "true or false", str: "text"}.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+def _convert_to(kind: Any, value: Any) -> Any:
+    """``value`` as ``kind`` (int, float, bool or str); raises ValueError when it is not one."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+        if isinstance(value, (str, int)) and str(value).strip().lower() in words:
+            return words[str(value).strip().lower()]
+        raise ValueError
+    if kind is int:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        raise ValueError
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)  # int, float or numeric text; ValueError otherwise
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError
+        return number
+    if kind is str:
+        if isinstance(value, (bool, type(None))):
+            raise ValueError
+        return str(value)
+    return value
+
+
+def convert_option(owner: str, key: str, value: Any, annotation: Any) -> Any:
+    """``value`` converted to the type the factory declares for option ``key`` (``int``,
+    ``float``, ``bool``, ``str``, unions of them and ``None``); other annotations pass the value
+    through. A value of none of the declared types is a one-line :class:`MiprunError` naming the
+    option, what it accepts and what was given."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    kinds = [a for a in args if a in (int, float, bool, str)]
+    allows_none = type(None) in args
+    if len(kinds) != len([a for a in args if a is not type(None)]):
+        return value  # a type this layer does not know: the factory checks it
+    if allows_none and (value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null"))):
+        return None
+    if value is None:
+        pass
+    else:
+        for kind in kinds:  # declared order: int | str tries the number first
+            try:
+                return _convert_to(kind, value)
+            except (TypeError, ValueError):
+                continue
+    accepted = " or ".join([_type_name(k) for k in kinds] + (["none"] if allows_none else []))
+    raise MiprunError(f"{owner}: option '{key}' must be {accepted}, got {value!r}")

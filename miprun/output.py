@@ -3,14 +3,19 @@ target and is moved into place only when complete."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from miprun.errors import MiprunError
+from miprun.model_card import model_card
 
 
 def check_output(path: Path, *, overwrite: bool) -> None:
@@ -39,18 +44,87 @@ def write_atomically(path: Path, fill: Callable[[Path], None], *, overwrite: boo
         staging.rename(path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except Exception as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        failure = _write_failure(exc)
+        if failure is None:
+            raise
+        number, text = failure
+        hint = "free some space or choose another --output" if number in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else \
+            "check the path and its permissions"
+        raise MiprunError(f"cannot write '{path}': {text}; nothing was written — {hint}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return path
 
 
+def _write_failure(exc: Exception) -> tuple[int | None, str] | None:
+    """(errno, text) when ``exc`` is a failed write — an ``OSError``, or a library's wrapper of one
+    (safetensors reports ``I/O error: … (os error N)``) — else None."""
+    if isinstance(exc, OSError):
+        return exc.errno, exc.strerror or str(exc)
+    found = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(exc))
+    return (int(found.group(2)), found.group(1)) if found else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def output_lock(path: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``path`` for the duration of a run that will write ``path``:
+    a second run for the same output is refused while the first (a live process) holds it; a lock
+    left by a process that no longer exists is taken over. The lock, and a parent directory the
+    lock had to create, are removed at the end, however the run ends."""
+    created = []
+    for parent in reversed(path.parents):
+        if not parent.exists():
+            created.append(parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    for attempt in (1, 2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and _alive(holder) and holder != os.getpid():
+                raise MiprunError(f"another miprun run (process {holder}) is writing '{path}'; wait for it to "
+                                  f"finish or choose another --output") from None
+            if attempt == 2:
+                raise MiprunError(f"cannot take the lock {lock}; remove it if no miprun run is writing '{path}'") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        for parent in reversed(created):
+            try:
+                parent.rmdir()  # only if the run left it empty
+            except OSError:
+                break
+
+
 REPORT_NAME = "miprun_report.json"
 
 
 def save_checkpoint(model: Any, tokenizer: Any, path: Path, report: dict[str, Any], *, overwrite: bool = False) -> Path:
-    """Save ``model`` and ``tokenizer`` with ``save_pretrained`` and ``report`` as
-    ``miprun_report.json``, atomically, into ``path``."""
+    """Save ``model`` and ``tokenizer`` with ``save_pretrained``, ``report`` as
+    ``miprun_report.json`` and the model card (:mod:`miprun.model_card`) as ``README.md``,
+    atomically, into ``path``."""
 
     def fill(tmp: Path) -> None:
         start = time.perf_counter()
@@ -59,6 +133,7 @@ def save_checkpoint(model: Any, tokenizer: Any, path: Path, report: dict[str, An
             tokenizer.save_pretrained(tmp)
         report.setdefault("timings", {})["save"] = round(time.perf_counter() - start, 4)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        model_card(report).save(tmp / "README.md")
 
     return write_atomically(path, fill, overwrite=overwrite)
 
@@ -66,6 +141,13 @@ def save_checkpoint(model: Any, tokenizer: Any, path: Path, report: dict[str, An
 def load_report(path: Path) -> dict[str, Any]:
     """Read a run report from a checkpoint directory or a report file."""
     file = path / REPORT_NAME if path.is_dir() else path
-    if not file.exists():
+    if not file.is_file():
         raise MiprunError(f"no miprun report at '{file}'; pass a directory written by 'miprun run' or its {REPORT_NAME}")
-    return json.loads(file.read_text(encoding="utf-8"))
+    try:
+        report = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MiprunError(f"'{file}' is not a miprun report ({type(exc).__name__}: {exc}); pass the "
+                          f"{REPORT_NAME} that 'miprun run' wrote") from None
+    if not isinstance(report, dict):
+        raise MiprunError(f"'{file}' is not a miprun report (a JSON object was expected)")
+    return report

@@ -15,6 +15,7 @@ neurons — the same engine, with the specifics of :mod:`miprun.granularity`.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def prune(
     """
     from miprun.engine import execute
     from miprun.granularity import GRANULARITY
-    from miprun.output import check_output
+    from miprun.output import check_output, output_lock
 
     reporter = reporter or Reporter()
     registry = get_registry()
@@ -122,25 +123,29 @@ def prune(
     count = unit.count(loaded.adapter, n, ratio)
     out_path = Path(output) if output is not None else unit.default_output(
         loaded.source.get("spec", str(model)), plan.names, count, loaded.adapter)
-    if save:
-        check_output(out_path, overwrite=overwrite)
-
-    calibration = calibrate_stage(loaded, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
-                                  timings=timings, reporter=reporter)
-    outcome = execute(plan, loaded.model, loaded.adapter, calibration.input_ids, count=count,
-                      tokenizer=loaded.tokenizer, seed=seed, strategies=strategies, registry=registry,
-                      reporter=reporter, timings=timings)
-    report = {
-        "miprun_report_version": 1,
-        "model": loaded.source,
-        "model_type": loaded.adapter.model_type,
-        "data": calibration.source,
-        "seed": seed,
-        **outcome.report(registry),
-    }
-    result = PruneResult(loaded.model, loaded.tokenizer, loaded.adapter, outcome.selection, outcome.scores, report,
-                         timings=timings)
-    return _finish(result, evaluate=evaluate, save=save, out_path=out_path, overwrite=overwrite, reporter=reporter)
+    with output_lock(out_path) if save else nullcontext():
+        if save:
+            check_output(out_path, overwrite=overwrite)
+        calibration = calibrate_stage(loaded, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
+                                      timings=timings, reporter=reporter)
+        outcome = execute(plan, loaded.model, loaded.adapter, calibration.input_ids, count=count,
+                          tokenizer=loaded.tokenizer, seed=seed, strategies=strategies, registry=registry,
+                          reporter=reporter, timings=timings)
+        report = {
+            "miprun_report_version": 1,
+            "model": loaded.source,
+            "model_type": loaded.adapter.model_type,
+            "data": calibration.source,
+            "seed": seed,
+            **outcome.report(registry),
+            "rerun": {"model": loaded.source.get("spec", str(model)), "n": count, "calib": calib,
+                      "num_samples": num_samples, "seq_len": seq_len, "seed": seed, "granularity": plan.granularity,
+                      **plan.names, "options": {kind: values for kind, values in plan.options.items() if values},
+                      "dtype": dtype, "device_map": device_map},
+        }
+        result = PruneResult(loaded.model, loaded.tokenizer, loaded.adapter, outcome.selection, outcome.scores, report,
+                             timings=timings)
+        return _finish(result, evaluate=evaluate, save=save, out_path=out_path, overwrite=overwrite, reporter=reporter)
 
 
 def _finish(

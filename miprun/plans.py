@@ -33,7 +33,7 @@ ORDER = ("collector", "estimator", "scorer", "selector", "surgeon")
 """Strategy kinds in the order a run uses them."""
 
 DEFAULTS: dict[str, dict[str, str]] = {
-    "block": {"collector": "hidden-states", "scorer": "block-influence", "selector": "greedy",
+    "block": {"collector": "hidden-states", "scorer": "output-mi", "selector": "set-exchange",
               "surgeon": "remove-blocks", "mi_scorer": "block-mi"},
     "neuron": {"collector": "ffn-activations", "scorer": "neuron-mi", "selector": "mds-cluster",
                "surgeon": "slice-ffn", "mi_scorer": "neuron-mi"},
@@ -99,6 +99,8 @@ class Plan:
             entry = registry.get(kind, name)
             described[kind] = {"name": name, "options": {**entry.defaults(), **self.options.get(kind, {})},
                                "provider": entry.provider, "why": self.reasons.get(kind, "named")}
+            if entry.capabilities.caveat:
+                described[kind]["caveat"] = entry.capabilities.caveat
         return described
 
     def build(self, registry: Registry) -> dict[str, Any]:
@@ -241,8 +243,7 @@ def _with_options(registry: Registry, plan: Plan, options: dict[str, dict[str, A
                           f"(it uses {', '.join(plan.names)})")
     for kind, name in plan.names.items():
         entry = registry.get(kind, name)
-        values = dict(options.get(kind, {}))
-        entry.check_options(values)
+        values = entry.check_options(dict(options.get(kind, {})))
         if "seed" in entry.options() and "seed" not in values:
             values["seed"] = seed
         plan.options[kind] = values

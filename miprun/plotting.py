@@ -1,4 +1,6 @@
-"""Figures: the pruning curve of ``miprun compare``. matplotlib is an optional extra (``miprun[plot]``)."""
+"""Figures: the pruning curve of ``miprun compare`` and the span scores of ``miprun scores``.
+
+matplotlib is an optional extra (``miprun[plot]``)."""
 
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ def require_matplotlib() -> Any:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise MiprunError(
-            "the pruning-curve plot needs matplotlib, an optional extra: pip install 'miprun[plot]' "
-            "(or pip install matplotlib); pass --no-plot to get the table only"
+            "plots need matplotlib, an optional extra: pip install 'miprun[plot]' (or pip install "
+            "matplotlib); leave out --plot to get the table only"
         ) from exc
     return plt
 
@@ -65,3 +67,44 @@ def write_curve(report: dict[str, Any], plot: str | Path, dataset: str | None = 
     fig.savefig(png)
     plt.close(fig)
     return png, data
+
+
+def write_span_scores(
+    spans: dict[tuple[int, int], float], singles: list[float], selected: list[int], *, metric: str,
+    importance_label: str, title: str, plot: str | Path,
+) -> Path:
+    """The paper's Figure 2 view of a run's scores: a heatmap of every scored span (first block ×
+    span length; unscored cells blank) with the removed blocks marked, above bars of each block's
+    importance (lower = safer to remove; removed blocks highlighted). Writes a PNG to ``plot``."""
+    import numpy as np
+
+    plt = require_matplotlib()
+    if not spans:
+        raise MiprunError("the run scored no spans to plot")
+    num_blocks = max(len(singles), max(f + n for f, n in spans))
+    lengths = sorted({n for _, n in spans})
+    grid = np.full((len(lengths), num_blocks), np.nan)
+    for (first, length), value in spans.items():
+        grid[lengths.index(length), first] = value
+    fig = plt.figure(figsize=(max(7.0, num_blocks * 0.32), 7.5), layout="constrained")
+    grid_spec = fig.add_gridspec(2, 2, width_ratios=(40, 1), height_ratios=(max(2, min(len(lengths), 8)), 3))
+    top, bar_axis, bottom = fig.add_subplot(grid_spec[0, 0]), fig.add_subplot(grid_spec[0, 1]), fig.add_subplot(grid_spec[1, 0])
+    image = top.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest", origin="lower",
+                       extent=(-0.5, num_blocks - 0.5, -0.5, len(lengths) - 0.5))
+    top.set_yticks(range(len(lengths)), [str(n) for n in lengths])
+    top.set_ylabel("span length (blocks)")
+    top.set_xlabel("first block of the span")
+    top.set_title(title)
+    fig.colorbar(image, cax=bar_axis, label=metric)
+    for block in selected:
+        top.axvline(block, color="red", linewidth=1.2, alpha=0.7)
+    colors = ["tab:red" if b in selected else "tab:blue" for b in range(len(singles))]
+    bottom.bar(range(len(singles)), singles, color=colors)
+    bottom.set_xlim(-0.5, num_blocks - 0.5)
+    bottom.set_xlabel("block (0-based; red = removed, red lines above)")
+    bottom.set_ylabel(importance_label)
+    bottom.grid(True, axis="y", alpha=0.3)
+    png = Path(plot)
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png

@@ -12,7 +12,8 @@ that they skip blocks the same way and count their cost the same way.
   merged layers) and restores them afterwards, bit for bit.
 * **Counting**: one *forward pass* is one pass of the model over all calibration sequences (however
   many batches that takes), the unit :class:`~miprun.contracts.RunContext` uses; every probe adds
-  its passes to the prober and to the run's context.
+  one call to the prober and its share of the run's sequences to the run's context (a probe over
+  1 of 16 sequences adds 1/16).
 """
 
 from __future__ import annotations
@@ -123,8 +124,8 @@ class Prober:
 
     :param batch_size: sequences per batch (memory only; results do not depend on it beyond
         floating-point summation order).
-    :param context: a :class:`~miprun.contracts.RunContext` whose ``forward_passes`` is kept in
-        step with this prober's.
+    :param context: a :class:`~miprun.contracts.RunContext` whose ``forward_passes`` grows by this
+        prober's share of the run's calibration sequences per call.
     """
 
     def __init__(self, model: Any, adapter: Any, input_ids: Any, *, batch_size: int = 4, context: Any = None) -> None:
@@ -159,9 +160,12 @@ class Prober:
         return int(self.input_ids.shape[0] * (self.input_ids.shape[1] - 1))
 
     def _count(self) -> None:
+        """One more model call; the run's context counts it as the share of the calibration
+        sequences it covered (a call over 1 of 16 sequences is 1/16 of a pass)."""
         self.passes += 1
         if self.context is not None:
-            self.context.forward_passes += 1
+            total = getattr(self.context.input_ids, "shape", (0,))[0] or self.input_ids.shape[0]
+            self.context.forward_passes += self.input_ids.shape[0] / total
 
     def _batches(self) -> Iterator[torch.Tensor]:
         device = input_device(self.model)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pluggy
+
+from miprun.options import convert_option
 
 from miprun import PROJECT, hookspecs
 from miprun.contracts import ArchitectureSpec, Capabilities
@@ -70,22 +73,42 @@ class Entry:
         """The factory's keyword options that have defaults, with those defaults."""
         return {p.name: p.default for p in self.parameters() if p.kind is not p.VAR_KEYWORD and p.default is not p.empty}
 
-    def check_options(self, options: dict[str, Any]) -> None:
-        """Refuse an option the factory does not take, with a did-you-mean."""
-        if any(p.kind is p.VAR_KEYWORD for p in self.parameters()):
-            return
-        known = self.options()
-        for key in options:
-            if key not in known:
-                raise MiprunError(
-                    f"{self.kind} '{self.name}' has no option '{key}'{did_you_mean(key, known)}; "
-                    f"valid options: {', '.join(known) or 'none'}"
-                )
+    def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` converted to the types the factory's signature declares; an option the
+        factory does not take (with a did-you-mean) or a value of the wrong type is a
+        :class:`MiprunError` — before any model is loaded."""
+        if not any(p.kind is p.VAR_KEYWORD for p in self.parameters()):
+            known = self.options()
+            for key in options:
+                if key not in known:
+                    raise MiprunError(
+                        f"{self.kind} '{self.name}' has no option '{key}'{did_you_mean(key, known)}; "
+                        f"valid options: {', '.join(known) or 'none'}"
+                    )
+        hints = self._type_hints()
+        owner = f"{self.kind} '{self.name}'"
+        return {key: convert_option(owner, key, value, hints[key]) if key in hints else value
+                for key, value in options.items()}
+
+    def _type_hints(self) -> dict[str, Any]:
+        """The factory's resolved annotations (empty when they cannot be resolved)."""
+        factory = self.load_factory()
+        target = factory.__init__ if inspect.isclass(factory) else factory
+        try:
+            return typing.get_type_hints(target)
+        except Exception:  # noqa: BLE001 - an unresolvable annotation only skips the conversion
+            return {}
 
     def create(self, **options: Any) -> Any:
-        """Build the strategy with ``options``; unknown options are a :class:`MiprunError`."""
-        self.check_options(options)
-        return self.load_factory()(**options)
+        """Build the strategy with ``options`` (checked and converted by :meth:`check_options`).
+        A factory that still rejects a value with ``TypeError``/``ValueError`` becomes one
+        :class:`MiprunError` naming the strategy and its options."""
+        options = self.check_options(options)
+        try:
+            return self.load_factory()(**options)
+        except (TypeError, ValueError) as exc:
+            given = ", ".join(f"{k}={v!r}" for k, v in options.items()) or "no options"
+            raise MiprunError(f"{self.kind} '{self.name}' rejected its options ({given}): {exc}") from exc
 
     def works_at(self, granularity: str) -> bool:
         """Whether the strategy declared ``granularity``."""

@@ -46,9 +46,15 @@ def tiny_config(model_type: str, vocab_size: int, layers: int = 4):
     common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     if model_type == "gpt2":
         return AutoConfig.for_model("gpt2", n_embd=32, n_layer=layers, n_head=4, n_positions=128, **common)
-    extra = {"head_dim": 8} if model_type == "gemma3_text" else {}
-    if model_type == "gemma3_text":
-        extra["sliding_window"] = 16
+    if model_type == "opt":
+        return AutoConfig.for_model("opt", hidden_size=32, ffn_dim=64, num_hidden_layers=layers, num_attention_heads=4,
+                                    max_position_embeddings=128, word_embed_proj_dim=32, **common)
+    if model_type == "gpt_neox":
+        return AutoConfig.for_model("gpt_neox", hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                                    num_attention_heads=4, max_position_embeddings=128, **common)
+    extra = {"head_dim": 8, "sliding_window": 16} if model_type in ("gemma2", "gemma3_text") else {}
+    if model_type == "mixtral":
+        extra = {"num_local_experts": 4, "num_experts_per_tok": 2}
     return AutoConfig.for_model(
         model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, **extra, **common,
@@ -68,7 +74,7 @@ def build_tiny(model_type: str, layers: int = 4, seed: int = 0):
     return LoadedModel(model, tokenizer, adapter_for(model), {"spec": f"tiny-{model_type}", "kind": "memory"})
 
 
-ARCHITECTURES = ["llama", "qwen2", "mistral", "gemma3_text", "gpt2"]
+ARCHITECTURES = ["llama", "qwen2", "mistral", "gemma2", "gemma3_text", "gpt2", "opt", "gpt_neox", "phi3", "mixtral"]
 
 
 @pytest.fixture

@@ -42,8 +42,9 @@ def test_removed_model_matches_a_model_built_without_those_blocks(arch, tmp_path
         assert reloaded.get_output_embeddings().weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
 
 
-def test_removing_a_block_equals_skipping_it_in_the_forward_pass():
-    loaded = build_tiny("llama", layers=4)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_removing_a_block_equals_skipping_it_in_the_forward_pass(arch):
+    loaded = build_tiny(arch, layers=4)
     ids = torch.tensor([[1, 5, 9, 12, 7]])
     adapter = loaded.adapter
     original = list(adapter.blocks)
@@ -73,8 +74,29 @@ def test_surgeon_rejects_bad_indices():
 def test_unsupported_architecture_is_named():
     from transformers import AutoConfig
 
-    config = AutoConfig.for_model("opt", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
-                                  vocab_size=50, word_embed_proj_dim=16)
+    config = AutoConfig.for_model("bloom", hidden_size=16, n_layer=1, n_head=2, vocab_size=50)
     model = AutoModelForCausalLM.from_config(config)
-    with pytest.raises(MiprunError, match=r"unsupported architecture 'opt'; miprun supports .*llama"):
+    with pytest.raises(MiprunError, match=r"unsupported architecture 'bloom'; miprun supports .*llama"):
         adapter_for(model)
+
+
+@pytest.mark.parametrize("arch, ffn", [("opt", "fc1"), ("gpt_neox", "mlp.dense_h_to_4h"), ("gemma2", "mlp.up_proj")])
+def test_neuron_pruning_where_the_ffn_allows_it(arch, ffn, text_file):
+    import miprun
+    from miprun.models.adapters import ffn_widths
+
+    loaded = build_tiny(arch, layers=2)
+    result = miprun.prune(loaded, granularity="neuron", n=16, calib=str(text_file), num_samples=2, seq_len=16,
+                          selector="neuron-magnitude", save=False)
+    assert ffn_widths(loaded.adapter) == [48, 48] and result.report["surgery"]["width_after"] == 48
+    with torch.no_grad():
+        assert torch.isfinite(loaded.model(torch.tensor([[1, 5, 9, 12]])).logits).all()
+
+
+@pytest.mark.parametrize("arch, reason", [("phi3", "fuses its gate and up projections"), ("mixtral", "mixture of experts")])
+def test_neuron_pruning_is_refused_in_one_line_where_the_ffn_does_not_allow_it(arch, reason, text_file):
+    import miprun
+
+    with pytest.raises(MiprunError, match=rf"neuron pruning is not supported for '{arch}': .*{reason}.*; prune blocks instead"):
+        miprun.prune(build_tiny(arch, layers=2), granularity="neuron", n=16, calib=str(text_file), num_samples=2,
+                     seq_len=16, selector="neuron-magnitude", save=False)

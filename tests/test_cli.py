@@ -67,7 +67,7 @@ def test_unknown_estimator_is_one_line_naming_the_choices():
         (["--prune", "0"], "--prune must be at least 1"),
         (["--ratio", "1.5"], "--ratio must be between 0 and 1"),
         (["--option", "estimator"], "is not KIND.KEY=VALUE"),
-        (["--option", "collector.max_tokns=5"], "no option 'max_tokns' (did you mean 'max_tokens'?)"),
+        (["--method", "shortgpt", "--option", "collector.max_tokns=5"], "no option 'max_tokns' (did you mean 'max_tokens'?)"),
     ],
 )
 def test_bad_run_arguments_fail_cleanly_and_write_nothing(capsys, monkeypatch, tmp_path, tiny_dir, args, message):

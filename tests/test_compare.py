@@ -49,7 +49,8 @@ def test_compare_shares_one_calibration_sample_and_reports_quality_and_cost(text
     assert by["sleb"]["cost"]["forward_passes"] == 6 + 5 + 1 > by["shortgpt"]["cost"]["forward_passes"] == 1
     assert by["random"]["cost"]["forward_passes"] == 0
     # the same calibration, seed and strategies as `miprun run` give the same selection
-    single = miprun.prune(build_tiny("llama", layers=6), n=2, calib=str(text_file), num_samples=4, seq_len=16, save=False)
+    single = miprun.prune(build_tiny("llama", layers=6), n=2, calib=str(text_file), num_samples=4, seq_len=16,
+                          method="shortgpt", save=False)
     assert by["shortgpt"]["blocks"] == single.selection.blocks
     assert loaded.adapter.num_blocks == 6  # the model handed in is never pruned
     markdown = to_markdown(report)

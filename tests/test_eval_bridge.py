@@ -83,3 +83,32 @@ def test_smollm2_paper_tasks_quick(smollm2):
     assert list(scores) == list(PAPER_TASKS)
     assert all(s["n"] == 4 for s in scores.values())
     assert all(s["source"].startswith("local:") for s in scores.values())
+
+
+@needs_data
+def test_miprun_eval_matches_stock_lm_eval_on_a_pruned_checkpoint(tmp_path, text_file):
+    """The numbers of ``miprun eval`` are lm-eval's: the saved pruned checkpoint scored by lm-eval's
+    own ``hf`` model (loading the directory itself) on the same local task config gives the same."""
+
+    from conftest import build_tiny
+    from lm_eval import simple_evaluate
+    from typer.testing import CliRunner
+
+    import miprun
+    from miprun.cli.main import app
+    from miprun.evaluation.lm_eval_bridge import build_tasks, local_task_manager, quiet_lm_eval
+
+    out = tmp_path / "pruned"
+    miprun.prune(build_tiny("llama", layers=4, seed=3), n=1, calib=str(text_file), num_samples=2, seq_len=16,
+                 method="shortgpt", output=out)
+    report = tmp_path / "eval.json"
+    result = CliRunner().invoke(app, ["eval", str(out), "--ppl", "none", "--tasks", "rte", "--limit", "12",
+                                      "--batch-size", "4", "--dtype", "float32", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    ours = json.loads(report.read_text())["tasks"]["rte"]
+    with quiet_lm_eval():
+        stock = simple_evaluate(model="hf", model_args=f"pretrained={out},dtype=float32", tasks=list(build_tasks(["rte"]).values()),
+                                limit=12, batch_size=4, task_manager=local_task_manager(), bootstrap_iters=0,
+                                log_samples=False, device="cpu")
+    assert stock["results"]["rte"]["acc,none"] == pytest.approx(ours["acc"], abs=1e-12)
+    assert ours["n"] == 12

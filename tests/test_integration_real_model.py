@@ -28,11 +28,12 @@ def test_run_with_no_arguments_prunes_the_default_model(tmp_path):
     done = subprocess.run([sys.executable, "-m", "miprun.cli.main", "run"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
-    out = tmp_path / "pruned" / "smollm2-135m-block-influence-greedy-minus6"
+    out = tmp_path / "pruned" / "smollm2-135m-output-mi-set-exchange-minus6"
     report = json.loads((out / "miprun_report.json").read_text())
     assert len(report["selected_blocks"]) == 6 and report["prune"]["of_blocks"] == 30
     assert report["data"]["path"].endswith("wikitext-2/valid.txt")
     assert report["model"]["kind"] == "embedded" and report["versions"]["transformers"]
+    assert report["method"] == "output-mi+set-exchange" and report["strategies"]["scorer"]["why"] == "block default"
 
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert reloaded.config.num_hidden_layers == 24 and len(reloaded.model.layers) == 24
@@ -85,8 +86,12 @@ def test_default_mi_pipeline_refines_the_set_on_the_real_model(tmp_path):
     info, trace = report["selection"]["info"], report["selection"]["trace"]
     assert info["mode"] == "set-exchange" and info["stop"] == "converged"
     assert trace[-1]["importance"] <= trace[0]["importance"]  # exchanges only ever improve the set's MI
-    # no collection pass: the reference pass and one per scored block or set
-    assert report["evaluations"]["forward_passes"] == 1 + report["evaluations"]["mi"]
+    # the search ran on 1 of the 4 sequences; the finalists raced on the 4 (one chunk)
+    assert report["block_scores"]["screen_samples"] == 1 and info["decision"]["mode"] == "race"
+    assert blocks == min(info["decision"]["candidates"], key=lambda c: c["importance"])["candidate"]
+    # no collection pass; each screened evaluation costs a quarter of a pass
+    passes = (1 + report["evaluations"]["mi"]) / 4 + 1 + len(info["finalists"])
+    assert report["evaluations"]["forward_passes"] == pytest.approx(passes)
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 24
 
 

@@ -15,7 +15,6 @@ from miprun.errors import MiprunError
 from miprun.estimators.gaussian_channel import GaussianChannelEstimator
 from miprun.probing import Prober
 from miprun.scorers.output_mi import OutputMIScorer, logit_isometry
-from miprun.selectors.fast_block_select import FastBlockSelector
 from miprun.selectors.set_exchange import SetExchangeSelector
 from miprun.selectors.greedy import GreedySelector
 
@@ -100,8 +99,8 @@ def test_output_mi_is_the_estimator_on_the_dense_and_pruned_outputs():
     ids = torch.randint(4, 40, (3, 12))
     context = RunContext(loaded.model, loaded.adapter, ids)
     estimator = GaussianChannelEstimator()
-    scores = OutputMIScorer().score(BoundaryStates([None] * 6), estimator, context=context)
-    raw = OutputMIScorer(space="hidden").score(BoundaryStates([None] * 6), estimator,
+    scores = OutputMIScorer(screen="off").score(BoundaryStates([None] * 6), estimator, context=context)
+    raw = OutputMIScorer(space="hidden", screen="off").score(BoundaryStates([None] * 6), estimator,
                                                context=RunContext(loaded.model, loaded.adapter, ids))
     prober = Prober(loaded.model, loaded.adapter, ids)
     dense = prober.output_states()
@@ -121,12 +120,21 @@ def test_output_mi_is_the_estimator_on_the_dense_and_pruned_outputs():
     assert scores.value(3) > 10 + max(scores.value(i) for i in range(5) if i != 3)
     # one reference pass, then one pass per scored block or set
     assert context.forward_passes == 1 + scores.evaluations
+    # the default screen is the same scorer on the first of the 3 sequences (one in 16, at least one)
+    screened = OutputMIScorer().score(BoundaryStates([None] * 6), estimator,
+                                      context=RunContext(loaded.model, loaded.adapter, ids))
+    first = OutputMIScorer(screen="off").score(BoundaryStates([None] * 6), estimator,
+                                               context=RunContext(loaded.model, loaded.adapter, ids[:1]))
+    assert screened.screen.singles() == pytest.approx(first.singles(), rel=1e-12)
+    assert screened.info == {"samples": 3, "screen_samples": 1}
     with pytest.raises(MiprunError, match="needs an estimator"):
         OutputMIScorer().score(BoundaryStates([None] * 6), None, context=context)
     with pytest.raises(MiprunError, match="needs the run context"):
         OutputMIScorer().score(BoundaryStates([None] * 6), estimator)
     with pytest.raises(MiprunError, match="samples must be"):
         OutputMIScorer(samples=0)
+    with pytest.raises(MiprunError, match="screen must be auto, off or a whole number"):
+        OutputMIScorer(screen="some")
 
 
 def test_replaying_the_dense_prefix_gives_exactly_the_recomputed_outputs():
@@ -170,16 +178,22 @@ def test_the_mi_prun_method_runs_output_mi_without_collection_and_removes_identi
     assert report["strategies"]["scorer"]["name"] == "output-mi"
     assert report["strategies"]["estimator"]["name"] == "gaussian-channel"
     # the report records effective options, defaults included, so it stays exact if a default changes
-    assert report["strategies"]["scorer"]["options"] == {"samples": None, "batch_size": 4, "reuse_prefix": True,
-                                                         "space": "logits"}
+    assert report["strategies"]["scorer"]["options"] == {"samples": None, "screen": "auto", "batch_size": 4,
+                                                         "reuse_prefix": True, "space": "logits"}
     assert report["strategies"]["estimator"]["options"] == {"normalize": "none", "eps": 1e-12}
     assert result.selection.blocks == [1, 4]
-    assert report["selection"]["info"]["mode"] == "set-exchange"
-    assert report["evaluations"]["mi"] == result.scores.evaluations >= 6
-    # no collection pass (output-mi reads no collected states): the reference pass + one per scored span or set
+    info = report["selection"]["info"]
+    assert info["mode"] == "set-exchange" and info["decision"]["mode"] == "race"
+    # the search ran on the screen (1 of the 4 sequences); the finalists raced on all 4 (one chunk)
+    screen = result.scores.screen
+    assert report["block_scores"]["from"] == "screen" and report["block_scores"]["screen_samples"] == 1
+    assert report["evaluations"]["mi"] == result.scores.evaluations == screen.evaluations >= 6
+    assert [row["sequences"] for row in info["decision"]["candidates"]] == [4] * len(info["finalists"])
+    # no collection pass (output-mi reads no collected states); passes count the share of sequences
     assert report["collection"] is None and "collect" not in report["timings"]
-    assert report["evaluations"]["forward_passes"] == 1 + result.scores.evaluations
-    assert all(len(row["blocks"]) > 1 for row in report["set_table"])
+    assert report["evaluations"]["forward_passes"] == pytest.approx((1 + screen.evaluations) / 4
+                                                                    + 1 + len(info["finalists"]))
+    assert all(len(row["blocks"]) > 1 for row in report["screen"]["set_table"])
 
 
 def test_fast_block_select_is_algorithm_1_on_any_scorer_and_set_exchange_needs_set_scores(text_file):
@@ -237,3 +251,37 @@ def test_offloaded_model_gives_the_same_states_and_output_mi():
     states, singles, set_value = run()
     assert all(torch.equal(a, b) for a, b in zip(dense_states.states, states.states))
     assert singles == pytest.approx(dense_singles, rel=1e-12) and set_value == pytest.approx(dense_set, rel=1e-12)
+
+
+def test_set_exchange_searches_on_the_screen_and_lets_the_full_scores_decide():
+    """With a screen (the same scorer on fewer sequences), singles, starts and exchanges run on the
+    screen; only its best ``finalists`` sets are scored in full, and the full scores decide."""
+    def value(blocks):
+        return 10.0 - sum(COSTS[b] for b in blocks) - (5.0 if {1, 2} <= set(blocks) else 0.0)
+
+    def noisy(blocks):  # the screen over-rates [2, 3, 6] (8.4 in full) as 9.2
+        return value(blocks) + (0.8 if tuple(blocks) == (2, 3, 6) else 0.0)
+
+    full_calls: list = []
+
+    def full(blocks):
+        full_calls.append(blocks)
+        return value(blocks)
+
+    screen = SpanScores(8, lambda f, n: noisy(tuple(range(f, f + n))), metric="mi", redundant_when_high=True,
+                        compute_set=noisy)
+    scores = SpanScores(8, lambda f, n: full(tuple(range(f, f + n))), metric="mi", redundant_when_high=True,
+                        compute_set=full, screen=screen)
+    selection = SetExchangeSelector().select(scores, 3)
+    assert scores.ranking is screen and selection.info["screened_choice"] == [2, 3, 6]
+    assert selection.info["finalists"] == [[2, 3, 6], [2, 4, 6]]  # the screen's two best 3-sets
+    assert full_calls == [(2, 3, 6), (2, 4, 6)]  # nothing else ran in full
+    assert selection.blocks == [2, 4, 6]  # 8.9 beats 8.4 in full
+    assert selection.evaluations == scores.evaluations == screen.evaluations + 2
+    one = SetExchangeSelector(finalists=1).select(
+        SpanScores(8, lambda f, n: value(tuple(range(f, f + n))), metric="mi", redundant_when_high=True,
+                   compute_set=value, screen=SpanScores(8, lambda f, n: noisy(tuple(range(f, f + n))), metric="mi",
+                                                        redundant_when_high=True, compute_set=noisy)), 3)
+    assert one.blocks == [2, 3, 6]  # one finalist: the screen alone decides
+    with pytest.raises(MiprunError, match="finalists must be"):
+        SetExchangeSelector(finalists=0)

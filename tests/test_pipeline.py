@@ -22,15 +22,17 @@ def test_prune_saves_a_checkpoint_that_reloads_with_identical_logits(tmp_path, t
     assert result.output == out and len(result.selection.blocks) == 2
     report = json.loads((out / "miprun_report.json").read_text())
     assert report["selected_blocks"] == result.selection.blocks
-    assert report["strategies"]["scorer"]["name"] == "block-influence"
-    assert report["strategies"]["selector"]["name"] == "greedy"
+    # the default plan is MI-PRUN: output MI, Gaussian channel, set exchange (no collection pass)
+    assert {kind: s["name"] for kind, s in report["strategies"].items()} == {
+        "estimator": "gaussian-channel", "scorer": "output-mi", "selector": "set-exchange", "surgeon": "remove-blocks"}
+    assert all(s["why"] == "block default" or s["why"].startswith("default of") for s in report["strategies"].values())
     assert report["data"]["num_samples"] == 4 and report["seed"] == 0
     assert len(report["block_scores"]["values"]) == 6
-    assert set(report["timings"]) >= {"load", "calibrate", "collect", "estimate", "select", "operate", "save"}
+    assert set(report["timings"]) >= {"load", "calibrate", "estimate", "select", "operate", "save"}
     assert report["versions"]["torch"] == torch.__version__.split("+")[0] or report["versions"]["torch"].startswith(torch.__version__[:4])
-    # greedy removes the two blocks with the lowest block influence
-    influence = report["block_scores"]["values"]
-    assert sorted(result.selection.blocks) == sorted(sorted(range(6), key=lambda i: influence[i])[:2])
+    # the race's winner is the finalist of highest output MI on every sequence
+    decision = report["selection"]["info"]["decision"]["candidates"]
+    assert result.selection.blocks == min(decision, key=lambda c: c["importance"])["candidate"]
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert reloaded.config.num_hidden_layers == 4
     ids = torch.tensor([[1, 5, 9, 12, 7, 30]])
@@ -85,7 +87,9 @@ def test_counts_and_defaults():
     assert headline.reasons["scorer"] == "default of selector 'fast-block-select'"
     assert resolve_plan(scorer="output-mi").names["selector"] == "set-exchange"
     assert "collector" not in resolve_plan(scorer="output-mi").names  # output-mi reads no collected states
-    assert resolve_plan(selector="greedy").names["scorer"] == "block-influence"
+    assert resolve_plan(selector="greedy").names["scorer"] == "output-mi"  # the block default scorer
+    assert resolve_plan().names == {"estimator": "gaussian-channel", "scorer": "output-mi", "selector": "set-exchange",
+                                    "surgeon": "remove-blocks"}
     assert resolve_plan(scorer="block-influence", selector="fast-block-select").names["scorer"] == "block-influence"
     with pytest.raises(MiprunError, match="did you mean 'greedy'"):
         resolve_plan(selector="gredy")

@@ -122,3 +122,19 @@ def test_small_table_without_fixture(tmp_path):
     out = json.loads(run("--scores", str(path), "--blocks", "4", "--prune", "2",
                          "--selector", "brute-force", "--missing-mi", "0", "--json").stdout)
     assert out["blocks"] == [1, 2]
+
+
+def test_scores_plot_draws_the_span_heatmap_with_the_selection(tmp_path, text_file):
+    import miprun
+    from conftest import build_tiny
+    from typer.testing import CliRunner
+
+    from miprun.cli.main import app
+
+    out = tmp_path / "run"
+    miprun.prune(build_tiny("llama", layers=6), n=2, calib=str(text_file), num_samples=4, seq_len=16,
+                 method="mi-prun-local", output=out)
+    png = tmp_path / "spans.png"
+    result = CliRunner().invoke(app, ["scores", str(out), "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 from typing import Any, Callable
 
 import typer
@@ -30,7 +31,9 @@ app = typer.Typer(
 
 
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap ``command`` so that a :class:`MiprunError` ends it with one ``miprun: error:`` line, exit 2."""
+    """Wrap ``command`` so that a :class:`MiprunError` ends it with one ``miprun: error:`` line, exit 2,
+    and an interruption (Ctrl-C, or SIGTERM: see :func:`main`) with one line, exit 130, after every
+    ``finally`` and cleanup has run."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -39,6 +42,9 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except MiprunError as exc:
             typer.echo(f"miprun: error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("miprun: interrupted; nothing was written (partial outputs were removed)", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -48,10 +54,15 @@ for _name, _command in (("run", run), ("list", list_strategies), ("plugins", lis
     app.command(_name)(one_line_errors(_command))
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point of the ``miprun`` console script."""
     # miprun shows its own progress; keep transformers' per-file bars out of the terminal
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's kill cleans up like Ctrl-C
     app()  # standalone mode: usage errors and exit codes are handled by click
 
 

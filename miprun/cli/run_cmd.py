@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from miprun.cli.console import RichReporter, err, out, print_json
+from miprun.cli.console import err, out, print_json, progress_reporter
 from miprun.models.embedded import DEFAULT_MODEL
 
 
@@ -24,8 +24,8 @@ def run(
     seed: Annotated[int, typer.Option(help="Seed for data sampling and every seeded strategy")] = 0,
     collector: Annotated[Optional[str], typer.Option(help="Collector (default hidden-states; neuron: ffn-activations)")] = None,
     estimator: Annotated[Optional[str], typer.Option(help="MI estimator; naming one alone selects the MI scorer block-mi (neuron: neuron-mi)")] = None,
-    scorer: Annotated[Optional[str], typer.Option(help="Scorer (default: the selector's declared partner, else block-influence; neuron: neuron-mi)")] = None,
-    selector: Annotated[Optional[str], typer.Option(help="Selector (default: the scorer's declared partner, else greedy; neuron: mds-cluster)")] = None,
+    scorer: Annotated[Optional[str], typer.Option(help="Scorer (default: the selector's declared partner, else output-mi; neuron: neuron-mi)")] = None,
+    selector: Annotated[Optional[str], typer.Option(help="Selector (default: the scorer's declared partner, else set-exchange; neuron: mds-cluster)")] = None,
     surgeon: Annotated[Optional[str], typer.Option(help="Surgeon (default remove-blocks, laco for the laco selector; neuron: slice-ffn)")] = None,
     option: Annotated[list[str], typer.Option("--option", "-o", help="Strategy option KIND.KEY=VALUE, repeatable")] = [],
     output: Annotated[Optional[Path], typer.Option(help="Checkpoint directory (default pruned/<model>-...)")] = None,
@@ -34,19 +34,28 @@ def run(
     device_map: Annotated[Optional[str], typer.Option(help="accelerate device map, e.g. auto")] = None,
     eval_ppl: Annotated[Optional[str], typer.Option("--eval", help="Evaluate perplexity after pruning on these sets, e.g. wikitext2")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
+    from_report: Annotated[Optional[Path], typer.Option("--from-report", help="Rerun the run a miprun_report.json (or its directory) records; only --output, --overwrite, --eval and --json may be added")] = None,
 ) -> None:
     """Prune a model and save a checkpoint that transformers loads, with miprun_report.json beside it."""
     from miprun.options import parse_options
     from miprun.pipeline import prune as run_pipeline
 
     evaluate = {"ppl": tuple(eval_ppl.split(","))} if eval_ppl else None
-    with RichReporter() as reporter:
-        result = run_pipeline(
-            model, n=prune, ratio=ratio, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
-            granularity=granularity, method=method, collector=collector, estimator=estimator, scorer=scorer, selector=selector, surgeon=surgeon,
-            options=parse_options(option), output=output, overwrite=overwrite, dtype=dtype,
-            device_map=device_map, evaluate=evaluate, reporter=reporter,
-        )
+    if from_report is not None:
+        given = {"model": model != DEFAULT_MODEL, "calib": calib != "wikitext2", "prune": prune is not None,
+                 "ratio": ratio is not None, "granularity": granularity != "block", "method": method is not None,
+                 "num-samples": num_samples != 16, "seq-len": seq_len != 256, "seed": seed != 0,
+                 "collector": collector is not None, "estimator": estimator is not None, "scorer": scorer is not None,
+                 "selector": selector is not None, "surgeon": surgeon is not None, "option": bool(option),
+                 "dtype": dtype != "auto", "device-map": device_map is not None}
+        arguments = rerun_arguments(from_report, [flag for flag, set_ in given.items() if set_])
+    else:
+        arguments = dict(model=model, n=prune, ratio=ratio, calib=calib, num_samples=num_samples, seq_len=seq_len,
+                         seed=seed, granularity=granularity, method=method, collector=collector, estimator=estimator,
+                         scorer=scorer, selector=selector, surgeon=surgeon, options=parse_options(option),
+                         dtype=dtype, device_map=device_map)
+    with progress_reporter() as reporter:
+        result = run_pipeline(output=output, overwrite=overwrite, evaluate=evaluate, reporter=reporter, **arguments)
     report = result.report
     if json_output:
         print_json(report)
@@ -68,7 +77,46 @@ def run(
             table.add_row(f"perplexity {name}", f"{value:.2f}" if isinstance(value, float) else str(value))
     table.add_row("saved to", str(result.output))
     out.print(table)
+    _print_caveats(report)
     err.print(f"load it with AutoModelForCausalLM.from_pretrained('{result.output}')")
+
+
+def rerun_arguments(path: Path, conflicting: list[str]) -> dict:
+    """The :func:`miprun.prune` arguments a report's ``rerun`` section records; a one-line error
+    for a report without one or for flags that would change the run."""
+    from miprun.errors import MiprunError
+    from miprun.output import load_report
+
+    if conflicting:
+        raise MiprunError(f"--from-report replays the recorded run; drop --{', --'.join(conflicting)} "
+                          f"(only --output, --overwrite, --eval and --json may be added)")
+    import inspect
+
+    from miprun.pipeline import prune
+
+    recorded = load_report(path).get("rerun")
+    if not isinstance(recorded, dict) or "model" not in recorded:
+        raise MiprunError(f"the report '{path}' records no rerun section (written by an older miprun?); "
+                          f"rerun with the flags its 'strategies', 'data' and 'seed' show")
+    accepted = set(inspect.signature(prune).parameters) - {"output", "save", "overwrite", "evaluate", "reporter"}
+    whole = ("n", "num_samples", "seq_len", "seed")
+    damaged = sorted(set(recorded) - accepted) + [
+        key for key, value in recorded.items() if key in accepted and not (
+            (isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())) if key == "options"
+            else (isinstance(value, int) and not isinstance(value, bool)) if key in whole
+            else isinstance(value, float) if key == "ratio"
+            else isinstance(value, str)) and value is not None]
+    if damaged:
+        raise MiprunError(f"the rerun section of '{path}' is damaged ({', '.join(damaged)}); "
+                          f"rerun with the flags its 'strategies', 'data' and 'seed' show")
+    return dict(recorded)
+
+
+def _print_caveats(report: dict) -> None:
+    """One ``note:`` line per strategy of the run that declared a known limit."""
+    for kind, described in report["strategies"].items():
+        if described.get("caveat"):
+            err.print(f"note: {kind} {described['name']}: {described['caveat']}")
 
 
 def _add_strategies(table: Table, report: dict) -> None:
@@ -106,5 +154,6 @@ def _print_neuron_run(result) -> None:
             table.add_row(f"perplexity {name}", _perplexity_value(value))
     table.add_row("saved to", str(result.output))
     out.print(table)
+    _print_caveats(report)
     if result.output is not None:
         err.print(f"load it with AutoModelForCausalLM.from_pretrained('{result.output}')")

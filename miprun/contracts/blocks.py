@@ -67,8 +67,17 @@ class SpanScores:
         span matters (1 − cosine), so importance = value.
     :param compute_set: ``compute_set(blocks) -> value`` for any set of blocks removed together,
         for scorers that measure a whole pruned model (``output-mi``); selectors that can use
-        set values (Fast-Block-Select) check :attr:`supports_sets`. A contiguous set is the span of
+        set values (``set-exchange``) check :attr:`supports_sets`. A contiguous set is the span of
         the same blocks and shares its cached value.
+    :param screen: a cheaper estimate of the same values (the same scorer on a subsample of the
+        calibration tokens), for scorers whose every value costs a model run. A selector may search
+        on it (rank candidates, explore) but decides on these scores; selectors that do not know
+        about it simply use these. Reports show per-block values from it when present.
+    :param decide: ``decide(sets) -> (best, record)``: how the scorer picks the best of a few
+        candidate sets (:meth:`choose`) when it can do better than scoring each in full —
+        ``output-mi`` races them on the calibration sequences and stops when the gap is beyond
+        sampling noise (:mod:`miprun.racing`). Without it, :meth:`choose` compares set values.
+    :param info: what the scorer wants recorded about how it scored (e.g. the screen's size).
     """
 
     def __init__(
@@ -79,6 +88,9 @@ class SpanScores:
         metric: str,
         redundant_when_high: bool,
         compute_set: Callable[[tuple[int, ...]], float] | None = None,
+        screen: "SpanScores | None" = None,
+        decide: Callable[[list[tuple[int, ...]]], tuple[tuple[int, ...], dict[str, Any]]] | None = None,
+        info: dict[str, Any] | None = None,
     ) -> None:
         if num_blocks < 1:
             raise MiprunError(f"span scores need at least one block, got {num_blocks}")
@@ -87,6 +99,9 @@ class SpanScores:
         self.redundant_when_high = redundant_when_high
         self._compute = compute
         self._compute_set = compute_set
+        self.screen = screen
+        self._decide = decide
+        self.info = dict(info or {})
         self._values: dict[tuple[int, int], float] = {}
         self._set_values: dict[tuple[int, ...], float] = {}
 
@@ -132,6 +147,19 @@ class SpanScores:
         """Importance of removing ``blocks`` together: lower means safer to remove."""
         return self._as_importance(self.set_value(blocks))
 
+    def choose(self, sets: Iterable[Iterable[int]]) -> tuple[list[int], dict[str, Any]]:
+        """The least important of ``sets`` (each a block set removed together) and how it was
+        decided: by the scorer's own ``decide`` when it has one, else by :meth:`set_importance`."""
+        keys = list(dict.fromkeys(tuple(sorted(set(int(b) for b in s))) for s in sets))
+        if not keys:
+            raise MiprunError("choose needs at least one candidate block set")
+        if self._decide is not None:
+            best, record = self._decide(keys)
+            return list(best), record
+        importance = {k: self.set_importance(k) for k in keys}
+        best = min(keys, key=lambda k: (importance[k], k))
+        return list(best), {"candidates": [{"candidate": list(k), "importance": importance[k]} for k in keys]}
+
     def singles(self) -> list[float]:
         """Importance of every single block, in block order."""
         return [self.importance(i) for i in range(self.num_blocks)]
@@ -142,8 +170,15 @@ class SpanScores:
 
     @property
     def evaluations(self) -> int:
-        """Number of distinct spans and block sets evaluated so far (single blocks included)."""
-        return len(self._values) + len(self._set_values)
+        """Number of distinct spans and block sets evaluated so far (single blocks included), the
+        screen's included."""
+        own = len(self._values) + len(self._set_values)
+        return own + (self.screen.evaluations if self.screen is not None else 0)
+
+    @property
+    def ranking(self) -> "SpanScores":
+        """The scores to rank single blocks by without extra cost: the screen when there is one."""
+        return self.screen if self.screen is not None else self
 
     def table(self) -> list[dict[str, float | int]]:
         """Every evaluated span as ``{"first", "length", "value", "importance"}`` rows, sorted."""

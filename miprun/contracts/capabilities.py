@@ -44,6 +44,8 @@ class Capabilities:
     :param default_selector: (scorer) the selector a run uses when the user names only this scorer.
     :param default_estimator: (scorer) the estimator it uses when the user names none.
     :param default_surgeon: (selector) the surgeon that carries out its selection (LaCo merges).
+    :param caveat: (any) a known limit, measured, that a run using the strategy states in its
+        summary and report (one sentence naming where the evidence is).
     """
 
     granularity: tuple[str, ...] = ("block",)
@@ -57,6 +59,7 @@ class Capabilities:
     default_selector: str | None = None
     default_estimator: str | None = None
     default_surgeon: str | None = None
+    caveat: str | None = None
 
     @classmethod
     def declare(cls, kind: str, owner: str, **declared: Any) -> "Capabilities":

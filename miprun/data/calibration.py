@@ -82,6 +82,17 @@ def _self_generated(model: Any, tokenizer: Any, num_samples: int, seq_len: int, 
     return out[:, 1 : seq_len + 1].cpu()
 
 
+def context_length(model: Any) -> int | None:
+    """The longest sequence ``model`` was built for (``max_position_embeddings`` or its aliases),
+    None when its config does not say."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_calibration(
     source: str,
     tokenizer: Any,
@@ -94,10 +105,18 @@ def load_calibration(
     """Draw ``num_samples`` windows of ``seq_len`` tokens from ``source`` with ``seed``."""
     if num_samples < 1 or seq_len < 2:
         raise MiprunError(f"need --num-samples ≥ 1 and --seq-len ≥ 2, got {num_samples} and {seq_len}")
+    limit = context_length(model)
+    if limit is not None and seq_len > limit:
+        raise MiprunError(f"--seq-len {seq_len} is longer than the model's context ({limit} tokens); "
+                          f"pass --seq-len {limit} or less")
     info: dict[str, Any] = {"name": source, "num_samples": num_samples, "seq_len": seq_len, "seed": seed}
     if source == "self":
         if model is None:
             raise MiprunError("--calib self needs the model to generate text")
+        from miprun.models.adapters import adapter_for
+        from miprun.models.finite import check_weights
+
+        check_weights(adapter_for(model))  # a damaged model would sample from NaN probabilities
         ids = _self_generated(model, tokenizer, num_samples, seq_len, seed)
         info["kind"] = "model-generated"
         return Calibration(ids, info)

@@ -113,6 +113,13 @@ def read_text_file(path: Path, *, what: str = "text file") -> str:
     """
     if not path.is_file():
         raise MiprunError(f"{what} '{path}' does not exist")
-    if is_jsonl(path):
-        return read_jsonl(path)
-    return path.read_text(encoding="utf-8")
+    try:
+        text = read_jsonl(path) if is_jsonl(path) else path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MiprunError(f"{what} '{path}' is not UTF-8 text (byte {exc.start} cannot be decoded); "
+                          f"pass a text or JSON-lines file") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise MiprunError(f"cannot read {what} '{path}': {exc}") from None
+    if "\x00" in text:
+        raise MiprunError(f"{what} '{path}' contains NUL bytes: it looks like a binary file; pass a text file")
+    return text

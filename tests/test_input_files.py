@@ -1,0 +1,77 @@
+"""Input files and values a hostile user passes: one clear error, through the real CLI, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny
+from typer.testing import CliRunner
+
+import miprun
+from miprun.cli.main import app
+from miprun.errors import MiprunError
+from miprun.models.loading import check_device_map
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    loaded = build_tiny("llama", layers=3)
+    loaded.model.save_pretrained(tmp_path / "tiny")
+    loaded.tokenizer.save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+def cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output.strip().splitlines()[-1]
+
+
+def test_a_binary_calibration_file_on_the_command_line_names_the_file_and_the_fix(tmp_path, tiny_dir):
+    binary = tmp_path / "calib.txt"
+    binary.write_bytes(bytes(range(128, 256)) * 20)
+    code, line = cli("run", "--model", str(tiny_dir), "--calib", str(binary), "--seq-len", "16",
+                     "--output", str(tmp_path / "out"))
+    assert code == 2 and line == (f"miprun: error: calibration file '{binary}' is not UTF-8 text (byte 0 cannot be "
+                                  f"decoded); pass a text or JSON-lines file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_seq_len_beyond_the_context_on_the_command_line_is_refused(tmp_path, tiny_dir, text_file):
+    code, line = cli("run", "--model", str(tiny_dir), "--calib", str(text_file), "--seq-len", "100000",
+                     "--output", str(tmp_path / "out"))
+    assert code == 2 and "--seq-len 100000 is longer than the model's context (128 tokens)" in line
+
+
+def test_device_map_cuda_without_cuda_on_the_command_line(tmp_path, tiny_dir):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, line = cli("run", "--model", str(tiny_dir), "--device-map", "cuda", "--output", str(tmp_path / "out"))
+    assert code == 2 and "device 'cuda' is not available on this machine (devices here: cpu" in line
+
+
+def test_a_binary_or_nul_calibration_file_is_a_clear_error(tmp_path):
+    binary = tmp_path / "calib.txt"
+    binary.write_bytes(bytes(range(128, 256)) * 20)
+    with pytest.raises(MiprunError, match="is not UTF-8 text"):
+        miprun.prune(build_tiny("llama", layers=3), n=1, calib=str(binary), seq_len=16, save=False)
+    nul = tmp_path / "nul.txt"
+    nul.write_text("words\x00more words " * 100)
+    with pytest.raises(MiprunError, match="contains NUL bytes"):
+        miprun.prune(build_tiny("llama", layers=3), n=1, calib=str(nul), seq_len=16, save=False)
+
+
+def test_a_device_map_naming_a_missing_device_lists_the_devices_there_are():
+    assert check_device_map("auto") == "auto" and check_device_map({"": "cpu"}) == {"": "cpu"}
+    if not torch.cuda.is_available():
+        with pytest.raises(MiprunError, match=r"device 'cuda' is not available on this machine \(devices here: cpu"):
+            check_device_map("cuda")
+    with pytest.raises(MiprunError, match="neither a device nor one of auto"):
+        check_device_map("gpu-please")
+
+
+def test_seq_len_beyond_the_models_context_is_refused(text_file):
+    loaded = build_tiny("llama", layers=3)
+    limit = loaded.model.config.max_position_embeddings
+    with pytest.raises(MiprunError, match=rf"--seq-len {limit + 1} is longer than the model's context \({limit} tokens\)"):
+        miprun.prune(loaded, n=1, calib=str(text_file), seq_len=limit + 1, save=False)
