@@ -33,7 +33,7 @@ def test_run_with_no_arguments_prunes_the_default_model(tmp_path):
     assert len(report["selected_blocks"]) == 6 and report["prune"]["of_blocks"] == 30
     assert report["data"]["path"].endswith("wikitext-2/valid.txt")
     assert report["model"]["kind"] == "embedded" and report["versions"]["transformers"]
-    assert report["method"] == "output-mi+set-exchange" and report["strategies"]["scorer"]["why"] == "block default"
+    assert report["method"] == "output-mi+set-exchange" and report["strategies"]["selector"]["why"] == "block default"
 
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert reloaded.config.num_hidden_layers == 24 and len(reloaded.model.layers) == 24

@@ -20,7 +20,9 @@ def _start_run(tmp_path, *extra):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "miprun.cli.main", "run", "--prune", "6", "--num-samples", "8",
                              "--seq-len", "128", "--output", str(tmp_path / "out"), *extra],
-                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            # as from a terminal: a background job of a script inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(process, text: str, limit: float = 600.0) -> list[str]:

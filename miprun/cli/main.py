@@ -62,6 +62,9 @@ def main() -> None:
     """Entry point of the ``miprun`` console script."""
     # miprun shows its own progress; keep transformers' per-file bars out of the terminal
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # loading/saving shard bars; miprun reports its own stages
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's kill cleans up like Ctrl-C
     app()  # standalone mode: usage errors and exit codes are handled by click
 
