@@ -249,20 +249,14 @@ def miprun_register_architectures(register):
                          ffn=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
         description="GPT-NeoX / Pythia: gpt_neox.layers, parallel attention and FFN",
     )
-    register(
-        "phi3",
-        ArchitectureSpec(blocks=("model.layers", "layers"), ffn=(),
-                         ffn_note="Phi-3 fuses its gate and up projections into one matrix (mlp.gate_up_proj), "
-                                  "which miprun does not slice neuron by neuron"),
-        description="Phi-3: model.layers (blocks only: fused gate_up_proj FFN)",
-    )
-    register(
-        "mixtral",
-        ArchitectureSpec(blocks=("model.layers", "layers"), ffn=(),
-                         ffn_note="Mixtral's FFN is a mixture of experts (mlp.experts) with one width per expert, "
-                                  "which miprun does not prune neuron by neuron"),
-        description="Mixtral (mixture of experts): model.layers (blocks only)",
-    )
+    blocks_only = {  # model.layers like Llama, but an FFN that is not sliced neuron by neuron
+        "phi3": ("Phi-3 fuses its gate and up projections into one matrix (mlp.gate_up_proj)", "Phi-3"),
+        "mixtral": ("Mixtral's FFN is a mixture of experts (mlp.experts), one width per expert", "Mixtral (MoE)"),
+    }
+    for model_type, (why, family) in blocks_only.items():
+        register(model_type, ArchitectureSpec(blocks=("model.layers", "layers"), ffn=(),
+                                              ffn_note=f"{why}, which miprun does not prune neuron by neuron"),
+                 description=f"{family}: model.layers (blocks only)")
     register(
         "gemma3",
         ArchitectureSpec(

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from miprun.data.datadir import local_file
 from miprun.data.text import hf_text, read_text_file
+from miprun.models.context import context_length
 from miprun.errors import MiprunError, did_you_mean
 from miprun.models.devices import input_device
 
@@ -80,17 +81,6 @@ def _self_generated(model: Any, tokenizer: Any, num_samples: int, seq_len: int, 
             max_new_tokens=seq_len, min_new_tokens=seq_len, pad_token_id=pad_id,
         )
     return out[:, 1 : seq_len + 1].cpu()
-
-
-def context_length(model: Any) -> int | None:
-    """The longest sequence ``model`` was built for (``max_position_embeddings`` or its aliases),
-    None when its config does not say."""
-    config = getattr(model, "config", None)
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def load_calibration(

@@ -27,6 +27,7 @@ from typing import Any
 
 from miprun.data.datadir import local_file
 from miprun.data.text import hf_text, read_jsonl, read_text_file
+from miprun.models.context import context_length
 from miprun.errors import MiprunError, did_you_mean
 from miprun.models.devices import input_device
 
@@ -131,19 +132,9 @@ def load_text(dataset: str) -> tuple[str, str]:
 # ------------------------------------------------------------------------------------ windows
 
 
-def model_context(model: Any) -> int | None:
-    """The model's context length from its config, or None when the config does not say."""
-    config = getattr(model, "config", None)
-    for field in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(config, field, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def default_seq_len(model: Any) -> int:
     """``min(2048, model context)``."""
-    context = model_context(model)
+    context = context_length(model)
     return min(DEFAULT_SEQ_LEN, context) if context else DEFAULT_SEQ_LEN
 
 
@@ -283,7 +274,7 @@ def perplexity(
     else:
         source = "text"
     seq_len = seq_len or default_seq_len(model)
-    context = model_context(model)
+    context = context_length(model)
     if context and seq_len > context:
         raise MiprunError(f"--seq-len {seq_len} exceeds the model's context of {context} tokens")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
