@@ -91,7 +91,7 @@ def main() -> None:
         })
         r = rows[-1]
         print(f"{label[:57]:<58}{r['collect_s']:>8.2f}{r['estimate_s']:>8.2f}{r['select_s']:>8.2f}{r['total_s']:>8.2f}"
-              f"{r['ratio_to_forward']:>7.2f}{r['forward_passes']:>7}{r['span_evaluations']:>7}  {r['blocks']}", flush=True)
+              f"{r['ratio_to_forward']:>7.2f}{r['forward_passes']:>7.2f}{r['span_evaluations']:>7}  {r['blocks']}", flush=True)
         del working, outcome
 
     if args.json:

@@ -107,6 +107,8 @@ def execute(
     registry: Registry | None = None,
     reporter: Reporter | None = None,
     timings: dict[str, float] | None = None,
+    healer: Any = None,
+    heal_ids: Any = None,
 ) -> Outcome:
     """Run ``plan`` on ``model`` (edited in place) with calibration ``input_ids`` (n × L).
 
@@ -114,6 +116,8 @@ def execute(
     :param strategies: the plan's strategies when already built (kind → object); built here otherwise.
     :param collections: collected inputs shared with other plans on the same model and tokens.
     :param timings: stage seconds are added here (a fresh dict when None).
+    :param healer: heals the cuts before surgery (:class:`miprun.healing.LinearHealer`), fitted on
+        ``heal_ids`` (the calibration tokens when None); block plans that remove blocks only.
     """
     registry = registry or get_registry()
     reporter = reporter or Reporter()
@@ -140,8 +144,14 @@ def execute(
             selection = strategies["selector"].select(scores, count, context=context)
     granularity.check(selection, adapter, count)
     size = granularity.size(adapter)
+    healing = None
+    if healer is not None:
+        with stage("heal", timings, reporter), finite_activations(adapter):
+            healing = healer.heal(model, adapter, sorted(selection.blocks), input_ids if heal_ids is None else heal_ids)
     with stage("operate", timings, reporter):
         surgery = strategies["surgeon"].apply(model, adapter, selection)
+    if healing is not None:
+        surgery["healing"] = healing
     return Outcome(
         plan=plan, count=count, size=size, scores=scores, selection=selection, surgery=surgery,
         collection=inputs.info if inputs is not None else None,

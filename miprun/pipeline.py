@@ -87,6 +87,8 @@ def prune(
     device_map: str | None = None,
     evaluate: dict[str, Any] | None = None,
     reporter: Reporter | None = None,
+    heal: str | None = None,
+    heal_samples: int = 128,
 ) -> PruneResult:
     """Prune ``model`` (a name/path/hub id, or a :class:`miprun.models.loading.LoadedModel`).
 
@@ -102,6 +104,10 @@ def prune(
     :param save: write the checkpoint and report (False keeps the result in memory only).
     :param evaluate: keyword arguments for :func:`miprun.evaluation.evaluate`, run on the pruned
         model before saving; its results go into the report.
+    :param heal: ``"linear"`` folds a closed-form linear map per cut into the model before the
+        blocks are removed (:mod:`miprun.healing`); block plans with ``remove-blocks`` only.
+    :param heal_samples: calibration sequences (of ``seq_len`` tokens, same source and seed) the
+        healing fit reads — more than selection needs: 16 × 256 tokens over-fit the map.
     """
     from miprun.engine import execute
     from miprun.granularity import GRANULARITY
@@ -114,6 +120,7 @@ def prune(
         selector=selector, surgeon=surgeon, options=options, seed=seed, registry=registry,
     )
     strategies = plan.build(registry)  # option values are checked before the model is loaded
+    healer = _healer(heal, plan, heal_samples)
     if output is not None and save:
         check_output(Path(output), overwrite=overwrite)
     timings: dict[str, float] = {}
@@ -128,9 +135,13 @@ def prune(
             check_output(out_path, overwrite=overwrite)
         calibration = calibrate_stage(loaded, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
                                       timings=timings, reporter=reporter)
+        heal_ids = None
+        if healer is not None:
+            heal_ids = calibrate_stage(loaded, calib=calib, num_samples=heal_samples, seq_len=seq_len, seed=seed,
+                                       timings={}, reporter=reporter).input_ids
         outcome = execute(plan, loaded.model, loaded.adapter, calibration.input_ids, count=count,
                           tokenizer=loaded.tokenizer, seed=seed, strategies=strategies, registry=registry,
-                          reporter=reporter, timings=timings)
+                          reporter=reporter, timings=timings, healer=healer, heal_ids=heal_ids)
         report = {
             "miprun_report_version": 1,
             "model": loaded.source,
@@ -141,11 +152,29 @@ def prune(
             "rerun": {"model": loaded.source.get("spec", str(model)), "n": count, "calib": calib,
                       "num_samples": num_samples, "seq_len": seq_len, "seed": seed, "granularity": plan.granularity,
                       **plan.names, "options": {kind: values for kind, values in plan.options.items() if values},
-                      "dtype": dtype, "device_map": device_map},
+                      "dtype": dtype, "device_map": device_map,
+                      **({"heal": heal, "heal_samples": heal_samples} if heal else {})},
         }
         result = PruneResult(loaded.model, loaded.tokenizer, loaded.adapter, outcome.selection, outcome.scores, report,
                              timings=timings)
         return _finish(result, evaluate=evaluate, save=save, out_path=out_path, overwrite=overwrite, reporter=reporter)
+
+
+def _healer(heal: str | None, plan: Any, samples: int) -> Any:
+    """The healer ``heal`` names, checked against the plan; None without healing."""
+    if heal is None:
+        return None
+    from miprun.errors import MiprunError, did_you_mean
+    from miprun.healing import LinearHealer
+
+    if heal != "linear":
+        raise MiprunError(f"unknown healing '{heal}'{did_you_mean(str(heal), ['linear'])}; choose: linear")
+    if plan.granularity != "block" or plan.names.get("surgeon") != "remove-blocks":
+        raise MiprunError("--heal linear heals removed blocks: it needs --granularity block and the remove-blocks "
+                          f"surgeon (this plan uses {plan.names.get('surgeon')})")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise MiprunError(f"--heal-samples must be a whole number ≥ 1, got {samples!r}")
+    return LinearHealer()
 
 
 def _finish(

@@ -34,6 +34,8 @@ def run(
     device_map: Annotated[Optional[str], typer.Option(help="accelerate device map, e.g. auto")] = None,
     eval_ppl: Annotated[Optional[str], typer.Option("--eval", help="Evaluate perplexity after pruning on these sets, e.g. wikitext2")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
+    heal: Annotated[Optional[str], typer.Option(help="Heal the cuts without training: 'linear' folds a closed-form linear map per cut into the weights (docs/healing.md)")] = None,
+    heal_samples: Annotated[int, typer.Option(help="Calibration sequences the healing fit reads (same source, length and seed)")] = 128,
     from_report: Annotated[Optional[Path], typer.Option("--from-report", help="Rerun the run a miprun_report.json (or its directory) records; only --output, --overwrite, --eval and --json may be added")] = None,
 ) -> None:
     """Prune a model and save a checkpoint that transformers loads, with miprun_report.json beside it."""
@@ -47,13 +49,14 @@ def run(
                  "num-samples": num_samples != 16, "seq-len": seq_len != 256, "seed": seed != 0,
                  "collector": collector is not None, "estimator": estimator is not None, "scorer": scorer is not None,
                  "selector": selector is not None, "surgeon": surgeon is not None, "option": bool(option),
-                 "dtype": dtype != "auto", "device-map": device_map is not None}
+                 "dtype": dtype != "auto", "device-map": device_map is not None, "heal": heal is not None,
+                 "heal-samples": heal_samples != 128}
         arguments = rerun_arguments(from_report, [flag for flag, set_ in given.items() if set_])
     else:
         arguments = dict(model=model, n=prune, ratio=ratio, calib=calib, num_samples=num_samples, seq_len=seq_len,
                          seed=seed, granularity=granularity, method=method, collector=collector, estimator=estimator,
                          scorer=scorer, selector=selector, surgeon=surgeon, options=parse_options(option),
-                         dtype=dtype, device_map=device_map)
+                         dtype=dtype, device_map=device_map, heal=heal, heal_samples=heal_samples)
     with progress_reporter() as reporter:
         result = run_pipeline(output=output, overwrite=overwrite, evaluate=evaluate, reporter=reporter, **arguments)
     report = result.report
@@ -70,6 +73,10 @@ def run(
     surgery = report["surgery"]
     if "parameters_before" in surgery:
         table.add_row("parameters", f"{surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
+    for cut in surgery.get("healing", {}).get("cuts", []):
+        table.add_row(f"healed {cut['blocks'][0]}–{cut['blocks'][-1]}",
+                      f"residual {cut['relative_residual_before']:.3f} → {cut['relative_residual_after']:.3f}, "
+                      f"into {cut['folded_into']}" + (" (head untied)" if cut["untied_head"] else ""))
     table.add_row("span evaluations", str(report["evaluations"]["spans"]))
     table.add_row("timings (s)", ", ".join(f"{k} {v:.2f}" for k, v in report["timings"].items()))
     if "evaluation" in report:

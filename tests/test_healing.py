@@ -1,0 +1,105 @@
+"""Healing without training: a closed-form map per cut, folded into the weights (miprun.healing)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny
+from transformers import AutoModelForCausalLM
+
+import miprun
+from miprun.contracts import Selection
+from miprun.errors import MiprunError
+from miprun.healing import LinearHealer, cuts_of
+from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
+
+IDS = torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8, 22, 17]])
+
+
+def test_cuts_are_maximal_runs_of_removed_blocks():
+    assert cuts_of([5, 0, 1, 7, 6, 3]) == [(0, 1), (3, 3), (5, 7)]
+    assert cuts_of([]) == []
+
+
+def test_a_linear_cut_at_block_0_is_healed_exactly(monkeypatch):
+    """Blocks 0 and 1 made exactly linear (x ↦ x·(I + A)): the map folded into the embedding
+    reproduces the dense model's output after removing them."""
+    loaded = build_tiny("llama", layers=4, seed=1)
+    generator = torch.Generator().manual_seed(0)
+    for index in (0, 1):
+        matrix = torch.eye(32) + 0.2 * torch.randn(32, 32, generator=generator)
+        block = loaded.adapter.blocks[index]
+
+        def linear(hidden_states, *args, matrix=matrix, **kwargs):
+            return hidden_states @ matrix
+
+        monkeypatch.setattr(block, "forward", linear)
+    with torch.no_grad():
+        dense = loaded.model(IDS).logits
+    ids = torch.randint(4, 80, (8, 12), generator=generator)
+    summary = LinearHealer(ridge=0.0).heal(loaded.model, loaded.adapter, [0, 1], ids)
+    RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([0, 1]))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(IDS).logits, dense, atol=1e-5, rtol=1e-5)
+    cut = summary["cuts"][0]
+    assert cut["folded_into"] == "input embedding" and cut["untied_head"]  # tiny llama ties its head
+    assert cut["relative_residual_after"] < 1e-6 < cut["relative_residual_before"]
+    assert not loaded.model.config.tie_word_embeddings
+
+
+def test_folding_equals_applying_the_map_at_run_time_and_reloads(tmp_path, text_file):
+    loaded = build_tiny("llama", layers=6, seed=2)
+    ids = torch.randint(4, 80, (8, 16), generator=torch.Generator().manual_seed(1))
+    healer = LinearHealer()
+    before = {name: p.detach().clone() for name, p in loaded.model.named_parameters()}
+    summary = healer.heal(loaded.model, loaded.adapter, [2, 3], ids)
+    cut = summary["cuts"][0]
+    assert cut["folded_into"] == "block 1 FFN down projection" and cut["blocks"] == [2, 3]
+    assert cut["relative_residual_after"] < cut["relative_residual_before"]  # the fit helps on its own tokens
+    changed = [n for n, p in loaded.model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed == ["model.layers.1.mlp.down_proj.weight"]
+    # the same map applied at run time to the unchanged down projection gives the same logits
+    down_weight = before["model.layers.1.mlp.down_proj.weight"]
+    transform = torch.linalg.lstsq(down_weight.double().T, loaded.adapter.blocks[1].mlp.down_proj.weight.double().T).solution
+    reference = build_tiny("llama", layers=6, seed=2)
+    hook = reference.adapter.blocks[1].mlp.down_proj.register_forward_hook(
+        lambda m, a, out: (out.double() @ transform).float())
+    RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([2, 3]))
+    RemoveBlocksSurgeon().apply(reference.model, reference.adapter, Selection([2, 3]))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(IDS).logits, reference.model(IDS).logits, atol=1e-4, rtol=1e-4)
+    hook.remove()
+    loaded.model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.config.num_hidden_layers == 4
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(IDS).logits, loaded.model(IDS).logits)
+        assert reloaded.generate(IDS, max_new_tokens=3, do_sample=False).shape[1] == IDS.shape[1] + 3
+
+
+def test_heal_linear_through_prune_keeps_the_parameter_count_of_plain_removal(tmp_path, text_file):
+    plain = miprun.prune(build_tiny("llama", layers=6, seed=3), n=2, calib=str(text_file), num_samples=4,
+                         seq_len=16, method="shortgpt", save=False)
+    healed = miprun.prune(build_tiny("llama", layers=6, seed=3), n=2, calib=str(text_file), num_samples=4,
+                          seq_len=16, method="shortgpt", heal="linear", heal_samples=8, output=tmp_path / "out")
+    assert healed.selection.blocks == plain.selection.blocks
+    healing = healed.report["surgery"]["healing"]
+    assert healing["tokens"] == 8 * 15 and len(healing["cuts"]) >= 1 and "heal" in healed.report["timings"]
+    if not any(cut["untied_head"] for cut in healing["cuts"]):
+        assert healed.report["surgery"]["parameters_after"] == plain.report["surgery"]["parameters_after"]
+    assert healed.report["rerun"]["heal"] == "linear"
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 4
+
+
+def test_healing_refuses_what_it_cannot_fold(text_file):
+    gemma = build_tiny("gemma2", layers=3)
+    with pytest.raises(MiprunError, match="normalises the FFN output"):
+        LinearHealer().heal(gemma.model, gemma.adapter, [1], torch.randint(4, 80, (2, 8)))
+    gpt2 = build_tiny("gpt2", layers=3)
+    with pytest.raises(MiprunError, match="learned position embeddings"):
+        LinearHealer().heal(gpt2.model, gpt2.adapter, [0], torch.randint(4, 80, (2, 8)))
+    with pytest.raises(MiprunError, match="--heal linear heals removed blocks"):
+        miprun.prune(build_tiny("llama", layers=4), n=1, calib=str(text_file), seq_len=16, method="laco",
+                     heal="linear", save=False)
+    with pytest.raises(MiprunError, match="unknown healing 'lineer' \\(did you mean 'linear'\\?\\)"):
+        miprun.prune(build_tiny("llama", layers=4), n=1, calib=str(text_file), seq_len=16, heal="lineer", save=False)
