@@ -20,6 +20,10 @@ It starts from the better, by exact set score, of two candidates: the ``N`` leas
 blocks (the paper's initial ``P``) and the best contiguous span of ``N`` blocks among the top-``K``
 spans by summed single importance (the paper's span view: by the Data Processing Inequality a span
 is scored by one comparison of its input and output).
+
+With a screened scorer (``scores.screen``, ``output-mi`` by default) the singles, the starts and
+every exchange run on the screen, and the ``finalists`` best sets the screen evaluated are handed
+to ``scores.choose``, which decides on every calibration sequence (``output-mi`` races them).
 """
 
 from __future__ import annotations
