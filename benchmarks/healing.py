@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from miprun.contracts import Selection
 from miprun.data.calibration import load_calibration
@@ -28,6 +27,7 @@ from miprun.healing import LinearHealer
 from miprun.models.loading import load_model
 from miprun.plans import resolve_plan
 from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
+from pipeline_cost import plain_forward_seconds  # the floor, measured one way for every benchmark
 
 
 def main() -> None:
@@ -48,11 +48,7 @@ def main() -> None:
                              seed=0, model=loaded.model).input_ids
     heal_ids = load_calibration(args.calib, loaded.tokenizer, num_samples=args.heal_samples, seq_len=args.seq_len,
                                 seed=0, model=loaded.model).input_ids
-    start = time.perf_counter()
-    with torch.no_grad():
-        for first in range(0, len(heal_ids), 4):
-            loaded.adapter.backbone(input_ids=heal_ids[first : first + 4], use_cache=False)
-    floor = time.perf_counter() - start
+    floor = plain_forward_seconds(loaded, heal_ids, 4)
 
     def ppl(model: Any) -> float:
         return round(perplexity(model, loaded.tokenizer, "wikitext2", seq_len=512, max_windows=args.ppl_windows).perplexity, 2)

@@ -26,11 +26,9 @@ import copy
 import inspect
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from miprun.data.calibration import load_calibration
 from miprun.engine import execute
@@ -38,6 +36,7 @@ from miprun.evaluation.perplexity import perplexity
 from miprun.models.loading import load_model
 from miprun.options import parse_options
 from miprun.plans import resolve_plan
+from pipeline_cost import plain_forward_seconds  # the floor, measured one way for every benchmark
 
 DEFAULT_METHODS = "default,headline,shortgpt,angular,mi-prun-local,mi-prun"
 CODE_MODULES = ("argparse", "textwrap", "difflib", "json.decoder", "json.encoder", "calendar", "fractions",
@@ -65,15 +64,6 @@ def plan_for(spec: str) -> tuple[str, Any]:
     if named is not None:
         return label, resolve_plan(options=options, **named)
     return label, resolve_plan(method=method, options=options)
-
-
-def plain_forward_seconds(loaded: Any, input_ids: torch.Tensor) -> float:
-    """One forward pass of the backbone over ``input_ids`` in batches of 4 (the floor)."""
-    start = time.perf_counter()
-    with torch.no_grad():
-        for first in range(0, len(input_ids), 4):
-            loaded.adapter.backbone(input_ids=input_ids[first : first + 4], use_cache=False)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -106,8 +96,8 @@ def main() -> None:
     for source in args.calib.split(","):
         calib = load_calibration(source, loaded.tokenizer, num_samples=args.num_samples, seq_len=args.seq_len, seed=0,
                                  model=loaded.model)
-        plain_forward_seconds(loaded, calib.input_ids[:1])
-        floor = plain_forward_seconds(loaded, calib.input_ids)
+        plain_forward_seconds(loaded, calib.input_ids[:1], 1)  # warm-up
+        floor = plain_forward_seconds(loaded, calib.input_ids, 4)
         print(f"\ncalibration {source} {args.num_samples}x{args.seq_len}; plain forward {floor:.2f} s", flush=True)
         for n in (int(x) for x in args.prune.split(",")):
             for label, plan in specs:
