@@ -28,6 +28,7 @@ import torch
 
 from miprun.errors import MiprunError
 from miprun.models.devices import input_device, input_embedding
+from miprun.models.layerwise import editable_block
 from miprun.probing import skipping
 
 
@@ -100,7 +101,7 @@ class LinearHealer:
             gram, cross, before, energy, tokens = self._accumulate(model, adapter, cut, earlier, input_ids, targets[cut])
             dim = gram.shape[0]
             ridge = self.ridge * float(gram.diagonal().mean())
-            transform = torch.linalg.solve(gram + ridge * torch.eye(dim, dtype=gram.dtype), cross)
+            transform = torch.linalg.solve(gram + ridge * torch.eye(dim, dtype=gram.dtype, device=gram.device), cross)
             # ‖X·T − Y‖² = ‖Y‖² − 2·tr(Tᵀ·XᵀY) + tr(Tᵀ·XᵀX·T)
             after = energy - 2 * float((transform * cross).sum()) + float((transform * (gram @ transform)).sum())
             record = self._fold(model, adapter, cut, transform)
@@ -160,8 +161,8 @@ class LinearHealer:
                     adapter.backbone(input_ids=batch, use_cache=False)
                 except _Stop:
                     pass
-                x = captured["x"].cpu()
-                y = target - (captured["rest"].cpu() if captured["rest"] is not None else 0.0)
+                x = captured["x"]  # float64 on the model's device: the Grams accumulate there
+                y = target.to(x.device) - (captured["rest"] if captured["rest"] is not None else 0.0)
                 gram = x.T @ x if gram is None else gram + x.T @ x
                 cross = x.T @ y if cross is None else cross + x.T @ y
                 before += float((x - y).pow(2).sum())
@@ -173,15 +174,16 @@ class LinearHealer:
         """Fold ``transform`` into the down projection before the cut, or into the embedding."""
         with torch.no_grad():
             if cut[0] > 0:
-                _, down = adapter.ffn_modules(cut[0] - 1)
-                t = transform.to(down.weight.device)
-                weight = down.weight.double()
-                if isinstance(down, torch.nn.Linear):  # y = x·Wᵀ + b
-                    down.weight.copy_((t.T @ weight).to(down.weight.dtype))
-                else:  # Conv1D: y = x·W + b
-                    down.weight.copy_((weight @ t).to(down.weight.dtype))
-                if getattr(down, "bias", None) is not None:
-                    down.bias.copy_((down.bias.double() @ t).to(down.bias.dtype))
+                with editable_block(adapter, cut[0] - 1):
+                    _, down = adapter.ffn_modules(cut[0] - 1)
+                    t = transform.to(down.weight.device)
+                    weight = down.weight.double()
+                    if isinstance(down, torch.nn.Linear):  # y = x·Wᵀ + b
+                        down.weight.copy_((t.T @ weight).to(down.weight.dtype))
+                    else:  # Conv1D: y = x·W + b
+                        down.weight.copy_((weight @ t).to(down.weight.dtype))
+                    if getattr(down, "bias", None) is not None:
+                        down.bias.copy_((down.bias.double() @ t).to(down.bias.dtype))
                 return {"folded_into": f"block {cut[0] - 1} FFN down projection", "untied_head": False}
             embedding = input_embedding(model)
             untied = False

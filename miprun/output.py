@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 
 from miprun.errors import MiprunError
 from miprun.model_card import model_card
+from miprun.models.layerwise import layerwise_loader
 
 
 def check_output(path: Path, *, overwrite: bool) -> None:
@@ -122,13 +123,14 @@ REPORT_NAME = "miprun_report.json"
 
 
 def save_checkpoint(model: Any, tokenizer: Any, path: Path, report: dict[str, Any], *, overwrite: bool = False) -> Path:
-    """Save ``model`` and ``tokenizer`` with ``save_pretrained``, ``report`` as
+    """Save ``model`` (a layer-wise one shard by shard) and ``tokenizer`` with ``save_pretrained``, ``report`` as
     ``miprun_report.json`` and the model card (:mod:`miprun.model_card`) as ``README.md``,
     atomically, into ``path``."""
 
     def fill(tmp: Path) -> None:
         start = time.perf_counter()
-        model.save_pretrained(tmp)
+        loader = layerwise_loader(model)
+        (loader or model).save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         report.setdefault("timings", {})["save"] = round(time.perf_counter() - start, 4)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from miprun.errors import MiprunError
 from miprun.models.embedded import DEFAULT_MODEL
 from miprun.plans import resolve_plan
 from miprun.progress import Reporter, stage
@@ -40,12 +41,19 @@ class PruneResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def load_stage(model: Any, *, dtype: str, device_map: str | None, timings: dict[str, float], reporter: Reporter) -> Any:
-    """Load ``model`` (a name/path, or an already loaded :class:`~miprun.models.loading.LoadedModel`)."""
+def load_stage(model: Any, *, dtype: str, device_map: str | None, timings: dict[str, float], reporter: Reporter,
+               layerwise: bool = False, device: str = "cpu") -> Any:
+    """Load ``model`` (a name/path, or an already loaded :class:`~miprun.models.loading.LoadedModel`);
+    with ``layerwise``, only its skeleton, embedding and head (:mod:`miprun.models.layerwise`)."""
+    from miprun.models.layerwise import load_layerwise
     from miprun.models.loading import LoadedModel, load_model
 
     with stage("load", timings, reporter):
-        return model if isinstance(model, LoadedModel) else load_model(str(model), dtype=dtype, device_map=device_map)
+        if isinstance(model, LoadedModel):
+            return model
+        if layerwise:
+            return load_layerwise(str(model), dtype=dtype, device=device)
+        return load_model(str(model), dtype=dtype, device_map=device_map)
 
 
 def calibrate_stage(
@@ -55,12 +63,15 @@ def calibrate_stage(
     import torch
 
     from miprun.data.calibration import load_calibration
+    from miprun.memory import release_freed_memory
 
     torch.manual_seed(seed)
     with stage("calibrate", timings, reporter):
-        return load_calibration(
+        calibration = load_calibration(
             calib, loaded.tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed, model=loaded.model
         )
+    release_freed_memory()  # tokenizing the source text takes far more than the windows kept
+    return calibration
 
 
 def prune(
@@ -89,6 +100,9 @@ def prune(
     reporter: Reporter | None = None,
     heal: str | None = None,
     heal_samples: int = 128,
+    layerwise: bool = False,
+    max_memory: str | None = None,
+    device: str | None = None,
 ) -> PruneResult:
     """Prune ``model`` (a name/path/hub id, or a :class:`miprun.models.loading.LoadedModel`).
 
@@ -108,6 +122,12 @@ def prune(
         blocks are removed (:mod:`miprun.healing`); block plans with ``remove-blocks`` only.
     :param heal_samples: calibration sequences (of ``seq_len`` tokens, same source and seed) the
         healing fit reads — more than selection needs: 16 × 256 tokens over-fit the map.
+    :param layerwise: run block by block from the checkpoint's safetensors files, never holding
+        more than the embedding, the head and one block (:mod:`miprun.models.layerwise`).
+    :param max_memory: a memory budget (``"200MiB"``, ``"40GB"``): a model whose weights exceed it
+        runs layer-wise, and layer-wise execution is refused when even it would not fit.
+    :param device: where the model computes (``"cpu"``, ``"cuda"``, ``"cuda:1"``): the device of
+        layer-wise execution, or the one device an in-memory model is placed on.
     """
     from miprun.engine import execute
     from miprun.granularity import GRANULARITY
@@ -120,12 +140,26 @@ def prune(
         selector=selector, surgeon=surgeon, options=options, seed=seed, registry=registry,
     )
     strategies = plan.build(registry)  # option values are checked before the model is loaded
+    execution = _execution(model, plan, dtype=dtype, layerwise=layerwise, max_memory=max_memory)
+    if device is not None and device_map is not None:
+        raise MiprunError("pass either --device (one device) or --device-map (accelerate placement), not both")
+    if execution.mode == "layerwise" and device_map is not None:
+        raise MiprunError(f"layer-wise execution ({execution.reason}) places one block at a time itself; "
+                          f"name its device with --device instead of --device-map")
     healer = _healer(heal, plan, heal_samples)
     if output is not None and save:
         check_output(Path(output), overwrite=overwrite)
     timings: dict[str, float] = {}
 
-    loaded = load_stage(model, dtype=dtype, device_map=device_map, timings=timings, reporter=reporter)
+    loaded = load_stage(model, dtype=dtype, device_map=device if device is not None else device_map, timings=timings,
+                        reporter=reporter, layerwise=execution.mode == "layerwise", device=device or "cpu")
+    execution_record = execution.record()
+    if execution.mode == "layerwise":
+        from miprun.models.devices import input_embedding
+        from miprun.models.layerwise import check_budget
+
+        hidden = int(input_embedding(loaded.model).weight.shape[-1])
+        execution_record["footprint_bytes"] = check_budget(loaded, execution.max_memory, num_samples * seq_len * hidden)
     unit = GRANULARITY[plan.granularity]
     count = unit.count(loaded.adapter, n, ratio)
     out_path = Path(output) if output is not None else unit.default_output(
@@ -148,23 +182,46 @@ def prune(
             "model_type": loaded.adapter.model_type,
             "data": calibration.source,
             "seed": seed,
+            "execution": execution_record,
             **outcome.report(registry),
             "rerun": {"model": loaded.source.get("spec", str(model)), "n": count, "calib": calib,
                       "num_samples": num_samples, "seq_len": seq_len, "seed": seed, "granularity": plan.granularity,
                       **plan.names, "options": {kind: values for kind, values in plan.options.items() if values},
                       "dtype": dtype, "device_map": device_map,
-                      **({"heal": heal, "heal_samples": heal_samples} if heal else {})},
+                      **({"heal": heal, "heal_samples": heal_samples} if heal else {}),
+                      **({"layerwise": True} if layerwise else {}),
+                      **({"max_memory": max_memory} if max_memory is not None else {}),
+                      **({"device": device} if device is not None else {})},
         }
         result = PruneResult(loaded.model, loaded.tokenizer, loaded.adapter, outcome.selection, outcome.scores, report,
                              timings=timings)
         return _finish(result, evaluate=evaluate, save=save, out_path=out_path, overwrite=overwrite, reporter=reporter)
 
 
+def _execution(model: Any, plan: Any, *, dtype: str, layerwise: bool, max_memory: str | None) -> Any:
+    """In memory or layer-wise (:func:`miprun.models.layerwise.choose_execution`); a layer-wise
+    run must remove whole blocks, the only surgery that needs no weights in memory."""
+    from miprun.models.layerwise import Execution, choose_execution
+    from miprun.models.loading import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        from miprun.models.layerwise import layerwise_loader
+
+        mode = "layerwise" if layerwise_loader(model.model) is not None else "in-memory"
+        return Execution(mode, "the model was loaded by the caller")
+    execution = choose_execution(str(model), dtype=dtype, layerwise=layerwise, max_memory=max_memory)
+    if execution.mode == "layerwise" and (plan.granularity != "block" or plan.names.get("surgeon") != "remove-blocks"):
+        raise MiprunError(f"layer-wise execution ({execution.reason}) removes whole blocks only; this plan uses "
+                          f"{plan.granularity} granularity and the '{plan.names.get('surgeon')}' surgeon, which edit "
+                          f"weights in memory — raise --max-memory or prune blocks with remove-blocks")
+    return execution
+
+
 def _healer(heal: str | None, plan: Any, samples: int) -> Any:
     """The healer ``heal`` names, checked against the plan; None without healing."""
     if heal is None:
         return None
-    from miprun.errors import MiprunError, did_you_mean
+    from miprun.errors import did_you_mean
     from miprun.healing import LinearHealer
 
     if heal != "linear":

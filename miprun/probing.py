@@ -19,7 +19,6 @@ that they skip blocks the same way and count their cost the same way.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -27,92 +26,9 @@ import torch
 from miprun.collectors.hidden_states import capture_boundaries
 from miprun.errors import MiprunError
 from miprun.models.devices import input_device
-
-_OUTPUT_ARITY: dict[type, int] = {}
-"""Block class → 0 when its forward returns a tensor, else the length of the tuple it returns."""
-
-
-def _hidden_argument(args: tuple, kwargs: dict) -> torch.Tensor:
-    if args:
-        return args[0]
-    if "hidden_states" in kwargs:
-        return kwargs["hidden_states"]
-    raise MiprunError("cannot skip a block that is not called with its hidden states first")
-
-
-def _in_block_format(block: Any, original: Any, args: tuple, kwargs: dict, hidden: torch.Tensor) -> Any:
-    """``hidden`` in the output format of ``block`` (a tensor, or a tuple led by it)."""
-    arity = _OUTPUT_ARITY.get(type(block))
-    if arity is None:  # learn the output format once per block class
-        out = original(*args, **kwargs)
-        arity = len(out) if isinstance(out, (tuple, list)) else 0
-        _OUTPUT_ARITY[type(block)] = arity
-    return hidden if arity == 0 else (hidden,) + (None,) * (arity - 1)
-
-
-def _passthrough(block: Any, original: Any) -> Any:
-    """A forward that returns the block's input hidden states in the block's own output format."""
-
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        return _in_block_format(block, original, args, kwargs, _hidden_argument(args, kwargs))
-
-    return forward
-
-
-@contextmanager
-def _patched_forwards(adapter: Any, forwards: dict[int, Any]) -> Iterator[None]:
-    """Within the ``with`` block, block ``i`` runs ``forwards[i](block, original_forward)``."""
-    patched: list[tuple[Any, Any]] = []
-    try:
-        for index in sorted(forwards):
-            block = adapter.blocks[index]
-            previous = block.__dict__.get("forward")  # accelerate hooks set an instance attribute
-            block.forward = forwards[index](block, block.forward)
-            patched.append((block, previous))
-        yield
-    finally:
-        for block, previous in patched:
-            if previous is None:
-                del block.forward
-            else:
-                block.forward = previous
-
-
-@contextmanager
-def skipping(adapter: Any, blocks: Iterable[int]) -> Iterator[None]:
-    """Within the ``with`` block, blocks ``blocks`` (current indices) pass their input through.
-
-    Equivalent to removing them; nothing about the model changes once the block exits.
-    """
-    chosen = sorted(set(int(b) for b in blocks))
-    bad = [b for b in chosen if not 0 <= b < adapter.num_blocks]
-    if bad:
-        raise MiprunError(f"cannot skip blocks {bad}: the model has blocks 0..{adapter.num_blocks - 1}")
-    with _patched_forwards(adapter, {index: _passthrough for index in chosen}):
-        yield
-
-
-@contextmanager
-def overriding(adapter: Any, parameters: dict[int, dict[str, torch.Tensor]]) -> Iterator[None]:
-    """Within the ``with`` block, block ``i`` uses ``parameters[i][name]`` in place of its own
-    parameter ``name`` (as named by ``block.named_parameters()``); the originals come back after."""
-    backups: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
-    try:
-        with torch.no_grad():
-            for index, tensors in parameters.items():
-                named = dict(adapter.blocks[index].named_parameters())
-                for name, value in tensors.items():
-                    if name not in named:
-                        raise MiprunError(f"block {index} has no parameter '{name}'")
-                    param = named[name]
-                    backups.append((param, param.detach().clone()))
-                    param.copy_(value.to(param.device, param.dtype))
-        yield
-    finally:
-        with torch.no_grad():
-            for param, saved in reversed(backups):
-                param.copy_(saved)
-
+from miprun.models.forwards import in_block_format, overriding, patched_forwards, skipping
+from miprun.models.layerwise import layerwise_loader
+from miprun.models.sweep import BlockSweep, BoundarySpill, Stream
 
 def _as_rows(hidden: torch.Tensor) -> torch.Tensor:
     """Hidden states (batch × tokens × hidden) as float32 CPU rows, one per token."""
@@ -141,6 +57,10 @@ class Prober:
         self.passes = 0
         self._prefix: list[list[torch.Tensor]] | None = None  # [block][batch] dense block outputs
         self._batch_index = 0
+        self._loader = layerwise_loader(model)  # None unless the model runs layer-wise
+        self._sweep: BlockSweep | None = None
+        self._spill: BoundarySpill | None = None
+        self._dense_rows: torch.Tensor | None = None
 
     @classmethod
     def from_context(
@@ -188,6 +108,8 @@ class Prober:
         """
         total = 0.0
         denominator = float(self.num_tokens)
+        if self._loader is not None:
+            return self._layerwise_loss(skip, overrides, backward) / denominator
         grad = torch.enable_grad() if backward else torch.no_grad()
         with skipping(self.adapter, skip), overriding(self.adapter, overrides or {}), grad:
             for batch in self._batches():
@@ -211,6 +133,11 @@ class Prober:
     ) -> torch.Tensor:
         """The output of the last block (the residual stream before the final norm) at every
         calibration token, float32 on the CPU, shape (n·L, hidden). One forward pass (no LM head)."""
+        if self._loader is not None:
+            self._refuse(overrides, False, "final_states with parameter overrides")
+            stream = self._layerwise_streams([self._checked(skip)], reuse_prefix=False)[0]
+            self._count()
+            return torch.cat([_as_rows(hidden) for hidden in stream.states])
         captured: list[torch.Tensor] = []
         handle = self.adapter.blocks[self.adapter.num_blocks - 1].register_forward_hook(self._keeper(captured))
         try:
@@ -232,6 +159,8 @@ class Prober:
             the same numbers for less compute, at the memory of one hidden state per block and
             calibration token (kept where the model computes).
         """
+        if self._loader is not None:
+            return self.output_states_many([skip], reuse_prefix=reuse_prefix)[0]
         chosen = sorted(set(int(b) for b in skip))
         replay = {}
         if reuse_prefix and self._prefix is not None and chosen:
@@ -241,7 +170,7 @@ class Prober:
         handles = [self.adapter.blocks[i].register_forward_hook(self._keeper(outputs[i])) for i in range(len(outputs))]
         captured: list[torch.Tensor] = []
         try:
-            with skipping(self.adapter, chosen), _patched_forwards(self.adapter, replay), torch.no_grad():
+            with skipping(self.adapter, chosen), patched_forwards(self.adapter, replay), torch.no_grad():
                 for batch in self._batches():
                     hidden = self.adapter.backbone(input_ids=batch, use_cache=False).last_hidden_state
                     captured.append(_as_rows(hidden))
@@ -252,6 +181,73 @@ class Prober:
             self._prefix = outputs
         self._count()
         return torch.cat(captured)
+
+    def output_states_many(self, skips: Iterable[Iterable[int]], *, reuse_prefix: bool = False) -> list[torch.Tensor]:
+        """:meth:`output_states` for several block sets: one forward pass each. A layer-wise model
+        runs them in one sweep (each block read once for all of them); the dense output of a
+        ``reuse_prefix`` prober is computed once and its block boundaries are kept on disk."""
+        if self._loader is None:
+            return [self.output_states(skip, reuse_prefix=reuse_prefix) for skip in skips]
+        chosen = [self._checked(skip) for skip in skips]
+        if reuse_prefix and self._spill is None:
+            self._spill = BoundarySpill()
+            dense = Stream(frozenset())
+            self._block_sweep().run([dense], on_boundary=lambda index: self._spill.put(index, dense.states))
+            self._dense_rows = self._head_rows(dense.states)
+            self._count()
+        wanted = list(dict.fromkeys(skip for skip in chosen if skip or self._dense_rows is None))
+        streams = dict(zip(wanted, self._layerwise_streams(wanted, reuse_prefix=reuse_prefix)))
+        rows = {skip: self._head_rows(stream.states) for skip, stream in streams.items()}
+        for _ in streams:
+            self._count()
+        return [rows[skip] if skip in rows else self._dense_rows for skip in chosen]
+
+    # ------------------------------------------------------------------ layer-wise execution
+
+    def _checked(self, skip: Iterable[int]) -> frozenset[int]:
+        chosen = frozenset(int(b) for b in skip)
+        bad = sorted(b for b in chosen if not 0 <= b < self.adapter.num_blocks)
+        if bad:
+            raise MiprunError(f"cannot skip blocks {bad}: the model has blocks 0..{self.adapter.num_blocks - 1}")
+        return chosen
+
+    def _block_sweep(self) -> BlockSweep:
+        if self._sweep is None:
+            self._sweep = BlockSweep(self.adapter, self._loader, self.input_ids, self.batch_size,
+                                     input_device(self.model))
+        return self._sweep
+
+    def _layerwise_streams(self, skips: list[frozenset[int]], *, reuse_prefix: bool) -> list[Stream]:
+        """The streams of ``skips`` run to the last block's output in one sweep; with a kept dense
+        prefix, each starts at its first removed block."""
+        streams = []
+        for skip in skips:
+            start = min(skip) if reuse_prefix and self._spill is not None and skip else 0
+            source = (lambda start=start: self._spill.get(start)) if start else None
+            streams.append(Stream(skip, start, source))
+        if streams:
+            self._block_sweep().run(streams)
+        return streams
+
+    def _head_rows(self, states: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([_as_rows(hidden) for hidden in self._block_sweep().finish(states)])
+
+    def _refuse(self, overrides: Any, backward: bool, what: str) -> None:
+        if overrides or backward:
+            raise MiprunError(f"{what} is not available in layer-wise execution (blocks are read from the "
+                              f"checkpoint as they run); run this method in memory, without --layerwise/--max-memory")
+
+    def _layerwise_loss(self, skip: Iterable[int], overrides: Any, backward: bool) -> float:
+        """Summed next-token NLL with ``skip`` removed, one sweep; no overrides or gradients."""
+        self._refuse(overrides, backward, "parameter overrides or gradients (LaCo, Taylor)")
+        stream = self._layerwise_streams([self._checked(skip)], reuse_prefix=False)[0]
+        total = 0.0
+        for batch, logits in zip(self._block_sweep().batches, self._block_sweep().finish(stream.states, logits=True)):
+            total += float(torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum"
+            ).double())
+        self._count()
+        return total
 
     @staticmethod
     def _keeper(store: list[torch.Tensor]) -> Any:
@@ -267,7 +263,7 @@ class Prober:
 
         def factory(block: Any, original: Any) -> Any:
             def forward(*args: Any, **kwargs: Any) -> Any:
-                return _in_block_format(block, original, args, kwargs, self._prefix[index][self._batch_index])
+                return in_block_format(block, original, args, kwargs, self._prefix[index][self._batch_index])
 
             return forward
 

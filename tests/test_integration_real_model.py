@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from miprun.contracts import Selection
@@ -43,6 +44,22 @@ def test_run_with_no_arguments_prunes_the_default_model(tmp_path):
     ids = smollm2.tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, smollm2.model(ids).logits, rtol=0, atol=0)
+
+    # the same run under a memory budget below the model's 538 MB runs layer-wise, block by block
+    # from the safetensors file, and gives the same selection and the same checkpoint, byte for byte
+    layered = tmp_path / "layered"
+    done = subprocess.run([sys.executable, "-m", "miprun.cli.main", "run", "--max-memory", "300MiB",
+                           "--output", str(layered)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    layered_report = json.loads((layered / "miprun_report.json").read_text())
+    assert layered_report["execution"]["mode"] == "layerwise"
+    assert layered_report["execution"]["footprint_bytes"]["total"] < 300 * 2**20
+    assert layered_report["selected_blocks"] == report["selected_blocks"]
+    assert layered_report["block_scores"] == report["block_scores"]
+    written = {k: v for f in sorted(layered.glob("*.safetensors")) for k, v in load_file(f).items()}
+    assert len(list(layered.glob("*.safetensors"))) > 1  # about one block per shard
+    original = load_file(out / "model.safetensors")
+    assert sorted(written) == sorted(original) and all(torch.equal(written[k], original[k]) for k in original)
 
 
 def run_cli(argv: list[str]) -> None:

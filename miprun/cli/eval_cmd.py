@@ -17,9 +17,12 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _load(spec: str, dtype: str, device: str | None):
+def _load(spec: str, dtype: str, device: str | None, layerwise: bool = False):
+    from miprun.models.layerwise import load_layerwise
     from miprun.models.loading import load_model
 
+    if layerwise:
+        return load_layerwise(spec, dtype=dtype, device=device or "cpu")
     loaded = load_model(spec, dtype=dtype)
     if device:
         try:
@@ -57,6 +60,7 @@ def eval_command(
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Generation length."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     device: Optional[str] = typer.Option(None, "--device", help="Move the model here (e.g. cuda) before evaluating."),
+    layerwise: bool = typer.Option(False, "--layerwise", help="Read blocks from the checkpoint as they run (models larger than memory); perplexity runs block by block."),
 ) -> None:
     """Evaluate MODEL the way the MI-PRUN paper reports results, offline when the data directory is there."""
     _run(**locals())
@@ -65,7 +69,7 @@ def eval_command(
 def _run(
     model, ppl, tasks, limit, latency, generate, compare_to, json_file, markdown_file, seq_len, batch_size,
     max_windows, ppl_lm_eval, lm_eval_pages, prefill_len, decode_batch, decode_tokens, repeats, prompt,
-    max_new_tokens, dtype, device,
+    max_new_tokens, dtype, device, layerwise,
 ) -> None:
     from rich.console import Console
 
@@ -90,7 +94,7 @@ def _run(
         if json_file:
             _write_json(json_file, {**partial, "partial": True})
 
-    loaded = _load(model, dtype, device)
+    loaded = _load(model, dtype, device, layerwise)
     stderr.print(f"[dim]loaded {model} ({loaded.adapter.num_blocks} blocks) in {loaded.source.get('load_seconds')} s[/dim]")
     report = evaluate(
         loaded.model, loaded.tokenizer, ppl=ppl_names, tasks=task_names, limit=limit_value, latency=latency,
@@ -100,7 +104,7 @@ def _run(
         on_section=save_partial,
     )
     if compare_to:
-        dense = _load(compare_to, dtype, device)
+        dense = _load(compare_to, dtype, device, layerwise)
         stderr.print(f"[dim]loaded reference {compare_to} ({dense.adapter.num_blocks} blocks)[/dim]")
         reference = evaluate(
             dense.model, dense.tokenizer, ppl=(), tasks=(), latency=latency, generate=generate,

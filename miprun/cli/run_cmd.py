@@ -36,6 +36,9 @@ def run(
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
     heal: Annotated[Optional[str], typer.Option(help="Heal the cuts without training: 'linear' folds a closed-form linear map per cut into the weights (docs/healing.md)")] = None,
     heal_samples: Annotated[int, typer.Option(help="Calibration sequences the healing fit reads (same source, length and seed)")] = 128,
+    layerwise: Annotated[bool, typer.Option("--layerwise", help="Run block by block from the checkpoint's safetensors files: memory for the embedding, the head and one block (docs/architecture.md)")] = False,
+    max_memory: Annotated[Optional[str], typer.Option(help="Memory budget, e.g. 200MiB or 40GB: a model whose weights exceed it runs layer-wise")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Device the model computes on: cpu, cuda, cuda:1 (layer-wise: where each block runs)")] = None,
     from_report: Annotated[Optional[Path], typer.Option("--from-report", help="Rerun the run a miprun_report.json (or its directory) records; only --output, --overwrite, --eval and --json may be added")] = None,
 ) -> None:
     """Prune a model and save a checkpoint that transformers loads, with miprun_report.json beside it."""
@@ -50,13 +53,15 @@ def run(
                  "collector": collector is not None, "estimator": estimator is not None, "scorer": scorer is not None,
                  "selector": selector is not None, "surgeon": surgeon is not None, "option": bool(option),
                  "dtype": dtype != "auto", "device-map": device_map is not None, "heal": heal is not None,
-                 "heal-samples": heal_samples != 128}
+                 "heal-samples": heal_samples != 128, "layerwise": layerwise, "max-memory": max_memory is not None,
+                 "device": device is not None}
         arguments = rerun_arguments(from_report, [flag for flag, set_ in given.items() if set_])
     else:
         arguments = dict(model=model, n=prune, ratio=ratio, calib=calib, num_samples=num_samples, seq_len=seq_len,
                          seed=seed, granularity=granularity, method=method, collector=collector, estimator=estimator,
                          scorer=scorer, selector=selector, surgeon=surgeon, options=parse_options(option),
-                         dtype=dtype, device_map=device_map, heal=heal, heal_samples=heal_samples)
+                         dtype=dtype, device_map=device_map, heal=heal, heal_samples=heal_samples,
+                         layerwise=layerwise, max_memory=max_memory, device=device)
     with progress_reporter() as reporter:
         result = run_pipeline(output=output, overwrite=overwrite, evaluate=evaluate, reporter=reporter, **arguments)
     report = result.report
@@ -78,6 +83,9 @@ def run(
                       f"residual {cut['relative_residual_before']:.3f} → {cut['relative_residual_after']:.3f}, "
                       f"into {cut['folded_into']}" + (" (head untied)" if cut["untied_head"] else ""))
     table.add_row("span evaluations", str(report["evaluations"]["spans"]))
+    execution = report.get("execution", {})
+    if execution.get("mode") == "layerwise":
+        table.add_row("execution", f"layer-wise ({execution['reason']})")
     table.add_row("timings (s)", ", ".join(f"{k} {v:.2f}" for k, v in report["timings"].items()))
     if "evaluation" in report:
         for name, value in report["evaluation"].get("perplexity", {}).items():
@@ -112,6 +120,7 @@ def rerun_arguments(path: Path, conflicting: list[str]) -> dict:
             (isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())) if key == "options"
             else (isinstance(value, int) and not isinstance(value, bool)) if key in whole
             else isinstance(value, float) if key == "ratio"
+            else isinstance(value, bool) if key == "layerwise"
             else isinstance(value, str)) and value is not None]
     if damaged:
         raise MiprunError(f"the rerun section of '{path}' is damaged ({', '.join(damaged)}); "

@@ -3,8 +3,9 @@
 Forward hooks on the blocks capture the input of block 0 and the output of every block — the
 residual stream *before* the final norm — for the same token positions at every boundary, moved to
 the CPU in float32 whatever the model's dtype or device. Because capture happens in hooks, the
-same code runs on a model spread over devices by accelerate (``device_map="auto"``, offload); a
-block-by-block collector for models that do not fit at all can implement the same protocol.
+same code runs on a model spread over devices by accelerate (``device_map="auto"``, offload). A
+layer-wise model (:mod:`miprun.models.layerwise`) is run block-major instead — every batch through
+one block before the next is read — with the same states as the result.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 
 from miprun.contracts import BoundaryStates
 from miprun.models.devices import input_device
+from miprun.models.layerwise import layerwise_loader
+from miprun.models.sweep import BlockSweep, Stream
 
 
 def _hidden(value: Any) -> torch.Tensor:
@@ -73,6 +76,21 @@ def capture_boundaries(
     :returns: T + 1 float32 CPU tensors of shape (n·k, hidden), rows in sample-major order.
     """
     boundaries: list[list[torch.Tensor]] = [[] for _ in range(adapter.num_blocks + 1)]
+    loader = layerwise_loader(adapter.model)
+    if loader is not None:  # block-major: each block read once for all batches
+        sweep = BlockSweep(adapter, loader, input_ids, batch_size, device)
+        stream = Stream(frozenset())
+        parts = [keep[start : start + batch_size] for start in range(0, input_ids.shape[0], batch_size)]
+
+        def take_all(index: int) -> None:
+            for rows, hidden in zip(parts, stream.states):
+                picked = torch.gather(hidden, 1, rows.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+                boundaries[index].append(picked.reshape(-1, hidden.shape[-1]).to("cpu", torch.float32))
+
+        sweep.run([stream], on_boundary=take_all)
+        if progress is not None:
+            progress(int(input_ids.shape[0]))
+        return [torch.cat(parts) for parts in boundaries]
     current: dict[str, torch.Tensor] = {}
 
     def take(index: int, hidden: torch.Tensor) -> None:

@@ -30,6 +30,8 @@ from miprun.data.text import hf_text, read_jsonl, read_text_file
 from miprun.models.context import context_length
 from miprun.errors import MiprunError, did_you_mean
 from miprun.models.devices import input_device
+from miprun.models.layerwise import layerwise_loader
+from miprun.models.sweep import sweep_logits
 
 DEFAULT_SEQ_LEN = 2048
 
@@ -230,10 +232,13 @@ def nll_of_windows(model: Any, windows: list[tuple[list[int], int]], *, batch_si
             batches[-1].append(i)
         else:
             batches.append([i])
+    all_ids = [torch.tensor([windows[i][0] for i in batch], dtype=torch.long, device=device) for batch in batches]
+    loader = layerwise_loader(model)
     with _Progress(progress, label, len(windows)) as bar, torch.inference_mode():
-        for batch in batches:
-            input_ids = torch.tensor([windows[i][0] for i in batch], dtype=torch.long, device=device)
-            logits = model(input_ids=input_ids, use_cache=False).logits
+        # a layer-wise model runs block-major: each block read once for many batches
+        outputs = (model(input_ids=ids, use_cache=False).logits for ids in all_ids) if loader is None else \
+            sweep_logits(loader, all_ids)
+        for batch, input_ids, logits in zip(batches, all_ids, outputs):
             for row, i in enumerate(batch):
                 first = windows[i][1]
                 # position t predicts token t+1; score targets first..end

@@ -23,17 +23,26 @@ def _dtype_hint(dtype: torch.dtype) -> str:
     return ""
 
 
+def all_finite(tensor: torch.Tensor, rows: int = 4096) -> bool:
+    """Whether every entry of ``tensor`` is finite, checked a slice of ``rows`` at a time (no
+    tensor-sized temporary: an embedding matrix is checked without a copy of its size)."""
+    tensor = tensor.detach()
+    if tensor.dim() == 0:
+        return bool(torch.isfinite(tensor))
+    return all(bool(torch.isfinite(part).all()) for part in tensor.split(rows))
+
+
 def check_weights(adapter: Any) -> None:
     """Raise when a parameter of a block, the embedding or the head holds NaN or ±inf."""
     for index, block in enumerate(adapter.blocks):
         for name, param in block.named_parameters():
-            if not param.is_meta and not bool(torch.isfinite(param.detach()).all()):
+            if not param.is_meta and not all_finite(param):
                 raise MiprunError(f"block {index} has non-finite weights (NaN or inf) in {name}: the checkpoint "
                                   f"is damaged; repair or re-download it before pruning")
     for name, param in adapter.model.named_parameters():
         if ".layers." in f".{name}" or param.is_meta:
             continue
-        if not bool(torch.isfinite(param.detach()).all()):
+        if not all_finite(param):
             raise MiprunError(f"parameter {name} has non-finite weights (NaN or inf): the checkpoint is damaged")
 
 

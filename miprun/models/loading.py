@@ -22,7 +22,8 @@ class LoadedModel:
     source: dict[str, Any]
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` names a local file or directory rather than a hub id."""
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or Path(spec).exists() or spec.count("/") > 1
 
 
@@ -95,7 +96,7 @@ def load_model(
         location: str | Path = embedded_checkpoint(spec)
         source.update(kind="embedded", path=str(location), description=EMBEDDED[spec]["description"],
                       hub_id=EMBEDDED[spec]["hub_id"])
-    elif _looks_like_path(spec):
+    elif looks_like_path(spec):
         path = Path(spec).expanduser()
         if not path.exists():
             raise MiprunError(f"model path '{spec}' does not exist; pass a checkpoint directory, a .gguf file or a hub id")

@@ -71,6 +71,12 @@ def logit_isometry(model: Any, rows_per_chunk: int = 8192) -> torch.Tensor:
     return (eigenvectors * eigenvalues.clamp_min(0).sqrt()).T
 
 
+def in_space(z: torch.Tensor, to_space: torch.Tensor, rows: int = 1024) -> torch.Tensor:
+    """``z`` (tokens × hidden) mapped by ``to_space`` (z ↦ R·z) in float64, ``rows`` tokens at a
+    time, so no float64 copy of ``z`` is made besides the result."""
+    return torch.cat([part.double() @ to_space.T for part in z.split(rows)])
+
+
 def _head_weight(model: Any) -> torch.Tensor:
     """The language-model head's weight. When accelerate has offloaded it (a meta tensor), the copy
     its hook holds — or, for a head tied to the input embedding, the embedding's copy."""
@@ -175,16 +181,15 @@ class OutputMIScorer:
         chunks = [ids[start : start + self.batch_size] for start in range(0, ids.shape[0], self.batch_size)]
 
         def per_sequence(z: torch.Tensor) -> list[Any]:
-            z = z if to_space is None else z.double() @ to_space.T
+            z = z if to_space is None else in_space(z, to_space)
             return [estimator.prepare(rows) for rows in z.split(ids.shape[1])]
 
         def values_on(chunk: torch.Tensor, alive: list[tuple[int, ...]]) -> dict[tuple[int, ...], list[float]]:
             local = Prober(context.model, context.adapter, chunk, batch_size=self.batch_size, context=context)
             reference = per_sequence(local.output_states(reuse_prefix=self.reuse_prefix))
             values = {}
-            for blocks in alive:
-                pruned = per_sequence(local.output_states(skip=blocks, reuse_prefix=self.reuse_prefix))
-                values[blocks] = [estimator.mi_prepared(x, y) for x, y in zip(reference, pruned)]
+            for blocks, z in zip(alive, local.output_states_many(alive, reuse_prefix=self.reuse_prefix)):
+                values[blocks] = [estimator.mi_prepared(x, y) for x, y in zip(reference, per_sequence(z))]
             return values
 
         def decide(sets: list[tuple[int, ...]]) -> tuple[tuple[int, ...], dict[str, Any]]:
@@ -201,20 +206,21 @@ class OutputMIScorer:
         """Lazily computed output-MI scores over the sequences of ``prober``."""
         reference: list[Any] = []
 
-        def outputs(blocks: tuple[int, ...] = ()) -> Any:
-            z = prober.output_states(skip=blocks, reuse_prefix=self.reuse_prefix)
-            return estimator.prepare(z if to_space is None else z.double() @ to_space.T)
+        def prepared(z: torch.Tensor) -> Any:
+            return estimator.prepare(z if to_space is None else in_space(z, to_space))
 
-        def compute_set(blocks: tuple[int, ...]) -> float:
+        def compute_sets(sets: list[tuple[int, ...]]) -> list[float]:
             if not reference:
-                reference.append(outputs())
-            return estimator.mi_prepared(reference[0], outputs(blocks))
+                reference.append(prepared(prober.output_states(reuse_prefix=self.reuse_prefix)))
+            pruned = prober.output_states_many(sets, reuse_prefix=self.reuse_prefix)
+            return [estimator.mi_prepared(reference[0], prepared(z)) for z in pruned]
 
         return SpanScores(
             num_blocks,
-            lambda first, length: compute_set(tuple(range(first, first + length))),
+            lambda first, length: compute_sets([tuple(range(first, first + length))])[0],
             metric="mi",
             redundant_when_high=True,
-            compute_set=compute_set,
+            compute_set=lambda blocks: compute_sets([blocks])[0],
+            compute_sets=compute_sets,
             **extra,
         )

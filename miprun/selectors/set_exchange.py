@@ -45,6 +45,7 @@ def best_span_start(scores: SpanScores, n: int, singles: list[float], k: int | N
     ranked by summed single importance (``k=None``: every span)."""
     firsts = sorted(range(scores.num_blocks - n + 1), key=lambda f: (sum(singles[f : f + n]), f))
     chosen = firsts[: top_k(n, len(firsts), k)]
+    scores.prefetch(range(f, f + n) for f in chosen)
     best = min(chosen, key=lambda f: (scores.importance(f, n), f))
     return list(range(best, best + n))
 
@@ -69,11 +70,13 @@ def exchange(
     if len(pruning) == 1:  # every single block is already scored exactly: the start is optimal
         return pruning, trace, "converged"
     for iteration in range(1, max_iterations + 1):
+        scores.prefetch([pruning] + [[b for b in pruning if b != p] for p in pruning])
         current = scores.set_importance(pruning)
         drops = {p: scores.set_importance([b for b in pruning if b != p]) for p in pruning}
         drop = min(pruning, key=lambda p: (drops[p], p))
         rest = [b for b in pruning if b != drop]
         alternative = _alternatives(pruning, rest, singles, k)
+        scores.prefetch(rest + [a] for a in alternative)
         adds = {a: scores.set_importance(rest + [a]) for a in alternative}
         add = min(alternative, key=lambda a: (adds[a], a))
         improved = adds[add] < current
@@ -107,6 +110,7 @@ def refine_sets(scores: SpanScores, n: int, *, k: int | None, max_iterations: in
     search = scores.ranking
     singles = search.singles()
     starts = {"singles": least_important(singles, n), "span": best_span_start(search, n, singles, k)}
+    search.prefetch(starts.values())
     start = min(starts, key=lambda name: (search.set_importance(starts[name]), name))
     final, trace, stop = exchange(search, starts[start], singles, k, max_iterations)
     info: dict[str, Any] = {"metric": scores.metric, "k": k, "mode": "set-exchange", "starts": starts, "start": start,
