@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 from miprun.errors import MiprunError
+from miprun.healing import heals, make_healer
 from miprun.memory import PeakMemory, release_freed_memory
 from miprun.methods import Method, parse_methods
 from miprun.models.devices import input_device
@@ -93,6 +94,8 @@ def compare(
     device_map: str | None = None,
     log: Callable[[str], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    heal: str | None = None,
+    heal_samples: int = 128,
 ) -> dict[str, Any]:
     """Prune ``model`` with every method in ``methods`` at every depth in ``prune`` and evaluate each.
 
@@ -108,6 +111,10 @@ def compare(
     :param log: called with one line per finished step (progress for the CLI).
     :param on_row: called with the report so far (``"complete": False``) after every row, so that a
         long comparison that is interrupted still leaves its finished rows behind.
+    :param heal: ``"linear"`` adds, beside each method's row, a row ``METHOD+heal`` for the same
+        blocks removed after :mod:`miprun.healing` folded one map per cut (fitted on
+        ``heal_samples`` sequences of the same source and seed); methods whose surgeon is not
+        ``remove-blocks`` (LaCo) get no healed row.
     :returns: ``{"model", "num_blocks", "settings", "rows", "complete", "seconds"}``; ``rows[0]`` is the
         dense model, then one row per method and depth with ``method``, ``prune``, ``blocks``,
         ``perplexity``, ``tasks``, ``task_average``, ``cost``, ``strategies``, ``selection``.
@@ -138,6 +145,8 @@ def compare(
                                      seed=seed, registry=registry) for spec in specs}
     for plan in plans.values():  # every option value is checked before any work starts
         plan.build(registry)
+    healable = [plan for plan in plans.values() if heals(plan)]
+    healer = make_healer(heal, healable[0] if healable else next(iter(plans.values())), heal_samples)
 
     started = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model or DEFAULT_MODEL), dtype=dtype, device_map=device_map)
@@ -150,6 +159,10 @@ def compare(
     torch.manual_seed(seed)
     calibration = load_calibration(calib, loaded.tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed, model=loaded.model)
     input_ids = calibration.input_ids
+    heal_ids = None
+    if healer is not None:
+        heal_ids = load_calibration(calib, loaded.tokenizer, num_samples=heal_samples, seq_len=seq_len, seed=seed,
+                                    model=loaded.model).input_ids
     collections = Collections()
     for plan in plans.values():  # collect once per distinct collector, outside every method's measurement
         if "collector" in plan.names:
@@ -178,6 +191,7 @@ def compare(
             "settings": {
                 "prune": depths, "methods": names, "calib": calibration.source, "num_samples": num_samples,
                 "seq_len": seq_len, "seed": seed, "ppl": list(ppl),
+                "heal": heal, "heal_samples": heal_samples if heal else None,
                 "tasks": list(tasks) if not isinstance(tasks, str) else tasks,
                 "limit": limit, "eval_seq_len": eval_seq_len, "eval_max_windows": eval_max_windows,
                 "collection": {name: {"seconds": c.seconds, **{k: v for k, v in c.inputs.info.items()
@@ -232,9 +246,39 @@ def compare(
             log(f"{spec.name} -{n}: {_brief(row)}")
             if on_row is not None:
                 on_row(report(False))
-            del working, adapter, outcome, scores, strategies
+            del working, adapter
+            if healer is not None and heals(plan):
+                rows.append(_healed_row(row, outcome, strategies, healer, loaded, heal_ids, run_eval))
+                log(f"{rows[-1]['method']} -{n}: {_brief(rows[-1])}")
+                if on_row is not None:
+                    on_row(report(False))
+            del outcome, scores, strategies
     release_freed_memory()
     return report(True)
+
+
+def _healed_row(row: dict[str, Any], outcome: Any, strategies: dict[str, Any], healer: Any, loaded: Any,
+                heal_ids: Any, run_eval: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
+    """The row of ``row``'s selection removed after healing, on a fresh copy of the model."""
+    from miprun.models.adapters import adapter_for
+
+    release_freed_memory()
+    healed = copy.deepcopy(loaded.model)
+    adapter = adapter_for(healed)
+    start = time.perf_counter()
+    summary = healer.heal(healed, adapter, row["blocks"], heal_ids)
+    seconds = time.perf_counter() - start
+    surgery = strategies["surgeon"].apply(healed, adapter, outcome.selection)
+    evaluation = run_eval(healed, adapter)
+    return {
+        **row,
+        "method": f"{row['method']}+heal",
+        **_evaluation_fields(evaluation),
+        "cost": {**row["cost"], "seconds": round(row["cost"]["seconds"] + seconds, 3),
+                 "heal_seconds": round(seconds, 3)},
+        "healing": summary,
+        "parameters": surgery.get("parameters_after"),
+    }
 
 
 def _quiet() -> Any:

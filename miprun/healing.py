@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from miprun.errors import MiprunError
 from miprun.models.devices import input_device, input_embedding
-from miprun.models.layerwise import editable_block
+from miprun.models.layerwise import editable_block, layerwise_loader
+from miprun.models.sweep import BlockSweep, Stream
 from miprun.probing import skipping
 
 
@@ -120,6 +121,18 @@ class LinearHealer:
     def _dense_targets(self, model: Any, adapter: Any, cuts: list[tuple[int, int]], input_ids: torch.Tensor) -> dict:
         """The dense stream after the last block of every cut, per batch (float64 rows, CPU)."""
         targets: dict[tuple[int, int], list[torch.Tensor]] = {cut: [] for cut in cuts}
+        loader = layerwise_loader(model)
+        if loader is not None:  # block-major: every block read once for all batches
+            sweep = BlockSweep(adapter, loader, input_ids, self.batch_size, input_device(model))
+            stream = Stream(frozenset())
+            ends = {cut[1] + 1: cut for cut in cuts}
+
+            def keep(boundary: int) -> None:
+                if boundary in ends:
+                    targets[ends[boundary]] = [_rows(hidden).cpu() for hidden in stream.states]
+
+            sweep.run([stream], on_boundary=keep, until=max(ends))
+            return targets
         with ExitStack() as stack, torch.no_grad():
             for cut in cuts:
                 hook = adapter.blocks[cut[1]].register_forward_hook(
@@ -129,11 +142,16 @@ class LinearHealer:
                 adapter.backbone(input_ids=batch, use_cache=False)
         return targets
 
-    def _accumulate(self, model: Any, adapter: Any, cut: tuple[int, int], earlier: list[int],
-                    input_ids: torch.Tensor, targets: list[torch.Tensor]) -> tuple:
-        """XᵀX, XᵀY, ‖X − Y‖², ‖Y‖² and the token count for ``cut`` on the model healed so far
-        (the earlier cuts skipped); X is what the map acts on, Y what it should produce."""
+    def _captures(self, model: Any, adapter: Any, cut: tuple[int, int], earlier: list[int],
+                  input_ids: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Per batch, on the model healed so far (the earlier cuts skipped): X, what the map acts
+        on (block ``a − 1``'s FFN output, or the embedding output for a cut at block 0), and the
+        rest of the stream entering the cut besides X (None for a cut at block 0); float64 rows."""
         first = cut[0]
+        loader = layerwise_loader(model)
+        if loader is not None:
+            yield from self._captures_layerwise(loader, adapter, cut, earlier, input_ids)
+            return
         captured: dict[str, torch.Tensor] = {}
         with ExitStack() as stack, torch.no_grad():
             if first == 0:  # the map acts on the embedding output: block 0's input
@@ -153,21 +171,48 @@ class LinearHealer:
                 hook = adapter.blocks[first - 1].register_forward_hook(take_output)
             stack.callback(hook.remove)
             stack.enter_context(skipping(adapter, earlier))
-            gram = cross = None
-            before = energy = 0.0
-            tokens = 0
-            for batch, target in zip(self._batches(input_ids, input_device(model)), targets):
+            for batch in self._batches(input_ids, input_device(model)):
                 try:
                     adapter.backbone(input_ids=batch, use_cache=False)
                 except _Stop:
                     pass
-                x = captured["x"]  # float64 on the model's device: the Grams accumulate there
-                y = target.to(x.device) - (captured["rest"] if captured["rest"] is not None else 0.0)
-                gram = x.T @ x if gram is None else gram + x.T @ x
-                cross = x.T @ y if cross is None else cross + x.T @ y
-                before += float((x - y).pow(2).sum())
-                energy += float(y.pow(2).sum())
-                tokens += x.shape[0]
+                yield captured["x"], captured["rest"]
+
+    def _captures_layerwise(self, loader: Any, adapter: Any, cut: tuple[int, int], earlier: list[int],
+                            input_ids: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """:meth:`_captures` block-major: one sweep up to the cut reads each block once."""
+        first = cut[0]
+        sweep = BlockSweep(adapter, loader, input_ids, self.batch_size, input_device(adapter.model))
+        if first == 0:
+            for hidden in sweep.inputs:
+                yield _rows(hidden), None
+            return
+        stream = Stream(frozenset(earlier))
+        outputs: list[torch.Tensor] = []
+        _, down = adapter.ffn_modules(first - 1)
+        handle = down.register_forward_hook(lambda m, a, out: outputs.append(_rows(_out(out))))
+        try:
+            sweep.run([stream], until=first)
+        finally:
+            handle.remove()
+        for x, hidden in zip(outputs, stream.states):
+            yield x, _rows(hidden) - x
+
+    def _accumulate(self, model: Any, adapter: Any, cut: tuple[int, int], earlier: list[int],
+                    input_ids: torch.Tensor, targets: list[torch.Tensor]) -> tuple:
+        """XᵀX, XᵀY, ‖X − Y‖², ‖Y‖² and the token count for ``cut`` on the model healed so far
+        (the earlier cuts skipped); X is what the map acts on, Y what it should produce."""
+        gram = cross = None
+        before = energy = 0.0
+        tokens = 0
+        for (x, rest), target in zip(self._captures(model, adapter, cut, earlier, input_ids), targets):
+            # float64 on the model's device: the Grams accumulate there
+            y = target.to(x.device) - (rest if rest is not None else 0.0)
+            gram = x.T @ x if gram is None else gram + x.T @ x
+            cross = x.T @ y if cross is None else cross + x.T @ y
+            before += float((x - y).pow(2).sum())
+            energy += float(y.pow(2).sum())
+            tokens += x.shape[0]
         return gram, cross, before, energy, tokens
 
     def _fold(self, model: Any, adapter: Any, cut: tuple[int, int], transform: torch.Tensor) -> dict[str, Any]:
@@ -195,3 +240,29 @@ class LinearHealer:
             t = transform.to(embedding.weight.device)
             embedding.weight.copy_((embedding.weight.double() @ t).to(embedding.weight.dtype))
             return {"folded_into": "input embedding", "untied_head": untied}
+
+
+HEALERS = ("linear",)
+"""The healing methods ``--heal`` accepts."""
+
+
+def heals(plan: Any) -> bool:
+    """Whether healing applies to ``plan``: it removes whole blocks with ``remove-blocks``."""
+    return plan.granularity == "block" and plan.names.get("surgeon") == "remove-blocks"
+
+
+def make_healer(heal: str | None, plan: Any, samples: int) -> LinearHealer | None:
+    """The healer ``heal`` names (None without healing), checked against ``plan``: healing folds
+    maps for removed blocks, so it needs block granularity and the ``remove-blocks`` surgeon."""
+    from miprun.errors import did_you_mean
+
+    if heal is None:
+        return None
+    if heal not in HEALERS:
+        raise MiprunError(f"unknown healing '{heal}'{did_you_mean(str(heal), list(HEALERS))}; choose: {', '.join(HEALERS)}")
+    if not heals(plan):
+        raise MiprunError("--heal linear heals removed blocks: it needs --granularity block and the remove-blocks "
+                          f"surgeon (this plan uses {plan.names.get('surgeon')})")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise MiprunError(f"--heal-samples must be a whole number ≥ 1, got {samples!r}")
+    return LinearHealer()

@@ -131,6 +131,7 @@ def prune(
     """
     from miprun.engine import execute
     from miprun.granularity import GRANULARITY
+    from miprun.healing import make_healer
     from miprun.output import check_output, output_lock
 
     reporter = reporter or Reporter()
@@ -146,7 +147,7 @@ def prune(
     if execution.mode == "layerwise" and device_map is not None:
         raise MiprunError(f"layer-wise execution ({execution.reason}) places one block at a time itself; "
                           f"name its device with --device instead of --device-map")
-    healer = _healer(heal, plan, heal_samples)
+    healer = make_healer(heal, plan, heal_samples)
     if output is not None and save:
         check_output(Path(output), overwrite=overwrite)
     timings: dict[str, float] = {}
@@ -215,23 +216,6 @@ def _execution(model: Any, plan: Any, *, dtype: str, layerwise: bool, max_memory
                           f"{plan.granularity} granularity and the '{plan.names.get('surgeon')}' surgeon, which edit "
                           f"weights in memory — raise --max-memory or prune blocks with remove-blocks")
     return execution
-
-
-def _healer(heal: str | None, plan: Any, samples: int) -> Any:
-    """The healer ``heal`` names, checked against the plan; None without healing."""
-    if heal is None:
-        return None
-    from miprun.errors import did_you_mean
-    from miprun.healing import LinearHealer
-
-    if heal != "linear":
-        raise MiprunError(f"unknown healing '{heal}'{did_you_mean(str(heal), ['linear'])}; choose: linear")
-    if plan.granularity != "block" or plan.names.get("surgeon") != "remove-blocks":
-        raise MiprunError("--heal linear heals removed blocks: it needs --granularity block and the remove-blocks "
-                          f"surgeon (this plan uses {plan.names.get('surgeon')})")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise MiprunError(f"--heal-samples must be a whole number ≥ 1, got {samples!r}")
-    return LinearHealer()
 
 
 def _finish(

@@ -142,3 +142,29 @@ def test_combinations_compare_any_registered_strategies_like_named_methods(text_
     assert rows["angular"]["strategies"]["selector"]["name"] == "best-span"
     # hidden states are collected once and shared by the three methods that read them
     assert list(report["settings"]["collection"]) == ["hidden-states"]
+
+
+def test_compare_heal_adds_a_healed_row_beside_each_method_that_removes_blocks(text_file, tmp_path):
+    from miprun.contracts import Selection
+    from miprun.data.calibration import load_calibration
+    from miprun.evaluation.perplexity import perplexity
+    from miprun.healing import LinearHealer
+    from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
+
+    loaded = build_tiny("llama", layers=6, seed=3)
+    report = compare(loaded, prune=2, methods="shortgpt,laco", calib=str(text_file), num_samples=4, seq_len=16,
+                     ppl=(str(text_file),), eval_seq_len=16, eval_max_windows=3, heal="linear", heal_samples=12)
+    rows = {r["method"]: r for r in report["rows"]}
+    assert list(rows) == ["dense", "shortgpt", "shortgpt+heal", "laco"]  # LaCo merges blocks: nothing to heal
+    healed, plain = rows["shortgpt+heal"], rows["shortgpt"]
+    assert healed["blocks"] == plain["blocks"] and healed["parameters"] == plain["parameters"]
+    assert healed["cost"]["heal_seconds"] > 0 and healed["healing"]["cuts"]
+    # the healed row is the healer's own result on the same selection, evaluated the same way
+    ids = load_calibration(str(text_file), loaded.tokenizer, num_samples=12, seq_len=16, seed=0).input_ids
+    LinearHealer().heal(loaded.model, loaded.adapter, plain["blocks"], ids)
+    RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection(plain["blocks"]))
+    expected = perplexity(loaded.model, loaded.tokenizer, str(text_file), seq_len=16, max_windows=3).perplexity
+    assert healed["perplexity"][str(text_file)] == pytest.approx(expected, rel=1e-9)
+    assert report["settings"]["heal"] == "linear"
+    with pytest.raises(MiprunError, match="unknown healing 'lineer'.*did you mean 'linear'"):
+        compare(loaded, prune=2, methods="shortgpt", heal="lineer")

@@ -94,14 +94,16 @@ class BlockSweep:
                 except _Recorded:
                     pass
 
-    def run(self, streams: list[Stream], *, on_boundary: Callable[[int], None] | None = None) -> None:
-        """Advance every stream to the output of the last block, reading each block once.
+    def run(self, streams: list[Stream], *, on_boundary: Callable[[int], None] | None = None,
+            until: int | None = None) -> None:
+        """Advance every stream to the output of the last block (to boundary ``until``: the input
+        of block ``until``), reading each block once.
 
         :param on_boundary: called with ``i + 1`` after block ``i`` has run (and with the first
             start boundary before any block runs), when the streams hold that boundary's states.
         """
         first = min(stream.start for stream in streams)
-        for index in range(first, self.adapter.num_blocks):
+        for index in range(first, self.adapter.num_blocks if until is None else until):
             for stream in streams:
                 if stream.start == index and stream.states is None:
                     stream.states = stream.source() if stream.source is not None else list(self.inputs)
