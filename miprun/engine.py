@@ -109,6 +109,7 @@ def execute(
     timings: dict[str, float] | None = None,
     healer: Any = None,
     heal_ids: Any = None,
+    heal_candidates: int = 1,
 ) -> Outcome:
     """Run ``plan`` on ``model`` (edited in place) with calibration ``input_ids`` (n × L).
 
@@ -118,6 +119,9 @@ def execute(
     :param timings: stage seconds are added here (a fresh dict when None).
     :param healer: heals the cuts before surgery (:class:`miprun.healing.LinearHealer`), fitted on
         ``heal_ids`` (the calibration tokens when None); block plans that remove blocks only.
+    :param heal_candidates: with a healer, choose among the selection and the next best block
+        sets the scores evaluated (up to this many in all) the one whose removal heals best
+        (:func:`miprun.healing.heal_aware_choice`); 1 heals the selection as it is.
     """
     registry = registry or get_registry()
     reporter = reporter or Reporter()
@@ -145,9 +149,13 @@ def execute(
     granularity.check(selection, adapter, count)
     size = granularity.size(adapter)
     healing = None
+    ids_for_healing = input_ids if heal_ids is None else heal_ids
+    if healer is not None and heal_candidates > 1:
+        selection = _heal_aware(selection, scores, count, heal_candidates, healer, model, adapter, ids_for_healing,
+                                input_ids, timings, reporter)
     if healer is not None:
         with stage("heal", timings, reporter), finite_activations(adapter):
-            healing = healer.heal(model, adapter, sorted(selection.blocks), input_ids if heal_ids is None else heal_ids)
+            healing = healer.heal(model, adapter, sorted(selection.blocks), ids_for_healing)
     with stage("operate", timings, reporter):
         surgery = strategies["surgeon"].apply(model, adapter, selection)
     if healing is not None:
@@ -158,3 +166,23 @@ def execute(
         collect_seconds=collected.seconds if collected is not None else 0.0,
         forward_passes=context.forward_passes, timings=timings,
     )
+
+
+def _heal_aware(selection: Any, scores: Any, count: int, limit: int, healer: Any, model: Any, adapter: Any,
+                heal_ids: Any, input_ids: Any, timings: dict[str, float], reporter: Reporter) -> Any:
+    """The selection replaced by the candidate set that heals best: the selection itself and the
+    next best ``count``-block sets its scores evaluated (the screen's when there is one)."""
+    from dataclasses import replace
+
+    from miprun.healing import heal_aware_choice
+
+    candidates = [sorted(int(b) for b in selection.blocks)]
+    for _, blocks in scores.ranking.best_sets(count):
+        if len(candidates) >= limit:
+            break
+        if sorted(blocks) not in candidates:
+            candidates.append(sorted(blocks))
+    with stage("heal-select", timings, reporter), finite_activations(adapter):
+        chosen, record = heal_aware_choice(healer, model, adapter, candidates, heal_ids, input_ids)
+    record["selected_before"] = candidates[0]
+    return replace(selection, blocks=chosen, info={**selection.info, "heal_aware": record})

@@ -21,7 +21,7 @@ ReplaceMe's (Shopkhoev et al., 2025); estimating and folding follow the formulas
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator
 
 import torch
@@ -78,17 +78,37 @@ class LinearHealer:
 
     :param ridge: ridge added to the Gram matrix, relative to its mean diagonal entry.
     :param batch_size: calibration sequences per forward batch (memory only).
+    :param sequential: fit each cut on the model with the earlier cuts removed and healed (the
+        default); False fits every cut on the dense model, as if it were the only one.
     """
 
-    def __init__(self, ridge: float = 1e-4, batch_size: int = 4) -> None:
+    def __init__(self, ridge: float = 1e-4, batch_size: int = 4, sequential: bool = True) -> None:
         if not ridge >= 0:
             raise MiprunError(f"heal ridge must be ≥ 0, got {ridge!r}")
         self.ridge = ridge
         self.batch_size = batch_size
+        self.sequential = sequential
 
     def heal(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor) -> dict[str, Any]:
         """Fold one map per cut of ``blocks`` into ``model`` (blocks still in place; the surgeon
         removes them afterwards). Returns the summary: per cut its residuals and fit time."""
+        return self._fit(model, adapter, blocks, input_ids, handles=None)
+
+    @contextmanager
+    def applied(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor) -> Iterator[dict[str, Any]]:
+        """Within the ``with`` block, the maps :meth:`heal` would fold act at run time instead
+        (forward hooks on the modules they would be folded into); no weight changes. Yields the
+        summary. The same model as folding, up to rounding (the hook maps in float64)."""
+        handles: list[Any] = []
+        try:
+            yield self._fit(model, adapter, blocks, input_ids, handles=handles)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _fit(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor,
+             handles: list[Any] | None) -> dict[str, Any]:
+        """Fit the cuts of ``blocks`` in order; fold each map (``handles`` None) or hook it in."""
         check_healable(adapter)
         cuts = cuts_of(blocks)
         if cuts and cuts[0][0] == 0 and any(name.rpartition(".")[2] in POSITION_TABLES for name, _ in model.named_modules()):
@@ -96,23 +116,49 @@ class LinearHealer:
                               "folded into the token embedding cannot follow; keep block 0 or run without --heal")
         targets = self._dense_targets(model, adapter, cuts, input_ids)
         summary: dict[str, Any] = {"method": "linear", "ridge": self.ridge, "tokens": 0, "cuts": []}
+        pending: list[tuple[tuple[int, int], torch.Tensor, dict[str, Any]]] = []
         for index, cut in enumerate(cuts):
             start = time.perf_counter()
-            earlier = [b for first, last in cuts[:index] for b in range(first, last + 1)]
+            earlier = [b for first, last in cuts[:index] for b in range(first, last + 1)] if self.sequential else []
             gram, cross, before, energy, tokens = self._accumulate(model, adapter, cut, earlier, input_ids, targets[cut])
             dim = gram.shape[0]
             ridge = self.ridge * float(gram.diagonal().mean())
             transform = torch.linalg.solve(gram + ridge * torch.eye(dim, dtype=gram.dtype, device=gram.device), cross)
             # ‖X·T − Y‖² = ‖Y‖² − 2·tr(Tᵀ·XᵀY) + tr(Tᵀ·XᵀX·T)
             after = energy - 2 * float((transform * cross).sum()) + float((transform * (gram @ transform)).sum())
-            record = self._fold(model, adapter, cut, transform)
-            record.update(blocks=list(range(cut[0], cut[1] + 1)),
-                          relative_residual_before=(before / energy) ** 0.5,
-                          relative_residual_after=(max(after, 0.0) / energy) ** 0.5,
-                          seconds=round(time.perf_counter() - start, 3))
-            summary["cuts"].append(record)
+            record = {"blocks": list(range(cut[0], cut[1] + 1)),
+                      "relative_residual_before": (before / energy) ** 0.5,
+                      "relative_residual_after": (max(after, 0.0) / energy) ** 0.5,
+                      "seconds": round(time.perf_counter() - start, 3)}
+            pending.append((cut, transform, record))
+            if self.sequential:  # the next cut is fitted on the model healed so far
+                self._apply(model, adapter, pending.pop(), handles, summary)
             summary["tokens"] = tokens
+        for item in pending:  # independent fits: every map applied once all are fitted
+            self._apply(model, adapter, item, handles, summary)
+        summary["sequential"] = self.sequential
         return summary
+
+    def _apply(self, model: Any, adapter: Any, item: tuple, handles: list[Any] | None, summary: dict[str, Any]) -> None:
+        """Fold the map of ``item`` (``handles`` None) or hook it in, and record the cut."""
+        cut, transform, record = item
+        if handles is None:
+            record = {**self._fold(model, adapter, cut, transform), **record}
+        else:
+            handles.append(self._hook(model, adapter, cut, transform))
+            record = {"applied_at_run_time": True, **record}
+        summary["cuts"].append(record)
+
+    @staticmethod
+    def _hook(model: Any, adapter: Any, cut: tuple[int, int], transform: torch.Tensor) -> Any:
+        """A forward hook applying ``transform`` to the output of the module the map would be
+        folded into (the down projection before the cut, or the input embedding)."""
+        module = adapter.ffn_modules(cut[0] - 1)[1] if cut[0] > 0 else input_embedding(model)
+
+        def apply(module: Any, args: Any, out: torch.Tensor) -> torch.Tensor:
+            return (out.double() @ transform.to(out.device)).to(out.dtype)
+
+        return module.register_forward_hook(apply)
 
     def _batches(self, input_ids: torch.Tensor, device: torch.device):
         for start in range(0, input_ids.shape[0], self.batch_size):
@@ -266,3 +312,28 @@ def make_healer(heal: str | None, plan: Any, samples: int) -> LinearHealer | Non
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise MiprunError(f"--heal-samples must be a whole number ≥ 1, got {samples!r}")
     return LinearHealer()
+
+
+def heal_aware_choice(healer: LinearHealer, model: Any, adapter: Any, candidates: list[list[int]],
+                      heal_ids: torch.Tensor, eval_ids: torch.Tensor, *, batch_size: int = 4) -> tuple[list[int], dict[str, Any]]:
+    """The candidate block set whose removal *heals* best: each is healed (maps fitted on
+    ``heal_ids`` and applied at run time, weights untouched) and scored by the mean next-token
+    loss of the healed, pruned model on ``eval_ids``; the lowest wins (ties: the earlier candidate).
+
+    :returns: the chosen blocks and a record with every candidate's healed loss and residuals.
+    """
+    import math
+
+    from miprun.probing import Prober
+
+    prober = Prober(model, adapter, eval_ids, batch_size=batch_size)
+    rows = []
+    for rank, blocks in enumerate(candidates):
+        start = time.perf_counter()
+        with healer.applied(model, adapter, blocks, heal_ids) as summary:
+            loss = prober.loss(blocks)
+        rows.append({"candidate": sorted(blocks), "rank": rank, "healed_loss": loss, "healed_perplexity": math.exp(loss),
+                     "residual_after": [c["relative_residual_after"] for c in summary["cuts"]],
+                     "seconds": round(time.perf_counter() - start, 3)})
+    best = min(rows, key=lambda row: (row["healed_loss"], row["rank"]))
+    return best["candidate"], {"mode": "heal-aware", "criterion": "calibration loss after healing", "candidates": rows}

@@ -100,6 +100,7 @@ def prune(
     reporter: Reporter | None = None,
     heal: str | None = None,
     heal_samples: int = 128,
+    heal_candidates: int = 1,
     layerwise: bool = False,
     max_memory: str | None = None,
     device: str | None = None,
@@ -122,6 +123,9 @@ def prune(
         blocks are removed (:mod:`miprun.healing`); block plans with ``remove-blocks`` only.
     :param heal_samples: calibration sequences (of ``seq_len`` tokens, same source and seed) the
         healing fit reads — more than selection needs: 16 × 256 tokens over-fit the map.
+    :param heal_candidates: heal-aware selection — with ``heal``, heal the selection and the next
+        best block sets the scorer evaluated (this many in all) and keep the one whose healed
+        removal has the lowest calibration loss; 1 (default) heals the selection as it is.
     :param layerwise: run block by block from the checkpoint's safetensors files, never holding
         more than the embedding, the head and one block (:mod:`miprun.models.layerwise`).
     :param max_memory: a memory budget (``"200MiB"``, ``"40GB"``): a model whose weights exceed it
@@ -148,6 +152,10 @@ def prune(
         raise MiprunError(f"layer-wise execution ({execution.reason}) places one block at a time itself; "
                           f"name its device with --device instead of --device-map")
     healer = make_healer(heal, plan, heal_samples)
+    if isinstance(heal_candidates, bool) or not isinstance(heal_candidates, int) or heal_candidates < 1:
+        raise MiprunError(f"--heal-candidates must be a whole number ≥ 1, got {heal_candidates!r}")
+    if heal_candidates > 1 and healer is None:
+        raise MiprunError("--heal-candidates chooses among healed block sets; add --heal linear")
     if output is not None and save:
         check_output(Path(output), overwrite=overwrite)
     timings: dict[str, float] = {}
@@ -176,7 +184,8 @@ def prune(
                                        timings={}, reporter=reporter).input_ids
         outcome = execute(plan, loaded.model, loaded.adapter, calibration.input_ids, count=count,
                           tokenizer=loaded.tokenizer, seed=seed, strategies=strategies, registry=registry,
-                          reporter=reporter, timings=timings, healer=healer, heal_ids=heal_ids)
+                          reporter=reporter, timings=timings, healer=healer, heal_ids=heal_ids,
+                          heal_candidates=heal_candidates)
         report = {
             "miprun_report_version": 1,
             "model": loaded.source,
@@ -190,6 +199,7 @@ def prune(
                       **plan.names, "options": {kind: values for kind, values in plan.options.items() if values},
                       "dtype": dtype, "device_map": device_map,
                       **({"heal": heal, "heal_samples": heal_samples} if heal else {}),
+                      **({"heal_candidates": heal_candidates} if heal_candidates > 1 else {}),
                       **({"layerwise": True} if layerwise else {}),
                       **({"max_memory": max_memory} if max_memory is not None else {}),
                       **({"device": device} if device is not None else {})},

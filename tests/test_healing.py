@@ -103,3 +103,58 @@ def test_healing_refuses_what_it_cannot_fold(text_file):
                      heal="linear", save=False)
     with pytest.raises(MiprunError, match="unknown healing 'lineer' \\(did you mean 'linear'\\?\\)"):
         miprun.prune(build_tiny("llama", layers=4), n=1, calib=str(text_file), seq_len=16, heal="lineer", save=False)
+
+
+def test_maps_applied_at_run_time_equal_the_folded_maps_and_leave_the_weights():
+    ids = torch.randint(4, 80, (8, 16), generator=torch.Generator().manual_seed(5))
+    folded, hooked = build_tiny("llama", layers=6, seed=6), build_tiny("llama", layers=6, seed=6)
+    blocks = [0, 3, 4]  # a cut at block 0 (the embedding) and one after block 2
+    LinearHealer().heal(folded.model, folded.adapter, blocks, ids)
+    weights = {name: p.detach().clone() for name, p in hooked.model.named_parameters()}
+    from miprun.probing import skipping
+
+    with LinearHealer().applied(hooked.model, hooked.adapter, blocks, ids) as summary, torch.no_grad():
+        with skipping(hooked.adapter, blocks), skipping(folded.adapter, blocks):
+            torch.testing.assert_close(hooked.model(IDS).logits, folded.model(IDS).logits, atol=1e-4, rtol=1e-4)
+    assert [c["blocks"] for c in summary["cuts"]] == [[0], [3, 4]]
+    assert all(torch.equal(p, weights[name]) for name, p in hooked.model.named_parameters())  # nothing folded
+    with torch.no_grad():  # and the hooks are gone
+        assert not torch.allclose(hooked.model(IDS).logits, folded.model(IDS).logits)
+
+
+def test_heal_aware_selection_keeps_the_candidate_that_heals_best(tmp_path, text_file):
+    from miprun.data.calibration import load_calibration
+    from miprun.healing import heal_aware_choice
+
+    common = dict(n=2, calib=str(text_file), num_samples=4, seq_len=16, options={"scorer": {"screen": "off"}})
+    chosen = miprun.prune(build_tiny("llama", layers=6, seed=7), heal="linear", heal_samples=8, heal_candidates=3,
+                          output=tmp_path / "aware", **common)
+    record = chosen.selection.info["heal_aware"]
+    candidates = [row["candidate"] for row in record["candidates"]]
+    assert len(candidates) == 3 and candidates[0] == record["selected_before"]
+    losses = [row["healed_loss"] for row in record["candidates"]]
+    assert chosen.selection.blocks == candidates[losses.index(min(losses))]
+    assert chosen.report["selected_blocks"] == chosen.selection.blocks
+    # the losses are those of each candidate healed on its own (a fresh model each time)
+    loaded = build_tiny("llama", layers=6, seed=7)
+    heal_ids = load_calibration(str(text_file), loaded.tokenizer, num_samples=8, seq_len=16, seed=0).input_ids
+    eval_ids = load_calibration(str(text_file), loaded.tokenizer, num_samples=4, seq_len=16, seed=0).input_ids
+    _, again = heal_aware_choice(LinearHealer(), loaded.model, loaded.adapter, candidates[::-1], heal_ids, eval_ids)
+    assert [row["healed_loss"] for row in again["candidates"]] == pytest.approx(losses[::-1], rel=1e-9)
+    with pytest.raises(MiprunError, match="add --heal linear"):
+        miprun.prune(build_tiny("llama", layers=6), heal_candidates=2, save=False, **common)
+
+
+def test_independent_fitting_fits_every_cut_on_the_dense_model():
+    ids = torch.randint(4, 80, (8, 16), generator=torch.Generator().manual_seed(8))
+    single = build_tiny("llama", layers=6, seed=9)
+    alone = LinearHealer().heal(single.model, single.adapter, [4], ids)["cuts"][0]
+    both = build_tiny("llama", layers=6, seed=9)
+    independent = LinearHealer(sequential=False).heal(both.model, both.adapter, [1, 4], ids)
+    sequential = build_tiny("llama", layers=6, seed=9)
+    chained = LinearHealer().heal(sequential.model, sequential.adapter, [1, 4], ids)
+    assert independent["sequential"] is False and chained["sequential"] is True
+    second = independent["cuts"][1]
+    assert second["relative_residual_before"] == pytest.approx(alone["relative_residual_before"], rel=1e-12)
+    assert second["relative_residual_after"] == pytest.approx(alone["relative_residual_after"], rel=1e-12)
+    assert chained["cuts"][1]["relative_residual_before"] != pytest.approx(alone["relative_residual_before"], rel=1e-6)

@@ -36,6 +36,7 @@ def run(
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
     heal: Annotated[Optional[str], typer.Option(help="Heal the cuts without training: 'linear' folds a closed-form linear map per cut into the weights (docs/healing.md)")] = None,
     heal_samples: Annotated[int, typer.Option(help="Calibration sequences the healing fit reads (same source, length and seed)")] = 128,
+    heal_candidates: Annotated[int, typer.Option(help="Heal-aware selection: heal the selection and the next best block sets the scorer evaluated (this many in all) and keep the one that heals best")] = 1,
     layerwise: Annotated[bool, typer.Option("--layerwise", help="Run block by block from the checkpoint's safetensors files: memory for the embedding, the head and one block (docs/architecture.md)")] = False,
     max_memory: Annotated[Optional[str], typer.Option(help="Memory budget, e.g. 200MiB or 40GB: a model whose weights exceed it runs layer-wise")] = None,
     device: Annotated[Optional[str], typer.Option(help="Device the model computes on: cpu, cuda, cuda:1 (layer-wise: where each block runs)")] = None,
@@ -53,7 +54,7 @@ def run(
                  "collector": collector is not None, "estimator": estimator is not None, "scorer": scorer is not None,
                  "selector": selector is not None, "surgeon": surgeon is not None, "option": bool(option),
                  "dtype": dtype != "auto", "device-map": device_map is not None, "heal": heal is not None,
-                 "heal-samples": heal_samples != 128, "layerwise": layerwise, "max-memory": max_memory is not None,
+                 "heal-samples": heal_samples != 128, "heal-candidates": heal_candidates != 1, "layerwise": layerwise, "max-memory": max_memory is not None,
                  "device": device is not None}
         arguments = rerun_arguments(from_report, [flag for flag, set_ in given.items() if set_])
     else:
@@ -61,7 +62,7 @@ def run(
                          seed=seed, granularity=granularity, method=method, collector=collector, estimator=estimator,
                          scorer=scorer, selector=selector, surgeon=surgeon, options=parse_options(option),
                          dtype=dtype, device_map=device_map, heal=heal, heal_samples=heal_samples,
-                         layerwise=layerwise, max_memory=max_memory, device=device)
+                         heal_candidates=heal_candidates, layerwise=layerwise, max_memory=max_memory, device=device)
     with progress_reporter() as reporter:
         result = run_pipeline(output=output, overwrite=overwrite, evaluate=evaluate, reporter=reporter, **arguments)
     report = result.report
@@ -78,6 +79,13 @@ def run(
     surgery = report["surgery"]
     if "parameters_before" in surgery:
         table.add_row("parameters", f"{surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
+    aware = report["selection"]["info"].get("heal_aware")
+    if aware:
+        rows = {tuple(r["candidate"]): r for r in aware["candidates"]}
+        kept = rows[tuple(report["selected_blocks"])]
+        table.add_row("heal-aware", f"kept {kept['candidate']} of {len(rows)} candidates (healed calibration perplexity "
+                                    f"{kept['healed_perplexity']:.2f}; the selector's {aware['selected_before']}: "
+                                    f"{rows[tuple(aware['selected_before'])]['healed_perplexity']:.2f})")
     for cut in surgery.get("healing", {}).get("cuts", []):
         table.add_row(f"healed {cut['blocks'][0]}–{cut['blocks'][-1]}",
                       f"residual {cut['relative_residual_before']:.3f} → {cut['relative_residual_after']:.3f}, "
@@ -114,7 +122,7 @@ def rerun_arguments(path: Path, conflicting: list[str]) -> dict:
         raise MiprunError(f"the report '{path}' records no rerun section (written by an older miprun?); "
                           f"rerun with the flags its 'strategies', 'data' and 'seed' show")
     accepted = set(inspect.signature(prune).parameters) - {"output", "save", "overwrite", "evaluate", "reporter"}
-    whole = ("n", "num_samples", "seq_len", "seed")
+    whole = ("n", "num_samples", "seq_len", "seed", "heal_samples", "heal_candidates")
     damaged = sorted(set(recorded) - accepted) + [
         key for key, value in recorded.items() if key in accepted and not (
             (isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())) if key == "options"

@@ -223,6 +223,14 @@ class SpanScores:
             for blocks, v in sorted(self._set_values.items(), key=lambda kv: (len(kv[0]), kv[0]))
         ]
 
+    def best_sets(self, n: int) -> list[tuple[float, list[int]]]:
+        """Every ``n``-block set evaluated so far (spans included), as ``(importance, blocks)``,
+        lowest importance (safest to remove) first."""
+        rows = [(r["importance"], list(range(r["first"], r["first"] + r["length"])))
+                for r in self.table() if r["length"] == n]
+        rows += [(r["importance"], r["blocks"]) for r in self.set_table() if len(r["blocks"]) == n]
+        return sorted(rows)
+
     @classmethod
     def empty(cls, num_blocks: int) -> "SpanScores":
         """Scores that know only the block count: what a selector that reads no scores (SLEB,

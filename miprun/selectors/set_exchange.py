@@ -90,15 +90,6 @@ def exchange(
     return pruning, trace, "max-iterations"
 
 
-def evaluated_sets(scores: SpanScores, n: int) -> list[tuple[float, list[int]]]:
-    """Every ``n``-block set ``scores`` has evaluated (spans included), as (importance, blocks),
-    lowest importance first."""
-    rows = [(r["importance"], list(range(r["first"], r["first"] + r["length"])))
-            for r in scores.table() if r["length"] == n]
-    rows += [(r["importance"], r["blocks"]) for r in scores.set_table() if len(r["blocks"]) == n]
-    return sorted(rows)
-
-
 def refine_sets(scores: SpanScores, n: int, *, k: int | None, max_iterations: int = 20, finalists: int = 2) -> Selection:
     """Fast-Block-Select on set scores (see the module docstring); ``scores.supports_sets`` must hold.
 
@@ -116,7 +107,7 @@ def refine_sets(scores: SpanScores, n: int, *, k: int | None, max_iterations: in
     info: dict[str, Any] = {"metric": scores.metric, "k": k, "mode": "set-exchange", "starts": starts, "start": start,
                             "stop": stop, "iterations": len(trace)}
     if search is not scores:
-        shortlist = [blocks for _, blocks in evaluated_sets(search, n)[:finalists]]
+        shortlist = [blocks for _, blocks in search.best_sets(n)[:finalists]]
         final, decision = scores.choose(shortlist)
         info.update(screened_choice=shortlist[0], finalists=shortlist, decision=decision)
     return Selection(blocks=sorted(final), evaluations=scores.evaluations - before, trace=trace, info=info)
