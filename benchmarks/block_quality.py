@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from scipy.stats import kendalltau, spearmanr
 
+from arguments import add_run_arguments  # the arguments every benchmark shares
 from miprun.contracts import RunContext, Selection
 from miprun.data.calibration import load_calibration
 from miprun.data.datadir import local_file
@@ -73,13 +74,9 @@ def removal_costs(loaded, held_out: torch.Tensor) -> tuple[float, list[float]]:
 def main() -> None:
     """Run the three parts and print their tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--calib", default="wikitext2")
-    parser.add_argument("--num-samples", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=256)
+    add_run_arguments(parser, prune="3,6,9")
     parser.add_argument("--held-out-samples", type=int, default=16)
     parser.add_argument("--held-out-seq-len", type=int, default=256)
-    parser.add_argument("--prune", default="3,6,9")
     parser.add_argument("--ppl-windows", type=int, default=40, help="0 skips the perplexity part")
     parser.add_argument("--ppl-seq-len", type=int, default=512)
     parser.add_argument("--skip-costs", action="store_true", help="only selections and perplexity")

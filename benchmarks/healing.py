@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from arguments import add_run_arguments  # the arguments every benchmark shares
 
 from miprun.contracts import Selection
 from miprun.data.calibration import load_calibration
@@ -42,12 +43,8 @@ from pipeline_cost import plain_forward_seconds  # the floor, measured one way f
 def main() -> None:
     """Print one row per N and method; write them as JSON with --json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--calib", default="wikitext2")
-    parser.add_argument("--num-samples", type=int, default=16)
+    add_run_arguments(parser, prune="6")
     parser.add_argument("--heal-samples", type=int, default=128)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--prune", default="6")
     parser.add_argument("--methods", default="mi-prun,shortgpt,angular,sleb")
     parser.add_argument("--ppl-windows", type=int, default=40)
     parser.add_argument("--tasks", default="", help="lm-eval tasks (comma list or 'paper'), plain and healed")

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from arguments import add_run_arguments  # the arguments every benchmark shares
 from method_quality import python_code_corpus  # the other-domain text, built one way for every benchmark
 
 from miprun.contracts import Selection
@@ -39,8 +40,7 @@ from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
 def main() -> None:
     """Print one row per healing variant; write them as JSON with --json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--prune", type=int, default=6)
+    add_run_arguments(parser, prune=6)
     parser.add_argument("--method", default="mi-prun", help="selection of the samples and ridge studies")
     parser.add_argument("--blocks", help="comma list of blocks instead of --method's selection")
     parser.add_argument("--order-method", default="shortgpt", help="selection (several cuts) of the order study")
@@ -48,14 +48,13 @@ def main() -> None:
     parser.add_argument("--samples", default="32,128,256")
     parser.add_argument("--sources", default="wikitext2,self")
     parser.add_argument("--ridges", default="0,1e-4,1e-2")
-    parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--ppl-windows", type=int, default=40)
     parser.add_argument("--json")
     args = parser.parse_args()
     loaded = load_model(args.model)
     scratch = Path(tempfile.mkdtemp(prefix="miprun-study-"))
     texts = {"wikitext2": "wikitext2", "python-code": str(python_code_corpus(scratch))}
-    calib = load_calibration("wikitext2", loaded.tokenizer, num_samples=16, seq_len=args.seq_len, seed=0,
+    calib = load_calibration(args.calib, loaded.tokenizer, num_samples=args.num_samples, seq_len=args.seq_len, seed=0,
                              model=loaded.model).input_ids
 
     def select(method: str) -> list[int]:

@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from arguments import add_run_arguments  # the arguments every benchmark shares
 
 def _rss_mb() -> float:
     with open("/proc/self/statm") as handle:
@@ -133,11 +134,7 @@ def budget_parts(args: argparse.Namespace) -> dict[str, float]:
 def main() -> None:
     """Run every mode in its own interpreter and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--calib", default="wikitext2")
-    parser.add_argument("--num-samples", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--prune", type=int, default=6)
+    add_run_arguments(parser, prune=6)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default=None, help="cpu or cuda (in-memory and layer-wise modes)")
     parser.add_argument("--offload-cpu", default="150MiB", help="accelerate's CPU budget in the offload mode")

@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from arguments import add_run_arguments  # the arguments every benchmark shares
 
 from miprun.data.calibration import load_calibration
 from miprun.engine import execute
@@ -69,11 +70,7 @@ def plan_for(spec: str) -> tuple[str, Any]:
 def main() -> None:
     """Print one row per calibration source, method and N; write everything as JSON with --json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--calib", default="wikitext2", help="comma list of calibration sources")
-    parser.add_argument("--num-samples", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--prune", default="3,6,9")
+    add_run_arguments(parser, prune="3,6,9", calib_help="comma list of calibration sources")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma list (see the module docstring)")
     parser.add_argument("--eval", default="wikitext2,paper-tasks,python-code")
     parser.add_argument("--ppl-windows", type=int, default=40)

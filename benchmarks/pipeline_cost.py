@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from arguments import add_run_arguments  # the arguments every benchmark shares
 from miprun.data.calibration import load_calibration
 from miprun.engine import execute
 from miprun.models.loading import load_model
@@ -50,11 +51,7 @@ def plain_forward_seconds(loaded, input_ids: torch.Tensor, batch_size: int) -> f
 def main() -> None:
     """Print the measured table (and JSON with --json)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--calib", default="wikitext2")
-    parser.add_argument("--num-samples", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--prune", type=int, default=6)
+    add_run_arguments(parser, prune=6)
     parser.add_argument("--rows", help="comma list of row labels to run (default: all)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -88,6 +88,9 @@ def test_heal_linear_through_prune_keeps_the_parameter_count_of_plain_removal(tm
     if not any(cut["untied_head"] for cut in healing["cuts"]):
         assert healed.report["surgery"]["parameters_after"] == plain.report["surgery"]["parameters_after"]
     assert healed.report["rerun"]["heal"] == "linear"
+    from miprun.cli.run_cmd import rerun_arguments
+
+    assert rerun_arguments(tmp_path / "out", [])["heal_samples"] == 8  # a healed run can be replayed
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 4
 
 

@@ -160,6 +160,25 @@ def test_cli_runs_layerwise_and_records_it(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((out / "miprun_report.json").read_text())
     assert report["execution"]["mode"] == "layerwise" and report["rerun"]["layerwise"] is True
+    again = CliRunner().invoke(app, ["run", "--from-report", str(out), "--output", str(tmp_path / "again")])
+    assert again.exit_code == 0, again.output
+    rerun = json.loads((tmp_path / "again" / "miprun_report.json").read_text())
+    assert rerun["execution"]["mode"] == "layerwise" and rerun["selected_blocks"] == report["selected_blocks"]
     bad = CliRunner().invoke(app, ["run", "--model", str(directory), "--max-memory", "lots", "--output",
                                    str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "is not a size" in bad.output and not (tmp_path / "bad").exists()
+
+
+def test_bfloat16_layerwise_equals_bfloat16_in_memory(tmp_path):
+    directory, _ = saved_tiny(tmp_path, layers=4)
+    memory = load_model(str(directory), dtype="bfloat16")
+    layered = load_layerwise(str(directory), dtype="bfloat16")
+    assert layered.model.get_input_embeddings().weight.dtype == torch.bfloat16
+    a = Prober(memory.model, memory.adapter, IDS).output_states_many([(), (1, 2)], reuse_prefix=True)
+    b = Prober(layered.model, layered.adapter, IDS).output_states_many([(), (1, 2)], reuse_prefix=True)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    with torch.no_grad():
+        block = layered.adapter.blocks[0]
+        with layerwise_loader(layered.model).pinned(0):
+            assert all(p.dtype == torch.bfloat16 for p in block.parameters())

@@ -67,6 +67,12 @@ class HiddenStatesCollector:
         )
 
 
+def _kept_rows(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The positions ``keep`` (batch × k) of ``hidden`` (batch × L × d) as float32 CPU rows."""
+    rows = keep.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    return torch.gather(hidden, 1, rows).reshape(-1, hidden.shape[-1]).to("cpu", torch.float32)
+
+
 def capture_boundaries(
     adapter: Any, input_ids: torch.Tensor, keep: torch.Tensor, *, batch_size: int, device: Any, progress: Any = None
 ) -> list[torch.Tensor]:
@@ -83,9 +89,7 @@ def capture_boundaries(
         parts = [keep[start : start + batch_size] for start in range(0, input_ids.shape[0], batch_size)]
 
         def take_all(index: int) -> None:
-            for rows, hidden in zip(parts, stream.states):
-                picked = torch.gather(hidden, 1, rows.to(hidden.device).unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-                boundaries[index].append(picked.reshape(-1, hidden.shape[-1]).to("cpu", torch.float32))
+            boundaries[index].extend(_kept_rows(hidden, rows) for rows, hidden in zip(parts, stream.states))
 
         sweep.run([stream], on_boundary=take_all)
         if progress is not None:
@@ -94,9 +98,7 @@ def capture_boundaries(
     current: dict[str, torch.Tensor] = {}
 
     def take(index: int, hidden: torch.Tensor) -> None:
-        rows = current["keep"].to(hidden.device)
-        picked = torch.gather(hidden, 1, rows.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        boundaries[index].append(picked.reshape(-1, hidden.shape[-1]).to("cpu", torch.float32))
+        boundaries[index].append(_kept_rows(hidden, current["keep"]))
 
     def pre_hook(module, args, kwargs):
         take(0, _hidden(args[0] if args else kwargs["hidden_states"]))

@@ -104,6 +104,14 @@ class BlockLoader:
         local += [name for name, _ in block.named_buffers() if prefix + name in self.tensors.files]
         return {name: prefix + name for name in local}
 
+    def _values(self, block: Any) -> dict[str, torch.Tensor]:
+        """``block``'s tensors by local name: the overrides where there are some, else read from
+        the files (one read for the block)."""
+        sources = self._sources(block)
+        values = self.tensors.read([s for s in sources.values() if s not in self.overrides])
+        values.update({s: self.overrides[s] for s in sources.values() if s in self.overrides})
+        return {local: values[source] for local, source in sources.items()}
+
     def _index(self, block: Any) -> int:
         return next(i for i, b in enumerate(self.adapter.blocks) if b is block)
 
@@ -113,12 +121,7 @@ class BlockLoader:
 
         if id(block) in self._loaded:
             return
-        sources = self._sources(block)
-        wanted = [s for s in sources.values() if s not in self.overrides]
-        values = self.tensors.read(wanted)
-        values.update({s: self.overrides[s] for s in sources.values() if s in self.overrides})
-        for name, source in sources.items():
-            value = values[source]
+        for name, value in self._values(block).items():
             if value.is_floating_point() and not all_finite(value):
                 raise MiprunError(f"block {self._index(block)} has non-finite weights (NaN or inf) in {name}: the "
                                   f"checkpoint is damaged; repair or re-download it before pruning")
@@ -230,10 +233,7 @@ class BlockLoader:
                 continue
             block = owner[prefix]
             if current is None or current[0] is not block:
-                sources = self._sources(block)
-                values = self.tensors.read([s for s in sources.values() if s not in self.overrides])
-                values.update({s: v for s, v in self.overrides.items() if s in sources.values()})
-                current = (block, {local: values[source] for local, source in sources.items()})
+                current = (block, self._values(block))
             local = name[len(prefix):]
             if local in current[1]:
                 value = current[1][local]
