@@ -138,6 +138,18 @@ def test_layerwise_refusals_are_one_line_errors(tmp_path):
         CheckpointTensors(tmp_path / "empty")
 
 
+def test_a_damaged_block_is_refused_when_it_is_first_read(tmp_path):
+    loaded = build_tiny("llama", layers=4)
+    with torch.no_grad():
+        loaded.adapter.blocks[2].mlp.up_proj.weight[0, 0] = float("nan")
+    loaded.model.save_pretrained(tmp_path / "damaged")
+    loaded.tokenizer.save_pretrained(tmp_path / "damaged")
+    with pytest.raises(MiprunError, match="block 2 has non-finite weights .* mlp.up_proj.weight"):
+        miprun.prune(str(tmp_path / "damaged"), n=1, layerwise=True, calib="self", num_samples=2, seq_len=8,
+                     output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_memory_sizes_parse_with_units():
     assert parse_bytes("200MiB") == 200 * 2**20
     assert parse_bytes("8GB") == 8 * 10**9

@@ -88,6 +88,7 @@ class BlockLoader:
         names = {id(module): name for name, module in model.named_modules()}
         self.block_sources = {id(block): names[id(block)] + "." for block in adapter.blocks}
         self._loaded: set[int] = set()
+        self._checked: set[int] = set()
         self._temporary: Any = None
         self._suspended = 0
         for block in adapter.blocks:
@@ -121,12 +122,14 @@ class BlockLoader:
 
         if id(block) in self._loaded:
             return
+        first_read = id(block) not in self._checked  # the weights are checked once, on their first read
         for name, value in self._values(block).items():
-            if value.is_floating_point() and not all_finite(value):
+            if first_read and value.is_floating_point() and not all_finite(value):
                 raise MiprunError(f"block {self._index(block)} has non-finite weights (NaN or inf) in {name}: the "
                                   f"checkpoint is damaged; repair or re-download it before pruning")
             set_module_tensor_to_device(block, name, self.device, value=value,
                                         dtype=self.dtype if value.is_floating_point() else None)
+        self._checked.add(id(block))
         self._loaded.add(id(block))
         self.reads += 1
 
