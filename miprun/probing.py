@@ -26,7 +26,7 @@ import torch
 from miprun.collectors.hidden_states import capture_boundaries
 from miprun.errors import MiprunError
 from miprun.models.devices import input_device
-from miprun.models.forwards import in_block_format, overriding, patched_forwards, skipping
+from miprun.models.forwards import checked_blocks, in_block_format, overriding, patched_forwards, skipping
 from miprun.models.layerwise import layerwise_loader
 from miprun.models.sweep import BlockSweep, BoundarySpill, Stream
 
@@ -205,11 +205,7 @@ class Prober:
     # ------------------------------------------------------------------ layer-wise execution
 
     def _checked(self, skip: Iterable[int]) -> frozenset[int]:
-        chosen = frozenset(int(b) for b in skip)
-        bad = sorted(b for b in chosen if not 0 <= b < self.adapter.num_blocks)
-        if bad:
-            raise MiprunError(f"cannot skip blocks {bad}: the model has blocks 0..{self.adapter.num_blocks - 1}")
-        return chosen
+        return frozenset(checked_blocks(self.adapter, skip))
 
     def _block_sweep(self) -> BlockSweep:
         if self._sweep is None:

@@ -66,17 +66,22 @@ def patched_forwards(adapter: Any, forwards: dict[int, Any]) -> Iterator[None]:
                 block.forward = previous
 
 
+def checked_blocks(adapter: Any, blocks: Iterable[int]) -> list[int]:
+    """``blocks`` as sorted distinct indices of the model's blocks; a one-line error otherwise."""
+    chosen = sorted(set(int(b) for b in blocks))
+    bad = [b for b in chosen if not 0 <= b < adapter.num_blocks]
+    if bad:
+        raise MiprunError(f"cannot skip blocks {bad}: the model has blocks 0..{adapter.num_blocks - 1}")
+    return chosen
+
+
 @contextmanager
 def skipping(adapter: Any, blocks: Iterable[int]) -> Iterator[None]:
     """Within the ``with`` block, blocks ``blocks`` (current indices) pass their input through.
 
     Equivalent to removing them; nothing about the model changes once the block exits.
     """
-    chosen = sorted(set(int(b) for b in blocks))
-    bad = [b for b in chosen if not 0 <= b < adapter.num_blocks]
-    if bad:
-        raise MiprunError(f"cannot skip blocks {bad}: the model has blocks 0..{adapter.num_blocks - 1}")
-    with patched_forwards(adapter, {index: passthrough for index in chosen}):
+    with patched_forwards(adapter, {index: passthrough for index in checked_blocks(adapter, blocks)}):
         yield
 
 
