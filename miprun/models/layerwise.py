@@ -291,11 +291,15 @@ def check_budget(loaded: Any, budget: int | None, stream_elements: int) -> dict[
 
 
 def _size(count: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count} B"
+    """``count`` bytes for a message: ``512 B``, ``13.5 MiB``, ``1.7 GiB``."""
+    if count < 1024:
+        return f"{count} B"
+    value, unit = float(count), "B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.1f} {unit}"
 
 
 def checkpoint_directory(spec: str) -> Path:
