@@ -1,11 +1,13 @@
 """Plain removal against healed removal (``--heal linear``), method by method.
 
 For each N and method, the engine selects blocks on the run's calibration (16 × 256 by default),
-then the same selection is evaluated twice under miprun's perplexity protocol: blocks removed as
-they are, and blocks removed after ``miprun.healing.LinearHealer`` folded one map per cut (fitted on
-``--heal-samples`` sequences of the same source). Prints perplexity, the ratio healed/plain, the
-fit's residuals and the healing time against one plain forward pass over the healing tokens.
-With ``--tasks paper --limit 200`` the lm-eval tasks are scored too, plain and healed, for the
+then the same selection is evaluated under miprun's perplexity protocol with the blocks removed as
+they are, and removed after each healing method of ``--heal`` (``linear``: the down projection
+before each cut refitted; ``replaceme``: ReplaceMe's map folded there; fitted on ``--heal-samples``
+sequences of the same source). Prints perplexity, the ratio healed/plain, the fit's residuals and
+the healing time against one plain forward pass over the healing tokens.
+With ``--tasks paper --limit 200`` the lm-eval tasks are scored too, plain and healed (the first
+healing method), for the
 methods of ``--tasks-methods`` at the depth ``--tasks-prune`` (and the dense model once).
 
 A selector that removes blocks one at a time and records its ``removal_order`` (SLEB) chooses, for
@@ -33,7 +35,7 @@ from miprun.engine import execute
 from miprun.evaluation import evaluate
 from miprun.evaluation.lm_eval_bridge import parse_tasks
 from miprun.evaluation.perplexity import perplexity
-from miprun.healing import LinearHealer
+from miprun.healing import HEALERS, LinearHealer
 from miprun.models.loading import load_model
 from miprun.plans import resolve_plan
 from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
@@ -45,6 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser, prune="6")
     parser.add_argument("--heal-samples", type=int, default=128)
+    parser.add_argument("--heal", default="linear,replaceme", help=f"comma list of healing methods ({', '.join(HEALERS)})")
     parser.add_argument("--methods", default="mi-prun,shortgpt,angular,sleb")
     parser.add_argument("--ppl-windows", type=int, default=40)
     parser.add_argument("--tasks", default="", help="lm-eval tasks (comma list or 'paper'), plain and healed")
@@ -53,6 +56,9 @@ def main() -> None:
     parser.add_argument("--tasks-methods", default="mi-prun")
     parser.add_argument("--json")
     args = parser.parse_args()
+    healers = args.heal.split(",")
+    if set(healers) - set(HEALERS):
+        parser.error(f"--heal: unknown {', '.join(sorted(set(healers) - set(HEALERS)))}; choose from {', '.join(HEALERS)}")
     loaded = load_model(args.model)
     calib = load_calibration(args.calib, loaded.tokenizer, num_samples=args.num_samples, seq_len=args.seq_len,
                              seed=0, model=loaded.model).input_ids
@@ -78,7 +84,8 @@ def main() -> None:
     print(f"calibration {args.calib} {args.num_samples}x{args.seq_len}; healing fit on {args.heal_samples} sequences "
           f"(one plain pass over them: {floor:.1f} s); dense perplexity {dense['plain']:.2f}"
           + (f", task average {dense['plain_tasks']['task_average']:.4f}" if task_names else ""))
-    print(f"{'N':>3}  {'method':<12}{'plain':>9}{'healed':>9}{'ratio':>7}{'heal s':>8}{'x pass':>7}  blocks / residual per cut")
+    print(f"{'N':>3}  {'method':<12}{'plain':>9}" + "".join(f"{h:>11}{'ratio':>7}{'heal s':>8}{'x pass':>7}" for h in healers)
+          + "  blocks / residual per cut")
     depths = sorted((int(x) for x in args.prune.split(",")), reverse=True)
     for method in args.methods.split(","):
         order: list[int] | None = None  # a greedy selector's removal order, reused for smaller N
@@ -94,28 +101,39 @@ def main() -> None:
                 del working
             plain = copy.deepcopy(loaded)
             RemoveBlocksSurgeon().apply(plain.model, plain.adapter, Selection(blocks))
-            healed = copy.deepcopy(loaded)
-            start = time.perf_counter()
-            summary = LinearHealer().heal(healed.model, healed.adapter, blocks, heal_ids)
-            seconds = time.perf_counter() - start
-            RemoveBlocksSurgeon().apply(healed.model, healed.adapter, Selection(blocks))
-            row = {"n": n, "method": method, "blocks": blocks, "plain": ppl(plain.model), "healed": ppl(healed.model),
-                   "heal_seconds": round(seconds, 1), "heal_over_pass": round(seconds / floor, 2), "healing": summary}
-            if task_names and n == args.tasks_prune and method in args.tasks_methods.split(","):
-                row["plain_tasks"], row["healed_tasks"] = tasks(plain.model), tasks(healed.model)
+            row = {"n": n, "method": method, "blocks": blocks, "plain": ppl(plain.model), "healed": {}}
+            tasks_here = task_names and n == args.tasks_prune and method in args.tasks_methods.split(",")
+            if tasks_here:
+                row["plain_tasks"] = tasks(plain.model)
+            del plain
+            line = f"{n:>3}  {method:<12}{row['plain']:>9.2f}"
+            cuts = []
+            for heal in healers:
+                healed = copy.deepcopy(loaded)
+                start = time.perf_counter()
+                summary = LinearHealer(fit=HEALERS[heal]).heal(healed.model, healed.adapter, blocks, heal_ids)
+                seconds = time.perf_counter() - start
+                RemoveBlocksSurgeon().apply(healed.model, healed.adapter, Selection(blocks))
+                result = {"perplexity": ppl(healed.model), "heal_seconds": round(seconds, 1),
+                          "heal_over_pass": round(seconds / floor, 2), "healing": summary}
+                if tasks_here and heal == healers[0]:
+                    row["healed_tasks"] = tasks(healed.model)
+                row["healed"][heal] = result
+                del healed
+                line += (f"{result['perplexity']:>11.2f}{result['perplexity'] / row['plain']:>7.2f}{seconds:>8.1f}"
+                         f"{result['heal_over_pass']:>7.2f}")
+                cuts.append(f"{heal} " + "; ".join(f"{c['blocks'][0]}-{c['blocks'][-1]}: {c['relative_residual_before']:.2f}→"
+                                                   f"{c['relative_residual_after']:.2f}" for c in summary["cuts"]))
             rows.append(row)
-            cuts = "; ".join(f"{c['blocks'][0]}-{c['blocks'][-1]}: {c['relative_residual_before']:.2f}→"
-                             f"{c['relative_residual_after']:.2f}" for c in summary["cuts"])
-            print(f"{n:>3}  {method:<12}{row['plain']:>9.2f}{row['healed']:>9.2f}{row['healed'] / row['plain']:>7.2f}"
-                  f"{seconds:>8.1f}{row['heal_over_pass']:>7.2f}  {blocks} / {cuts}", flush=True)
+            print(line + f"  {blocks} / " + " | ".join(cuts), flush=True)
             if "plain_tasks" in row:
                 print(f"     tasks (limit {args.limit}): average {row['plain_tasks']['task_average']:.4f} plain, "
-                      f"{row['healed_tasks']['task_average']:.4f} healed; per task plain/healed: "
+                      f"{row['healed_tasks']['task_average']:.4f} healed ({healers[0]}); per task plain/healed: "
                       + ", ".join(f"{t} {row['plain_tasks']['tasks'][t]:.3f}/{row['healed_tasks']['tasks'][t]:.3f}"
                                   for t in row["plain_tasks"]["tasks"]), flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps({"args": vars(args), "floor_s": floor, "rows": rows}, indent=2))
-            del plain, healed
+
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""What the healing fit needs: tokens and their source, ridge, sequential against independent cuts.
+"""What the healing fit needs: tokens and their source, fit and ridge, sequential against independent cuts.
 
 One selection per study (blocks given with ``--blocks``, or chosen once by ``--method`` at
 ``--prune``) is healed many ways on fresh copies of the model, and each healed model is scored by
@@ -6,12 +6,15 @@ miprun's perplexity protocol on WikiText-2 test and on a text of another domain 
 (``python-code``: standard-library source, as in ``method_quality.py``); the plain removal of the
 same blocks is the reference row. Studies (``--studies``):
 
-* ``samples`` — healing sequences ``--samples`` (×``--seq-len`` tokens) from each ``--sources``;
-* ``ridge`` — the ridge ``--ridges`` (relative to the Gram's mean diagonal) at 128 WikiText-2 sequences;
+* ``samples`` — healing sequences ``--samples`` (×``--seq-len`` tokens) from each ``--sources``
+  (the default fit);
+* ``fits`` — each ``FIT[:RIDGE]`` of ``--fits`` (``projection``: the down projection refitted,
+  ``map``: ReplaceMe's map; the ridge relative to the Gram's mean diagonal, the fit's default
+  without one), fitted on 128 sequences of each ``--sources``;
 * ``order`` — sequential (each cut on the model healed so far) against independent fits, on a
   selection with several cuts (``--order-method``, default ShortGPT's).
 
-    python benchmarks/healing_study.py --studies samples,ridge,order --json study.json
+    python benchmarks/healing_study.py --studies samples,fits,order --json study.json
 """
 
 from __future__ import annotations
@@ -44,10 +47,10 @@ def main() -> None:
     parser.add_argument("--method", default="mi-prun", help="selection of the samples and ridge studies")
     parser.add_argument("--blocks", help="comma list of blocks instead of --method's selection")
     parser.add_argument("--order-method", default="shortgpt", help="selection (several cuts) of the order study")
-    parser.add_argument("--studies", default="samples,ridge,order")
+    parser.add_argument("--studies", default="samples,fits,order")
     parser.add_argument("--samples", default="32,128,256")
     parser.add_argument("--sources", default="wikitext2,self")
-    parser.add_argument("--ridges", default="0,1e-4,1e-2")
+    parser.add_argument("--fits", default="projection:0.01,projection:0.1,projection:0.3,projection:1,map")
     parser.add_argument("--ppl-windows", type=int, default=40)
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -98,16 +101,19 @@ def main() -> None:
     studies = args.studies.split(",")
     blocks = [int(b) for b in args.blocks.split(",")] if args.blocks else select(args.method)
     print(f"blocks {blocks}; perplexity on {', '.join(texts)} (40 × 512 windows)", flush=True)
-    if "samples" in studies or "ridge" in studies:
+    if "samples" in studies or "fits" in studies:
         run("samples", blocks, "plain", None, None)
     if "samples" in studies:
         for source in args.sources.split(","):
             for count in (int(c) for c in args.samples.split(",")):
                 run("samples", blocks, f"{source} × {count}", LinearHealer(), heal_ids(source, count))
-    if "ridge" in studies:
-        rows.append({**rows[0], "study": "ridge"})
-        for ridge in (float(r) for r in args.ridges.split(",")):
-            run("ridge", blocks, f"ridge {ridge:g}", LinearHealer(ridge=ridge), heal_ids("wikitext2", 128))
+    if "fits" in studies:
+        rows.append({**rows[0], "study": "fits"})
+        for source in args.sources.split(","):
+            for variant in args.fits.split(","):
+                fit, _, ridge = variant.partition(":")
+                healer = LinearHealer(fit=fit, ridge=float(ridge) if ridge else None)
+                run("fits", blocks, f"{source} {fit} ridge {healer.ridge:g}", healer, heal_ids(source, 128))
     if "order" in studies:
         several = select(args.order_method)
         run("order", several, "plain", None, None)

@@ -111,8 +111,9 @@ def compare(
     :param log: called with one line per finished step (progress for the CLI).
     :param on_row: called with the report so far (``"complete": False``) after every row, so that a
         long comparison that is interrupted still leaves its finished rows behind.
-    :param heal: ``"linear"`` adds, beside each method's row, a row ``METHOD+heal`` for the same
-        blocks removed after :mod:`miprun.healing` folded one map per cut (fitted on
+    :param heal: a healing method (``"linear"``, ``"replaceme"``: :data:`miprun.healing.HEALERS`)
+        adds, beside each method's row, a row ``METHOD+heal`` for the same blocks removed after
+        :mod:`miprun.healing` folded one fit per cut (fitted on
         ``heal_samples`` sequences of the same source and seed); methods whose surgeon is not
         ``remove-blocks`` (LaCo) get no healed row.
     :returns: ``{"model", "num_blocks", "settings", "rows", "complete", "seconds"}``; ``rows[0]`` is the

@@ -1,21 +1,31 @@
-"""Healing without training: a closed-form linear map per cut, folded into a weight the model has.
+"""Healing without training: one closed-form linear fit per cut, folded into a weight the model has.
 
-For each *cut* — a maximal run of removed blocks ``[a, b]`` — let ``M`` be what the last kept
-block before the cut, block ``a − 1``, adds to the residual stream through its FFN (its down
-projection's output) and ``r`` the stream before that addition, so the pruned model hands
-``r + M`` to block ``b + 1``. The dense model hands it ``h`` (the stream after block ``b``). The
-map ``T`` (hidden × hidden) minimising ``‖M·T − (h − r)‖²`` over the calibration tokens (first
-position of every sequence left out: the attention sink) is solved in closed form from float64
-Gram matrices accumulated batch by batch, with a ridge relative to the Gram's mean diagonal, and
-folded into the down projection (``W ← Tᵀ·W`` and ``b ← b·T`` for ``nn.Linear``; ``W ← W·T`` for
-GPT-2's ``Conv1D``). A cut starting at block 0 maps the embedding output instead (``E ← E·T``);
-a tied output head is untied first (its weights stay the original embedding) and the summary says
-so. Cuts are fitted left to right, each on the states of the model already healed before it (the
-earlier cuts skipped and their maps folded); the targets ``h`` are always the dense model's.
+For each *cut* — a maximal run of removed blocks ``[a, b]`` — the pruned model hands block ``b + 1``
+the stream ``r + M`` that block ``a − 1`` produced, where ``M`` is what that block's FFN adds (its
+down projection's output) and ``r`` the stream before that addition; the dense model hands it
+``h`` (the stream after block ``b``). The healer changes the down projection of block ``a − 1`` so
+that it adds ``h − r`` instead, as well as a linear fit over the calibration tokens can (first
+position of every sequence left out: the attention sink). Two fits (``fit``):
+
+* ``"projection"`` (miprun's default) refits the down projection itself: ``W`` minimises
+  ``‖A·W − (h − r)‖² + λ‖W − W₀‖²``, where ``A`` are the FFN's hidden activations (the down
+  projection's input, FFN-width wide; a bias, if the projection has one, is fitted with it) and
+  ``W₀`` the projection it had. The map reads every FFN neuron, not only the hidden-size output
+  they are projected to, so it can carry more of what the removed blocks did.
+* ``"map"`` (ReplaceMe's, Shopkhoev et al. 2025) fits a hidden × hidden map ``T`` on the FFN output,
+  ``‖M·T − (h − r)‖² + λ‖T − I‖²``, and folds it (``W ← Tᵀ·W``, ``b ← b·T`` for ``nn.Linear``;
+  ``W ← W·T`` for GPT-2's ``Conv1D``).
+
+Both are solved from float64 Gram matrices accumulated batch by batch on the model's device; the
+ridge ``λ`` is relative to the Gram's mean diagonal and shrinks toward the weights the model
+already has (plain removal is the prior). A cut starting at block 0 has no block before it: the
+embedding output is mapped instead (``E ← E·T``, the ``"map"`` fit), and a tied output head is
+untied first (its weights stay the original embedding; the summary says so). Cuts are fitted left
+to right, each on the states of the model already healed before it (the earlier cuts skipped and
+their fits folded); the targets ``h`` are always the dense model's.
 
 The checkpoint keeps the architecture and the parameter count of plain removal (the head untied
-adds the embedding's size once, and only for a cut at block 0 of a tied model). The idea is
-ReplaceMe's (Shopkhoev et al., 2025); estimating and folding follow the formulas above.
+adds the embedding's size once, and only for a cut at block 0 of a tied model).
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from typing import Any, Iterator
 import torch
 
 from miprun.errors import MiprunError
+from miprun.models.adapters import ffn_in_features
 from miprun.models.devices import input_device, input_embedding
 from miprun.models.layerwise import editable_block, layerwise_loader
 from miprun.models.sweep import BlockSweep, Stream
@@ -73,32 +84,47 @@ def check_healable(adapter: Any) -> None:
                           f"map folded into the down projection would not act linearly; run without --heal")
 
 
-class LinearHealer:
-    """Fit and fold one linear map per cut (module docstring).
+FITS = ("projection", "map")
+"""What a healer fits per cut: the down projection itself, or a hidden × hidden map on its output."""
 
-    :param ridge: ridge added to the Gram matrix, relative to its mean diagonal entry.
+DEFAULT_RIDGE = {"projection": 0.1, "map": 1e-4}
+"""Default relative ridge per fit (docs/healing.md: how they were measured)."""
+
+
+class LinearHealer:
+    """Fit and fold one linear correction per cut (module docstring).
+
+    :param fit: ``"projection"`` (refit the down projection before the cut from the FFN's hidden
+        activations) or ``"map"`` (ReplaceMe: a hidden × hidden map on the FFN output).
+    :param ridge: ridge added to the Gram matrix, relative to its mean diagonal entry, shrinking
+        the fit toward the weights the model has; None takes :data:`DEFAULT_RIDGE` for ``fit``.
     :param batch_size: calibration sequences per forward batch (memory only).
     :param sequential: fit each cut on the model with the earlier cuts removed and healed (the
         default); False fits every cut on the dense model, as if it were the only one.
     """
 
-    def __init__(self, ridge: float = 1e-4, batch_size: int = 4, sequential: bool = True) -> None:
+    def __init__(self, fit: str = "projection", ridge: float | None = None, batch_size: int = 4,
+                 sequential: bool = True) -> None:
+        if fit not in FITS:
+            raise MiprunError(f"unknown healing fit '{fit}'; choose: {', '.join(FITS)}")
+        ridge = DEFAULT_RIDGE[fit] if ridge is None else ridge
         if not ridge >= 0:
             raise MiprunError(f"heal ridge must be ≥ 0, got {ridge!r}")
+        self.fit = fit
         self.ridge = ridge
         self.batch_size = batch_size
         self.sequential = sequential
 
     def heal(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor) -> dict[str, Any]:
-        """Fold one map per cut of ``blocks`` into ``model`` (blocks still in place; the surgeon
+        """Fold one fit per cut of ``blocks`` into ``model`` (blocks still in place; the surgeon
         removes them afterwards). Returns the summary: per cut its residuals and fit time."""
         return self._fit(model, adapter, blocks, input_ids, handles=None)
 
     @contextmanager
     def applied(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor) -> Iterator[dict[str, Any]]:
-        """Within the ``with`` block, the maps :meth:`heal` would fold act at run time instead
+        """Within the ``with`` block, the fits :meth:`heal` would fold act at run time instead
         (forward hooks on the modules they would be folded into); no weight changes. Yields the
-        summary. The same model as folding, up to rounding (the hook maps in float64)."""
+        summary. The same model as folding, up to rounding (the hooks compute in float64)."""
         handles: list[Any] = []
         try:
             yield self._fit(model, adapter, blocks, input_ids, handles=handles)
@@ -108,55 +134,77 @@ class LinearHealer:
 
     def _fit(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor,
              handles: list[Any] | None) -> dict[str, Any]:
-        """Fit the cuts of ``blocks`` in order; fold each map (``handles`` None) or hook it in."""
+        """Fit the cuts of ``blocks`` in order; fold each fit (``handles`` None) or hook it in."""
         check_healable(adapter)
         cuts = cuts_of(blocks)
         if cuts and cuts[0][0] == 0 and any(name.rpartition(".")[2] in POSITION_TABLES for name, _ in model.named_modules()):
             raise MiprunError("the cut starts at block 0 of a model with learned position embeddings, which a map "
                               "folded into the token embedding cannot follow; keep block 0 or run without --heal")
         targets = self._dense_targets(model, adapter, cuts, input_ids)
-        summary: dict[str, Any] = {"method": "linear", "ridge": self.ridge, "tokens": 0, "cuts": []}
+        summary: dict[str, Any] = {"fit": self.fit, "ridge": self.ridge, "tokens": 0, "cuts": []}
         pending: list[tuple[tuple[int, int], torch.Tensor, dict[str, Any]]] = []
         for index, cut in enumerate(cuts):
             start = time.perf_counter()
             earlier = [b for first, last in cuts[:index] for b in range(first, last + 1)] if self.sequential else []
             gram, cross, before, energy, tokens = self._accumulate(model, adapter, cut, earlier, input_ids, targets[cut])
-            dim = gram.shape[0]
+            prior = self._prior(adapter, cut, gram)
             ridge = self.ridge * float(gram.diagonal().mean())
-            transform = torch.linalg.solve(gram + ridge * torch.eye(dim, dtype=gram.dtype, device=gram.device), cross)
-            # ‖X·T − Y‖² = ‖Y‖² − 2·tr(Tᵀ·XᵀY) + tr(Tᵀ·XᵀX·T)
-            after = energy - 2 * float((transform * cross).sum()) + float((transform * (gram @ transform)).sum())
+            eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+            solution = torch.linalg.solve(gram + ridge * eye, cross + ridge * prior)
+            # ‖X·W − Y‖² = ‖Y‖² − 2·tr(Wᵀ·XᵀY) + tr(Wᵀ·XᵀX·W)
+            after = energy - 2 * float((solution * cross).sum()) + float((solution * (gram @ solution)).sum())
             record = {"blocks": list(range(cut[0], cut[1] + 1)),
+                      "fit": self._kind(cut),
                       "relative_residual_before": (before / energy) ** 0.5,
                       "relative_residual_after": (max(after, 0.0) / energy) ** 0.5,
                       "seconds": round(time.perf_counter() - start, 3)}
-            pending.append((cut, transform, record))
+            pending.append((cut, solution, record))
             if self.sequential:  # the next cut is fitted on the model healed so far
                 self._apply(model, adapter, pending.pop(), handles, summary)
             summary["tokens"] = tokens
-        for item in pending:  # independent fits: every map applied once all are fitted
+        for item in pending:  # independent fits: every one applied once all are fitted
             self._apply(model, adapter, item, handles, summary)
         summary["sequential"] = self.sequential
         return summary
 
+    def _kind(self, cut: tuple[int, int]) -> str:
+        """The fit of ``cut``: a cut at block 0 always maps the embedding output."""
+        return self.fit if cut[0] > 0 else "map"
+
+    def _prior(self, adapter: Any, cut: tuple[int, int], gram: torch.Tensor) -> torch.Tensor:
+        """What the ridge shrinks toward: the identity for a map, the projection as it is (input ×
+        output, a bias as the last row) for a refit."""
+        if self._kind(cut) == "map":
+            return torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        with editable_block(adapter, cut[0] - 1):
+            _, down = adapter.ffn_modules(cut[0] - 1)
+            weight = down.weight.detach().to(gram.device, torch.float64)
+            rows = weight.T if isinstance(down, torch.nn.Linear) else weight
+            if getattr(down, "bias", None) is not None:
+                rows = torch.cat([rows, down.bias.detach().to(gram.device, torch.float64)[None]])
+            return rows
+
     def _apply(self, model: Any, adapter: Any, item: tuple, handles: list[Any] | None, summary: dict[str, Any]) -> None:
-        """Fold the map of ``item`` (``handles`` None) or hook it in, and record the cut."""
-        cut, transform, record = item
+        """Fold the fit of ``item`` (``handles`` None) or hook it in, and record the cut."""
+        cut, solution, record = item
         if handles is None:
-            record = {**self._fold(model, adapter, cut, transform), **record}
+            record = {**self._fold(model, adapter, cut, solution), **record}
         else:
-            handles.append(self._hook(model, adapter, cut, transform))
+            handles.append(self._hook(model, adapter, cut, solution))
             record = {"applied_at_run_time": True, **record}
         summary["cuts"].append(record)
 
-    @staticmethod
-    def _hook(model: Any, adapter: Any, cut: tuple[int, int], transform: torch.Tensor) -> Any:
-        """A forward hook applying ``transform`` to the output of the module the map would be
-        folded into (the down projection before the cut, or the input embedding)."""
+    def _hook(self, model: Any, adapter: Any, cut: tuple[int, int], solution: torch.Tensor) -> Any:
+        """A forward hook giving the module the fit would be folded into (the down projection
+        before the cut, or the input embedding) the output the folded module would give."""
         module = adapter.ffn_modules(cut[0] - 1)[1] if cut[0] > 0 else input_embedding(model)
+        refit = self._kind(cut) == "projection"
 
         def apply(module: Any, args: Any, out: torch.Tensor) -> torch.Tensor:
-            return (out.double() @ transform.to(out.device)).to(out.dtype)
+            value = args[0].double() if refit else out.double()
+            if value.shape[-1] < solution.shape[0]:  # the refit's bias row
+                value = torch.cat([value, value.new_ones(*value.shape[:-1], 1)], -1)
+            return (value @ solution.to(out.device)).to(out.dtype)
 
         return module.register_forward_hook(apply)
 
@@ -189,10 +237,11 @@ class LinearHealer:
         return targets
 
     def _captures(self, model: Any, adapter: Any, cut: tuple[int, int], earlier: list[int],
-                  input_ids: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Per batch, on the model healed so far (the earlier cuts skipped): X, what the map acts
-        on (block ``a − 1``'s FFN output, or the embedding output for a cut at block 0), and the
-        rest of the stream entering the cut besides X (None for a cut at block 0); float64 rows."""
+                  input_ids: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Per batch, on the model healed so far (the earlier cuts skipped): X, what the fit acts
+        on (block ``a − 1``'s FFN hidden activations for a refit, its FFN output for a map, the
+        embedding output for a cut at block 0), what the FFN adds as it is (the embedding output at
+        block 0), and the rest of the stream entering the cut (None at block 0); float64 rows."""
         first = cut[0]
         loader = layerwise_loader(model)
         if loader is not None:
@@ -203,16 +252,17 @@ class LinearHealer:
             if first == 0:  # the map acts on the embedding output: block 0's input
                 def take_input(module, args, kwargs):
                     hidden = args[0] if args else kwargs["hidden_states"]
-                    captured["x"], captured["rest"] = _rows(hidden), None
+                    rows = _rows(hidden)
+                    captured.update(x=rows, out=rows, rest=None)
                     raise _Stop
                 hook = adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True)
             else:
                 _, down = adapter.ffn_modules(first - 1)
-                down_hook = down.register_forward_hook(lambda m, a, out: captured.__setitem__("x", _rows(_out(out))))
+                down_hook = down.register_forward_hook(lambda m, a, out: captured.update(self._down_rows(m, a, out)))
                 stack.callback(down_hook.remove)
 
                 def take_output(module, args, out):
-                    captured["rest"] = _rows(_out(out)) - captured["x"]
+                    captured["rest"] = _rows(_out(out)) - captured["out"]
                     raise _Stop
                 hook = adapter.blocks[first - 1].register_forward_hook(take_output)
             stack.callback(hook.remove)
@@ -222,59 +272,76 @@ class LinearHealer:
                     adapter.backbone(input_ids=batch, use_cache=False)
                 except _Stop:
                     pass
-                yield captured["x"], captured["rest"]
+                yield captured["x"], captured["out"], captured["rest"]
 
     def _captures_layerwise(self, loader: Any, adapter: Any, cut: tuple[int, int], earlier: list[int],
-                            input_ids: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+                            input_ids: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """:meth:`_captures` block-major: one sweep up to the cut reads each block once."""
         first = cut[0]
         sweep = BlockSweep(adapter, loader, input_ids, self.batch_size, input_device(adapter.model))
         if first == 0:
             for hidden in sweep.inputs:
-                yield _rows(hidden), None
+                rows = _rows(hidden)
+                yield rows, rows, None
             return
         stream = Stream(frozenset(earlier))
-        outputs: list[torch.Tensor] = []
+        captured: list[dict[str, torch.Tensor]] = []
         _, down = adapter.ffn_modules(first - 1)
-        handle = down.register_forward_hook(lambda m, a, out: outputs.append(_rows(_out(out))))
+        handle = down.register_forward_hook(lambda m, a, out: captured.append(self._down_rows(m, a, out)))
         try:
             sweep.run([stream], until=first)
         finally:
             handle.remove()
-        for x, hidden in zip(outputs, stream.states):
-            yield x, _rows(hidden) - x
+        for rows, hidden in zip(captured, stream.states):
+            yield rows["x"], rows["out"], _rows(hidden) - rows["out"]
+
+    def _down_rows(self, down: Any, args: Any, out: Any) -> dict[str, torch.Tensor]:
+        """The down projection's output rows ("out") and the rows the fit acts on ("x"): its input,
+        with a column of ones when it has a bias, for a refit; its output for a map."""
+        output = _rows(_out(out))
+        if self.fit == "map":
+            return {"x": output, "out": output}
+        hidden = _rows(args[0])
+        if getattr(down, "bias", None) is not None:
+            hidden = torch.cat([hidden, hidden.new_ones(hidden.shape[0], 1)], 1)
+        return {"x": hidden, "out": output}
 
     def _accumulate(self, model: Any, adapter: Any, cut: tuple[int, int], earlier: list[int],
                     input_ids: torch.Tensor, targets: list[torch.Tensor]) -> tuple:
-        """XᵀX, XᵀY, ‖X − Y‖², ‖Y‖² and the token count for ``cut`` on the model healed so far
-        (the earlier cuts skipped); X is what the map acts on, Y what it should produce."""
+        """XᵀX, XᵀY, the plain removal's ‖M − Y‖², ‖Y‖² and the token count for ``cut`` on the
+        model healed so far (the earlier cuts skipped); X is what the fit acts on, M what the
+        FFN adds as it is, Y what it should add."""
         gram = cross = None
         before = energy = 0.0
         tokens = 0
-        for (x, rest), target in zip(self._captures(model, adapter, cut, earlier, input_ids), targets):
+        for (x, out, rest), target in zip(self._captures(model, adapter, cut, earlier, input_ids), targets):
             # float64 on the model's device: the Grams accumulate there
             y = target.to(x.device) - (rest if rest is not None else 0.0)
             gram = x.T @ x if gram is None else gram + x.T @ x
             cross = x.T @ y if cross is None else cross + x.T @ y
-            before += float((x - y).pow(2).sum())
+            before += float((out - y).pow(2).sum())
             energy += float(y.pow(2).sum())
             tokens += x.shape[0]
         return gram, cross, before, energy, tokens
 
-    def _fold(self, model: Any, adapter: Any, cut: tuple[int, int], transform: torch.Tensor) -> dict[str, Any]:
-        """Fold ``transform`` into the down projection before the cut, or into the embedding."""
+    def _fold(self, model: Any, adapter: Any, cut: tuple[int, int], solution: torch.Tensor) -> dict[str, Any]:
+        """Fold ``solution`` into the down projection before the cut, or into the embedding."""
         with torch.no_grad():
             if cut[0] > 0:
                 with editable_block(adapter, cut[0] - 1):
                     _, down = adapter.ffn_modules(cut[0] - 1)
-                    t = transform.to(down.weight.device)
-                    weight = down.weight.double()
-                    if isinstance(down, torch.nn.Linear):  # y = x·Wᵀ + b
-                        down.weight.copy_((t.T @ weight).to(down.weight.dtype))
-                    else:  # Conv1D: y = x·W + b
-                        down.weight.copy_((weight @ t).to(down.weight.dtype))
-                    if getattr(down, "bias", None) is not None:
-                        down.bias.copy_((down.bias.double() @ t).to(down.bias.dtype))
+                    t = solution.to(down.weight.device)
+                    linear = isinstance(down, torch.nn.Linear)  # y = x·Wᵀ + b; GPT-2's Conv1D: y = x·W + b
+                    bias = getattr(down, "bias", None)
+                    if self.fit == "projection":  # the solution is the projection: input (+ bias) × output
+                        weight = t[: ffn_in_features(down)]
+                        if bias is not None:
+                            bias.copy_(t[-1].to(bias.dtype))
+                    else:  # the map composed with the projection
+                        weight = (down.weight.double().T if linear else down.weight.double()) @ t
+                        if bias is not None:
+                            bias.copy_((bias.double() @ t).to(bias.dtype))
+                    down.weight.copy_((weight.T if linear else weight).to(down.weight.dtype))
                 return {"folded_into": f"block {cut[0] - 1} FFN down projection", "untied_head": False}
             embedding = input_embedding(model)
             untied = False
@@ -283,13 +350,15 @@ class LinearHealer:
                 head.weight = torch.nn.Parameter(embedding.weight.detach().clone())
                 model.config.tie_word_embeddings = False
                 untied = True
-            t = transform.to(embedding.weight.device)
+            t = solution.to(embedding.weight.device)
             embedding.weight.copy_((embedding.weight.double() @ t).to(embedding.weight.dtype))
             return {"folded_into": "input embedding", "untied_head": untied}
 
 
-HEALERS = ("linear",)
-"""The healing methods ``--heal`` accepts."""
+HEALERS = {"linear": "projection", "replaceme": "map"}
+"""The healing methods ``--heal`` accepts → the :class:`LinearHealer` fit each uses: ``linear``
+refits the down projection before each cut (miprun's default), ``replaceme`` folds ReplaceMe's
+hidden × hidden map."""
 
 
 def heals(plan: Any) -> bool:
@@ -307,11 +376,11 @@ def make_healer(heal: str | None, plan: Any, samples: int) -> LinearHealer | Non
     if heal not in HEALERS:
         raise MiprunError(f"unknown healing '{heal}'{did_you_mean(str(heal), list(HEALERS))}; choose: {', '.join(HEALERS)}")
     if not heals(plan):
-        raise MiprunError("--heal linear heals removed blocks: it needs --granularity block and the remove-blocks "
+        raise MiprunError(f"--heal {heal} heals removed blocks: it needs --granularity block and the remove-blocks "
                           f"surgeon (this plan uses {plan.names.get('surgeon')})")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise MiprunError(f"--heal-samples must be a whole number ≥ 1, got {samples!r}")
-    return LinearHealer()
+    return LinearHealer(fit=HEALERS[heal])
 
 
 def heal_aware_choice(healer: LinearHealer, model: Any, adapter: Any, candidates: list[list[int]],

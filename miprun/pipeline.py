@@ -119,8 +119,9 @@ def prune(
     :param save: write the checkpoint and report (False keeps the result in memory only).
     :param evaluate: keyword arguments for :func:`miprun.evaluation.evaluate`, run on the pruned
         model before saving; its results go into the report.
-    :param heal: ``"linear"`` folds a closed-form linear map per cut into the model before the
-        blocks are removed (:mod:`miprun.healing`); block plans with ``remove-blocks`` only.
+    :param heal: ``"linear"`` refits, in closed form, the down projection before each cut so that
+        it carries what the removed blocks added; ``"replaceme"`` folds ReplaceMe's hidden × hidden
+        map there instead (:mod:`miprun.healing`); block plans with ``remove-blocks`` only.
     :param heal_samples: calibration sequences (of ``seq_len`` tokens, same source and seed) the
         healing fit reads — more than selection needs: 16 × 256 tokens over-fit the map.
     :param heal_candidates: heal-aware selection — with ``heal``, heal the selection and the next
@@ -155,7 +156,7 @@ def prune(
     if isinstance(heal_candidates, bool) or not isinstance(heal_candidates, int) or heal_candidates < 1:
         raise MiprunError(f"--heal-candidates must be a whole number ≥ 1, got {heal_candidates!r}")
     if heal_candidates > 1 and healer is None:
-        raise MiprunError("--heal-candidates chooses among healed block sets; add --heal linear")
+        raise MiprunError("--heal-candidates chooses among healed block sets; add --heal linear (or --heal replaceme)")
     if output is not None and save:
         check_output(Path(output), overwrite=overwrite)
     timings: dict[str, float] = {}

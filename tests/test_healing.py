@@ -50,7 +50,7 @@ def test_a_linear_cut_at_block_0_is_healed_exactly(monkeypatch):
 def test_folding_equals_applying_the_map_at_run_time_and_reloads(tmp_path, text_file):
     loaded = build_tiny("llama", layers=6, seed=2)
     ids = torch.randint(4, 80, (8, 16), generator=torch.Generator().manual_seed(1))
-    healer = LinearHealer()
+    healer = LinearHealer(fit="map")
     before = {name: p.detach().clone() for name, p in loaded.model.named_parameters()}
     summary = healer.heal(loaded.model, loaded.adapter, [2, 3], ids)
     cut = summary["cuts"][0]
@@ -104,19 +104,22 @@ def test_healing_refuses_what_it_cannot_fold(text_file):
     with pytest.raises(MiprunError, match="--heal linear heals removed blocks"):
         miprun.prune(build_tiny("llama", layers=4), n=1, calib=str(text_file), seq_len=16, method="laco",
                      heal="linear", save=False)
+    with pytest.raises(MiprunError, match="unknown healing 'replacme' \\(did you mean 'replaceme'\\?\\)"):
+        miprun.prune(build_tiny("llama", layers=4), n=1, calib=str(text_file), seq_len=16, heal="replacme", save=False)
     with pytest.raises(MiprunError, match="unknown healing 'lineer' \\(did you mean 'linear'\\?\\)"):
         miprun.prune(build_tiny("llama", layers=4), n=1, calib=str(text_file), seq_len=16, heal="lineer", save=False)
 
 
-def test_maps_applied_at_run_time_equal_the_folded_maps_and_leave_the_weights():
+@pytest.mark.parametrize("fit", ["projection", "map"])
+def test_fits_applied_at_run_time_equal_the_folded_fits_and_leave_the_weights(fit):
     ids = torch.randint(4, 80, (8, 16), generator=torch.Generator().manual_seed(5))
     folded, hooked = build_tiny("llama", layers=6, seed=6), build_tiny("llama", layers=6, seed=6)
     blocks = [0, 3, 4]  # a cut at block 0 (the embedding) and one after block 2
-    LinearHealer().heal(folded.model, folded.adapter, blocks, ids)
+    LinearHealer(fit=fit).heal(folded.model, folded.adapter, blocks, ids)
     weights = {name: p.detach().clone() for name, p in hooked.model.named_parameters()}
     from miprun.probing import skipping
 
-    with LinearHealer().applied(hooked.model, hooked.adapter, blocks, ids) as summary, torch.no_grad():
+    with LinearHealer(fit=fit).applied(hooked.model, hooked.adapter, blocks, ids) as summary, torch.no_grad():
         with skipping(hooked.adapter, blocks), skipping(folded.adapter, blocks):
             torch.testing.assert_close(hooked.model(IDS).logits, folded.model(IDS).logits, atol=1e-4, rtol=1e-4)
     assert [c["blocks"] for c in summary["cuts"]] == [[0], [3, 4]]
@@ -161,3 +164,60 @@ def test_independent_fitting_fits_every_cut_on_the_dense_model():
     assert second["relative_residual_before"] == pytest.approx(alone["relative_residual_before"], rel=1e-12)
     assert second["relative_residual_after"] == pytest.approx(alone["relative_residual_after"], rel=1e-12)
     assert chained["cuts"][1]["relative_residual_before"] != pytest.approx(alone["relative_residual_before"], rel=1e-6)
+
+
+def _hand_fit(loaded, keep: int, last: int, ids):
+    """By hand: the down projection's inputs of block ``keep`` (a column of ones when it has a
+    bias) and what it should add so that the stream leaving it equals the dense stream after
+    block ``last``, first positions left out."""
+    captured = {}
+    down = loaded.adapter.ffn_modules(keep)[1]
+    hooks = [down.register_forward_hook(lambda m, a, out: captured.update(a=a[0], m=out)),
+             loaded.adapter.blocks[keep].register_forward_hook(lambda m, a, out: captured.update(s=out[0] if isinstance(out, tuple) else out)),
+             loaded.adapter.blocks[last].register_forward_hook(lambda m, a, out: captured.update(h=out[0] if isinstance(out, tuple) else out))]
+    with torch.no_grad():
+        loaded.model(ids)
+    for hook in hooks:
+        hook.remove()
+    a = captured["a"][:, 1:].reshape(-1, captured["a"].shape[-1]).double()
+    if down.bias is not None:
+        a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1)
+    y = (captured["h"] - captured["s"] + captured["m"])[:, 1:].reshape(-1, captured["m"].shape[-1]).double()
+    return a, y
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_the_projection_refit_is_the_least_squares_solution_and_folds_exactly(architecture):
+    """Without ridge the refitted down projection (and GPT-2's bias) is the least-squares fit
+    computed by hand, and the folded model gives the logits of the fit applied at run time."""
+    ids = torch.randint(4, 80, (16, 12), generator=torch.Generator().manual_seed(11))
+    loaded = build_tiny(architecture, layers=5, seed=12)
+    a, y = _hand_fit(loaded, 1, 3, ids)
+    expected = torch.linalg.lstsq(a, y).solution
+    hooked = build_tiny(architecture, layers=5, seed=12)
+    summary = LinearHealer(ridge=0.0).heal(loaded.model, loaded.adapter, [2, 3], ids)
+    down = loaded.adapter.ffn_modules(1)[1]
+    weight = down.weight.double().T if isinstance(down, torch.nn.Linear) else down.weight.double()
+    if down.bias is not None:
+        weight = torch.cat([weight, down.bias.double()[None]])
+    torch.testing.assert_close(weight, expected, atol=1e-5, rtol=1e-4)
+    assert summary["cuts"][0]["fit"] == "projection" and summary["fit"] == "projection"
+    residual = float((a @ expected - y).norm() / y.norm())
+    assert summary["cuts"][0]["relative_residual_after"] == pytest.approx(residual, rel=1e-4)
+    from miprun.probing import skipping
+
+    with LinearHealer(ridge=0.0).applied(hooked.model, hooked.adapter, [2, 3], ids), torch.no_grad():
+        with skipping(hooked.adapter, [2, 3]), skipping(loaded.adapter, [2, 3]):
+            torch.testing.assert_close(hooked.model(IDS).logits, loaded.model(IDS).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_a_large_ridge_keeps_the_weights_the_model_has():
+    """The ridge shrinks toward the model's own weights (plain removal), not toward zero."""
+    ids = torch.randint(4, 80, (8, 16), generator=torch.Generator().manual_seed(13))
+    for fit in ("projection", "map"):
+        loaded = build_tiny("llama", layers=5, seed=14)
+        before = loaded.adapter.ffn_modules(1)[1].weight.detach().clone()
+        LinearHealer(fit=fit, ridge=1e9).heal(loaded.model, loaded.adapter, [2], ids)
+        torch.testing.assert_close(loaded.adapter.ffn_modules(1)[1].weight, before, atol=1e-6, rtol=1e-5)
+    with pytest.raises(MiprunError, match="unknown healing fit 'linear'; choose: projection, map"):
+        LinearHealer(fit="linear")

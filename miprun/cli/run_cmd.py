@@ -34,7 +34,7 @@ def run(
     device_map: Annotated[Optional[str], typer.Option(help="accelerate device map, e.g. auto")] = None,
     eval_ppl: Annotated[Optional[str], typer.Option("--eval", help="Evaluate perplexity after pruning on these sets, e.g. wikitext2")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
-    heal: Annotated[Optional[str], typer.Option(help="Heal the cuts without training: 'linear' folds a closed-form linear map per cut into the weights (docs/healing.md)")] = None,
+    heal: Annotated[Optional[str], typer.Option(help="Heal the cuts without training: 'linear' refits the down projection before each cut in closed form; 'replaceme' folds ReplaceMe's hidden×hidden map there (docs/healing.md)")] = None,
     heal_samples: Annotated[int, typer.Option(help="Calibration sequences the healing fit reads (same source, length and seed)")] = 128,
     heal_candidates: Annotated[int, typer.Option(help="Heal-aware selection: heal the selection and the next best block sets the scorer evaluated (this many in all) and keep the one that heals best")] = 1,
     layerwise: Annotated[bool, typer.Option("--layerwise", help="Run block by block from the checkpoint's safetensors files: memory for the embedding, the head and one block (docs/architecture.md)")] = False,
@@ -89,7 +89,8 @@ def run(
     for cut in surgery.get("healing", {}).get("cuts", []):
         table.add_row(f"healed {cut['blocks'][0]}–{cut['blocks'][-1]}",
                       f"residual {cut['relative_residual_before']:.3f} → {cut['relative_residual_after']:.3f}, "
-                      f"into {cut['folded_into']}" + (" (head untied)" if cut["untied_head"] else ""))
+                      f"{'down projection refitted' if cut['fit'] == 'projection' else 'map folded'} into "
+                      f"{cut['folded_into']}" + (" (head untied)" if cut["untied_head"] else ""))
     table.add_row("span evaluations", str(report["evaluations"]["spans"]))
     execution = report.get("execution", {})
     if execution.get("mode") == "layerwise":
