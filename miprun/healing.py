@@ -87,7 +87,7 @@ def check_healable(adapter: Any) -> None:
 FITS = ("projection", "map")
 """What a healer fits per cut: the down projection itself, or a hidden × hidden map on its output."""
 
-DEFAULT_RIDGE = {"projection": 0.1, "map": 1e-4}
+DEFAULT_RIDGE = {"projection": 0.3, "map": 1e-4}
 """Default relative ridge per fit (docs/healing.md: how they were measured)."""
 
 

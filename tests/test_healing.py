@@ -92,6 +92,11 @@ def test_heal_linear_through_prune_keeps_the_parameter_count_of_plain_removal(tm
 
     assert rerun_arguments(tmp_path / "out", [])["heal_samples"] == 8  # a healed run can be replayed
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 4
+    assert healing["fit"] == "projection" and healing["ridge"] == 0.3
+    mapped = miprun.prune(build_tiny("llama", layers=6, seed=3), n=2, calib=str(text_file), num_samples=4,
+                          seq_len=16, method="shortgpt", heal="replaceme", heal_samples=8, save=False)
+    assert mapped.report["surgery"]["healing"]["fit"] == "map" and mapped.report["rerun"]["heal"] == "replaceme"
+    assert mapped.selection.blocks == plain.selection.blocks
 
 
 def test_healing_refuses_what_it_cannot_fold(text_file):
