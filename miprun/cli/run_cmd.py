@@ -89,8 +89,8 @@ def run(
     for cut in surgery.get("healing", {}).get("cuts", []):
         table.add_row(f"healed {cut['blocks'][0]}–{cut['blocks'][-1]}",
                       f"residual {cut['relative_residual_before']:.3f} → {cut['relative_residual_after']:.3f}, "
-                      f"{'down projection refitted' if cut['fit'] == 'projection' else 'map folded'} into "
-                      f"{cut['folded_into']}" + (" (head untied)" if cut["untied_head"] else ""))
+                      + (f"{cut['folded_into']} refitted" if cut["fit"] == "projection" else f"map folded into {cut['folded_into']}")
+                      + (" (head untied)" if cut["untied_head"] else ""))
     table.add_row("span evaluations", str(report["evaluations"]["spans"]))
     execution = report.get("execution", {})
     if execution.get("mode") == "layerwise":
