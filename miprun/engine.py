@@ -120,8 +120,9 @@ def execute(
     :param healer: heals the cuts before surgery (:class:`miprun.healing.LinearHealer`), fitted on
         ``heal_ids`` (the calibration tokens when None); block plans that remove blocks only.
     :param heal_candidates: with a healer, choose among the selection and the next best block
-        sets the scores evaluated (up to this many in all) the one whose removal heals best
-        (:func:`miprun.healing.heal_aware_choice`); 1 heals the selection as it is.
+        sets the scores evaluated (up to this many in all) the one whose removal heals best on
+        healing sequences the fit did not see (:func:`miprun.healing.heal_aware_choice`); 1 heals
+        the selection as it is.
     """
     registry = registry or get_registry()
     reporter = reporter or Reporter()
@@ -152,7 +153,7 @@ def execute(
     ids_for_healing = input_ids if heal_ids is None else heal_ids
     if healer is not None and heal_candidates > 1:
         selection = _heal_aware(selection, scores, count, heal_candidates, healer, model, adapter, ids_for_healing,
-                                input_ids, timings, reporter)
+                                timings, reporter)
     if healer is not None:
         with stage("heal", timings, reporter), finite_activations(adapter):
             healing = healer.heal(model, adapter, sorted(selection.blocks), ids_for_healing)
@@ -169,7 +170,7 @@ def execute(
 
 
 def _heal_aware(selection: Any, scores: Any, count: int, limit: int, healer: Any, model: Any, adapter: Any,
-                heal_ids: Any, input_ids: Any, timings: dict[str, float], reporter: Reporter) -> Any:
+                heal_ids: Any, timings: dict[str, float], reporter: Reporter) -> Any:
     """The selection replaced by the candidate set that heals best: the selection itself and the
     next best ``count``-block sets its scores evaluated (the screen's when there is one)."""
     from dataclasses import replace
@@ -183,6 +184,6 @@ def _heal_aware(selection: Any, scores: Any, count: int, limit: int, healer: Any
         if sorted(blocks) not in candidates:
             candidates.append(sorted(blocks))
     with stage("heal-select", timings, reporter), finite_activations(adapter):
-        chosen, record = heal_aware_choice(healer, model, adapter, candidates, heal_ids, input_ids)
+        chosen, record = heal_aware_choice(healer, model, adapter, candidates, heal_ids)
     record["selected_before"] = candidates[0]
     return replace(selection, blocks=chosen, info={**selection.info, "heal_aware": record})

@@ -20,7 +20,8 @@ Both are solved from float64 Gram matrices accumulated batch by batch on the mod
 ridge ``λ`` is relative to the Gram's mean diagonal and shrinks toward the weights the model
 already has (plain removal is the prior). A cut starting at block 0 has no block before it: the
 embedding output is mapped instead (``E ← E·T``, the ``"map"`` fit), and a tied output head is
-untied first (its weights stay the original embedding; the summary says so). Cuts are fitted left
+untied first (its weights stay the original embedding; the summary says so), with the healer's
+ridge toward the identity. Cuts are fitted left
 to right, each on the states of the model already healed before it (the earlier cuts skipped and
 their fits folded); the targets ``h`` are always the dense model's.
 
@@ -333,7 +334,7 @@ class LinearHealer:
                     t = solution.to(down.weight.device)
                     linear = isinstance(down, torch.nn.Linear)  # y = x·Wᵀ + b; GPT-2's Conv1D: y = x·W + b
                     bias = getattr(down, "bias", None)
-                    if self.fit == "projection":  # the solution is the projection: input (+ bias) × output
+                    if self._kind(cut) == "projection":  # the solution is the projection: input (+ bias) × output
                         weight = t[: ffn_in_features(down)]
                         if bias is not None:
                             bias.copy_(t[-1].to(bias.dtype))
@@ -384,25 +385,36 @@ def make_healer(heal: str | None, plan: Any, samples: int) -> LinearHealer | Non
 
 
 def heal_aware_choice(healer: LinearHealer, model: Any, adapter: Any, candidates: list[list[int]],
-                      heal_ids: torch.Tensor, eval_ids: torch.Tensor, *, batch_size: int = 4) -> tuple[list[int], dict[str, Any]]:
-    """The candidate block set whose removal *heals* best: each is healed (maps fitted on
-    ``heal_ids`` and applied at run time, weights untouched) and scored by the mean next-token
-    loss of the healed, pruned model on ``eval_ids``; the lowest wins (ties: the earlier candidate).
+                      heal_ids: torch.Tensor, *, held_out: float = 0.125,
+                      batch_size: int = 4) -> tuple[list[int], dict[str, Any]]:
+    """The candidate block set whose removal *heals* best, judged on text the fit did not see:
+    the last ``held_out`` share of ``heal_ids`` (at least one sequence) is set aside, each candidate
+    is healed on the rest (fits applied at run time, weights untouched) and scored by the mean
+    next-token loss of the healed, pruned model on the held-out sequences; the lowest wins (ties:
+    the earlier candidate). Judging on the fit's own tokens would reward whatever fits more — more
+    cuts, more maps — rather than what generalises.
 
-    :returns: the chosen blocks and a record with every candidate's healed loss and residuals.
+    :returns: the chosen blocks and a record with every candidate's held-out loss and residuals.
     """
     import math
 
     from miprun.probing import Prober
 
-    prober = Prober(model, adapter, eval_ids, batch_size=batch_size)
+    count = int(heal_ids.shape[0])
+    judged = max(1, round(count * held_out))
+    if count - judged < 1:
+        raise MiprunError(f"heal-aware selection sets aside {judged} of the {count} healing sequences to judge the "
+                          f"candidates and needs at least one more to fit on; raise --heal-samples")
+    fit_ids, judge_ids = heal_ids[: count - judged], heal_ids[count - judged :]
+    prober = Prober(model, adapter, judge_ids, batch_size=batch_size)
     rows = []
     for rank, blocks in enumerate(candidates):
         start = time.perf_counter()
-        with healer.applied(model, adapter, blocks, heal_ids) as summary:
+        with healer.applied(model, adapter, blocks, fit_ids) as summary:
             loss = prober.loss(blocks)
         rows.append({"candidate": sorted(blocks), "rank": rank, "healed_loss": loss, "healed_perplexity": math.exp(loss),
                      "residual_after": [c["relative_residual_after"] for c in summary["cuts"]],
                      "seconds": round(time.perf_counter() - start, 3)})
     best = min(rows, key=lambda row: (row["healed_loss"], row["rank"]))
-    return best["candidate"], {"mode": "heal-aware", "criterion": "calibration loss after healing", "candidates": rows}
+    return best["candidate"], {"mode": "heal-aware", "criterion": "held-out loss after healing",
+                               "fit_sequences": count - judged, "judged_sequences": judged, "candidates": rows}

@@ -126,7 +126,8 @@ def prune(
         healing fit reads — more than selection needs: 16 × 256 tokens over-fit the map.
     :param heal_candidates: heal-aware selection — with ``heal``, heal the selection and the next
         best block sets the scorer evaluated (this many in all) and keep the one whose healed
-        removal has the lowest calibration loss; 1 (default) heals the selection as it is.
+        removal has the lowest loss on healing sequences the fit did not see (the last eighth);
+        1 (default) heals the selection as it is.
     :param layerwise: run block by block from the checkpoint's safetensors files, never holding
         more than the embedding, the head and one block (:mod:`miprun.models.layerwise`).
     :param max_memory: a memory budget (``"200MiB"``, ``"40GB"``): a model whose weights exceed it
@@ -157,6 +158,9 @@ def prune(
         raise MiprunError(f"--heal-candidates must be a whole number ≥ 1, got {heal_candidates!r}")
     if heal_candidates > 1 and healer is None:
         raise MiprunError("--heal-candidates chooses among healed block sets; add --heal linear (or --heal replaceme)")
+    if heal_candidates > 1 and heal_samples < 2:
+        raise MiprunError("heal-aware selection fits on some healing sequences and judges on others; "
+                          f"--heal-samples {heal_samples} leaves none to judge on: pass 2 or more")
     if output is not None and save:
         check_output(Path(output), overwrite=overwrite)
     timings: dict[str, float] = {}

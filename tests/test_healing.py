@@ -146,14 +146,22 @@ def test_heal_aware_selection_keeps_the_candidate_that_heals_best(tmp_path, text
     losses = [row["healed_loss"] for row in record["candidates"]]
     assert chosen.selection.blocks == candidates[losses.index(min(losses))]
     assert chosen.report["selected_blocks"] == chosen.selection.blocks
-    # the losses are those of each candidate healed on its own (a fresh model each time)
+    assert record["criterion"] == "held-out loss after healing" and (record["fit_sequences"], record["judged_sequences"]) == (7, 1)
+    # the losses are those of each candidate healed on the first 7 sequences on its own (a fresh
+    # model each time) and judged on the 8th, which the fit never saw
     loaded = build_tiny("llama", layers=6, seed=7)
     heal_ids = load_calibration(str(text_file), loaded.tokenizer, num_samples=8, seq_len=16, seed=0).input_ids
-    eval_ids = load_calibration(str(text_file), loaded.tokenizer, num_samples=4, seq_len=16, seed=0).input_ids
-    _, again = heal_aware_choice(LinearHealer(), loaded.model, loaded.adapter, candidates[::-1], heal_ids, eval_ids)
+    _, again = heal_aware_choice(LinearHealer(), loaded.model, loaded.adapter, candidates[::-1], heal_ids)
     assert [row["healed_loss"] for row in again["candidates"]] == pytest.approx(losses[::-1], rel=1e-9)
+    from miprun.probing import Prober
+
+    fresh = build_tiny("llama", layers=6, seed=7)
+    with LinearHealer().applied(fresh.model, fresh.adapter, candidates[0], heal_ids[:7]):
+        assert Prober(fresh.model, fresh.adapter, heal_ids[7:]).loss(candidates[0]) == pytest.approx(losses[0], rel=1e-9)
     with pytest.raises(MiprunError, match="add --heal linear"):
         miprun.prune(build_tiny("llama", layers=6), heal_candidates=2, save=False, **common)
+    with pytest.raises(MiprunError, match="--heal-samples 1 leaves none to judge on"):
+        miprun.prune(build_tiny("llama", layers=6), heal="linear", heal_samples=1, heal_candidates=2, save=False, **common)
 
 
 def test_independent_fitting_fits_every_cut_on_the_dense_model():

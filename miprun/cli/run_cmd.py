@@ -83,7 +83,7 @@ def run(
     if aware:
         rows = {tuple(r["candidate"]): r for r in aware["candidates"]}
         kept = rows[tuple(report["selected_blocks"])]
-        table.add_row("heal-aware", f"kept {kept['candidate']} of {len(rows)} candidates (healed calibration perplexity "
+        table.add_row("heal-aware", f"kept {kept['candidate']} of {len(rows)} candidates (held-out perplexity after healing "
                                     f"{kept['healed_perplexity']:.2f}; the selector's {aware['selected_before']}: "
                                     f"{rows[tuple(aware['selected_before'])]['healed_perplexity']:.2f})")
     for cut in surgery.get("healing", {}).get("cuts", []):
