@@ -10,7 +10,7 @@ position of every sequence left out: the attention sink). Two fits (``fit``):
 * ``"projection"`` (miprun's default) refits the down projection itself: ``W`` minimises
   ``‖A·W − (h − r)‖² + λ‖W − W₀‖²``, where ``A`` are the FFN's hidden activations (the down
   projection's input, FFN-width wide; a bias, if the projection has one, is fitted with it) and
-  ``W₀`` the projection it had. The map reads every FFN neuron, not only the hidden-size output
+  ``W₀`` the projection it had. The refit reads every FFN neuron, not only the hidden-size output
   they are projected to, so it can carry more of what the removed blocks did.
 * ``"map"`` (ReplaceMe's, Shopkhoev et al. 2025) fits a hidden × hidden map ``T`` on the FFN output,
   ``‖M·T − (h − r)‖² + λ‖T − I‖²``, and folds it (``W ← Tᵀ·W``, ``b ← b·T`` for ``nn.Linear``;
@@ -19,11 +19,10 @@ position of every sequence left out: the attention sink). Two fits (``fit``):
 Both are solved from float64 Gram matrices accumulated batch by batch on the model's device; the
 ridge ``λ`` is relative to the Gram's mean diagonal and shrinks toward the weights the model
 already has (plain removal is the prior). A cut starting at block 0 has no block before it: the
-embedding output is mapped instead (``E ← E·T``, the ``"map"`` fit), and a tied output head is
-untied first (its weights stay the original embedding; the summary says so), with the healer's
-ridge toward the identity. Cuts are fitted left
-to right, each on the states of the model already healed before it (the earlier cuts skipped and
-their fits folded); the targets ``h`` are always the dense model's.
+embedding output is mapped instead (``E ← E·T``, the ``"map"`` fit with the healer's ridge), a
+tied output head untied first (its weights stay the original embedding; the summary says so).
+Cuts are fitted left to right, each on the states of the model already healed before it (the
+earlier cuts skipped and their fits folded); the targets ``h`` are always the dense model's.
 
 The checkpoint keeps the architecture and the parameter count of plain removal (the head untied
 adds the embedding's size once, and only for a cut at block 0 of a tied model).
