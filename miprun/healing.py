@@ -68,6 +68,11 @@ def _rows(hidden: torch.Tensor) -> torch.Tensor:
     return hidden[:, 1:].reshape(-1, hidden.shape[-1]).double()
 
 
+def _with_ones(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` with a column of ones appended: the input a fitted bias row multiplies."""
+    return torch.cat([rows, rows.new_ones(*rows.shape[:-1], 1)], -1)
+
+
 POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
 """Module names of learned absolute position embeddings, added to the token embedding."""
 
@@ -203,7 +208,7 @@ class LinearHealer:
         def apply(module: Any, args: Any, out: torch.Tensor) -> torch.Tensor:
             value = args[0].double() if refit else out.double()
             if value.shape[-1] < solution.shape[0]:  # the refit's bias row
-                value = torch.cat([value, value.new_ones(*value.shape[:-1], 1)], -1)
+                value = _with_ones(value)
             return (value @ solution.to(out.device)).to(out.dtype)
 
         return module.register_forward_hook(apply)
@@ -303,7 +308,7 @@ class LinearHealer:
             return {"x": output, "out": output}
         hidden = _rows(args[0])
         if getattr(down, "bias", None) is not None:
-            hidden = torch.cat([hidden, hidden.new_ones(hidden.shape[0], 1)], 1)
+            hidden = _with_ones(hidden)
         return {"x": hidden, "out": output}
 
     def _accumulate(self, model: Any, adapter: Any, cut: tuple[int, int], earlier: list[int],
