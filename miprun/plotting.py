@@ -1,6 +1,6 @@
 """Figures: the pruning curve of ``miprun compare`` and the span scores of ``miprun scores``.
 
-matplotlib is an optional extra (``miprun[plot]``)."""
+matplotlib is a dependency of miprun; the import is deferred so that commands without pictures stay fast."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def require_matplotlib() -> Any:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise MiprunError(
-            "plots need matplotlib, an optional extra: pip install 'miprun[plot]' (or pip install "
-            "matplotlib); leave out --plot to get the table only"
+            "plots need matplotlib, which miprun depends on but this environment lacks: pip install "
+            "matplotlib (or reinstall miprun); leave out --plot to get the table only"
         ) from exc
     return plt
 

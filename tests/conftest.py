@@ -15,6 +15,8 @@ SHARED = REPO.parent / "shared"
 os.environ.setdefault("MIPRUN_DATA_DIR", str(SHARED / "data"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# third-party plugins the user has installed must not change what the suite tests
+os.environ["MIPRUN_DISABLE_PLUGIN_AUTOLOAD"] = "1"
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 WORDS = (
