@@ -35,9 +35,9 @@ from miprun.engine import execute
 from miprun.evaluation import evaluate
 from miprun.evaluation.lm_eval_bridge import parse_tasks
 from miprun.evaluation.perplexity import perplexity
-from miprun.healing import HEALERS, LinearHealer
 from miprun.models.loading import load_model
 from miprun.plans import resolve_plan
+from miprun.registry import get_registry
 from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
 from pipeline_cost import plain_forward_seconds  # the floor, measured one way for every benchmark
 
@@ -47,7 +47,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser, prune="6")
     parser.add_argument("--heal-samples", type=int, default=128)
-    parser.add_argument("--heal", default="linear,replaceme", help=f"comma list of healing methods ({', '.join(HEALERS)})")
+    known = get_registry().names("healer")
+    parser.add_argument("--heal", default="linear,replaceme", help=f"comma list of healers ({', '.join(known)})")
     parser.add_argument("--methods", default="mi-prun,shortgpt,angular,sleb")
     parser.add_argument("--ppl-windows", type=int, default=40)
     parser.add_argument("--tasks", default="", help="lm-eval tasks (comma list or 'paper'), plain and healed")
@@ -57,8 +58,8 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     healers = args.heal.split(",")
-    if set(healers) - set(HEALERS):
-        parser.error(f"--heal: unknown {', '.join(sorted(set(healers) - set(HEALERS)))}; choose from {', '.join(HEALERS)}")
+    if set(healers) - set(known):
+        parser.error(f"--heal: unknown {', '.join(sorted(set(healers) - set(known)))}; choose from {', '.join(known)}")
     loaded = load_model(args.model)
     calib = load_calibration(args.calib, loaded.tokenizer, num_samples=args.num_samples, seq_len=args.seq_len,
                              seed=0, model=loaded.model).input_ids
@@ -94,7 +95,7 @@ def main() -> None:
                 blocks = sorted(order[:n])
             else:
                 working = copy.deepcopy(loaded)
-                selection = execute(resolve_plan(method=method), working.model, working.adapter, calib, count=n,
+                selection = execute(resolve_plan(method=method, healer="none"), working.model, working.adapter, calib, count=n,
                                     tokenizer=loaded.tokenizer).selection
                 blocks = sorted(selection.blocks)
                 order = selection.info.get("removal_order")
@@ -111,7 +112,7 @@ def main() -> None:
             for heal in healers:
                 healed = copy.deepcopy(loaded)
                 start = time.perf_counter()
-                summary = LinearHealer(fit=HEALERS[heal]).heal(healed.model, healed.adapter, blocks, heal_ids)
+                summary = get_registry().create("healer", heal).heal(healed.model, healed.adapter, blocks, heal_ids)
                 seconds = time.perf_counter() - start
                 RemoveBlocksSurgeon().apply(healed.model, healed.adapter, Selection(blocks))
                 result = {"perplexity": ppl(healed.model), "heal_seconds": round(seconds, 1),

@@ -62,7 +62,7 @@ def main() -> None:
 
     def select(method: str) -> list[int]:
         working = copy.deepcopy(loaded)
-        return sorted(execute(resolve_plan(method=method), working.model, working.adapter, calib, count=args.prune,
+        return sorted(execute(resolve_plan(method=method, healer="none"), working.model, working.adapter, calib, count=args.prune,
                               tokenizer=loaded.tokenizer).selection.blocks)
 
     def scores(model: Any) -> dict[str, float]:

@@ -63,8 +63,8 @@ def plan_for(spec: str) -> tuple[str, Any]:
     options = parse_options(option_items)
     named = NAMED.get(method)
     if named is not None:
-        return label, resolve_plan(options=options, **named)
-    return label, resolve_plan(method=method, options=options)
+        return label, resolve_plan(options=options, healer="none", **named)
+    return label, resolve_plan(method=method, options=options, healer="none")
 
 
 def main() -> None:

@@ -229,51 +229,72 @@ def miprun_register_surgeons(register):
     )
 
 
+@hookimpl
+def miprun_register_healers(register):
+    """Register the built-in healers."""
+    register(
+        "linear",
+        "miprun.healers.refit:refit_healer",
+        description="Refit the FFN down projection before each cut in closed form (block default)",
+        heals=("remove-blocks",),
+    )
+    register(
+        "replaceme",
+        "miprun.healers.replaceme:replaceme_healer",
+        description="ReplaceMe: a hidden×hidden map on the FFN output before each cut, folded into it",
+        heals=("remove-blocks",),
+    )
+
+
 _LLAMA_LIKE = ArchitectureSpec(blocks=("model.layers", "layers"))
+_GEMMA = ArchitectureSpec(blocks=("model.layers", "layers"), ffn_output_norm="post_feedforward_layernorm")
 
 
 @hookimpl
 def miprun_register_architectures(register):
     """Register the built-in architectures."""
-    for model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"):
+    for model_type in ("llama", "mistral", "qwen2", "qwen3"):
         register(model_type, _LLAMA_LIKE, description="decoder blocks at model.layers, gated FFN")
+    for model_type in ("gemma2", "gemma3_text"):
+        register(model_type, _GEMMA, description="decoder blocks at model.layers, gated FFN normalised before the residual add")
     register(
         "opt",
         ArchitectureSpec(blocks=("model.decoder.layers", "decoder.layers"), per_layer_fields=(),
-                         ffn=("fc1", "fc2"), ffn_size_field="ffn_dim"),
+                         ffn=("fc1", "fc2"), ffn_size_field="ffn_dim", ffn_output="fc2"),
         description="OPT: model.decoder.layers, fc1/fc2 FFN",
     )
     register(
         "gpt_neox",
         ArchitectureSpec(blocks=("gpt_neox.layers", "layers"), per_layer_fields=(),
-                         ffn=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
+                         ffn=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"), ffn_output="mlp.dense_4h_to_h"),
         description="GPT-NeoX / Pythia: gpt_neox.layers, parallel attention and FFN",
     )
     blocks_only = {  # model.layers like Llama, but an FFN that is not sliced neuron by neuron
-        "phi3": ("Phi-3 fuses its gate and up projections into one matrix (mlp.gate_up_proj)", "Phi-3"),
-        "mixtral": ("Mixtral's FFN is a mixture of experts (mlp.experts), one width per expert", "Mixtral (MoE)"),
+        "phi3": ("Phi-3 fuses its gate and up projections into one matrix (mlp.gate_up_proj)", "Phi-3", "mlp.down_proj"),
+        "mixtral": ("Mixtral's FFN is a mixture of experts (mlp.experts), one width per expert", "Mixtral (MoE)",
+                    "mlp.experts"),
     }
-    for model_type, (why, family) in blocks_only.items():
-        register(model_type, ArchitectureSpec(blocks=("model.layers", "layers"), ffn=(),
+    for model_type, (why, family, output) in blocks_only.items():
+        register(model_type, ArchitectureSpec(blocks=("model.layers", "layers"), ffn=(), ffn_output=output,
                                               ffn_note=f"{why}, which miprun does not prune neuron by neuron"),
                  description=f"{family}: model.layers (blocks only)")
     register(
         "gemma3",
         ArchitectureSpec(
             blocks=("model.language_model.layers", "language_model.layers", "model.language_model.model.layers"),
-            config="text_config",
+            config="text_config", ffn_output_norm="post_feedforward_layernorm",
         ),
         description="Gemma 3 multimodal: the language model's blocks, text_config",
     )
     register(
         "gpt2",
         ArchitectureSpec(blocks=("transformer.h", "h"), per_layer_fields=(), ffn=("mlp.c_fc", "mlp.c_proj"),
-                         ffn_size_field="n_inner"),
+                         ffn_size_field="n_inner", ffn_output="mlp.c_proj"),
         description="GPT-2: transformer.h, Conv1D FFN",
     )
     register(
         "bert",
         ArchitectureSpec(blocks=("bert.encoder.layer", "encoder.layer"), per_layer_fields=(),
-                         ffn=("intermediate.dense", "output.dense")),
+                         ffn=("intermediate.dense", "output.dense"), ffn_output=""),
         description="BERT encoders (width pruning)",
     )

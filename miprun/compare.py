@@ -32,7 +32,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 from miprun.errors import MiprunError
-from miprun.healing import heals, make_healer
 from miprun.memory import PeakMemory, release_freed_memory
 from miprun.methods import Method, parse_methods
 from miprun.models.devices import input_device
@@ -111,11 +110,11 @@ def compare(
     :param log: called with one line per finished step (progress for the CLI).
     :param on_row: called with the report so far (``"complete": False``) after every row, so that a
         long comparison that is interrupted still leaves its finished rows behind.
-    :param heal: a healing method (``"linear"``, ``"replaceme"``: :data:`miprun.healing.HEALERS`)
-        adds, beside each method's row, a row ``METHOD+heal`` for the same blocks removed after
-        :mod:`miprun.healing` folded one fit per cut (fitted on
-        ``heal_samples`` sequences of the same source and seed); methods whose surgeon is not
-        ``remove-blocks`` (LaCo) get no healed row.
+    :param heal: the healer (a registered name), ``"none"``, or None for each plan's default
+        (:mod:`miprun.plans`, rule 7). A method whose plan has a healer gets, beside its plain row,
+        a row ``METHOD+heal`` for the same blocks removed after healing (fitted on ``heal_samples``
+        sequences of the same source and seed); methods whose surgeon is not healed (LaCo), or an
+        architecture the healer refuses, get the plain row only.
     :returns: ``{"model", "num_blocks", "settings", "rows", "complete", "seconds"}``; ``rows[0]`` is the
         dense model, then one row per method and depth with ``method``, ``prune``, ``blocks``,
         ``perplexity``, ``tasks``, ``task_average``, ``cost``, ``strategies``, ``selection``.
@@ -142,12 +141,13 @@ def compare(
     if unknown:
         raise MiprunError(f"options given for {', '.join(sorted(unknown))}, which is not among the compared methods "
                           f"({', '.join(names)})")
-    plans = {spec.name: resolve_plan(method=spec, options={k: dict(v) for k, v in options.get(spec.name, {}).items()},
-                                     seed=seed, registry=registry) for spec in specs}
+    plans = {spec.name: _plan(spec, {k: dict(v) for k, v in options.get(spec.name, {}).items()}, heal, seed, registry)
+             for spec in specs}
     for plan in plans.values():  # every option value is checked before any work starts
         plan.build(registry)
-    healable = [plan for plan in plans.values() if heals(plan)]
-    healer = make_healer(heal, healable[0] if healable else next(iter(plans.values())), heal_samples)
+    if isinstance(heal_samples, bool) or not isinstance(heal_samples, int) or heal_samples < 1:
+        raise MiprunError(f"--heal-samples must be a whole number ≥ 1, got {heal_samples!r}")
+    healing = any("healer" in plan.names for plan in plans.values())
 
     started = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model or DEFAULT_MODEL), dtype=dtype, device_map=device_map)
@@ -161,7 +161,7 @@ def compare(
     calibration = load_calibration(calib, loaded.tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed, model=loaded.model)
     input_ids = calibration.input_ids
     heal_ids = None
-    if healer is not None:
+    if healing:
         heal_ids = load_calibration(calib, loaded.tokenizer, num_samples=heal_samples, seq_len=seq_len, seed=seed,
                                     model=loaded.model).input_ids
     collections = Collections()
@@ -192,7 +192,8 @@ def compare(
             "settings": {
                 "prune": depths, "methods": names, "calib": calibration.source, "num_samples": num_samples,
                 "seq_len": seq_len, "seed": seed, "ppl": list(ppl),
-                "heal": heal, "heal_samples": heal_samples if heal else None,
+                "heal": {name: plan.names.get("healer", "none") for name, plan in plans.items()},
+                "heal_samples": heal_samples if healing else None,
                 "tasks": list(tasks) if not isinstance(tasks, str) else tasks,
                 "limit": limit, "eval_seq_len": eval_seq_len, "eval_max_windows": eval_max_windows,
                 "collection": {name: {"seconds": c.seconds, **{k: v for k, v in c.inputs.info.items()
@@ -214,6 +215,7 @@ def compare(
         plan = plans[spec.name]
         for n in depths:
             strategies = plan.build(registry)
+            healer = strategies.pop("healer", None)  # the plain row first; the healed row beside it
             release_freed_memory()
             working = copy.deepcopy(loaded.model)
             adapter = adapter_for(working)
@@ -248,7 +250,10 @@ def compare(
             if on_row is not None:
                 on_row(report(False))
             del working, adapter
-            if healer is not None and heals(plan):
+            skipped = _unhealable(healer, loaded.adapter) if healer is not None else None
+            if skipped:
+                log(f"{spec.name} -{n}: not healed: {skipped}")
+            elif healer is not None:
                 rows.append(_healed_row(row, outcome, strategies, healer, loaded, heal_ids, run_eval))
                 log(f"{rows[-1]['method']} -{n}: {_brief(rows[-1])}")
                 if on_row is not None:
@@ -256,6 +261,29 @@ def compare(
             del outcome, scores, strategies
     release_freed_memory()
     return report(True)
+
+
+def _plan(spec: Any, options: dict[str, dict[str, Any]], heal: str | None, seed: int, registry: Any) -> Any:
+    """The plan of one compared method: with the named healer where it heals the method's surgeon,
+    plain otherwise (a comparison names one healer for methods whose surgery differs)."""
+    from miprun.plans import NO_HEALING, resolve_plan
+
+    if heal not in (None, NO_HEALING):
+        surgeon = resolve_plan(method=spec, options=options, healer=NO_HEALING, seed=seed, registry=registry).names["surgeon"]
+        if surgeon not in registry.get("healer", heal).capabilities.heals:
+            heal = NO_HEALING
+    return resolve_plan(method=spec, options=options, healer=heal, seed=seed, registry=registry)
+
+
+def _unhealable(healer: Any, adapter: Any) -> str | None:
+    """Why ``healer`` cannot heal this architecture (one line), or None when it can."""
+    check = getattr(healer, "check", None)
+    try:
+        if check is not None:
+            check(adapter)
+    except MiprunError as exc:
+        return str(exc)
+    return None
 
 
 def _healed_row(row: dict[str, Any], outcome: Any, strategies: dict[str, Any], healer: Any, loaded: Any,

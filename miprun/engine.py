@@ -107,7 +107,6 @@ def execute(
     registry: Registry | None = None,
     reporter: Reporter | None = None,
     timings: dict[str, float] | None = None,
-    healer: Any = None,
     heal_ids: Any = None,
     heal_candidates: int = 1,
 ) -> Outcome:
@@ -117,8 +116,10 @@ def execute(
     :param strategies: the plan's strategies when already built (kind → object); built here otherwise.
     :param collections: collected inputs shared with other plans on the same model and tokens.
     :param timings: stage seconds are added here (a fresh dict when None).
-    :param healer: heals the cuts before surgery (:class:`miprun.healing.LinearHealer`), fitted on
-        ``heal_ids`` (the calibration tokens when None); block plans that remove blocks only.
+    :param heal_ids: the tokens the plan's healer (if any) fits on, before surgery; the calibration
+        tokens when None. A healer the plan took by default that refuses the architecture (one
+        line, recorded as ``surgery["healing"]["skipped"]``) leaves plain removal; a named one's
+        refusal is the run's error.
     :param heal_candidates: with a healer, choose among the selection and the next best block
         sets the scores evaluated (up to this many in all) the one whose removal heals best on
         healing sequences the fit did not see (:func:`miprun.healing.heal_aware_choice`); 1 heals
@@ -151,6 +152,10 @@ def execute(
     size = granularity.size(adapter)
     healing = None
     ids_for_healing = input_ids if heal_ids is None else heal_ids
+    healer = strategies.get("healer")
+    if healer is not None and plan.reasons.get("healer") != "named":
+        healing = _healability(healer, adapter, reporter)
+        healer = None if healing is not None else healer
     if healer is not None and heal_candidates > 1:
         selection = _heal_aware(selection, scores, count, heal_candidates, healer, model, adapter, ids_for_healing,
                                 timings, reporter)
@@ -167,6 +172,22 @@ def execute(
         collect_seconds=collected.seconds if collected is not None else 0.0,
         forward_passes=context.forward_passes, timings=timings,
     )
+
+
+def _healability(healer: Any, adapter: Any, reporter: Reporter) -> dict[str, Any] | None:
+    """None when ``healer`` can heal ``adapter``'s architecture, else the record of why healing
+    was skipped (the one line is also reported as a note)."""
+    from miprun.errors import MiprunError
+
+    check = getattr(healer, "check", None)
+    try:
+        if check is not None:
+            check(adapter)
+    except MiprunError as exc:
+        reason = f"not healed: {exc}"
+        reporter.note(reason)
+        return {"skipped": reason}
+    return None
 
 
 def _heal_aware(selection: Any, scores: Any, count: int, limit: int, healer: Any, model: Any, adapter: Any,

@@ -16,11 +16,21 @@ position of every sequence left out: the attention sink). Two fits (``fit``):
   ``‖M·T − (h − r)‖² + λ‖T − I‖²``, and folds it (``W ← Tᵀ·W``, ``b ← b·T`` for ``nn.Linear``;
   ``W ← W·T`` for GPT-2's ``Conv1D``).
 
+Where the FFN output is not a single linear layer (Mixtral's experts) the map is fitted and folded
+into every expert's down projection (the output is a gate-weighted sum of them, so the map passes
+through exactly). Where the FFN output is normalised before the residual add (Gemma 2/3's
+``post_feedforward_layernorm``), the norm fixes each token's output length, so only the direction
+can be matched: the target of the projection is ``(y / g)`` rescaled per token to the length the
+projection's output has now, ``y = h − r`` the wanted stream update and ``g`` the norm's gain; the
+norm then restores ``y``'s direction exactly (residuals are reported in the space the fit acts on,
+before the norm).
+
 Both are solved from float64 Gram matrices accumulated batch by batch on the model's device; the
 ridge ``λ`` is relative to the Gram's mean diagonal and shrinks toward the weights the model
 already has (plain removal is the prior). A cut starting at block 0 has no block before it: the
-embedding output is mapped instead (``E ← E·T``, the ``"map"`` fit with the healer's ridge), a
-tied output head untied first (its weights stay the original embedding; the summary says so).
+embedding output is mapped instead (``E ← E·T``, the ``"map"`` fit with the healer's ridge; learned
+position tables, added to it, get the same map), a tied output head untied first (its weights stay
+the original embedding; the summary says so).
 Cuts are fitted left to right, each on the states of the model already healed before it (the
 earlier cuts skipped and their fits folded); the targets ``h`` are always the dense model's.
 
@@ -37,7 +47,7 @@ from typing import Any, Iterator
 import torch
 
 from miprun.errors import MiprunError
-from miprun.models.adapters import ffn_in_features
+from miprun.models.adapters import ffn_output_modules
 from miprun.models.devices import input_device, input_embedding
 from miprun.models.layerwise import editable_block, layerwise_loader
 from miprun.models.sweep import BlockSweep, Stream
@@ -77,16 +87,26 @@ POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
 """Module names of learned absolute position embeddings, added to the token embedding."""
 
 
+def refittable(module: Any) -> bool:
+    """Whether ``module`` is one linear layer whose weight a refit can replace (``nn.Linear`` or
+    GPT-2's ``Conv1D``); otherwise only a map on its output can be folded into it."""
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def foldable(module: Any) -> bool:
+    """Whether a hidden × hidden map on ``module``'s output can be folded into its weights: a linear
+    layer, or experts whose stacked down projections (experts × out × in) are summed."""
+    weight = getattr(module, "down_proj", None)
+    return refittable(module) or (isinstance(weight, torch.nn.Parameter) and weight.dim() == 3)
+
+
 def check_healable(adapter: Any) -> None:
-    """Refuse architectures whose FFN output is not added to the stream as it is (a norm after the
-    FFN, as in Gemma, or no separate down projection)."""
-    if not adapter.spec.ffn:
-        raise MiprunError(f"healing folds the map into the FFN's down projection, which '{adapter.model_type}' "
-                          f"does not expose ({adapter.spec.ffn_note or 'no FFN layout registered'}); run without --heal")
-    block = adapter.blocks[0]
-    if any(hasattr(block, name) for name in ("post_feedforward_layernorm", "post_mlp_layernorm")):
-        raise MiprunError(f"'{adapter.model_type}' normalises the FFN output before adding it to the stream, so a "
-                          f"map folded into the down projection would not act linearly; run without --heal")
+    """Refuse architectures where no fit can be folded: no FFN output module registered, or one
+    that is neither a linear layer nor stacked experts. The reason is one line."""
+    output, _ = ffn_output_modules(adapter, 0)
+    if not foldable(output):
+        raise MiprunError(f"'{adapter.model_type}' adds its FFN output through {type(output).__name__}, into which "
+                          f"no linear fit can be folded; run with --heal none")
 
 
 FITS = ("projection", "map")
@@ -120,6 +140,10 @@ class LinearHealer:
         self.batch_size = batch_size
         self.sequential = sequential
 
+    def check(self, adapter: Any) -> None:
+        """Refuse, in one line, an architecture no fit can be folded into (:func:`check_healable`)."""
+        check_healable(adapter)
+
     def heal(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor) -> dict[str, Any]:
         """Fold one fit per cut of ``blocks`` into ``model`` (blocks still in place; the surgeon
         removes them afterwards). Returns the summary: per cut its residuals and fit time."""
@@ -142,27 +166,30 @@ class LinearHealer:
         """Fit the cuts of ``blocks`` in order; fold each fit (``handles`` None) or hook it in."""
         check_healable(adapter)
         cuts = cuts_of(blocks)
-        if cuts and cuts[0][0] == 0 and any(name.rpartition(".")[2] in POSITION_TABLES for name, _ in model.named_modules()):
-            raise MiprunError("the cut starts at block 0 of a model with learned position embeddings, which a map "
-                              "folded into the token embedding cannot follow; keep block 0 or run without --heal")
+        if cuts and cuts[0][0] == 0:
+            _check_embedding(model)
         targets = self._dense_targets(model, adapter, cuts, input_ids)
         summary: dict[str, Any] = {"fit": self.fit, "ridge": self.ridge, "tokens": 0, "cuts": []}
         pending: list[tuple[tuple[int, int], torch.Tensor, dict[str, Any]]] = []
         for index, cut in enumerate(cuts):
             start = time.perf_counter()
             earlier = [b for first, last in cuts[:index] for b in range(first, last + 1)] if self.sequential else []
-            gram, cross, before, energy, tokens = self._accumulate(model, adapter, cut, earlier, input_ids, targets[cut])
-            prior = self._prior(adapter, cut, gram)
+            kind = self._kind(adapter, cut)
+            gram, cross, before, energy, tokens = self._accumulate(model, adapter, cut, kind, earlier, input_ids,
+                                                                   targets[cut])
+            prior = self._prior(adapter, cut, kind, gram)
             ridge = self.ridge * float(gram.diagonal().mean())
             eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
             solution = torch.linalg.solve(gram + ridge * eye, cross + ridge * prior)
             # ‖X·W − Y‖² = ‖Y‖² − 2·tr(Wᵀ·XᵀY) + tr(Wᵀ·XᵀX·W)
             after = energy - 2 * float((solution * cross).sum()) + float((solution * (gram @ solution)).sum())
             record = {"blocks": list(range(cut[0], cut[1] + 1)),
-                      "fit": self._kind(cut),
+                      "fit": kind,
                       "relative_residual_before": (before / energy) ** 0.5,
                       "relative_residual_after": (max(after, 0.0) / energy) ** 0.5,
                       "seconds": round(time.perf_counter() - start, 3)}
+            if cut[0] > 0 and ffn_output_modules(adapter, cut[0] - 1)[1] is not None:
+                record["through_norm"] = adapter.spec.ffn_output_norm
             pending.append((cut, solution, record))
             if self.sequential:  # the next cut is fitted on the model healed so far
                 self._apply(model, adapter, pending.pop(), handles, summary)
@@ -172,17 +199,21 @@ class LinearHealer:
         summary["sequential"] = self.sequential
         return summary
 
-    def _kind(self, cut: tuple[int, int]) -> str:
-        """The fit of ``cut``: a cut at block 0 always maps the embedding output."""
-        return self.fit if cut[0] > 0 else "map"
+    def _kind(self, adapter: Any, cut: tuple[int, int]) -> str:
+        """The fit of ``cut``: the healer's, except a map where a refit has no single linear layer
+        to replace (a cut at block 0: the embedding; experts)."""
+        if self.fit == "map" or cut[0] == 0:
+            return "map"
+        with editable_block(adapter, cut[0] - 1):
+            return "projection" if refittable(ffn_output_modules(adapter, cut[0] - 1)[0]) else "map"
 
-    def _prior(self, adapter: Any, cut: tuple[int, int], gram: torch.Tensor) -> torch.Tensor:
+    def _prior(self, adapter: Any, cut: tuple[int, int], kind: str, gram: torch.Tensor) -> torch.Tensor:
         """What the ridge shrinks toward: the identity for a map, the projection as it is (input ×
         output, a bias as the last row) for a refit."""
-        if self._kind(cut) == "map":
+        if kind == "map":
             return torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
         with editable_block(adapter, cut[0] - 1):
-            _, down = adapter.ffn_modules(cut[0] - 1)
+            down, _ = ffn_output_modules(adapter, cut[0] - 1)
             weight = down.weight.detach().to(gram.device, torch.float64)
             rows = weight.T if isinstance(down, torch.nn.Linear) else weight
             if getattr(down, "bias", None) is not None:
@@ -193,17 +224,17 @@ class LinearHealer:
         """Fold the fit of ``item`` (``handles`` None) or hook it in, and record the cut."""
         cut, solution, record = item
         if handles is None:
-            record = {**self._fold(model, adapter, cut, solution), **record}
+            record = {**self._fold(model, adapter, cut, record["fit"], solution), **record}
         else:
-            handles.append(self._hook(model, adapter, cut, solution))
+            handles.extend(self._hooks(model, adapter, cut, record["fit"], solution))
             record = {"applied_at_run_time": True, **record}
         summary["cuts"].append(record)
 
-    def _hook(self, model: Any, adapter: Any, cut: tuple[int, int], solution: torch.Tensor) -> Any:
-        """A forward hook giving the module the fit would be folded into (the down projection
-        before the cut, or the input embedding) the output the folded module would give."""
-        module = adapter.ffn_modules(cut[0] - 1)[1] if cut[0] > 0 else input_embedding(model)
-        refit = self._kind(cut) == "projection"
+    def _hooks(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, solution: torch.Tensor) -> list[Any]:
+        """Forward hooks giving the modules the fit would be folded into (the FFN output module
+        before the cut, or the embedding tables) the output the folded modules would give."""
+        modules = [ffn_output_modules(adapter, cut[0] - 1)[0]] if cut[0] > 0 else _embedding_tables(model)
+        refit = kind == "projection"
 
         def apply(module: Any, args: Any, out: torch.Tensor) -> torch.Tensor:
             value = args[0].double() if refit else out.double()
@@ -211,7 +242,7 @@ class LinearHealer:
                 value = _with_ones(value)
             return (value @ solution.to(out.device)).to(out.dtype)
 
-        return module.register_forward_hook(apply)
+        return [module.register_forward_hook(apply) for module in modules]
 
     def _batches(self, input_ids: torch.Tensor, device: torch.device):
         for start in range(0, input_ids.shape[0], self.batch_size):
@@ -241,33 +272,31 @@ class LinearHealer:
                 adapter.backbone(input_ids=batch, use_cache=False)
         return targets
 
-    def _captures(self, model: Any, adapter: Any, cut: tuple[int, int], earlier: list[int],
-                  input_ids: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """Per batch, on the model healed so far (the earlier cuts skipped): X, what the fit acts
-        on (block ``a − 1``'s FFN hidden activations for a refit, its FFN output for a map, the
-        embedding output for a cut at block 0), what the FFN adds as it is (the embedding output at
-        block 0), and the rest of the stream entering the cut (None at block 0); float64 rows."""
+    def _captures(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, earlier: list[int],
+                  input_ids: torch.Tensor) -> Iterator[dict[str, torch.Tensor | None]]:
+        """Per batch, on the model healed so far (the earlier cuts skipped), float64 rows: ``x``
+        what the fit acts on (block ``a − 1``'s FFN hidden activations for a refit, its FFN output
+        for a map, the embedding output for a cut at block 0), ``z`` the FFN output module's output,
+        ``added`` what the FFN adds to the stream (``z`` after the output norm, if any), ``gain``
+        that norm's per-channel gain (None without one) and ``rest`` the rest of the stream entering the cut (None at 0)."""
         first = cut[0]
         loader = layerwise_loader(model)
         if loader is not None:
-            yield from self._captures_layerwise(loader, adapter, cut, earlier, input_ids)
+            yield from self._captures_layerwise(loader, adapter, cut, kind, earlier, input_ids)
             return
-        captured: dict[str, torch.Tensor] = {}
+        captured: dict[str, Any] = {}
         with ExitStack() as stack, torch.no_grad():
             if first == 0:  # the map acts on the embedding output: block 0's input
                 def take_input(module, args, kwargs):
-                    hidden = args[0] if args else kwargs["hidden_states"]
-                    rows = _rows(hidden)
-                    captured.update(x=rows, out=rows, rest=None)
+                    rows = _rows(args[0] if args else kwargs["hidden_states"])
+                    captured.update(x=rows, z=rows, added=rows, gain=None, rest=None)
                     raise _Stop
                 hook = adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True)
             else:
-                _, down = adapter.ffn_modules(first - 1)
-                down_hook = down.register_forward_hook(lambda m, a, out: captured.update(self._down_rows(m, a, out)))
-                stack.callback(down_hook.remove)
+                stack.enter_context(self._ffn_hooks(adapter, first - 1, kind, captured.update))
 
                 def take_output(module, args, out):
-                    captured["rest"] = _rows(_out(out)) - captured["out"]
+                    captured["rest"] = _rows(_out(out)) - captured["added"]
                     raise _Stop
                 hook = adapter.blocks[first - 1].register_forward_hook(take_output)
             stack.callback(hook.remove)
@@ -277,77 +306,95 @@ class LinearHealer:
                     adapter.backbone(input_ids=batch, use_cache=False)
                 except _Stop:
                     pass
-                yield captured["x"], captured["out"], captured["rest"]
+                yield dict(captured)
 
-    def _captures_layerwise(self, loader: Any, adapter: Any, cut: tuple[int, int], earlier: list[int],
-                            input_ids: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    def _captures_layerwise(self, loader: Any, adapter: Any, cut: tuple[int, int], kind: str, earlier: list[int],
+                            input_ids: torch.Tensor) -> Iterator[dict[str, torch.Tensor | None]]:
         """:meth:`_captures` block-major: one sweep up to the cut reads each block once."""
         first = cut[0]
         sweep = BlockSweep(adapter, loader, input_ids, self.batch_size, input_device(adapter.model))
         if first == 0:
             for hidden in sweep.inputs:
                 rows = _rows(hidden)
-                yield rows, rows, None
+                yield {"x": rows, "z": rows, "added": rows, "gain": None, "rest": None}
             return
         stream = Stream(frozenset(earlier))
-        captured: list[dict[str, torch.Tensor]] = []
-        _, down = adapter.ffn_modules(first - 1)
-        handle = down.register_forward_hook(lambda m, a, out: captured.append(self._down_rows(m, a, out)))
-        try:
+        captured: list[dict[str, Any]] = []
+        with self._ffn_hooks(adapter, first - 1, kind, lambda rows: captured.append(rows)):
             sweep.run([stream], until=first)
-        finally:
-            handle.remove()
         for rows, hidden in zip(captured, stream.states):
-            yield rows["x"], rows["out"], _rows(hidden) - rows["out"]
+            yield {**rows, "rest": _rows(hidden) - rows["added"]}
 
-    def _down_rows(self, down: Any, args: Any, out: Any) -> dict[str, torch.Tensor]:
-        """The down projection's output rows ("out") and the rows the fit acts on ("x"): its input,
-        with a column of ones when it has a bias, for a refit; its output for a map."""
-        output = _rows(_out(out))
-        if self.fit == "map":
-            return {"x": output, "out": output}
-        hidden = _rows(args[0])
-        if getattr(down, "bias", None) is not None:
-            hidden = _with_ones(hidden)
-        return {"x": hidden, "out": output}
+    @contextmanager
+    def _ffn_hooks(self, adapter: Any, index: int, kind: str, take: Any) -> Iterator[None]:
+        """Hooks on block ``index``'s FFN output module (and its output norm) that hand ``take``
+        the rows of one batch once both have run: ``x``, ``z``, ``added`` and ``gain``. Outputs
+        flattened to tokens × features (OPT, experts) are read in the block's batch shape."""
+        output, norm = ffn_output_modules(adapter, index)
+        rows: dict[str, Any] = {}
+        shape: list[int] = []
 
-    def _accumulate(self, model: Any, adapter: Any, cut: tuple[int, int], earlier: list[int],
+        def tokens(value: torch.Tensor) -> torch.Tensor:
+            return _rows(value.reshape(*shape, value.shape[-1]))
+
+        def on_block(module, args, kwargs):
+            shape[:] = (args[0] if args else kwargs["hidden_states"]).shape[:2]
+
+        def on_output(module, args, out):
+            z = tokens(_out(out))
+            x = z if kind == "map" else tokens(args[0])
+            if kind != "map" and getattr(module, "bias", None) is not None:
+                x = _with_ones(x)
+            rows.update(x=x, z=z, gain=None)
+            if norm is None:
+                take({**rows, "added": z})
+
+        def on_norm(module, args, out):
+            take({**rows, "added": tokens(_out(out)), "gain": _gain(module, rows["z"].shape[-1])})
+
+        handles = [adapter.blocks[index].register_forward_pre_hook(on_block, with_kwargs=True),
+                   output.register_forward_hook(on_output)]
+        if norm is not None:
+            handles.append(norm.register_forward_hook(on_norm))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _accumulate(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, earlier: list[int],
                     input_ids: torch.Tensor, targets: list[torch.Tensor]) -> tuple:
-        """XᵀX, XᵀY, the plain removal's ‖M − Y‖², ‖Y‖² and the token count for ``cut`` on the
-        model healed so far (the earlier cuts skipped); X is what the fit acts on, M what the
-        FFN adds as it is, Y what it should add."""
+        """XᵀX, XᵀY, the plain removal's ‖Z − Y‖², ‖Y‖² and the token count for ``cut`` on the
+        model healed so far (the earlier cuts skipped); X is what the fit acts on, Z what the FFN
+        output module gives as it is, Y what it should give (:func:`_through_norm` of the wanted
+        update when an output norm follows)."""
         gram = cross = None
         before = energy = 0.0
         tokens = 0
-        for (x, out, rest), target in zip(self._captures(model, adapter, cut, earlier, input_ids), targets):
+        for rows, target in zip(self._captures(model, adapter, cut, kind, earlier, input_ids), targets):
+            x, z = rows["x"], rows["z"]
             # float64 on the model's device: the Grams accumulate there
-            y = target.to(x.device) - (rest if rest is not None else 0.0)
+            y = target.to(x.device) - (rows["rest"] if rows["rest"] is not None else 0.0)
+            if rows["gain"] is not None:
+                y = _through_norm(y, z, rows["gain"].to(y.device))
             gram = x.T @ x if gram is None else gram + x.T @ x
             cross = x.T @ y if cross is None else cross + x.T @ y
-            before += float((out - y).pow(2).sum())
+            before += float((z - y).pow(2).sum())
             energy += float(y.pow(2).sum())
             tokens += x.shape[0]
         return gram, cross, before, energy, tokens
 
-    def _fold(self, model: Any, adapter: Any, cut: tuple[int, int], solution: torch.Tensor) -> dict[str, Any]:
-        """Fold ``solution`` into the down projection before the cut, or into the embedding."""
+    def _fold(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, solution: torch.Tensor) -> dict[str, Any]:
+        """Fold ``solution`` into the FFN output module before the cut, or into the embedding tables."""
         with torch.no_grad():
             if cut[0] > 0:
                 with editable_block(adapter, cut[0] - 1):
-                    _, down = adapter.ffn_modules(cut[0] - 1)
-                    t = solution.to(down.weight.device)
-                    linear = isinstance(down, torch.nn.Linear)  # y = x·Wᵀ + b; GPT-2's Conv1D: y = x·W + b
-                    bias = getattr(down, "bias", None)
-                    if self._kind(cut) == "projection":  # the solution is the projection: input (+ bias) × output
-                        weight = t[: ffn_in_features(down)]
-                        if bias is not None:
-                            bias.copy_(t[-1].to(bias.dtype))
-                    else:  # the map composed with the projection
-                        weight = (down.weight.double().T if linear else down.weight.double()) @ t
-                        if bias is not None:
-                            bias.copy_((bias.double() @ t).to(bias.dtype))
-                    down.weight.copy_((weight.T if linear else weight).to(down.weight.dtype))
-                return {"folded_into": f"block {cut[0] - 1} FFN down projection", "untied_head": False}
+                    down, _ = ffn_output_modules(adapter, cut[0] - 1)
+                    if kind == "projection":
+                        _replace_projection(down, solution)
+                    else:
+                        _fold_map(down, solution)
+                return {"folded_into": f"block {cut[0] - 1} {adapter.spec.ffn_output}", "untied_head": False}
             embedding = input_embedding(model)
             untied = False
             head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -355,37 +402,77 @@ class LinearHealer:
                 head.weight = torch.nn.Parameter(embedding.weight.detach().clone())
                 model.config.tie_word_embeddings = False
                 untied = True
-            t = solution.to(embedding.weight.device)
-            embedding.weight.copy_((embedding.weight.double() @ t).to(embedding.weight.dtype))
-            return {"folded_into": "input embedding", "untied_head": untied}
+            tables = _embedding_tables(model)
+            for table in tables:
+                table.weight.copy_((table.weight.double() @ solution.to(table.weight.device)).to(table.weight.dtype))
+            names = ", ".join(name for name, module in model.named_modules() if any(module is t for t in tables))
+            return {"folded_into": names, "untied_head": untied}
 
 
-HEALERS = {"linear": "projection", "replaceme": "map"}
-"""The healing methods ``--heal`` accepts → the :class:`LinearHealer` fit each uses: ``linear``
-refits the down projection before each cut (miprun's default), ``replaceme`` folds ReplaceMe's
-hidden × hidden map."""
+def _gain(norm: Any, width: int) -> torch.Tensor:
+    """A norm's per-channel gain, read as its output for a vector of ones (float64; ``forward``
+    itself, so that no hook on the norm sees the probe)."""
+    weight = next(norm.parameters())
+    with torch.no_grad():
+        return norm.forward(torch.ones(1, width, dtype=weight.dtype, device=weight.device))[0].double()
 
 
-def heals(plan: Any) -> bool:
-    """Whether healing applies to ``plan``: it removes whole blocks with ``remove-blocks``."""
-    return plan.granularity == "block" and plan.names.get("surgeon") == "remove-blocks"
+def _through_norm(y: torch.Tensor, z: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """The pre-norm target for a wanted post-norm output ``y``: ``y / g`` (``g`` the norm's
+    per-channel gain), rescaled per token to the length ``z`` (the pre-norm output as it is) has,
+    so the ridge keeps its meaning. A norm of the RMS kind maps it to ``y``'s direction; channels
+    with no gain get no target."""
+    safe = torch.where(gain.abs() > 1e-12, gain, torch.ones_like(gain))
+    direction = torch.where(gain.abs() > 1e-12, y / safe, torch.zeros_like(y))
+    length = direction.norm(dim=-1, keepdim=True)
+    scale = torch.where(length > 0, z.norm(dim=-1, keepdim=True) / length.clamp_min(1e-300), torch.zeros_like(length))
+    return direction * scale
 
 
-def make_healer(heal: str | None, plan: Any, samples: int) -> LinearHealer | None:
-    """The healer ``heal`` names (None without healing), checked against ``plan``: healing folds
-    maps for removed blocks, so it needs block granularity and the ``remove-blocks`` surgeon."""
-    from miprun.errors import did_you_mean
+def _replace_projection(down: Any, solution: torch.Tensor) -> None:
+    """Replace a linear layer's weight (and bias, the solution's last row) by a refit solution
+    (input (+ bias) × output)."""
+    t = solution.to(down.weight.device)
+    bias = getattr(down, "bias", None)
+    inputs = down.weight.shape[1] if isinstance(down, torch.nn.Linear) else down.weight.shape[0]
+    if bias is not None:
+        bias.copy_(t[-1].to(bias.dtype))
+    weight = t[:inputs]
+    # y = x·Wᵀ + b for nn.Linear; GPT-2's Conv1D: y = x·W + b
+    down.weight.copy_((weight.T if isinstance(down, torch.nn.Linear) else weight).to(down.weight.dtype))
 
-    if heal is None:
-        return None
-    if heal not in HEALERS:
-        raise MiprunError(f"unknown healing '{heal}'{did_you_mean(str(heal), list(HEALERS))}; choose: {', '.join(HEALERS)}")
-    if not heals(plan):
-        raise MiprunError(f"--heal {heal} heals removed blocks: it needs --granularity block and the remove-blocks "
-                          f"surgeon (this plan uses {plan.names.get('surgeon')})")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise MiprunError(f"--heal-samples must be a whole number ≥ 1, got {samples!r}")
-    return LinearHealer(fit=HEALERS[heal])
+
+def _fold_map(module: Any, solution: torch.Tensor) -> None:
+    """Compose a hidden × hidden map ``T`` with ``module``'s output: ``y·T``, folded into its weights."""
+    t = solution.to(module.weight.device if hasattr(module, "weight") else module.down_proj.device)
+    bias = getattr(module, "bias", None)
+    if bias is not None:
+        bias.copy_((bias.double() @ t).to(bias.dtype))
+    if isinstance(module, torch.nn.Linear):  # W (out × in) → Tᵀ·W
+        module.weight.copy_((t.T @ module.weight.double()).to(module.weight.dtype))
+    elif refittable(module):  # Conv1D: W (in × out) → W·T
+        module.weight.copy_((module.weight.double() @ t).to(module.weight.dtype))
+    else:  # experts: stacked down projections (experts × out × in), each → Tᵀ·W
+        module.down_proj.copy_((t.T @ module.down_proj.double()).to(module.down_proj.dtype))
+
+
+def _embedding_tables(model: Any) -> list[Any]:
+    """The tables added together into block 0's input: the token embedding and any learned
+    position embedding."""
+    tables = [input_embedding(model)]
+    for name, module in model.named_modules():
+        if name.rpartition(".")[2] in POSITION_TABLES and isinstance(module, torch.nn.Embedding):
+            tables.append(module)
+    return tables
+
+
+def _check_embedding(model: Any) -> None:
+    """Refuse a cut at block 0 when the embedding tables do not produce the stream directly."""
+    embedding = input_embedding(model)
+    width = getattr(model.config, "hidden_size", None)
+    if embedding is None or (width is not None and embedding.weight.shape[-1] != width):
+        raise MiprunError("the cut starts at block 0 and the token embedding does not produce the stream directly "
+                          "(it is projected first), so no map can be folded into it; keep block 0 or run with --heal none")
 
 
 def heal_aware_choice(healer: LinearHealer, model: Any, adapter: Any, candidates: list[list[int]],

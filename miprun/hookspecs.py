@@ -102,6 +102,21 @@ def miprun_register_surgeons(register: Register) -> None:
     """
 
 
+# --------------------------------------------------------------------------- heal
+
+
+@hookspec
+def miprun_register_healers(register: Register) -> None:
+    """Register healers: strategies that, before the surgeon removes what was selected, change the
+    weights that stay so that the pruned model reproduces the dense one as well as a fit without
+    training can (miprun's closed-form refit of the down projection before each cut, ReplaceMe's
+    map). The checkpoint keeps the architecture of plain removal.
+
+    :param register: the factory returns a :class:`~miprun.contracts.Healer`. Capabilities:
+        ``granularity``, ``heals`` (the surgeons whose removal it heals, e.g. ``("remove-blocks",)``).
+    """
+
+
 # --------------------------------------------------------------------------- architectures
 
 
@@ -121,6 +136,7 @@ KINDS: dict[str, str] = {
     "scorer": "miprun_register_scorers",
     "selector": "miprun_register_selectors",
     "surgeon": "miprun_register_surgeons",
+    "healer": "miprun_register_healers",
 }
 """Strategy kind → name of the hook that registers strategies of that kind."""
 

@@ -63,7 +63,7 @@ def model_card(report: dict[str, Any]) -> ModelCard:
         "",
         f"This checkpoint is **{source.get('spec')}**"
         + (f" ([{base}](https://huggingface.co/{base}))" if base else "")
-        + f" with {_removed(report)} removed by [miprun](https://pypi.org/project/miprun/) {__version__}, "
+        + f" with {_removed(report)} removed by miprun {__version__}, "
         "without any training. It loads with stock `transformers`:",
         "",
         "```python",
@@ -87,6 +87,14 @@ def model_card(report: dict[str, Any]) -> ModelCard:
         *rows,
         "",
     ]
+    quality = report.get("quality")
+    if quality:
+        from miprun.quality import summary_line
+
+        lines += ["## Quality check", "", f"{summary_line(quality)} (windows drawn from the calibration source "
+                  f"with seed {report.get('seed', 0) + 1}, which neither selection nor healing read).", ""]
+        if "warning" in quality:
+            lines += [f"**Warning:** {quality['warning']}.", ""]
     evaluation = _evaluation_lines(report)
     if evaluation:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---|", *evaluation, ""]

@@ -12,6 +12,19 @@ from miprun.errors import MiprunError
 from miprun.hookspecs import KINDS
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""The ``--dtype`` values miprun loads and computes in (``auto``: as the checkpoint stores them)."""
+
+
+def check_dtype(dtype: Any) -> str:
+    """Return ``dtype`` if it is one of :data:`DTYPES`, else a one-line error with a did-you-mean."""
+    from miprun.errors import did_you_mean
+
+    if dtype not in DTYPES:
+        raise MiprunError(f"unknown dtype '{dtype}'{did_you_mean(str(dtype), list(DTYPES))}; choose one of: {', '.join(DTYPES)}")
+    return dtype
+
+
 def parse_value(text: str) -> Any:
     """``"2"`` → 2, ``"0.5"`` → 0.5, ``"true"`` → True, ``"none"`` → None; anything else stays a string."""
     lowered = text.lower()

@@ -20,8 +20,20 @@ from miprun.models.layerwise import layerwise_loader
 
 
 def check_output(path: Path, *, overwrite: bool) -> None:
-    """Fail early when ``path`` exists and is not an empty directory (unless ``overwrite``)."""
+    """Fail early — before any work — when ``path`` exists and is not an empty directory (unless
+    ``overwrite``), or when it can never be created: its nearest existing ancestor is not a
+    directory, or is one this process cannot write into."""
+    import os
+
     if not path.exists():
+        ancestor = path.absolute().parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise MiprunError(f"output '{path}' cannot be created: '{ancestor}' is a file, not a directory; "
+                              f"choose another --output")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise MiprunError(f"output '{path}' cannot be created: '{ancestor}' is not writable; choose another --output")
         return
     if path.is_file():
         raise MiprunError(f"output '{path}' is a file; choose a directory path with --output")
@@ -35,8 +47,8 @@ def write_atomically(path: Path, fill: Callable[[Path], None], *, overwrite: boo
     is removed only after the new one is complete."""
     check_output(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
+        staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
         fill(staging)
         old = None
         if path.exists():
@@ -46,7 +58,7 @@ def write_atomically(path: Path, fill: Callable[[Path], None], *, overwrite: boo
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except Exception as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard_staging(path)
         failure = _write_failure(exc)
         if failure is None:
             raise
@@ -55,9 +67,17 @@ def write_atomically(path: Path, fill: Callable[[Path], None], *, overwrite: boo
             "check the path and its permissions"
         raise MiprunError(f"cannot write '{path}': {text}; nothing was written — {hint}") from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard_staging(path)
         raise
     return path
+
+
+def _discard_staging(path: Path) -> None:
+    """Remove every temporary sibling of ``path`` (``.NAME.tmp-*``): this process holds the output's
+    lock (:func:`output_lock`), so any of them is its own — also one an interruption left between
+    its creation and the moment its name was known."""
+    for staging in path.parent.glob(f".{path.name}.tmp-*"):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _write_failure(exc: Exception) -> tuple[int | None, str] | None:

@@ -15,6 +15,7 @@ neurons — the same engine, with the specifics of :mod:`miprun.granularity`.
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,7 @@ def prune(
     layerwise: bool = False,
     max_memory: str | None = None,
     device: str | None = None,
+    check: bool = True,
 ) -> PruneResult:
     """Prune ``model`` (a name/path/hub id, or a :class:`miprun.models.loading.LoadedModel`).
 
@@ -119,9 +121,12 @@ def prune(
     :param save: write the checkpoint and report (False keeps the result in memory only).
     :param evaluate: keyword arguments for :func:`miprun.evaluation.evaluate`, run on the pruned
         model before saving; its results go into the report.
-    :param heal: ``"linear"`` refits, in closed form, the down projection before each cut so that
-        it carries what the removed blocks added; ``"replaceme"`` folds ReplaceMe's hidden × hidden
-        map there instead (:mod:`miprun.healing`); block plans with ``remove-blocks`` only.
+    :param heal: the healer (a registered name: ``"linear"``, miprun's default, refits in closed
+        form the down projection before each cut so that it carries what the removed blocks added;
+        ``"replaceme"`` folds ReplaceMe's hidden × hidden map there; :mod:`miprun.healing`), or
+        ``"none"`` for plain removal. None takes the default: healed wherever the plan removes
+        whole blocks and the architecture can be healed, plain removal otherwise, with the reason
+        in the report (rule 7 of :mod:`miprun.plans`).
     :param heal_samples: calibration sequences (of ``seq_len`` tokens, same source and seed) the
         healing fit reads — more than selection needs: 16 × 256 tokens over-fit the map.
     :param heal_candidates: heal-aware selection — with ``heal``, heal the selection and the next
@@ -134,30 +139,37 @@ def prune(
         runs layer-wise, and layer-wise execution is refused when even it would not fit.
     :param device: where the model computes (``"cpu"``, ``"cuda"``, ``"cuda:1"``): the device of
         layer-wise execution, or the one device an in-memory model is placed on.
+    :param check: end with the quality check (:mod:`miprun.quality`): dense and pruned perplexity
+        on held-out windows of the calibration source, in the report, with a warning when the
+        result is ruined.
     """
     from miprun.engine import execute
     from miprun.granularity import GRANULARITY
-    from miprun.healing import make_healer
     from miprun.output import check_output, output_lock
 
+    from miprun.options import check_dtype
+
+    check_dtype(dtype)
     reporter = reporter or Reporter()
     registry = get_registry()
     plan = resolve_plan(
         granularity=granularity, method=method, collector=collector, estimator=estimator, scorer=scorer,
-        selector=selector, surgeon=surgeon, options=options, seed=seed, registry=registry,
+        selector=selector, surgeon=surgeon, healer=heal, options=options, seed=seed, registry=registry,
     )
     strategies = plan.build(registry)  # option values are checked before the model is loaded
+    healed = "healer" in plan.names
     execution = _execution(model, plan, dtype=dtype, layerwise=layerwise, max_memory=max_memory)
     if device is not None and device_map is not None:
         raise MiprunError("pass either --device (one device) or --device-map (accelerate placement), not both")
     if execution.mode == "layerwise" and device_map is not None:
         raise MiprunError(f"layer-wise execution ({execution.reason}) places one block at a time itself; "
                           f"name its device with --device instead of --device-map")
-    healer = make_healer(heal, plan, heal_samples)
-    if isinstance(heal_candidates, bool) or not isinstance(heal_candidates, int) or heal_candidates < 1:
-        raise MiprunError(f"--heal-candidates must be a whole number ≥ 1, got {heal_candidates!r}")
-    if heal_candidates > 1 and healer is None:
-        raise MiprunError("--heal-candidates chooses among healed block sets; add --heal linear (or --heal replaceme)")
+    for flag, value in (("--heal-samples", heal_samples), ("--heal-candidates", heal_candidates)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise MiprunError(f"{flag} must be a whole number ≥ 1, got {value!r}")
+    if heal_candidates > 1 and not healed:
+        raise MiprunError(f"--heal-candidates chooses among healed block sets, and this run heals nothing "
+                          f"({plan.reasons['healer']}); drop --heal-candidates")
     if heal_candidates > 1 and heal_samples < 2:
         raise MiprunError("heal-aware selection fits on some healing sequences and judges on others; "
                           f"--heal-samples {heal_samples} leaves none to judge on: pass 2 or more")
@@ -184,13 +196,14 @@ def prune(
         calibration = calibrate_stage(loaded, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
                                       timings=timings, reporter=reporter)
         heal_ids = None
-        if healer is not None:
+        if healed:
             heal_ids = calibrate_stage(loaded, calib=calib, num_samples=heal_samples, seq_len=seq_len, seed=seed,
                                        timings={}, reporter=reporter).input_ids
+        reference = _dense_reference(loaded, calib=calib, seq_len=seq_len, seed=seed, timings=timings,
+                                     reporter=reporter) if check else None
         outcome = execute(plan, loaded.model, loaded.adapter, calibration.input_ids, count=count,
                           tokenizer=loaded.tokenizer, seed=seed, strategies=strategies, registry=registry,
-                          reporter=reporter, timings=timings, healer=healer, heal_ids=heal_ids,
-                          heal_candidates=heal_candidates)
+                          reporter=reporter, timings=timings, heal_ids=heal_ids, heal_candidates=heal_candidates)
         report = {
             "miprun_report_version": 1,
             "model": loaded.source,
@@ -199,19 +212,53 @@ def prune(
             "seed": seed,
             "execution": execution_record,
             **outcome.report(registry),
+            **({} if healed else {"healing_reason": plan.reasons["healer"]}),
             "rerun": {"model": loaded.source.get("spec", str(model)), "n": count, "calib": calib,
                       "num_samples": num_samples, "seq_len": seq_len, "seed": seed, "granularity": plan.granularity,
-                      **plan.names, "options": {kind: values for kind, values in plan.options.items() if values},
+                      **{kind: name for kind, name in plan.names.items() if kind != "healer"}, "options": {kind: values for kind, values in plan.options.items() if values},
                       "dtype": dtype, "device_map": device_map,
-                      **({"heal": heal, "heal_samples": heal_samples} if heal else {}),
+                      "heal": plan.names.get("healer", "none"), **({"heal_samples": heal_samples} if healed else {}),
                       **({"heal_candidates": heal_candidates} if heal_candidates > 1 else {}),
                       **({"layerwise": True} if layerwise else {}),
                       **({"max_memory": max_memory} if max_memory is not None else {}),
                       **({"device": device} if device is not None else {})},
         }
+        if reference is not None:
+            named = any(value is not None for value in (method, collector, estimator, scorer, selector, surgeon))
+            report["quality"] = _check(loaded, reference, named=named, count=count, timings=timings, reporter=reporter)
         result = PruneResult(loaded.model, loaded.tokenizer, loaded.adapter, outcome.selection, outcome.scores, report,
                              timings=timings)
         return _finish(result, evaluate=evaluate, save=save, out_path=out_path, overwrite=overwrite, reporter=reporter)
+
+
+def _dense_reference(loaded: Any, *, calib: str, seq_len: int, seed: int, timings: dict[str, float],
+                     reporter: Reporter) -> Any:
+    """The quality check's held-out windows (seed + 1) and the dense model's loss on them."""
+    from miprun.data.calibration import load_calibration
+    from miprun.quality import WINDOWS, dense_reference
+
+    start = time.perf_counter()
+    windows = load_calibration(calib, loaded.tokenizer, num_samples=WINDOWS, seq_len=seq_len, seed=seed + 1,
+                               model=loaded.model)
+    reference = dense_reference(loaded.model, loaded.adapter, windows.input_ids, windows.source)
+    timings["check"] = round(time.perf_counter() - start, 4)
+    return reference
+
+
+def _check(loaded: Any, reference: Any, *, named: bool, count: int, timings: dict[str, float],
+           reporter: Reporter) -> dict[str, Any]:
+    """The quality check of the pruned model (:func:`miprun.quality.check_quality`), timed into
+    the ``check`` stage with the dense reference; its warning, if any, is reported as a note."""
+    from miprun.quality import check_quality
+
+    suggestion = ("try miprun's default (no --method/--scorer/--selector/--estimator: output-MI selection, healed)"
+                  if named else f"remove fewer than {count}")
+    start = time.perf_counter()
+    record = check_quality(loaded.model, loaded.adapter, reference, suggestion=suggestion)
+    timings["check"] = round(timings.get("check", 0.0) + time.perf_counter() - start, 4)
+    if "warning" in record:
+        reporter.note(f"warning: {record['warning']}")
+    return record
 
 
 def _execution(model: Any, plan: Any, *, dtype: str, layerwise: bool, max_memory: str | None) -> Any:

@@ -15,6 +15,10 @@ each strategy declared when it was registered (:class:`miprun.contracts.Capabili
 4. A scorer that needs an estimator gets the named one, else its ``default_estimator``.
 5. A collector runs only when a strategy of the plan reads collected states.
 6. The surgeon: the named one, else the selector's ``default_surgeon``, else the granularity's.
+7. The healer: the named one (``none``: no healing), else the granularity's default healer when
+   it declares that it heals the plan's surgeon (``remove-blocks``); a plan it cannot heal (LaCo's
+   merge, width pruning today) runs without one, and says why. A named healer that cannot heal
+   the plan's surgeon is an error.
 
 Naming a strategy the plan would not use (an estimator for ShortGPT, a scorer for SLEB) is an
 error, as is an option for a kind the plan does not use.
@@ -29,15 +33,18 @@ from miprun.contracts import GRANULARITIES
 from miprun.errors import MiprunError, did_you_mean
 from miprun.registry import Registry, get_registry
 
-ORDER = ("collector", "estimator", "scorer", "selector", "surgeon")
+ORDER = ("collector", "estimator", "scorer", "selector", "healer", "surgeon")
 """Strategy kinds in the order a run uses them."""
 
 DEFAULTS: dict[str, dict[str, str]] = {
     "block": {"collector": "hidden-states", "scorer": "output-mi", "selector": "set-exchange",
-              "surgeon": "remove-blocks", "mi_scorer": "block-mi"},
+              "surgeon": "remove-blocks", "mi_scorer": "block-mi", "healer": "linear"},
     "neuron": {"collector": "ffn-activations", "scorer": "neuron-mi", "selector": "mds-cluster",
-               "surgeon": "slice-ffn", "mi_scorer": "neuron-mi"},
+               "surgeon": "slice-ffn", "mi_scorer": "neuron-mi", "healer": None},
 }
+
+NO_HEALING = "none"
+"""The healer name that turns healing off (plain removal)."""
 """Per granularity: what a run uses for a kind nobody named (see the module docstring)."""
 
 
@@ -125,6 +132,7 @@ def resolve_plan(
     scorer: str | None = None,
     selector: str | None = None,
     surgeon: str | None = None,
+    healer: str | None = None,
     options: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     registry: Registry | None = None,
@@ -152,6 +160,7 @@ def resolve_plan(
             options[kind] = {**values, **options.get(kind, {})}
     given = {kind: name_at(registry, kind, name, granularity) for kind, name in named.items() if name is not None}
     names, reasons = _fill(registry, granularity, given, reasons)
+    _choose_healer(registry, granularity, healer, names, reasons)
     return _with_options(registry, Plan(granularity, names, {}, reasons, label), options, seed)
 
 
@@ -227,6 +236,35 @@ def _fill(
                f"default of selector '{names['selector']}'" if default_surgeon else f"{granularity} default")
     ordered = {kind: names[kind] for kind in ORDER if kind in names}
     return ordered, {kind: reasons[kind] for kind in ordered}
+
+
+def _choose_healer(registry: Registry, granularity: str, healer: str | None, names: dict[str, str],
+                   reasons: dict[str, str]) -> None:
+    """Rule 7 of the module docstring: add the healer to ``names`` (in :data:`ORDER`), or record
+    in ``reasons["healer"]`` why the plan has none."""
+    surgeon = names["surgeon"]
+    if healer == NO_HEALING:
+        reasons["healer"] = "--heal none: plain removal"
+        return
+    if healer is None:
+        default = DEFAULTS[granularity]["healer"]
+        if default is None or default not in registry.names("healer"):
+            reasons["healer"] = f"no healer for {granularity} pruning yet: plain removal"
+            return
+        if surgeon not in registry.get("healer", default).capabilities.heals:
+            reasons["healer"] = f"surgeon '{surgeon}' is not healed by '{default}': plain removal"
+            return
+        name, why = default, f"{granularity} default"
+    else:
+        name, why = name_at(registry, "healer", healer, granularity), "named"
+        heals = registry.get("healer", name).capabilities.heals
+        if surgeon not in heals:
+            raise MiprunError(f"healer '{name}' heals the {' and '.join(heals) or 'no'} surgeon's removal; this plan "
+                              f"uses '{surgeon}' — pass --heal none or choose another method")
+    ordered = {kind: (name if kind == "healer" else names[kind]) for kind in ORDER if kind in names or kind == "healer"}
+    names.clear()
+    names.update(ordered)
+    reasons["healer"] = why
 
 
 def _estimators(registry: Registry, granularity: str, pairwise: bool) -> list[str]:

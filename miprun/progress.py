@@ -23,6 +23,9 @@ class Reporter:
     def finish(self, stage: str, seconds: float) -> None:
         """A stage ended after ``seconds``."""
 
+    def note(self, line: str) -> None:
+        """Something the user should read once: a default that did not apply, a warning."""
+
 
 @contextmanager
 def stage(name: str, timings: dict[str, float], reporter: Reporter, total: int | None = None) -> Iterator[None]:

@@ -198,22 +198,47 @@ class Registry:
         return self.entries[kind]
 
 
-def _plugin_package(manager: pluggy.PluginManager, plugin: object) -> tuple[str, str]:
-    for registered, dist in manager.list_plugin_distinfo():
-        if registered is plugin:
-            return dist.metadata["name"], dist.version
+def _plugin_package(packages: dict[str, tuple[str, str]], name: str) -> tuple[str, str]:
+    if name in packages:
+        return packages[name]
     from miprun import __version__
 
     return PROJECT, __version__
 
 
-def _plugin_manager(extra_plugins: tuple[object, ...]) -> pluggy.PluginManager:
+def _load_entry_points(manager: pluggy.PluginManager, packages: dict[str, tuple[str, str]],
+                       broken: list[dict[str, Any]]) -> None:
+    """Register every plugin of the ``miprun`` entry-point group. One that fails to import is
+    skipped with one warning line naming it and its package (and recorded in ``broken``), so a
+    broken third-party package never takes the other plugins, or miprun, down with it."""
+    import sys
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=PROJECT):
+        dist = getattr(point, "dist", None)
+        package = (dist.metadata["name"], dist.version) if dist is not None else (point.value, "?")
+        if manager.has_plugin(point.name) or manager.is_blocked(point.name):
+            continue
+        try:
+            plugin = point.load()
+        except Exception as exc:  # noqa: BLE001 - any failure of third-party code is reported, not raised
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            broken.append({"plugin": point.name, "package": package[0], "version": package[1], "error": reason})
+            sys.stderr.write(f"miprun: warning: plugin '{point.name}' from package {package[0]} {package[1]} failed to "
+                             f"load ({reason}); it is skipped — reinstall or uninstall {package[0]}\n")
+            continue
+        manager.register(plugin, name=point.name)
+        packages[point.name] = package
+
+
+def _plugin_manager(extra_plugins: tuple[object, ...], packages: dict[str, tuple[str, str]],
+                    broken: list[dict[str, Any]]) -> pluggy.PluginManager:
     manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(hookspecs)
     for module_name in BUILTIN_PLUGINS:
         manager.register(importlib.import_module(module_name), name=module_name)
     if not os.environ.get("MIPRUN_DISABLE_PLUGIN_AUTOLOAD"):
-        manager.load_setuptools_entrypoints(PROJECT)
+        _load_entry_points(manager, packages, broken)
     for plugin in extra_plugins:  # named for error messages: a module's or class's name, else its class's
         manager.register(plugin, name=getattr(plugin, "__name__", type(plugin).__name__))
     manager.check_pending()
@@ -231,7 +256,9 @@ def _call_each(manager: pluggy.PluginManager, hook_name: str, make_register: Cal
 
 def build_registry(extra_plugins: tuple[object, ...] = ()) -> Registry:
     """Load built-ins, entry-point plugins and ``extra_plugins``; collect everything they register."""
-    manager = _plugin_manager(extra_plugins)
+    packages: dict[str, tuple[str, str]] = {}
+    broken: list[dict[str, Any]] = []
+    manager = _plugin_manager(extra_plugins, packages, broken)
     registry = Registry()
     provided: dict[str, dict[str, list[str]]] = {}
 
@@ -253,12 +280,13 @@ def build_registry(extra_plugins: tuple[object, ...] = ()) -> Registry:
 
     _call_each(manager, hookspecs.ARCHITECTURES_HOOK, architecture_register)
 
-    for name, plugin in manager.list_name_plugin():
-        package, version = _plugin_package(manager, plugin)
+    for name, _plugin in manager.list_name_plugin():
+        package, version = _plugin_package(packages, name)
         registry.plugins.append(
             {"plugin": name, "package": package, "version": version,
              "provides": {k: sorted(v) for k, v in provided.get(name, {}).items()}}
         )
+    registry.plugins.extend({**entry, "provides": {}} for entry in broken)
     return registry
 
 

@@ -45,7 +45,8 @@ def test_surgeon_collapses_in_place_and_identical_layers_merge_to_themselves():
         for p1, p2 in zip(loaded.adapter.blocks[1].parameters(), loaded.adapter.blocks[2].parameters()):
             p2.copy_(p1)
     ids = torch.randint(4, 40, (2, 8))
-    expected = merged_parameters(loaded.adapter, 1, [2])
+    # identical blocks: θ1 + (θ2 − θ1) = θ1, the kept block's own weights (not the merge function's output)
+    expected = {name: p.detach().clone() for name, p in mergeable_parameters(loaded.adapter.blocks[1]).items()}
     summary = LayerCollapseSurgeon().apply(loaded.model, loaded.adapter, Selection([2]))
     assert summary["merges"] == {"1": [2]} and summary["kept_blocks"] == [0, 1, 3]
     assert loaded.model.config.num_hidden_layers == 3 and loaded.adapter.num_blocks == 3

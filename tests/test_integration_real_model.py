@@ -35,15 +35,37 @@ def test_run_with_no_arguments_prunes_the_default_model(tmp_path):
     assert report["data"]["path"].endswith("wikitext-2/valid.txt")
     assert report["model"]["kind"] == "embedded" and report["versions"]["transformers"]
     assert report["method"] == "output-mi+set-exchange" and report["strategies"]["selector"]["why"] == "block default"
+    # healed by default: the down projection before each cut refitted, nothing else changed
+    assert report["strategies"]["healer"] == {**report["strategies"]["healer"], "name": "linear", "why": "block default"}
+    cuts = report["surgery"]["healing"]["cuts"]
+    assert cuts and all(c["relative_residual_after"] < c["relative_residual_before"] for c in cuts)
+    quality = report["quality"]
+    assert quality["windows"] == 8 and 1 < quality["ratio"] < 2.7 and "warning" not in quality
 
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert reloaded.config.num_hidden_layers == 24 and len(reloaded.model.layers) == 24
-    # the same blocks removed in memory from the original give the same logits
     smollm2 = load_model("smollm2-135m")
+    kept = [b for b in range(30) if b not in report["selected_blocks"]]
+    refitted = {kept.index(c["blocks"][0] - 1) for c in cuts}
+    original = {k.replace(f"layers.{b}.", f"layers.{kept.index(b)}."): v for k, v in smollm2.model.state_dict().items()
+                for b in kept if f"layers.{b}." in k} | {k: v for k, v in smollm2.model.state_dict().items() if ".layers." not in k}
+    for name, value in reloaded.state_dict().items():
+        changed = not torch.equal(value, original[name])
+        assert changed == any(name == f"model.layers.{i}.mlp.down_proj.weight" for i in refitted), name
+    assert sum(p.numel() for p in reloaded.parameters()) == report["surgery"]["parameters_after"] == 113_274_432
+
+    # --heal none is plain removal: the same blocks removed in memory give the same logits, exactly
+    plain = tmp_path / "plain"
+    done = subprocess.run([sys.executable, "-m", "miprun.cli.main", "run", "--heal", "none", "--output", str(plain)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    plain_report = json.loads((plain / "miprun_report.json").read_text())
+    assert plain_report["selected_blocks"] == report["selected_blocks"] and "healer" not in plain_report["strategies"]
     RemoveBlocksSurgeon().apply(smollm2.model, smollm2.adapter, Selection(report["selected_blocks"]))
     ids = smollm2.tokenizer("The capital of France is Paris. The capital of Italy is", return_tensors="pt").input_ids
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(ids).logits, smollm2.model(ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(plain).eval()(ids).logits,
+                                   smollm2.model(ids).logits, rtol=0, atol=0)
 
     # the same run under a memory budget below the model's 538 MB runs layer-wise, block by block
     # from the safetensors file, and gives the same selection and the same checkpoint, byte for byte
@@ -59,7 +81,8 @@ def test_run_with_no_arguments_prunes_the_default_model(tmp_path):
     written = {k: v for f in sorted(layered.glob("*.safetensors")) for k, v in load_file(f).items()}
     assert len(list(layered.glob("*.safetensors"))) > 1  # about one block per shard
     original = load_file(out / "model.safetensors")
-    assert sorted(written) == sorted(original) and all(torch.equal(written[k], original[k]) for k in original)
+    in_memory = load_file(out / "model.safetensors")
+    assert sorted(written) == sorted(in_memory) and all(torch.equal(written[k], in_memory[k]) for k in in_memory)
 
 
 def run_cli(argv: list[str]) -> None:
@@ -81,7 +104,7 @@ def test_mi_prun_with_each_estimator_on_the_real_model(tmp_path, estimator):
     out = tmp_path / "out"
     run_cli(["run", "--model", "smollm2-135m", "--calib", "wikitext2", "--prune", "6", "--scorer", "block-mi",
              "--selector", "fast-block-select", "--estimator", estimator, "--num-samples", "4", "--seq-len", "128",
-             "--output", str(out)])
+             "--heal", "none", "--output", str(out)])
     report = json.loads((out / "miprun_report.json").read_text())
     assert len(report["selected_blocks"]) == 6 and len(set(report["selected_blocks"])) == 6
     assert report["strategies"]["estimator"]["name"] == estimator
@@ -94,7 +117,7 @@ def test_mi_prun_with_each_estimator_on_the_real_model(tmp_path, estimator):
 def test_default_mi_pipeline_refines_the_set_on_the_real_model(tmp_path):
     out = tmp_path / "out"
     run_cli(["run", "--method", "mi-prun", "--prune", "6", "--num-samples", "4", "--seq-len", "128",
-             "--output", str(out)])
+             "--heal", "none", "--output", str(out)])
     report = json.loads((out / "miprun_report.json").read_text())
     assert report["strategies"]["scorer"]["name"] == "output-mi"
     assert report["strategies"]["estimator"]["name"] == "gaussian-channel"
@@ -131,3 +154,4 @@ def test_hub_id_without_network_is_a_clear_error():
 
     with pytest.raises(MiprunError, match="cannot load model 'no-such-org/no-such-model'"):
         load_model("no-such-org/no-such-model")
+

@@ -13,6 +13,7 @@ import miprun
 from miprun.errors import MiprunError
 from miprun.granularity import blocks_to_remove
 from miprun.plans import resolve_plan
+from miprun.registry import get_registry
 
 
 def test_prune_saves_a_checkpoint_that_reloads_with_identical_logits(tmp_path, text_file):
@@ -22,9 +23,11 @@ def test_prune_saves_a_checkpoint_that_reloads_with_identical_logits(tmp_path, t
     assert result.output == out and len(result.selection.blocks) == 2
     report = json.loads((out / "miprun_report.json").read_text())
     assert report["selected_blocks"] == result.selection.blocks
-    # the default plan is MI-PRUN: output MI, Gaussian channel, set exchange (no collection pass)
+    # the default plan is MI-PRUN: output MI, Gaussian channel, set exchange (no collection pass), healed
     assert {kind: s["name"] for kind, s in report["strategies"].items()} == {
-        "estimator": "gaussian-channel", "scorer": "output-mi", "selector": "set-exchange", "surgeon": "remove-blocks"}
+        "estimator": "gaussian-channel", "scorer": "output-mi", "selector": "set-exchange", "healer": "linear",
+        "surgeon": "remove-blocks"}
+    assert report["surgery"]["healing"]["cuts"] and report["quality"]["windows"] == 8
     assert all(s["why"] == "block default" or s["why"].startswith("default of") for s in report["strategies"].values())
     assert report["data"]["num_samples"] == 4 and report["seed"] == 0
     assert len(report["block_scores"]["values"]) == 6
@@ -52,6 +55,19 @@ def test_mi_pipeline_with_fast_block_select_counts_evaluations(tmp_path, text_fi
     assert report["evaluations"]["mi"] >= 6 and report["evaluations"]["mi"] == result.scores.evaluations
     assert len(set(result.selection.blocks)) == 2
     assert all(row["importance"] == -row["value"] for row in report["span_table"])
+    # the named estimator is the one that scored: its options are recorded, and another
+    # estimator on the same states gives other span values
+    assert report["strategies"]["estimator"]["name"] == estimator
+    assert report["strategies"]["estimator"]["options"] == {**get_registry().get("estimator", estimator).defaults(),
+                                                            **(options or {}).get("estimator", {})}
+    other = "ksg" if estimator != "ksg" else "renyi"
+    again = miprun.prune(build_tiny("llama", layers=6), n=2, calib=str(text_file), num_samples=8, seq_len=16,
+                         estimator=other, heal="none", save=False).report
+    values = {(r["first"], r["length"]): r["value"] for r in report["span_table"]}
+    assert again["strategies"]["estimator"]["name"] == other
+    singles = [r for r in again["span_table"] if r["length"] == 1]
+    assert len(singles) == 6 and all((r["first"], 1) in values for r in singles)
+    assert any(values[(r["first"], 1)] != pytest.approx(r["value"], rel=1e-6) for r in singles)
 
 
 def test_same_inputs_and_seed_give_the_same_selection(text_file):
@@ -83,13 +99,15 @@ def test_counts_and_defaults():
         assert (names["scorer"], names["estimator"]) == (scorer, "gaussian-channel")
     headline = resolve_plan(selector="fast-block-select", estimator="renyi")
     assert headline.names == {"collector": "hidden-states", "estimator": "renyi", "scorer": "block-mi",
-                              "selector": "fast-block-select", "surgeon": "remove-blocks"}
+                              "selector": "fast-block-select", "healer": "linear", "surgeon": "remove-blocks"}
     assert headline.reasons["scorer"] == "default of selector 'fast-block-select'"
     assert resolve_plan(scorer="output-mi").names["selector"] == "set-exchange"
     assert "collector" not in resolve_plan(scorer="output-mi").names  # output-mi reads no collected states
     assert resolve_plan(selector="greedy").names["scorer"] == "output-mi"  # the block default scorer
     assert resolve_plan().names == {"estimator": "gaussian-channel", "scorer": "output-mi", "selector": "set-exchange",
-                                    "surgeon": "remove-blocks"}
+                                    "healer": "linear", "surgeon": "remove-blocks"}
+    assert "healer" not in resolve_plan(healer="none").names and "healer" not in resolve_plan(method="laco").names
+    assert "healer" not in resolve_plan(granularity="neuron").names
     assert resolve_plan(scorer="block-influence", selector="fast-block-select").names["scorer"] == "block-influence"
     with pytest.raises(MiprunError, match="did you mean 'greedy'"):
         resolve_plan(selector="gredy")

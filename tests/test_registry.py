@@ -15,6 +15,7 @@ from miprun.contracts import (
     ArchitectureSpec,
     BoundaryStates,
     Estimator,
+    Healer,
     PairwiseEstimator,
     RunContext,
     Selection,
@@ -54,6 +55,10 @@ def test_builtins_accept_the_engines_calls_and_declare_coherent_partners():
                 _call(strategy.score, None, None, context=None)
             elif kind == "selector":
                 _call(strategy.select, None, 2, context=None)
+            elif kind == "healer":
+                assert isinstance(strategy, Healer), name
+                _call(strategy.heal, "model", "adapter", [0], "ids")
+                assert set(caps.heals) <= set(registry.names("surgeon")) and caps.heals, name
             else:
                 _call(strategy.apply, "model", "adapter", Selection([0]))
             partners = {"scorer": caps.default_scorer, "selector": caps.default_selector,

@@ -35,7 +35,7 @@ def compare(
     no_plot: Annotated[bool, typer.Option("--no-plot", help="Curve mode without the PNG (the table and --json only)")] = False,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
     device_map: Annotated[Optional[str], typer.Option(help="accelerate device map, e.g. auto")] = None,
-    heal: Annotated[Optional[str], typer.Option(help="'linear' or 'replaceme': add a healed row (METHOD+heal) beside each method's row (docs/healing.md)")] = None,
+    heal: Annotated[Optional[str], typer.Option(help="Healer for the healed row (METHOD+heal) beside each method's plain row: the default 'linear', 'replaceme', or 'none' for plain rows only (docs/healing.md)")] = None,
     heal_samples: Annotated[int, typer.Option(help="Calibration sequences the healing fit reads")] = 128,
 ) -> None:
     """Prune one model with several methods on the same calibration data and compare quality and cost.

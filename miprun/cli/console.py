@@ -61,6 +61,10 @@ class RichReporter(Reporter):
             self.progress.update(self.task, total=task.total or 1, completed=task.total or 1,
                                  description=f"{stage} ✓")
 
+    def note(self, line: str) -> None:
+        """Print ``line`` above the progress display."""
+        self.progress.console.print(f"miprun: {line}", markup=False, highlight=False)
+
 
 class LogReporter(Reporter):
     """Progress for logs (stderr not a terminal: ``nohup``, batch schedulers, CI): a line when a
@@ -109,6 +113,10 @@ class LogReporter(Reporter):
         """Print the stage's finish line with its time."""
         self.stage = None
         self._line(f"{stage} done in {seconds:.1f} s")
+
+    def note(self, line: str) -> None:
+        """Print ``line`` as a log line."""
+        self._line(line)
 
 
 def progress_reporter() -> RichReporter | LogReporter:

@@ -34,7 +34,7 @@ def run(
     device_map: Annotated[Optional[str], typer.Option(help="accelerate device map, e.g. auto")] = None,
     eval_ppl: Annotated[Optional[str], typer.Option("--eval", help="Evaluate perplexity after pruning on these sets, e.g. wikitext2")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout")] = False,
-    heal: Annotated[Optional[str], typer.Option(help="Heal the cuts without training: 'linear' refits the down projection before each cut in closed form; 'replaceme' folds ReplaceMe's hidden×hidden map there (docs/healing.md)")] = None,
+    heal: Annotated[Optional[str], typer.Option(help="Healer, on by default where the plan removes whole blocks: 'linear' (default) refits the down projection before each cut in closed form; 'replaceme' folds ReplaceMe's hidden×hidden map there; 'none' for plain removal (docs/healing.md)")] = None,
     heal_samples: Annotated[int, typer.Option(help="Calibration sequences the healing fit reads (same source, length and seed)")] = 128,
     heal_candidates: Annotated[int, typer.Option(help="Heal-aware selection: heal the selection and the next best block sets the scorer evaluated (this many in all) and keep the one that heals best")] = 1,
     layerwise: Annotated[bool, typer.Option("--layerwise", help="Run block by block from the checkpoint's safetensors files: memory for the embedding, the head and one block (docs/architecture.md)")] = False,
@@ -86,11 +86,16 @@ def run(
         table.add_row("heal-aware", f"kept {kept['candidate']} of {len(rows)} candidates (held-out perplexity after healing "
                                     f"{kept['healed_perplexity']:.2f}; the selector's {aware['selected_before']}: "
                                     f"{rows[tuple(aware['selected_before'])]['healed_perplexity']:.2f})")
+    if "healer" not in report["strategies"]:
+        table.add_row("healing", report.get("healing_reason") or "none")
+    elif surgery.get("healing", {}).get("skipped"):
+        table.add_row("healing", surgery["healing"]["skipped"])
     for cut in surgery.get("healing", {}).get("cuts", []):
         table.add_row(f"healed {cut['blocks'][0]}–{cut['blocks'][-1]}",
                       f"residual {cut['relative_residual_before']:.3f} → {cut['relative_residual_after']:.3f}, "
                       + (f"{cut['folded_into']} refitted" if cut["fit"] == "projection" else f"map folded into {cut['folded_into']}")
                       + (" (head untied)" if cut["untied_head"] else ""))
+    _add_quality(table, report)
     table.add_row("span evaluations", str(report["evaluations"]["spans"]))
     execution = report.get("execution", {})
     if execution.get("mode") == "layerwise":
@@ -103,6 +108,14 @@ def run(
     out.print(table)
     _print_caveats(report)
     err.print(f"load it with AutoModelForCausalLM.from_pretrained('{result.output}')")
+
+
+def _add_quality(table: Table, report: dict) -> None:
+    """The quality check's row (and its warning after the table, once)."""
+    from miprun.quality import summary_line
+
+    if "quality" in report:
+        table.add_row("quality check", summary_line(report["quality"]))
 
 
 def rerun_arguments(path: Path, conflicting: list[str]) -> dict:
@@ -171,6 +184,7 @@ def _print_neuron_run(result) -> None:
         table.add_row("parameters", f"{surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
     if "relative_flops" in surgery:
         table.add_row("relative FLOPs", f"{surgery['relative_flops']:.3f} (FFN {surgery['relative_ffn_flops']:.3f})")
+    _add_quality(table, report)
     if scores.get("mean_seconds_per_layer") is not None:
         table.add_row("estimate s/layer", f"{scores['mean_seconds_per_layer']:.2f} ({scores['metric']})")
     table.add_row("timings (s)", ", ".join(f"{k} {v:.2f}" for k, v in report["timings"].items()))

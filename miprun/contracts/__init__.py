@@ -25,6 +25,7 @@ from miprun.contracts.neurons import (
 from miprun.contracts.protocols import (
     Collector,
     Estimator,
+    Healer,
     PairwiseEstimator,
     Register,
     RegisterArchitecture,
@@ -36,6 +37,6 @@ from miprun.contracts.protocols import (
 
 __all__ = [
     "ArchitectureSpec", "BoundaryStates", "Capabilities", "Collector", "Estimator", "FFNActivations",
-    "GRANULARITIES", "NORMALIZE", "NeuronScores", "NeuronSelection", "PairwiseEstimator", "Register",
+    "GRANULARITIES", "Healer", "NORMALIZE", "NeuronScores", "NeuronSelection", "PairwiseEstimator", "Register",
     "RegisterArchitecture", "RunContext", "Scorer", "Selection", "Selector", "SpanScores", "Surgeon",
 ]

@@ -24,6 +24,11 @@ class ArchitectureSpec:
         when the family's FFN cannot be sliced neuron by neuron (then ``ffn_note`` says why).
     :param ffn_size_field: config field holding the FFN width (``intermediate_size``; GPT-2 ``n_inner``).
     :param ffn_note: why neuron pruning is refused when ``ffn`` is empty (shown to the user).
+    :param ffn_output: name inside a block of the module whose output the FFN adds to the stream
+        (the down projection; Mixtral's ``mlp.experts``): where healing folds its fit. Empty when
+        no fit can be folded (post-norm blocks such as BERT's, which normalise after the residual add).
+    :param ffn_output_norm: name inside a block of a norm applied to that output before the
+        residual add (Gemma's ``post_feedforward_layernorm``); empty when there is none.
     """
 
     blocks: tuple[str, ...]
@@ -32,3 +37,5 @@ class ArchitectureSpec:
     ffn: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
     ffn_size_field: str = "intermediate_size"
     ffn_note: str = ""
+    ffn_output: str = "mlp.down_proj"
+    ffn_output_norm: str = ""

@@ -44,6 +44,8 @@ class Capabilities:
     :param default_selector: (scorer) the selector a run uses when the user names only this scorer.
     :param default_estimator: (scorer) the estimator it uses when the user names none.
     :param default_surgeon: (selector) the surgeon that carries out its selection (LaCo merges).
+    :param heals: (healer) the surgeons whose edits it heals (``remove-blocks``); a run uses a
+        healer only with one of them.
     :param caveat: (any) a known limit, measured, that a run using the strategy states in its
         summary and report (one sentence naming where the evidence is).
     """
@@ -59,6 +61,7 @@ class Capabilities:
     default_selector: str | None = None
     default_estimator: str | None = None
     default_surgeon: str | None = None
+    heals: tuple[str, ...] = ()
     caveat: str | None = None
 
     @classmethod

@@ -117,6 +117,21 @@ class Surgeon(Protocol):
         return a summary of what changed (parameter counts before/after, …) for the report."""
 
 
+@runtime_checkable
+class Healer(Protocol):
+    """Heals a selection before the surgeon carries it out (``--heal``)."""
+
+    def heal(self, model: Any, adapter: Any, blocks: list[int], input_ids: Any) -> dict[str, Any]:
+        """Change the weights of ``model`` that stay so that, once ``blocks`` are removed, it
+        reproduces the dense model on the healing tokens ``input_ids`` as well as it can; the
+        blocks are still in place. Raise :class:`~miprun.errors.MiprunError` with one line when the
+        architecture cannot be healed. Returns a summary for the report (JSON-serialisable)."""
+
+    def applied(self, model: Any, adapter: Any, blocks: list[int], input_ids: Any) -> Any:
+        """A context manager within which the healing :meth:`heal` would fold acts at run time
+        (weights untouched), yielding the same summary — for judging candidate sets."""
+
+
 class Register(Protocol):
     """The callback every strategy hook receives."""
 

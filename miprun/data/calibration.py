@@ -16,7 +16,7 @@ from miprun.data.datadir import local_file
 from miprun.data.text import hf_text, read_text_file
 from miprun.models.context import context_length
 from miprun.errors import MiprunError, did_you_mean
-from miprun.models.devices import input_device
+from miprun.models.devices import check_token_ids, input_device
 
 _MAX_CHARS = 8_000_000
 
@@ -127,4 +127,6 @@ def load_calibration(
         text = read_text_file(path, what="calibration file")
         info.update(kind="file", path=str(path.resolve()))
     ids = tokenizer(text[:_MAX_CHARS], return_tensors="pt", add_special_tokens=False).input_ids[0]
-    return Calibration(_windows(ids, num_samples, seq_len, seed, source), info)
+    windows = _windows(ids, num_samples, seq_len, seed, source)
+    check_token_ids(windows, model, f"calibration source '{source}'")
+    return Calibration(windows, info)

@@ -285,6 +285,9 @@ def perplexity(
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise MiprunError(f"perplexity data '{dataset}' is empty")
+    from miprun.models.devices import check_token_ids
+
+    check_token_ids(ids, model, f"perplexity data '{dataset}'")
     prefix = prefix_token_id(tokenizer) if add_bos else None
     all_windows = make_windows(ids, seq_len, prefix)
     windows = all_windows if max_windows is None else all_windows[:max_windows]

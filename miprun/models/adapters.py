@@ -110,6 +110,22 @@ class ArchitectureAdapter:
         setattr(self.block_config, self.spec.ffn_size_field, int(width))
 
 
+def ffn_output_modules(adapter: ArchitectureAdapter, index: int) -> tuple[Any, Any]:
+    """``(output, norm)`` of block ``index``: the module whose output the FFN adds to the stream
+    (:attr:`ArchitectureSpec.ffn_output`) and the norm applied to it first, or None."""
+    block = adapter.blocks[index]
+    if not adapter.spec.ffn_output:
+        raise MiprunError(f"'{adapter.model_type}' registers no FFN output to fold a healing fit into (its blocks "
+                          f"normalise after the residual add); run with --heal none")
+    try:
+        output = _resolve(block, adapter.spec.ffn_output)
+    except AttributeError:
+        raise MiprunError(f"block {index} of '{adapter.model_type}' has no FFN output module "
+                          f"'{adapter.spec.ffn_output}'; register its layout (ArchitectureSpec.ffn_output)") from None
+    norm = _resolve(block, adapter.spec.ffn_output_norm) if adapter.spec.ffn_output_norm else None
+    return output, norm
+
+
 def neuron_axis(module: Any, role: str) -> int:
     """The weight axis that indexes FFN neurons: ``role="producer"`` (gate/up/c_fc/intermediate)
     or ``"down"``. ``nn.Linear`` stores (out × in), GPT-2's ``Conv1D`` the transpose (in × out)."""

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from miprun.errors import MiprunError
+
 
 def accelerate_hooks(module: Any) -> list[Any]:
     """The accelerate hooks attached to ``module`` (a ``SequentialHook`` unpacked), or none."""
@@ -21,6 +23,19 @@ def input_embedding(model: Any) -> Any:
         return model.get_input_embeddings()
     except (AttributeError, NotImplementedError):
         return None
+
+
+def check_token_ids(ids: Any, model: Any, what: str) -> None:
+    """Refuse, in one line, token ids the model's input embedding has no row for: a tokenizer
+    that does not belong to the model (else an ``IndexError`` deep inside torch)."""
+    embedding = input_embedding(model) if model is not None else None
+    rows = getattr(embedding, "num_embeddings", None)
+    if rows is None or ids is None or len(ids) == 0:
+        return
+    largest = int(max(ids)) if not hasattr(ids, "max") else int(ids.max())
+    if largest >= rows:
+        raise MiprunError(f"the tokenizer gives {what} token id {largest}, but the model's embedding has {rows} rows: "
+                          f"the tokenizer does not belong to this model; use the checkpoint's own tokenizer files")
 
 
 def input_device(model: Any) -> torch.device:

@@ -329,14 +329,18 @@ def checkpoint_directory(spec: str) -> Path:
 
 def checkpoint_bytes(directory: Path, dtype: str) -> int:
     """Bytes the checkpoint's weights take in memory in ``dtype`` (``"auto"``: as stored)."""
+    from miprun.options import check_dtype
+
     tensors = CheckpointTensors(directory)
-    if dtype == "auto":
+    if check_dtype(dtype) == "auto":
         return sum(p.stat().st_size for p in set(tensors.files.values()))
     return sum(tensors.elements().values()) * _element_size(getattr(torch, dtype))
 
 
 def _run_dtype(config: Any, dtype: str) -> torch.dtype:
-    if dtype != "auto":
+    from miprun.options import check_dtype
+
+    if check_dtype(dtype) != "auto":
         return getattr(torch, dtype)
     stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     if isinstance(stored, str):

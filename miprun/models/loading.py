@@ -85,6 +85,9 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from miprun.options import check_dtype
+
+    check_dtype(dtype)
     start = time.perf_counter()
     kwargs: dict[str, Any] = {}
     if dtype != "auto":

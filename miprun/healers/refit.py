@@ -1,0 +1,17 @@
+"""``linear`` (miprun's default healer): refit, in closed form, the FFN down projection before each
+cut from the FFN's hidden activations, so that it adds what the removed blocks added
+(:mod:`miprun.healing`; measured in docs/healing.md)."""
+
+from __future__ import annotations
+
+from miprun.healing import DEFAULT_RIDGE, LinearHealer
+
+
+def refit_healer(ridge: float = DEFAULT_RIDGE["projection"], batch_size: int = 4, sequential: bool = True) -> LinearHealer:
+    """The down-projection refit.
+
+    :param ridge: ridge relative to the Gram's mean diagonal, shrinking toward the projection as it is.
+    :param batch_size: healing sequences per forward batch (memory only).
+    :param sequential: fit each cut on the model with the earlier cuts removed and healed.
+    """
+    return LinearHealer(fit="projection", ridge=ridge, batch_size=batch_size, sequential=sequential)

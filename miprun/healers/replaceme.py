@@ -1,0 +1,16 @@
+"""``replaceme``: ReplaceMe's (Shopkhoev et al. 2025) hidden × hidden map on the FFN output before
+each cut, fitted in closed form and folded into the down projection (:mod:`miprun.healing`)."""
+
+from __future__ import annotations
+
+from miprun.healing import DEFAULT_RIDGE, LinearHealer
+
+
+def replaceme_healer(ridge: float = DEFAULT_RIDGE["map"], batch_size: int = 4, sequential: bool = True) -> LinearHealer:
+    """ReplaceMe's map.
+
+    :param ridge: ridge relative to the Gram's mean diagonal, shrinking toward the identity.
+    :param batch_size: healing sequences per forward batch (memory only).
+    :param sequential: fit each cut on the model with the earlier cuts removed and healed.
+    """
+    return LinearHealer(fit="map", ridge=ridge, batch_size=batch_size, sequential=sequential)
