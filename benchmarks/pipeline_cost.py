@@ -6,6 +6,10 @@ select (``miprun.engine.execute``, the code ``miprun run`` runs; each row collec
 forward passes and span evaluations it made, the ratio to the plain pass, and the blocks it chose.
 The row ``miprun run`` uses without arguments is marked ``"default": true`` in --json, and the
 headline command ``miprun run --selector fast-block-select --estimator renyi`` is its own row.
+These rows time selection alone (healing off). The last section runs the default end to end as
+``miprun run`` does (``miprun.prune``: selection, healing on ``--heal-samples`` sequences, the
+quality check) and sets it against one plain forward pass over every token the run reads
+(calibration, healing and check windows), stage by stage.
 
     python benchmarks/pipeline_cost.py [--model smollm2-135m] [--num-samples 16] [--seq-len 256] [--prune 6] [--json]
 """
@@ -53,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser, prune=6)
     parser.add_argument("--rows", help="comma list of row labels to run (default: all)")
+    parser.add_argument("--heal-samples", type=int, default=128)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -61,7 +66,7 @@ def main() -> None:
     calib = load_calibration(args.calib, loaded.tokenizer, num_samples=args.num_samples, seq_len=args.seq_len, seed=0)
     plain_forward_seconds(loaded, calib.input_ids[:1], 1)  # warm-up
     floor = plain_forward_seconds(loaded, calib.input_ids, 4)
-    default_names = resolve_plan(registry=registry).names
+    default_names = resolve_plan(registry=registry, healer="none").names
 
     tokens = calib.input_ids.numel()
     print(f"model {args.model}; calibration {args.calib} {args.num_samples}x{args.seq_len} = {tokens} tokens; "
@@ -74,7 +79,7 @@ def main() -> None:
     for label, named in ROWS:
         if wanted is not None and label not in wanted:
             continue
-        plan = resolve_plan(registry=registry, **named)
+        plan = resolve_plan(registry=registry, healer="none", **named)
         working = copy.deepcopy(loaded)
         timings: dict[str, float] = {}
         outcome = execute(plan, working.model, working.adapter, calib.input_ids, count=args.prune,
@@ -91,8 +96,35 @@ def main() -> None:
               f"{r['ratio_to_forward']:>7.2f}{r['forward_passes']:>7.2f}{r['span_evaluations']:>7}  {r['blocks']}", flush=True)
         del working, outcome
 
+    end_to_end = default_end_to_end(loaded, args)
     if args.json:
-        print(json.dumps({"floor_s": floor, "tokens": tokens, "prune": args.prune, "rows": rows}, indent=2))
+        print(json.dumps({"floor_s": floor, "tokens": tokens, "prune": args.prune, "rows": rows,
+                          "default_end_to_end": end_to_end}, indent=2))
+
+
+def default_end_to_end(loaded, args) -> dict:
+    """``miprun run``'s default on a copy of ``loaded`` (nothing saved), against one plain forward
+    pass over every sequence it reads; prints one line per stage and the totals."""
+    from miprun.pipeline import prune
+    from miprun.quality import WINDOWS
+
+    reads = [load_calibration(args.calib, loaded.tokenizer, num_samples=count, seq_len=args.seq_len, seed=seed).input_ids
+             for count, seed in ((args.num_samples, 0), (args.heal_samples, 0), (WINDOWS, 1))]
+    everything = torch.cat(reads)
+    floor = plain_forward_seconds(loaded, everything, 4)
+    result = prune(copy.deepcopy(loaded), n=args.prune, calib=args.calib, num_samples=args.num_samples,
+                   seq_len=args.seq_len, heal_samples=args.heal_samples, save=False)
+    timings = {k: v for k, v in result.report["timings"].items() if k not in ("load", "calibrate")}
+    work = sum(timings.values())
+    print(f"\ndefault end to end (miprun run): reads {len(everything)} sequences x {args.seq_len} "
+          f"({args.num_samples} selection, {args.heal_samples} healing, {WINDOWS} check); one plain pass over them: "
+          f"{floor:.2f} s")
+    for name, seconds in sorted(timings.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<10}{seconds:>8.2f} s  {seconds / floor:>5.2f} x pass")
+    print(f"  {'total':<10}{work:>8.2f} s  {work / floor:>5.2f} x pass   blocks {sorted(result.selection.blocks)}; "
+          f"quality check {result.report['quality']['ratio']:.2f} x dense")
+    return {"floor_s": floor, "sequences": len(everything), "timings": timings, "total_s": work,
+            "ratio_to_forward": work / floor, "blocks": sorted(result.selection.blocks)}
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ def compare(
     on_row: Callable[[dict[str, Any]], None] | None = None,
     heal: str | None = None,
     heal_samples: int = 128,
+    reporter: Any = None,
 ) -> dict[str, Any]:
     """Prune ``model`` with every method in ``methods`` at every depth in ``prune`` and evaluate each.
 
@@ -108,6 +109,9 @@ def compare(
     :param eval_seq_len: perplexity window; ``eval_max_windows``: only the first N windows.
     :param options: per-method strategy options ``{method: {kind: {key: value}}}``.
     :param log: called with one line per finished step (progress for the CLI).
+    :param reporter: progress (:class:`miprun.progress.Reporter`): one stage per method and depth
+        (``shortgpt -6``, ``shortgpt+heal -6``) and one for the dense row, so that a comparison in a
+        log prints start, running and done lines between rows.
     :param on_row: called with the report so far (``"complete": False``) after every row, so that a
         long comparison that is interrupted still leaves its finished rows behind.
     :param heal: the healer (a registered name), ``"none"``, or None for each plan's default
@@ -131,7 +135,10 @@ def compare(
     from miprun.plans import resolve_plan
     from miprun.registry import get_registry
 
+    from miprun.progress import Reporter, stage
+
     log = log or (lambda line: None)
+    reporter = reporter or Reporter()
     registry = get_registry()
     specs = parse_methods(methods, registry)
     names = [spec.name for spec in specs]
@@ -177,7 +184,8 @@ def compare(
         return evaluate(target, loaded.tokenizer, ppl=tuple(ppl), tasks=tasks, limit=limit, seq_len=eval_seq_len,
                         max_windows=eval_max_windows, batch_size=eval_batch_size, adapter=adapter, progress=False)
 
-    dense_eval = run_eval(loaded.model, loaded.adapter)
+    with stage("dense", {}, reporter):
+        dense_eval = run_eval(loaded.model, loaded.adapter)
     rows: list[dict[str, Any]] = [{
         "method": DENSE, "prune": 0, "blocks": [], **_evaluation_fields(dense_eval),
         "cost": {"seconds": 0.0, "forward_passes": 0, "mi_evaluations": 0, "span_evaluations": 0, "peak_memory_mb": 0.0},
@@ -220,10 +228,11 @@ def compare(
             working = copy.deepcopy(loaded.model)
             adapter = adapter_for(working)
             torch.manual_seed(seed)
-            with PeakMemory(device) as memory:
-                outcome = execute(plan, working, adapter, input_ids, count=n, tokenizer=loaded.tokenizer, seed=seed,
-                                  strategies=strategies, collections=collections, registry=registry)
-            evaluation = run_eval(working, adapter)
+            with stage(f"{spec.name} -{n}", {}, reporter):
+                with PeakMemory(device) as memory:
+                    outcome = execute(plan, working, adapter, input_ids, count=n, tokenizer=loaded.tokenizer,
+                                      seed=seed, strategies=strategies, collections=collections, registry=registry)
+                evaluation = run_eval(working, adapter)
             info = {k: v for k, v in outcome.selection.info.items()
                     if isinstance(v, (int, float, str, bool, list, dict)) or v is None}
             scores = outcome.scores
@@ -254,7 +263,8 @@ def compare(
             if skipped:
                 log(f"{spec.name} -{n}: not healed: {skipped}")
             elif healer is not None:
-                rows.append(_healed_row(row, outcome, strategies, healer, loaded, heal_ids, run_eval))
+                with stage(f"{spec.name}+heal -{n}", {}, reporter):
+                    rows.append(_healed_row(row, outcome, strategies, healer, loaded, heal_ids, run_eval))
                 log(f"{rows[-1]['method']} -{n}: {_brief(rows[-1])}")
                 if on_row is not None:
                     on_row(report(False))

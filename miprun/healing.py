@@ -168,15 +168,22 @@ class LinearHealer:
         cuts = cuts_of(blocks)
         if cuts and cuts[0][0] == 0:
             _check_embedding(model)
-        targets = self._dense_targets(model, adapter, cuts, input_ids)
         summary: dict[str, Any] = {"fit": self.fit, "ridge": self.ridge, "tokens": 0, "cuts": []}
+        if not cuts:
+            summary["sequential"] = self.sequential
+            return summary
+        if layerwise_loader(model) is None:  # the first cut's fit is read in the dense pass itself
+            targets, first = self._dense_pass(model, adapter, cuts, self._kind(adapter, cuts[0]), input_ids)
+        else:
+            targets, first = self._dense_targets(model, adapter, cuts, input_ids), None
         pending: list[tuple[tuple[int, int], torch.Tensor, dict[str, Any]]] = []
         for index, cut in enumerate(cuts):
             start = time.perf_counter()
             earlier = [b for first, last in cuts[:index] for b in range(first, last + 1)] if self.sequential else []
             kind = self._kind(adapter, cut)
-            gram, cross, before, energy, tokens = self._accumulate(model, adapter, cut, kind, earlier, input_ids,
-                                                                   targets[cut])
+            normal = first if index == 0 and first is not None else \
+                self._accumulate(model, adapter, cut, kind, earlier, input_ids, targets[cut])
+            gram, cross, before, energy, tokens = normal.gram, normal.cross, normal.before, normal.energy, normal.tokens
             prior = self._prior(adapter, cut, kind, gram)
             ridge = self.ridge * float(gram.diagonal().mean())
             eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
@@ -249,28 +256,56 @@ class LinearHealer:
             yield input_ids[start : start + self.batch_size].to(device)
 
     def _dense_targets(self, model: Any, adapter: Any, cuts: list[tuple[int, int]], input_ids: torch.Tensor) -> dict:
-        """The dense stream after the last block of every cut, per batch (float64 rows, CPU)."""
+        """Layer-wise: the dense stream after the last block of every cut, per batch (float64 rows,
+        CPU), block-major (every block read once for all batches)."""
         targets: dict[tuple[int, int], list[torch.Tensor]] = {cut: [] for cut in cuts}
-        loader = layerwise_loader(model)
-        if loader is not None:  # block-major: every block read once for all batches
-            sweep = BlockSweep(adapter, loader, input_ids, self.batch_size, input_device(model))
-            stream = Stream(frozenset())
-            ends = {cut[1] + 1: cut for cut in cuts}
+        sweep = BlockSweep(adapter, layerwise_loader(model), input_ids, self.batch_size, input_device(model))
+        stream = Stream(frozenset())
+        ends = {cut[1] + 1: cut for cut in cuts}
 
-            def keep(boundary: int) -> None:
-                if boundary in ends:
-                    targets[ends[boundary]] = [_rows(hidden).cpu() for hidden in stream.states]
+        def keep(boundary: int) -> None:
+            if boundary in ends:
+                targets[ends[boundary]] = [_rows(hidden).cpu() for hidden in stream.states]
 
-            sweep.run([stream], on_boundary=keep, until=max(ends))
-            return targets
-        with ExitStack() as stack, torch.no_grad():
-            for cut in cuts:
-                hook = adapter.blocks[cut[1]].register_forward_hook(
-                    lambda m, a, out, cut=cut: targets[cut].append(_rows(_out(out)).cpu()))
-                stack.callback(hook.remove)
-            for batch in self._batches(input_ids, input_device(model)):
-                adapter.backbone(input_ids=batch, use_cache=False)
+        sweep.run([stream], on_boundary=keep, until=max(ends))
         return targets
+
+    def _dense_pass(self, model: Any, adapter: Any, cuts: list[tuple[int, int]], kind: str,
+                    input_ids: torch.Tensor) -> tuple[dict, "_Normal"]:
+        """One pass of the dense model, stopped after the last cut: the targets of every cut (per
+        batch, float64 rows, CPU; the first cut's are used at once) and the first cut's normal
+        equations — its fit acts on the dense model, so what it reads is taken in the same pass."""
+        cut = cuts[0]
+        targets: dict[tuple[int, int], list[torch.Tensor]] = {later: [] for later in cuts[1:]}
+        normal = _Normal()
+        current: dict[str, Any] = {}
+        with ExitStack() as stack, torch.no_grad():
+            if cut[0] == 0:
+                def take_input(module, args, kwargs):
+                    rows = _rows(args[0] if args else kwargs["hidden_states"])
+                    current.update(x=rows, z=rows, added=rows, gain=None, rest=None)
+                stack.callback(adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True).remove)
+            else:
+                stack.enter_context(self._ffn_hooks(adapter, cut[0] - 1, kind, current.update))
+
+                def take_rest(module, args, out):
+                    current["rest"] = _rows(_out(out)) - current["added"]
+                stack.callback(adapter.blocks[cut[0] - 1].register_forward_hook(take_rest).remove)
+            stack.callback(adapter.blocks[cut[1]].register_forward_hook(
+                lambda m, a, out: normal.add(current, _rows(_out(out)))).remove)
+            for later in cuts[1:]:
+                stack.callback(adapter.blocks[later[1]].register_forward_hook(
+                    lambda m, a, out, later=later: targets[later].append(_rows(_out(out)).cpu())).remove)
+
+            def stop(module, args, out):
+                raise _Stop
+            stack.callback(adapter.blocks[cuts[-1][1]].register_forward_hook(stop).remove)  # registered last: runs last
+            for batch in self._batches(input_ids, input_device(model)):
+                try:
+                    adapter.backbone(input_ids=batch, use_cache=False)
+                except _Stop:
+                    pass
+        return targets, normal
 
     def _captures(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, earlier: list[int],
                   input_ids: torch.Tensor) -> Iterator[dict[str, torch.Tensor | None]]:
@@ -363,26 +398,12 @@ class LinearHealer:
                 handle.remove()
 
     def _accumulate(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, earlier: list[int],
-                    input_ids: torch.Tensor, targets: list[torch.Tensor]) -> tuple:
-        """XᵀX, XᵀY, the plain removal's ‖Z − Y‖², ‖Y‖² and the token count for ``cut`` on the
-        model healed so far (the earlier cuts skipped); X is what the fit acts on, Z what the FFN
-        output module gives as it is, Y what it should give (:func:`_through_norm` of the wanted
-        update when an output norm follows)."""
-        gram = cross = None
-        before = energy = 0.0
-        tokens = 0
+                    input_ids: torch.Tensor, targets: list[torch.Tensor]) -> "_Normal":
+        """The normal equations of ``cut`` on the model healed so far (the earlier cuts skipped)."""
+        normal = _Normal()
         for rows, target in zip(self._captures(model, adapter, cut, kind, earlier, input_ids), targets):
-            x, z = rows["x"], rows["z"]
-            # float64 on the model's device: the Grams accumulate there
-            y = target.to(x.device) - (rows["rest"] if rows["rest"] is not None else 0.0)
-            if rows["gain"] is not None:
-                y = _through_norm(y, z, rows["gain"].to(y.device))
-            gram = x.T @ x if gram is None else gram + x.T @ x
-            cross = x.T @ y if cross is None else cross + x.T @ y
-            before += float((z - y).pow(2).sum())
-            energy += float(y.pow(2).sum())
-            tokens += x.shape[0]
-        return gram, cross, before, energy, tokens
+            normal.add(rows, target)
+        return normal
 
     def _fold(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, solution: torch.Tensor) -> dict[str, Any]:
         """Fold ``solution`` into the FFN output module before the cut, or into the embedding tables."""
@@ -407,6 +428,32 @@ class LinearHealer:
                 table.weight.copy_((table.weight.double() @ solution.to(table.weight.device)).to(table.weight.dtype))
             names = ", ".join(name for name, module in model.named_modules() if any(module is t for t in tables))
             return {"folded_into": names, "untied_head": untied}
+
+
+class _Normal:
+    """One cut's fit, accumulated batch by batch (float64 on the model's device): ``gram`` XᵀX,
+    ``cross`` XᵀY, ``before`` the plain removal's ‖Z − Y‖², ``energy`` ‖Y‖² and ``tokens``. X is
+    what the fit acts on, Z what the FFN output module gives as it is, Y what it should give: the
+    wanted update ``target − rest``, through :func:`_through_norm` when an output norm follows."""
+
+    def __init__(self) -> None:
+        self.gram: torch.Tensor | None = None
+        self.cross: torch.Tensor | None = None
+        self.before = self.energy = 0.0
+        self.tokens = 0
+
+    def add(self, rows: dict[str, Any], target: torch.Tensor) -> None:
+        """Add one batch: ``rows`` as :meth:`LinearHealer._captures` gives them, ``target`` the
+        dense stream after the cut."""
+        x, z = rows["x"], rows["z"]
+        y = target.to(x.device) - (rows["rest"] if rows["rest"] is not None else 0.0)
+        if rows["gain"] is not None:
+            y = _through_norm(y, z, rows["gain"].to(y.device))
+        self.gram = x.T @ x if self.gram is None else self.gram + x.T @ x
+        self.cross = x.T @ y if self.cross is None else self.cross + x.T @ y
+        self.before += float((z - y).pow(2).sum())
+        self.energy += float(y.pow(2).sum())
+        self.tokens += x.shape[0]
 
 
 def _gain(norm: Any, width: int) -> torch.Tensor:

@@ -179,3 +179,19 @@ def test_compare_heal_adds_a_healed_row_beside_each_method_that_removes_blocks(t
     assert report["settings"]["heal"] == {"shortgpt": "linear", "laco": "none"} or report["settings"]["heal"]["shortgpt"] == "linear"
     with pytest.raises(MiprunError, match="unknown healer 'lineer'.*did you mean 'linear'"):
         compare(loaded, prune=2, methods="shortgpt", heal="lineer")
+
+
+def test_compare_in_a_log_prints_start_and_done_lines_per_method(tiny_checkpoint, text_file):
+    """stderr not a terminal (a log): one start and one done line per method, depth and healed row."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "miprun.cli.main", "compare", "--model", str(tiny_checkpoint),
+                           "--calib", str(text_file), "--prune", "1", "--methods", "shortgpt,random",
+                           "--num-samples", "4", "--seq-len", "16", "--heal-samples", "4"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("miprun: ")]
+    for stage in ("dense", "shortgpt -1", "shortgpt+heal -1", "random -1", "random+heal -1"):
+        assert f"miprun: {stage} started" in lines and any(line.startswith(f"miprun: {stage} done in ") for line in lines)
+    assert lines.index("miprun: shortgpt -1 started") < lines.index("miprun: random -1 started")

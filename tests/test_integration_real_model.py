@@ -155,3 +155,39 @@ def test_hub_id_without_network_is_a_clear_error():
     with pytest.raises(MiprunError, match="cannot load model 'no-such-org/no-such-model'"):
         load_model("no-such-org/no-such-model")
 
+
+
+def test_a_gguf_file_is_dequantised_once_per_content(tmp_path, monkeypatch, smollm2):
+    """A .gguf that is not the embedded default: converted on first load, read from the cache by
+    content hash afterwards (also under another name), listed and cleared by ``miprun cache``."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from miprun.cli.main import app
+    from miprun.models.embedded import embedded_checkpoint, gguf_path
+    from miprun.models.loading import load_model
+
+    embedded_checkpoint("smollm2-135m")
+    source = gguf_path("smollm2-135m")  # in the user's cache, before the test switches caches
+    monkeypatch.setenv("MIPRUN_CACHE_DIR", str(tmp_path / "cache"))
+    first_copy = tmp_path / "a" / "model.gguf"
+    first_copy.parent.mkdir()
+    shutil.copy(source, first_copy)
+    first = load_model(str(first_copy))
+    assert first.source["kind"] == "gguf" and first.source["conversion_cached"] is False
+    renamed = tmp_path / "b" / "renamed.gguf"
+    renamed.parent.mkdir()
+    shutil.copy(first_copy, renamed)
+    second = load_model(str(renamed))
+    assert second.source["conversion_cached"] is True and second.source["sha256"] == first.source["sha256"]
+    assert second.source["load_seconds"] < first.source["load_seconds"] / 3
+    ids = torch.tensor([[504, 3458, 282, 4649, 314]])
+    with torch.no_grad():
+        torch.testing.assert_close(second.model(ids).logits, smollm2.model(ids).logits)
+    listed = CliRunner().invoke(app, ["cache", "--json"])
+    rows = json.loads(listed.stdout)["gguf_converted"]
+    assert listed.exit_code == 0 and [r["sha256"] for r in rows] == [first.source["sha256"]]
+    cleared = CliRunner().invoke(app, ["cache", "--clear-gguf"])
+    assert cleared.exit_code == 0 and json.loads(CliRunner().invoke(app, ["cache", "--json"]).stdout)["gguf_converted"] == []
+

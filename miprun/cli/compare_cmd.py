@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from miprun.cli.console import err, out
+from miprun.cli.console import err, out, progress_reporter
 from miprun.models.embedded import DEFAULT_MODEL
 
 DEFAULT_METHODS = "mi-prun,shortgpt,angular,sleb,ppl,taylor,laco,random"
@@ -70,13 +70,14 @@ def compare(
         # keep finished rows on disk while a long comparison runs ("complete": false until the end)
         if json_path is not None and str(json_path) != "-":
             json_path.write_text(json.dumps(to_json(partial), indent=2, default=str) + "\n")
-    report = run_compare(
-        model, prune=depths, methods=specs, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
-        ppl=ppl, tasks=task_list, limit=parse_limit(limit),
-        eval_seq_len=eval_seq_len, eval_max_windows=eval_max_windows, options=parse_method_options(option),
-        dtype=dtype, device_map=device_map, log=lambda line: err.print(f"[dim]{line}[/dim]"), on_row=save_partial,
-        heal=heal, heal_samples=heal_samples,
-    )
+    with progress_reporter() as reporter:
+        report = run_compare(
+            model, prune=depths, methods=specs, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
+            ppl=ppl, tasks=task_list, limit=parse_limit(limit),
+            eval_seq_len=eval_seq_len, eval_max_windows=eval_max_windows, options=parse_method_options(option),
+            dtype=dtype, device_map=device_map, log=lambda line: err.print(f"[dim]{line}[/dim]"), on_row=save_partial,
+            heal=heal, heal_samples=heal_samples, reporter=reporter,
+        )
     data = to_json(report)
     if json_path is not None:
         text = json.dumps(data, indent=2, default=str) + "\n"

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import typer
 
+from miprun.cli.cache_cmd import cache
 from miprun.cli.compare_cmd import compare
 from miprun.cli.eval_cmd import eval_command
 from miprun.cli.listing import list_plugins, list_strategies
@@ -50,7 +51,7 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 for _name, _command in (("run", run), ("list", list_strategies), ("plugins", list_plugins), ("scores", scores),
-                        ("select", select), ("eval", eval_command), ("compare", compare)):
+                        ("select", select), ("eval", eval_command), ("compare", compare), ("cache", cache)):
     app.command(_name)(one_line_errors(_command))
 
 

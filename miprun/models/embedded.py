@@ -58,7 +58,7 @@ def _fetch_gguf(name: str, workdir: Path) -> Path:
 
 def embedded_checkpoint(name: str) -> Path:
     """Directory of the cached safetensors checkpoint of embedded model ``name``, built on first use."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from miprun.models.gguf_cache import convert_gguf
 
     target = cache_dir() / "models" / name
     if (target / "config.json").exists():
@@ -67,18 +67,8 @@ def embedded_checkpoint(name: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         tmp_path = Path(tmp)
         gguf = _fetch_gguf(name, tmp_path / "download")
-        kwargs = {"gguf_file": gguf.name}
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
-        # A model loaded from GGUF is flagged as quantized and refuses save_pretrained; its weights
-        # are already dequantized, so move them into a plain model built from the same config.
-        config = AutoConfig.from_pretrained(gguf.parent, **kwargs)
-        model = AutoModelForCausalLM.from_config(config)
-        model.load_state_dict(quantized.state_dict())
-        model.tie_weights()
         staging = tmp_path / "checkpoint"
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        convert_gguf(gguf, staging)
         kept_gguf = gguf_path(name)
         kept_gguf.parent.mkdir(parents=True, exist_ok=True)
         if not kept_gguf.exists():

@@ -104,9 +104,16 @@ def load_model(
         if not path.exists():
             raise MiprunError(f"model path '{spec}' does not exist; pass a checkpoint directory, a .gguf file or a hub id")
         if path.is_file() and path.suffix == ".gguf":
-            kwargs["gguf_file"] = path.name
-            location = path.parent
-            source.update(kind="gguf", path=str(path.resolve()))
+            from miprun.models.embedded import cache_dir
+            from miprun.models.gguf_cache import converted_checkpoint
+
+            try:  # de-quantised once per file content, then read as a checkpoint directory
+                location, digest, cached = converted_checkpoint(path, cache_dir())
+            except (OSError, ValueError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise MiprunError(f"cannot load model '{spec}': {first}") from exc
+            source.update(kind="gguf", path=str(path.resolve()), sha256=digest, converted=str(location),
+                          conversion_cached=cached)
         elif path.is_dir() and (path / "config.json").exists():
             location = path
             source.update(kind="directory", path=str(path.resolve()))
@@ -116,7 +123,7 @@ def load_model(
         location = spec
         source.update(kind="hub")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **({"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}))
+        tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
