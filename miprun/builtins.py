@@ -201,6 +201,18 @@ def miprun_register_selectors(register):
         granularity=NEURON, needs_scores=False,
     )
     register(
+        "neuron-wanda",
+        "miprun.selectors.neuron_wanda:NeuronWandaSelector",
+        description="(neuron) Baseline: Wanda-sp, remove the neurons of smallest ‖activation‖ · Σ|down weights|",
+        granularity=NEURON, needs_scores=False, reads_states=True,
+    )
+    register(
+        "neuron-flap",
+        "miprun.selectors.neuron_flap:NeuronFlapSelector",
+        description="(neuron) Baseline: FLAP fluctuation, remove the neurons of smallest Var(activation) · ‖down column‖²",
+        granularity=NEURON, needs_scores=False, reads_states=True,
+    )
+    register(
         "neuron-random",
         "miprun.selectors.neuron_random:NeuronRandomSelector",
         description="(neuron) Baseline: remove random neurons (seeded)",
@@ -237,6 +249,13 @@ def miprun_register_healers(register):
         "miprun.healers.refit:refit_healer",
         description="Refit the FFN down projection before each cut in closed form (block default)",
         heals=("remove-blocks",),
+    )
+    register(
+        "neuron-linear",
+        "miprun.healers.neuron_refit:NeuronRefitHealer",
+        description="(neuron) Refit each FFN's down projection on the neurons it keeps, in closed form (neuron default)",
+        granularity=NEURON,
+        heals=("slice-ffn",),
     )
     register(
         "replaceme",

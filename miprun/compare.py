@@ -132,7 +132,6 @@ def compare(
     from miprun.models.adapters import adapter_for
     from miprun.models.embedded import DEFAULT_MODEL
     from miprun.models.loading import LoadedModel, load_model
-    from miprun.plans import resolve_plan
     from miprun.registry import get_registry
 
     from miprun.progress import Reporter, stage

@@ -161,7 +161,8 @@ def execute(
                                 timings, reporter)
     if healer is not None:
         with stage("heal", timings, reporter), finite_activations(adapter):
-            healing = healer.heal(model, adapter, sorted(selection.blocks), ids_for_healing)
+            healing = healer.heal(model, adapter, granularity.heal_target(selection), ids_for_healing)
+        selection = granularity.healed(selection)
     with stage("operate", timings, reporter):
         surgery = strategies["surgeon"].apply(model, adapter, selection)
     if healing is not None:

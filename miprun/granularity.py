@@ -102,6 +102,16 @@ class BlockGranularity:
                             "selector": selection.evaluations},
         }
 
+    @staticmethod
+    def heal_target(selection: Selection) -> list[int]:
+        """What a block healer is handed: the removed blocks, sorted."""
+        return sorted(int(b) for b in selection.blocks)
+
+    @staticmethod
+    def healed(selection: Selection) -> Selection:
+        """The selection the surgeon carries out after healing: unchanged."""
+        return selection
+
     def default_output(self, model: str, names: dict[str, str], count: int, adapter: Any) -> Path:
         """``pruned/<model>-<scorer>-<selector>-minus<N>`` (the selector alone when no scorer runs)."""
         method = "-".join(names[k] for k in ("scorer", "selector") if k in names)
@@ -156,6 +166,21 @@ class NeuronGranularity:
             "neuron_scores": scores.summary(),
             "evaluations": {"selector": selection.evaluations},
         }
+
+    @staticmethod
+    def heal_target(selection: NeuronSelection) -> NeuronSelection:
+        """What a neuron healer is handed: the whole selection (kept neurons per layer)."""
+        return selection
+
+    @staticmethod
+    def healed(selection: NeuronSelection) -> NeuronSelection:
+        """The selection the surgeon carries out after healing: without merge compensation, which
+        the refit of the kept neurons replaces (it would otherwise be added on top)."""
+        from dataclasses import replace
+
+        if not selection.merges:
+            return selection
+        return replace(selection, merges=None, info={**selection.info, "merges_replaced_by_healing": True})
 
     def default_output(self, model: str, names: dict[str, str], count: int, adapter: Any) -> Path:
         """``pruned/<model>-<estimator or selector>-<selector>-ffn<kept width>``."""

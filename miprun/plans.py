@@ -15,10 +15,10 @@ each strategy declared when it was registered (:class:`miprun.contracts.Capabili
 4. A scorer that needs an estimator gets the named one, else its ``default_estimator``.
 5. A collector runs only when a strategy of the plan reads collected states.
 6. The surgeon: the named one, else the selector's ``default_surgeon``, else the granularity's.
-7. The healer: the named one (``none``: no healing), else the granularity's default healer when
-   it declares that it heals the plan's surgeon (``remove-blocks``); a plan it cannot heal (LaCo's
-   merge, width pruning today) runs without one, and says why. A named healer that cannot heal
-   the plan's surgeon is an error.
+7. The healer: the named one (``none``: no healing; ``linear`` at neuron granularity means
+   ``neuron-linear``), else the granularity's default healer when it declares that it heals the
+   plan's surgeon (``remove-blocks``, ``slice-ffn``); a plan it cannot heal (LaCo's merge) runs
+   without one, and says why. A named healer that cannot heal the plan's surgeon is an error.
 
 Naming a strategy the plan would not use (an estimator for ShortGPT, a scorer for SLEB) is an
 error, as is an option for a kind the plan does not use.
@@ -40,7 +40,7 @@ DEFAULTS: dict[str, dict[str, str]] = {
     "block": {"collector": "hidden-states", "scorer": "output-mi", "selector": "set-exchange",
               "surgeon": "remove-blocks", "mi_scorer": "block-mi", "healer": "linear"},
     "neuron": {"collector": "ffn-activations", "scorer": "neuron-mi", "selector": "mds-cluster",
-               "surgeon": "slice-ffn", "mi_scorer": "neuron-mi", "healer": None},
+               "surgeon": "slice-ffn", "mi_scorer": "neuron-mi", "healer": "neuron-linear"},
 }
 
 NO_HEALING = "none"
@@ -248,8 +248,8 @@ def _choose_healer(registry: Registry, granularity: str, healer: str | None, nam
         return
     if healer is None:
         default = DEFAULTS[granularity]["healer"]
-        if default is None or default not in registry.names("healer"):
-            reasons["healer"] = f"no healer for {granularity} pruning yet: plain removal"
+        if default not in registry.names("healer", granularity):
+            reasons["healer"] = f"no healer for {granularity} pruning installed: plain removal"
             return
         if surgeon not in registry.get("healer", default).capabilities.heals:
             reasons["healer"] = f"surgeon '{surgeon}' is not healed by '{default}': plain removal"

@@ -45,11 +45,11 @@ def test_list_and_plugins_json_show_every_kind(capsys, monkeypatch):
     rows = json.loads(out)
     assert code == 0 and {r["kind"] for r in rows} == {"collector", "estimator", "scorer", "selector", "surgeon", "healer", "architecture"}
     healers = {r["name"]: r for r in rows if r["kind"] == "healer"}
-    assert set(healers) == {"linear", "replaceme"}
+    assert set(healers) == {"linear", "neuron-linear", "replaceme"}
     code, out, _ = run_cli(capsys, monkeypatch, "plugins", "--json")
     builtins = next(p for p in json.loads(out) if p["plugin"] == "miprun.builtins")
     assert set(builtins["provides"]["estimator"]) >= {"renyi", "ksg", "gaussian"}
-    assert builtins["provides"]["healer"] == ["linear", "replaceme"]
+    assert builtins["provides"]["healer"] == ["linear", "neuron-linear", "replaceme"]
     code, out, _ = run_cli(capsys, monkeypatch, "list", "selector", "--json")
     assert {r["name"] for r in json.loads(out)} >= {"greedy", "fast-block-select", "brute-force"}
 

@@ -108,9 +108,15 @@ def test_merging_a_copy_into_its_twin_preserves_the_output_and_masking_predicts_
 def test_mds_cluster_merge_option_runs_end_to_end(text_file):
     result = miprun.prune(build_tiny("llama", layers=2), granularity="neuron", n=16, calib=str(text_file),
                           num_samples=4, seq_len=24, estimator="gaussian",
-                          options={"selector": {"merge": True, "seeds": 2, "kl_samples": 2}}, save=False)
+                          options={"selector": {"merge": True, "seeds": 2, "kl_samples": 2}}, heal="none", save=False)
     assert result.report["surgery"]["merged_neurons"] == 32 and result.report["selection"]["info"]["merge"]
     assert all(len(pairs) == 16 for pairs in result.selection.merges.values())
+    # healed (the default), the refit of the kept neurons replaces the merge compensation
+    healed = miprun.prune(build_tiny("llama", layers=2), granularity="neuron", n=16, calib=str(text_file),
+                          num_samples=4, seq_len=24, heal_samples=4, estimator="gaussian",
+                          options={"selector": {"merge": True, "seeds": 2, "kl_samples": 2}}, save=False)
+    assert healed.report["surgery"]["merged_neurons"] == 0 and healed.selection.info["merges_replaced_by_healing"]
+    assert healed.report["removed_neurons"] == result.report["removed_neurons"]
 
 
 def tiny_bert() -> LoadedModel:
@@ -145,12 +151,12 @@ def test_weight_baselines_skip_collection_and_names_resolve_by_granularity(text_
     result = miprun.prune(build_tiny("qwen2", layers=2), granularity="neuron", n=8, calib=str(text_file),
                           num_samples=2, seq_len=16, selector="magnitude", save=False)
     assert result.report["strategies"]["selector"]["name"] == "neuron-magnitude"
-    assert set(result.report["strategies"]) == {"selector", "surgeon"} and "collect" not in result.timings
+    assert set(result.report["strategies"]) == {"selector", "healer", "surgeon"} and "collect" not in result.timings
     plan = resolve_plan(granularity="neuron", selector="random")
     assert plan.names["selector"] == "neuron-random"
     plan = resolve_plan(granularity="neuron", estimator="pearson")
     assert plan.names == {"collector": "ffn-activations", "estimator": "neuron-pearson", "scorer": "neuron-mi",
-                          "selector": "mds-cluster", "surgeon": "slice-ffn"}
+                          "selector": "mds-cluster", "healer": "neuron-linear", "surgeon": "slice-ffn"}
     assert plan.options["selector"]["seed"] == 0
 
 

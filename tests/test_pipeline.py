@@ -107,7 +107,8 @@ def test_counts_and_defaults():
     assert resolve_plan().names == {"estimator": "gaussian-channel", "scorer": "output-mi", "selector": "set-exchange",
                                     "healer": "linear", "surgeon": "remove-blocks"}
     assert "healer" not in resolve_plan(healer="none").names and "healer" not in resolve_plan(method="laco").names
-    assert "healer" not in resolve_plan(granularity="neuron").names
+    assert resolve_plan(granularity="neuron").names["healer"] == "neuron-linear"
+    assert resolve_plan(granularity="neuron", healer="linear").reasons["healer"] == "named"
     assert resolve_plan(scorer="block-influence", selector="fast-block-select").names["scorer"] == "block-influence"
     with pytest.raises(MiprunError, match="did you mean 'greedy'"):
         resolve_plan(selector="gredy")

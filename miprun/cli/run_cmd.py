@@ -184,6 +184,17 @@ def _print_neuron_run(result) -> None:
         table.add_row("parameters", f"{surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
     if "relative_flops" in surgery:
         table.add_row("relative FLOPs", f"{surgery['relative_flops']:.3f} (FFN {surgery['relative_ffn_flops']:.3f})")
+    healing = surgery.get("healing")
+    if healing and healing.get("layers"):
+        layers = healing["layers"]
+        before = sum(r["relative_residual_before"] for r in layers) / len(layers)
+        after = sum(r["relative_residual_after"] for r in layers) / len(layers)
+        table.add_row("healing", f"{len(layers)} down projections refitted on their kept neurons, mean residual "
+                                 f"{before:.3f} → {after:.3f}" + (" (with intercept)" if healing.get("intercept") else ""))
+    elif healing and healing.get("skipped"):
+        table.add_row("healing", healing["skipped"])
+    else:
+        table.add_row("healing", report.get("healing_reason") or "none")
     _add_quality(table, report)
     if scores.get("mean_seconds_per_layer") is not None:
         table.add_row("estimate s/layer", f"{scores['mean_seconds_per_layer']:.2f} ({scores['metric']})")

@@ -15,6 +15,7 @@ import torch
 from miprun.contracts import NeuronScores, NeuronSelection
 from miprun.errors import MiprunError
 from miprun.models.adapters import neuron_axis
+from miprun.selectors.neuron_ranking import keep_highest
 
 
 def neuron_weight_norms(adapter: Any, layer: int) -> torch.Tensor:
@@ -40,11 +41,5 @@ class NeuronMagnitudeSelector:
         """Remove the ``n`` neurons of smallest weight norm from every layer (ties: higher index first)."""
         if context is None:
             raise MiprunError("neuron-magnitude needs the model; run it through the pipeline")
-        keep, trace = {}, []
-        for layer, width in zip(scores.layers, scores.widths):
-            norms = neuron_weight_norms(context.adapter, layer)
-            order = sorted(range(width), key=lambda j: (float(norms[j]), -j))
-            keep[layer] = sorted(order[n:])
-            trace.append({"layer": layer, "min_norm": float(norms.min()), "max_norm": float(norms.max()),
-                          "threshold_norm": float(norms[order[n - 1]])})
-        return NeuronSelection(keep=keep, trace=trace, info={"criterion": "weight L2 norm per neuron"})
+        return keep_highest(scores, n, lambda position, layer: neuron_weight_norms(context.adapter, layer),
+                            criterion="weight L2 norm per neuron")

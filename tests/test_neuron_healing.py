@@ -1,0 +1,114 @@
+"""Width healing (``neuron-linear``): the down projection of every FFN refitted on its kept neurons."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny
+from transformers import AutoModelForCausalLM
+
+import miprun
+from miprun.contracts import NeuronSelection
+from miprun.healers.neuron_refit import NeuronRefitHealer
+from miprun.models.adapters import neuron_axis
+from miprun.surgeons.slice_ffn import SliceFFNSurgeon
+
+IDS = torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8, 22, 17]])
+
+
+def _duplicate(loaded, layer: int, source: int, copy: int) -> None:
+    """Make neuron ``copy`` of ``layer`` compute exactly what neuron ``source`` computes."""
+    producers, _ = loaded.adapter.ffn_modules(layer)
+    with torch.no_grad():
+        for module in producers:
+            axis = neuron_axis(module, "producer")
+            module.weight.index_copy_(axis, torch.tensor([copy]), module.weight.index_select(axis, torch.tensor([source])))
+            if getattr(module, "bias", None) is not None:
+                module.bias[copy] = module.bias[source]
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "opt", "gpt_neox", "gemma2"])
+def test_removed_neurons_that_copy_kept_ones_are_healed_exactly(architecture, tmp_path):
+    """Removed neurons that duplicate kept ones: the refit (no ridge) gives back the dense logits
+    to 1e-5, at run time and folded, and the checkpoint reloads and generates."""
+    loaded = build_tiny(architecture, layers=3, seed=31)
+    width = loaded.adapter.ffn_width(0)
+    removed = {layer: [width - 1 - i for i in range(4)] for layer in range(3)}
+    for layer, gone in removed.items():
+        for i, j in enumerate(gone):
+            _duplicate(loaded, layer, source=i, copy=j)
+    keep = {layer: [k for k in range(width) if k not in gone] for layer, gone in removed.items()}
+    selection = NeuronSelection(keep)
+    ids = torch.randint(4, 80, (16, 12), generator=torch.Generator().manual_seed(32))
+    with torch.no_grad():
+        dense = loaded.model(IDS).logits
+    healer = NeuronRefitHealer(ridge=0.0)
+    with healer.applied(loaded.model, loaded.adapter, selection, ids) as applied, torch.no_grad():
+        at_run_time = loaded.model(IDS).logits
+    summary = healer.heal(loaded.model, loaded.adapter, selection, ids)
+    SliceFFNSurgeon().apply(loaded.model, loaded.adapter, selection)
+    assert all(row["relative_residual_after"] < 1e-5 < row["relative_residual_before"] for row in summary["layers"])
+    assert [row["layer"] for row in applied["layers"]] == [0, 1, 2]
+    with torch.no_grad():
+        healed = loaded.model(IDS).logits
+    torch.testing.assert_close(healed, dense, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(at_run_time, healed, atol=1e-5, rtol=1e-5)
+    loaded.model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(IDS).logits, healed, atol=1e-5, rtol=1e-5)
+        assert reloaded.generate(IDS, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1] == IDS.shape[1] + 3
+
+
+def test_the_refit_is_the_ridge_regression_of_the_dense_output_on_the_kept_neurons():
+    """Computed by hand for one layer of GPT-2 (bias: the intercept column) at ridge 0.1."""
+    loaded = build_tiny("gpt2", layers=2, seed=33)
+    width = loaded.adapter.ffn_width(0)
+    keep = {0: list(range(0, width, 2)), 1: list(range(width))}
+    ids = torch.randint(4, 80, (8, 12), generator=torch.Generator().manual_seed(34))
+    _, down = loaded.adapter.ffn_modules(0)
+    captured = {}
+    hook = down.register_forward_hook(lambda m, a, out: captured.setdefault("rows", []).append((a[0], out)))
+    with torch.no_grad():
+        for first in range(0, 8, 4):
+            loaded.model(ids[first : first + 4])
+    hook.remove()
+    a = torch.cat([x.reshape(-1, x.shape[-1]) for x, _ in captured["rows"]]).double()[:, keep[0]]
+    a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1)
+    y = torch.cat([o.reshape(-1, o.shape[-1]) for _, o in captured["rows"]]).double()
+    prior = torch.cat([down.weight.detach().double()[keep[0]], down.bias.detach().double()[None]])
+    gram = a.T @ a
+    ridge = 0.1 * float(gram.diagonal().mean())
+    expected = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype), a.T @ y + ridge * prior)
+    NeuronRefitHealer(ridge=0.1).heal(loaded.model, loaded.adapter, NeuronSelection(keep), ids)
+    got = torch.cat([down.weight.detach().double()[keep[0]], down.bias.detach().double()[None]])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_width_runs_are_healed_by_default_and_plain_on_request(text_file, tmp_path):
+    common = dict(granularity="neuron", ratio=0.25, selector="random", calib=str(text_file), num_samples=4,
+                  seq_len=16, heal_samples=8)
+    healed = miprun.prune(build_tiny("llama", layers=3, seed=35), output=tmp_path / "healed", **common)
+    plain = miprun.prune(build_tiny("llama", layers=3, seed=35), heal="none", save=False, **common)
+    strategies = healed.report["strategies"]
+    assert strategies["healer"]["name"] == "neuron-linear" and strategies["healer"]["why"] == "neuron default"
+    assert "healer" not in plain.report["strategies"] and plain.report["healing_reason"] == "--heal none: plain removal"
+    assert healed.report["removed_neurons"] == plain.report["removed_neurons"]
+    layers = healed.report["surgery"]["healing"]["layers"]
+    assert len(layers) == 3 and all(r["relative_residual_after"] < r["relative_residual_before"] for r in layers)
+    assert healed.report["surgery"]["parameters_after"] == plain.report["surgery"]["parameters_after"]
+    assert healed.report["quality"]["pruned_perplexity"] < plain.report["quality"]["pruned_perplexity"]
+    named = miprun.prune(build_tiny("llama", layers=3, seed=35), heal="linear", save=False, **common)
+    assert named.report["strategies"]["healer"]["name"] == "neuron-linear"  # 'linear' at neuron granularity
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "healed").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(IDS).logits, healed.model(IDS).logits)
+
+
+def test_every_width_architecture_is_healed_or_says_why(text_file):
+    from miprun.errors import MiprunError
+
+    for architecture in ("phi3", "mixtral"):
+        with pytest.raises(MiprunError, match="neuron pruning is not supported"):
+            miprun.prune(build_tiny(architecture, layers=2), granularity="neuron", ratio=0.25, selector="random",
+                         calib=str(text_file), num_samples=2, seq_len=16, heal_samples=2, save=False)
