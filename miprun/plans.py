@@ -192,10 +192,17 @@ def _fill(
     selector = caps("selector")
     if not selector.needs_scores:
         extra = [kind for kind in ("scorer", "estimator") if kind in given]
-        if extra:
+        named = [kind for kind in extra if reasons.get(kind) == "named"]
+        if named:
             raise MiprunError(
                 f"selector '{names['selector']}' reads no scores, so this run has no "
-                f"{' or '.join(extra)}; drop --{' and --'.join(extra)}"
+                f"{' or '.join(named)}; drop --{' and --'.join(named)}"
+            )
+        if extra:  # they came from a named method whose selector was replaced
+            parts = " and ".join(f"{kind} '{given[kind]}'" for kind in extra)
+            raise MiprunError(
+                f"selector '{names['selector']}' reads no scores, so it cannot run with the {parts} of "
+                f"{reasons[extra[0]]}; drop --method, or name a selector that reads scores"
             )
     elif "scorer" not in names:
         if selector.default_scorer:

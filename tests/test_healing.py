@@ -89,6 +89,15 @@ def test_heal_linear_through_prune_keeps_the_parameter_count_of_plain_removal(tm
     untied = any(cut["untied_head"] for cut in healing["cuts"])
     embedding = build_tiny("llama", layers=6, seed=3).model.get_input_embeddings().weight.numel()
     assert healed.report["surgery"]["parameters_after"] == plain.report["surgery"]["parameters_after"] + untied * embedding
+    # a cut at block 0 of a tied model: exactly one embedding more than plain removal (the untied head)
+    from miprun.models.parameters import count_parameters
+
+    tied, reference = build_tiny("llama", layers=6, seed=3), build_tiny("llama", layers=6, seed=3)
+    ids = torch.randint(4, 80, (4, 12), generator=torch.Generator().manual_seed(3))
+    assert LinearHealer().heal(tied.model, tied.adapter, [0, 1], ids)["cuts"][0]["untied_head"]
+    for loaded in (tied, reference):
+        RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([0, 1]))
+    assert count_parameters(tied.model) == count_parameters(reference.model) + embedding
     assert healed.report["rerun"]["heal"] == "linear"
     from miprun.cli.run_cmd import rerun_arguments
 

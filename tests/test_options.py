@@ -9,6 +9,7 @@ Python traceback, and never leaves an output directory behind.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -45,11 +46,34 @@ def invoke(args: list[str], tmp_path: Path):
 
 
 def check(result) -> None:
+    """Success, or one ``miprun: error:`` line (exit 2), or click's usage error (exit 2) — nothing else."""
     assert "Traceback" not in result.output
-    if result.exit_code not in (0,):
+    if result.exit_code != 0:
         lines = result.output.strip().splitlines()
-        assert lines and (lines[-1].startswith("miprun: error:") or "Usage:" in result.output
-                          or "Error" in result.output), result.output[-500:]
+        assert result.exit_code == 2 and lines, result.output[-500:]
+        assert lines[-1].startswith("miprun: error:") or ("Usage:" in result.output and "Error" in lines[-2] + lines[-1]
+                                                           or any(line.startswith("│ ") for line in lines)), result.output[-500:]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A real tiny checkpoint, so that a silently accepted bad value runs (and fails the test)."""
+    from conftest import build_tiny
+
+    loaded = build_tiny("llama", layers=3, seed=71)
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    loaded.model.save_pretrained(path)
+    loaded.tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_text(tmp_path_factory):
+    from conftest import WORDS
+
+    path = tmp_path_factory.mktemp("text") / "calib.txt"
+    path.write_text(" ".join(WORDS * 6))
+    return path
 
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -59,27 +83,42 @@ SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_heal
 @given(items=st.lists(st.tuples(st.sampled_from(option_keys()), values), max_size=3),
        extra=st.lists(st.sampled_from(["--estimator", "--selector", "--scorer", "--method", "--granularity"]), max_size=2),
        name=st.sampled_from(["renyi", "fast-block-select", "output-mi", "neuron", "block", "mi-prun", "shortgpt", "x+y", ""]))
-def test_run_with_arbitrary_strategy_options_never_tracebacks(tmp_path, items, extra, name):
+def test_run_with_arbitrary_strategy_options_never_tracebacks(tmp_path, tiny_model, tiny_text, items, extra, name):
     out = tmp_path / "out"
-    args = ["run", "--model", str(tmp_path / "no-model"), "--output", str(out)]
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["run", "--model", str(tiny_model), "--calib", str(tiny_text), "--num-samples", "2", "--seq-len", "8",
+            "--heal-samples", "2", "--prune", "1", "--output", str(out)]
     for key, value in items:
         args += ["-o", f"{key}={value}"]
     for flag in extra:
         args += [flag, name]
     result = invoke(args, tmp_path)
     check(result)
-    assert result.exit_code != 0 and not out.exists()  # the model does not exist: never half written
+    if result.exit_code == 0:  # accepted: a whole checkpoint that records what was asked
+        report = json.loads((out / "miprun_report.json").read_text())
+        for key, value in items:
+            kind, _, option = key.partition(".")
+            if kind in report["strategies"] and option in report["strategies"][kind]["options"]:
+                assert str(report["strategies"][kind]["options"][option]).lower() != "nan"
+    else:
+        assert not out.exists()  # refused: nothing written
 
 
 @SETTINGS
 @given(prune=numbers, ratio=numbers, samples=numbers, seq_len=numbers, seed=numbers, calib=text, dtype=text)
-def test_run_and_compare_with_arbitrary_values_never_traceback(tmp_path, prune, ratio, samples, seq_len, seed, calib, dtype):
-    for command in (["run", "--prune", prune, "--ratio", ratio], ["compare", "--prune", prune]):
+def test_run_and_compare_with_arbitrary_values_never_traceback(tmp_path, tiny_model, prune, ratio, samples, seq_len,
+                                                               seed, calib, dtype):
+    for command in (["run", "--prune", prune, "--ratio", ratio, "--heal-samples", "2"],
+                    ["compare", "--prune", prune, "--methods", "random", "--heal", "none"]):
         out = tmp_path / "out"
-        args = [*command, "--model", str(tmp_path / "no-model"), "--num-samples", samples, "--seq-len", seq_len,
-                "--seed", seed, "--calib", calib, "--dtype", dtype, "--output", str(out)]
-        check(invoke(args, tmp_path))
-        assert not out.exists()
+        shutil.rmtree(out, ignore_errors=True)
+        args = [*command, "--model", str(tiny_model), "--num-samples", samples, "--seq-len", seq_len,
+                "--seed", seed, "--calib", calib, "--dtype", dtype, *(["--output", str(out)] if command[0] == "run" else [])]
+        result = invoke(args, tmp_path)
+        check(result)
+        assert result.exit_code != 0 or command[0] == "compare" or (out / "miprun_report.json").exists()
+        if result.exit_code != 0:
+            assert not out.exists()
 
 
 @SETTINGS
