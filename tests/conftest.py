@@ -76,6 +76,32 @@ def build_tiny(model_type: str, layers: int = 4, seed: int = 0):
     return LoadedModel(model, tokenizer, adapter_for(model), {"spec": f"tiny-{model_type}", "kind": "memory"})
 
 
+def save_tiny(path: Path, model_type: str = "llama", layers: int = 4, seed: int = 0) -> Path:
+    """A tiny random ``model_type`` checkpoint with its tokenizer, saved to ``path``."""
+    loaded = build_tiny(model_type, layers=layers, seed=seed)
+    loaded.model.save_pretrained(path)
+    loaded.tokenizer.save_pretrained(path)
+    return path
+
+
+def assert_healed_exactly(model, dense, at_run_time, ids, path: Path):
+    """``model``'s logits on ``ids`` equal ``dense`` and ``at_run_time`` to 1e-5, and the model
+    saved to ``path`` reloads with stock transformers, gives the same logits and generates;
+    returns the reloaded model."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.no_grad():
+        healed = model(ids).logits
+    torch.testing.assert_close(healed, dense, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(at_run_time, healed, atol=1e-5, rtol=1e-5)
+    model.save_pretrained(path)
+    reloaded = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, healed, atol=1e-5, rtol=1e-5)
+        assert reloaded.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+    return reloaded
+
+
 ARCHITECTURES = ["llama", "qwen2", "mistral", "gemma2", "gemma3_text", "gpt2", "opt", "gpt_neox", "phi3", "mixtral"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny
+from conftest import assert_healed_exactly, build_tiny
 from transformers import AutoModelForCausalLM
 
 import miprun
@@ -194,16 +194,8 @@ def test_every_architecture_heals_an_exactly_compensable_cut_and_reloads(archite
     cut = summary["cuts"][0]
     assert cut["fit"] == ("map" if architecture == "mixtral" else "projection") == applied_summary["cuts"][0]["fit"]
     assert cut["relative_residual_after"] < 1e-5 < cut["relative_residual_before"]
-    with torch.no_grad():
-        healed = loaded.model(IDS).logits
-    torch.testing.assert_close(healed, dense, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(at_run_time, healed, atol=1e-5, rtol=1e-5)
-    loaded.model.save_pretrained(tmp_path)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    reloaded = assert_healed_exactly(loaded.model, dense, at_run_time, IDS, tmp_path)
     assert reloaded.config.num_hidden_layers == 3
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(IDS).logits, healed, atol=1e-5, rtol=1e-5)
-        assert reloaded.generate(IDS, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1] == IDS.shape[1] + 3
 
 
 def get_healer():

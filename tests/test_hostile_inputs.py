@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny, build_tokenizer
+from conftest import build_tokenizer, save_tiny
 from typer.testing import CliRunner
 
 from miprun.cli.main import app
@@ -20,11 +20,7 @@ from miprun.cli.main import app
 @pytest.fixture
 def tiny_dir(tmp_path):
     """A tiny Llama checkpoint with its tokenizer."""
-    loaded = build_tiny("llama", layers=4, seed=0)
-    path = tmp_path / "tiny"
-    loaded.model.save_pretrained(path)
-    loaded.tokenizer.save_pretrained(path)
-    return path
+    return save_tiny(tmp_path / "tiny")
 
 
 def _refused(args: list[str], message: str, output: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny
+from conftest import assert_healed_exactly, build_tiny
 from transformers import AutoModelForCausalLM
 
 import miprun
@@ -49,15 +49,7 @@ def test_removed_neurons_that_copy_kept_ones_are_healed_exactly(architecture, tm
     SliceFFNSurgeon().apply(loaded.model, loaded.adapter, selection)
     assert all(row["relative_residual_after"] < 1e-5 < row["relative_residual_before"] for row in summary["layers"])
     assert [row["layer"] for row in applied["layers"]] == [0, 1, 2]
-    with torch.no_grad():
-        healed = loaded.model(IDS).logits
-    torch.testing.assert_close(healed, dense, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(at_run_time, healed, atol=1e-5, rtol=1e-5)
-    loaded.model.save_pretrained(tmp_path)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(reloaded(IDS).logits, healed, atol=1e-5, rtol=1e-5)
-        assert reloaded.generate(IDS, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1] == IDS.shape[1] + 3
+    assert_healed_exactly(loaded.model, dense, at_run_time, IDS, tmp_path)
 
 
 def test_the_refit_is_the_ridge_regression_of_the_dense_output_on_the_kept_neurons():

@@ -58,13 +58,9 @@ def check(result) -> None:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """A real tiny checkpoint, so that a silently accepted bad value runs (and fails the test)."""
-    from conftest import build_tiny
+    from conftest import save_tiny
 
-    loaded = build_tiny("llama", layers=3, seed=71)
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    loaded.model.save_pretrained(path)
-    loaded.tokenizer.save_pretrained(path)
-    return path
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "model", layers=3, seed=71)
 
 
 @pytest.fixture(scope="module")

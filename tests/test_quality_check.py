@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from conftest import build_tiny
+from conftest import build_tiny, save_tiny
 from typer.testing import CliRunner
 
 import miprun
@@ -38,7 +38,7 @@ def test_every_run_reports_the_check_and_warns_when_the_result_is_ruined(tmp_pat
     assert "## Quality check" in card and f"{quality['pruned_perplexity']:.2f}" in card
     assert "pypi.org" not in card  # miprun is not published: no link to a page that does not exist
     monkeypatch.setattr("miprun.quality.RUINED_NATS", -1.0)  # every result counts as ruined
-    done = CliRunner().invoke(app, ["run", "--model", str(_checkpoint(tmp_path)), "--calib", str(text_file),
+    done = CliRunner().invoke(app, ["run", "--model", str(save_tiny(tmp_path / "tiny", seed=54)), "--calib", str(text_file),
                                     "--seq-len", "16", "--num-samples", "4", "--heal-samples", "4", "--prune", "1",
                                     "--method", "shortgpt", "--output", str(tmp_path / "bad")])
     assert done.exit_code == 0, done.output
@@ -46,10 +46,3 @@ def test_every_run_reports_the_check_and_warns_when_the_result_is_ruined(tmp_pat
     assert len(warnings) == 1 and "far worse than dense" in warnings[0] and "miprun's default" in warnings[0]
     assert "**Warning:**" in (tmp_path / "bad" / "README.md").read_text()
 
-
-def _checkpoint(tmp_path):
-    loaded = build_tiny("llama", layers=4, seed=54)
-    path = tmp_path / "tiny"
-    loaded.model.save_pretrained(path)
-    loaded.tokenizer.save_pretrained(path)
-    return path

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import build_tiny
+from conftest import save_tiny
 from safetensors.torch import load_file, save_file
 
 from miprun.errors import MiprunError
@@ -59,11 +59,7 @@ def test_a_race_among_three_sets_drops_them_one_chunk_at_a_time():
 
 @pytest.fixture
 def tiny_dir(tmp_path):
-    loaded = build_tiny("llama", layers=3, seed=61)
-    path = tmp_path / "tiny"
-    loaded.model.save_pretrained(path)
-    loaded.tokenizer.save_pretrained(path)
-    return path
+    return save_tiny(tmp_path / "tiny", layers=3, seed=61)
 
 
 def _edit_weights(path, edit) -> None:
