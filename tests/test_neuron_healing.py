@@ -65,9 +65,10 @@ def test_the_refit_is_the_ridge_regression_of_the_dense_output_on_the_kept_neuro
         for first in range(0, 8, 4):
             loaded.model(ids[first : first + 4])
     hook.remove()
-    a = torch.cat([x.reshape(-1, x.shape[-1]) for x, _ in captured["rows"]]).double()[:, keep[0]]
+    # every token but the first of each sequence (the attention sink)
+    a = torch.cat([x[:, 1:].reshape(-1, x.shape[-1]) for x, _ in captured["rows"]]).double()[:, keep[0]]
     a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1)
-    y = torch.cat([o.reshape(-1, o.shape[-1]) for _, o in captured["rows"]]).double()
+    y = torch.cat([o[:, 1:].reshape(-1, o.shape[-1]) for _, o in captured["rows"]]).double()
     prior = torch.cat([down.weight.detach().double()[keep[0]], down.bias.detach().double()[None]])
     gram = a.T @ a
     ridge = 0.1 * float(gram.diagonal().mean())

@@ -2,7 +2,8 @@
 to remove are chosen, refit every FFN's down projection on the neurons it keeps, in closed form,
 so that the layer's FFN output matches the dense one on the healing tokens.
 
-Per layer, with ``A`` the kept neurons' activations (the down projection's input restricted to the
+Per layer, over every token but the first of each sequence (the attention sink), with ``A`` the
+kept neurons' activations (the down projection's input restricted to the
 kept columns; a column of ones when the projection has a bias) and ``Y`` the dense FFN output,
 ``W = argmin ‖A·W − Y‖² + λ‖W − W₀‖²`` where ``W₀`` is the projection's kept columns (plain
 removal is the prior) and ``λ`` is ``ridge`` times the Gram's mean diagonal. FLAP's bias
@@ -27,9 +28,11 @@ import torch
 from miprun.models.devices import input_device
 
 
-def _rows(value: torch.Tensor) -> torch.Tensor:
-    """Every token of ``value`` as float64 rows (FFN outputs may be flattened already)."""
-    return value.reshape(-1, value.shape[-1]).double()
+def _rows(value: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """Every token of ``value`` but the first of each sequence (the attention sink, whose massive
+    activations would dominate the fit), as float64 rows; ``shape`` is the batch's (sequences,
+    tokens), for FFN tensors flattened to tokens × features (OPT)."""
+    return value.reshape(*shape, value.shape[-1])[:, 1:].reshape(-1, value.shape[-1]).double()
 
 
 class NeuronRefitHealer:
@@ -96,16 +99,20 @@ class NeuronRefitHealer:
         """One dense pass accumulating every layer's normal equations, then one solve per layer."""
         start = time.perf_counter()
         stats: dict[int, dict[str, Any]] = {}
+        shape: list[int] = []
         with ExitStack() as stack, torch.no_grad():
+            def on_backbone(module, args, kwargs):
+                shape[:] = (kwargs["input_ids"] if "input_ids" in kwargs else args[0]).shape[:2]
+            stack.callback(adapter.backbone.register_forward_pre_hook(on_backbone, with_kwargs=True).remove)
             for layer, kept in selection.keep.items():
                 _, down = adapter.ffn_modules(layer)
                 index = torch.tensor(kept)
                 stats[layer] = {"gram": None, "cross": None, "before": 0.0, "energy": 0.0, "tokens": 0}
 
                 def take(module, args, out, index=index, entry=stats[layer]):
-                    acts = _rows(args[0])
+                    acts = _rows(args[0], shape)
                     x = acts.index_select(1, index.to(acts.device))
-                    y = _rows(out)
+                    y = _rows(out, shape)
                     bias = getattr(module, "bias", None)
                     if bias is not None:
                         x = torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
