@@ -126,7 +126,7 @@ def compare(
     import torch
 
     from miprun.data.calibration import load_calibration
-    from miprun.engine import Collections, execute
+    from miprun.engine import Collections, execute, healer_refusal
     from miprun.evaluation import evaluate
     from miprun.granularity import blocks_to_remove
     from miprun.models.adapters import adapter_for
@@ -258,7 +258,7 @@ def compare(
             if on_row is not None:
                 on_row(report(False))
             del working, adapter
-            skipped = _unhealable(healer, loaded.adapter) if healer is not None else None
+            skipped = healer_refusal(healer, loaded.adapter) if healer is not None else None
             if skipped:
                 log(f"{spec.name} -{n}: not healed: {skipped}")
             elif healer is not None:
@@ -282,17 +282,6 @@ def _plan(spec: Any, options: dict[str, dict[str, Any]], heal: str | None, seed:
         if surgeon not in registry.get("healer", heal).capabilities.heals:
             heal = NO_HEALING
     return resolve_plan(method=spec, options=options, healer=heal, seed=seed, registry=registry)
-
-
-def _unhealable(healer: Any, adapter: Any) -> str | None:
-    """Why ``healer`` cannot heal this architecture (one line), or None when it can."""
-    check = getattr(healer, "check", None)
-    try:
-        if check is not None:
-            check(adapter)
-    except MiprunError as exc:
-        return str(exc)
-    return None
 
 
 def _healed_row(row: dict[str, Any], outcome: Any, strategies: dict[str, Any], healer: Any, loaded: Any,

@@ -175,9 +175,9 @@ def execute(
     )
 
 
-def _healability(healer: Any, adapter: Any, reporter: Reporter) -> dict[str, Any] | None:
-    """None when ``healer`` can heal ``adapter``'s architecture, else the record of why healing
-    was skipped (the one line is also reported as a note)."""
+def healer_refusal(healer: Any, adapter: Any) -> str | None:
+    """Why ``healer`` cannot heal ``adapter``'s architecture (its ``check``'s one line), or None
+    when it can (or declares no check)."""
     from miprun.errors import MiprunError
 
     check = getattr(healer, "check", None)
@@ -185,10 +185,19 @@ def _healability(healer: Any, adapter: Any, reporter: Reporter) -> dict[str, Any
         if check is not None:
             check(adapter)
     except MiprunError as exc:
-        reason = f"not healed: {exc}"
-        reporter.note(reason)
-        return {"skipped": reason}
+        return str(exc)
     return None
+
+
+def _healability(healer: Any, adapter: Any, reporter: Reporter) -> dict[str, Any] | None:
+    """None when ``healer`` can heal ``adapter``'s architecture, else the record of why healing
+    was skipped (the one line is also reported as a note)."""
+    refusal = healer_refusal(healer, adapter)
+    if refusal is None:
+        return None
+    reason = f"not healed: {refusal}"
+    reporter.note(reason)
+    return {"skipped": reason}
 
 
 def _heal_aware(selection: Any, scores: Any, count: int, limit: int, healer: Any, model: Any, adapter: Any,
