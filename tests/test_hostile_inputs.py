@@ -113,3 +113,11 @@ def test_a_plugin_that_fails_to_import_is_named_and_skipped(tmp_path, source, va
     plugins = {p["plugin"]: p for p in json.loads(done.stdout)}
     assert plugins["broken"]["package"] == "brokenpkg" and reason in plugins["broken"]["error"]
     assert plugins["miprun.builtins"]["provides"]["selector"]  # the rest works
+
+
+@pytest.mark.parametrize("value", ["\r", "a\nb", "\x1b[31mred", "tab\there"])
+def test_control_characters_in_a_value_stay_on_the_one_error_line(tiny_dir, value):
+    result = CliRunner().invoke(app, ["run", "--model", str(tiny_dir), "--dtype", value])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "\r" not in result.stderr and "\x1b" not in result.stderr
+    assert result.stderr.startswith("miprun: error: unknown dtype")

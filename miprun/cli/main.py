@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import unicodedata
 from typing import Any, Callable
 
 import typer
@@ -31,6 +32,12 @@ app = typer.Typer(
 )
 
 
+def _one_line(message: str) -> str:
+    """``message`` with control characters (a user's ``\\r`` or ``\\n`` echoed back) escaped, so
+    that it stays one line on any terminal."""
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in message)
+
+
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap ``command`` so that a :class:`MiprunError` ends it with one ``miprun: error:`` line, exit 2,
     and an interruption (Ctrl-C, or SIGTERM: see :func:`main`) with one line, exit 130, after every
@@ -41,7 +48,7 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except MiprunError as exc:
-            typer.echo(f"miprun: error: {exc}", err=True)
+            typer.echo(f"miprun: error: {_one_line(str(exc))}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("miprun: interrupted; nothing was written (partial outputs were removed)", err=True)
