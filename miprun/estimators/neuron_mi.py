@@ -27,10 +27,13 @@ Batched Rényi entropy
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import torch
+
+from miprun.estimators.renyi_moments import spectrum_entropies
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 CHUNK_BYTES = 64 * 2**20
@@ -210,14 +213,14 @@ def aligned_widths(
 
 def renyi_entropies(grams: torch.Tensor, alpha: float) -> torch.Tensor:
     """S_α(G / tr G) in nats for a stack of PSD matrices (P × n × n), from one batched eigvalsh."""
+    return spectrum_entropies(normalised_spectra(grams), alpha)
+
+
+def normalised_spectra(grams: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of G / tr G (float64, clamped at 0) for a stack of PSD matrices (P × n × n)."""
     lam = torch.linalg.eigvalsh(grams).clamp_min(0.0).to(torch.float64)
     total = lam.sum(dim=-1, keepdim=True)
-    lam = lam / torch.where(total > 0, total, torch.ones_like(total))
-    if alpha == 1.0:
-        safe = torch.where(lam > 0, lam, torch.ones_like(lam))
-        return -(lam * safe.log()).sum(dim=-1)
-    powered = torch.where(lam > 0, lam, torch.zeros_like(lam)).pow(alpha).sum(dim=-1)
-    return powered.log() / (1.0 - alpha)
+    return lam / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def upper_pairs(m: int, max_pairs: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

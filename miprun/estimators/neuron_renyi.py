@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -52,6 +53,7 @@ from miprun.estimators.neuron_mi import (
     CHUNK_BYTES,
     ScalarPairMixin,
     aligned_widths,
+    normalised_spectra,
     parallel_map,
     renyi_entropies,
     scalar_sq_dists,
@@ -64,8 +66,17 @@ from miprun.estimators.preprocess import (
     normalize_tokens,
     optional_int,
 )
+from miprun.estimators.renyi_moments import (
+    JointEntropyMap,
+    joint_entropies_23,
+    pair_features,
+    spectrum_entropies,
+    triple_count,
+)
 
 WIDTH_RULES = ("aligned", "scott")
+PAIR_RULES = ("moments", "exact")
+MOMENT_BYTES = 1 << 30  # largest order-3 feature matrix the moments path builds
 
 
 class NeuronRenyiEstimator(ScalarPairMixin):
@@ -86,6 +97,13 @@ class NeuronRenyiEstimator(ScalarPairMixin):
         :func:`~miprun.estimators.neuron_mi.aligned_widths`) or ``centred`` (the textbook form).
     :param normalize: per-neuron token normalisation before everything (``standardize``).
     :param workers: threads for the eigendecompositions (None: torch's thread count).
+    :param pairs: ``moments`` (default): every pair's joint entropy exactly where it decides the
+        clustering (each neuron's ``partners`` most dependent pairs) and on ``calibration`` random
+        pairs, elsewhere from its exact order-2 and order-3 entropies through a per-layer least-squares
+        map (:mod:`~miprun.estimators.renyi_moments`); ``exact``: the spectrum of every pair (the
+        literal method; also used whenever the exact pairs would be most of them).
+    :param partners: pairs per neuron computed exactly under ``moments``, chosen by predicted MI.
+    :param calibration: random pairs computed exactly to fit the map under ``moments``.
     :param seed: seed of the token shuffle that forms the batches.
     """
 
@@ -108,6 +126,9 @@ class NeuronRenyiEstimator(ScalarPairMixin):
         alignment: str = "unbiased",
         normalize: str = "standardize",
         workers: int | None = None,
+        pairs: str = "moments",
+        partners: int = 16,
+        calibration: int = 4096,
         seed: int = 0,
     ) -> None:
         self.alpha = float(alpha)
@@ -131,6 +152,11 @@ class NeuronRenyiEstimator(ScalarPairMixin):
             raise MiprunError(f"neuron-renyi option batch_size={batch_size!r} must be at least 4 tokens")
         self.normalize = check_choice("normalize", normalize, NORMALIZATIONS, "neuron-renyi")
         self.workers = int(workers) if workers else max(1, torch.get_num_threads())
+        self.pairs = check_choice("pairs", pairs, PAIR_RULES, "neuron-renyi")
+        self.partners = int(partners)
+        self.calibration = int(calibration)
+        if self.partners < 0 or self.calibration < 64:
+            raise MiprunError("neuron-renyi options need partners ≥ 0 and calibration ≥ 64 pairs")
         self.seed = int(seed)
 
     @staticmethod
@@ -210,35 +236,101 @@ class NeuronRenyiEstimator(ScalarPairMixin):
             out[start : start + step] = torch.exp(dist / (-2.0 * sigma2))
         return out
 
-    def _batch_mi(self, grams: torch.Tensor) -> torch.Tensor:
+    def _batch_mi(self, grams: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
         m, n, _ = grams.shape
-        out = torch.zeros(m, m, dtype=torch.float64)
         if self.alpha == 2.0:
-            rows, cols = torch.triu_indices(n, n, 1)
-            q = grams[:, rows, cols].pow(2)  # (m, n(n−1)/2): K_ab² for a < b
+            q = pair_features(grams)  # (m, n(n−1)/2): K_ab² for a < b
             marginal = (n + 2.0 * q.to(torch.float64).sum(dim=1)) / n**2  # ‖A_i‖²_F
             joint = (n + 2.0 * (q @ q.T).to(torch.float64)) / n**2  # ‖A_i∘A_j‖²_F, tr(A_i∘A_j) = 1
             entropy = -marginal.log()
             return entropy[:, None] + entropy[None, :] + joint.log()
-        entropy = renyi_entropies(grams, self.alpha)
-        max_pairs = max(1, CHUNK_BYTES // (4 * n * n))
+        spectra = normalised_spectra(grams)
+        entropy = spectrum_entropies(spectra, self.alpha)
+        diagonal = 2.0 * entropy - renyi_entropies(grams * grams, self.alpha)
+        out = torch.zeros(m, m, dtype=torch.float64)
+        total_pairs = m * (m - 1) // 2
+        moments = self.pairs == "moments" and self.calibration + m * self.partners < total_pairs
+        if moments and m * triple_count(n) * 4 > MOMENT_BYTES:
+            moments = False
+            info["pairs_note"] = f"{n}-token batches need C({n}, 3) features per neuron; every pair computed exactly"
+        if not moments:
+            for a, b, joint in self._joint_entropies(grams, upper_pairs(m, self._max_pairs(n))):
+                out[a, b] = out[b, a] = entropy[a] + entropy[b] - joint
+            info.setdefault("exact_pairs", []).append(total_pairs)
+        else:
+            out = self._moments_mi(grams, spectra, entropy, diagonal, info)
+        out[torch.arange(m), torch.arange(m)] = diagonal
+        return out
 
+    def _max_pairs(self, n: int) -> int:
+        return max(1, CHUNK_BYTES // (4 * n * n))
+
+    def _joint_entropies(self, grams: torch.Tensor, chunks: Iterator[tuple[torch.Tensor, torch.Tensor]]
+                         ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(a, b, S_α(K_a∘K_b)) for chunks of pairs, from one batched eigendecomposition per chunk,
+        ``workers`` chunks at a time (so the index arrays stay bounded)."""
         def joint_entropy(pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-            """S_α of the joint Gram matrices of one chunk of pairs."""
             a, b = pair
             return renyi_entropies(grams[a] * grams[b], self.alpha)
 
-        pending = upper_pairs(m, max_pairs)
-        while True:  # ``workers`` chunks at a time, so the index arrays stay bounded
+        pending = iter(chunks)
+        while True:
             window = [chunk for _, chunk in zip(range(self.workers), pending)]
             if not window:
-                break
+                return
             for (a, b), value in zip(window, parallel_map(joint_entropy, window, self.workers)):
-                mi = entropy[a] + entropy[b] - value
-                out[a, b] = mi
-                out[b, a] = mi
-        diagonal = 2.0 * entropy - renyi_entropies(grams * grams, self.alpha)
-        out[torch.arange(m), torch.arange(m)] = diagonal
+                yield a, b, value
+
+    def _exact_at(self, grams: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """S_α(K_a∘K_b) of the listed pairs, exactly."""
+        step = self._max_pairs(grams.shape[-1])
+        chunks = ((a[s : s + step], b[s : s + step]) for s in range(0, len(a), step))
+        parts = [value for _, _, value in self._joint_entropies(grams, chunks)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64)
+
+    def _moments_mi(self, grams: torch.Tensor, spectra: torch.Tensor, entropy: torch.Tensor,
+                    self_info: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
+        """All-pairs I_α with the joint entropy from :mod:`~miprun.estimators.renyi_moments`: exact on
+        ``calibration`` random pairs and on every neuron's ``partners`` most dependent pairs, the
+        per-layer least-squares map of the exact order-2/3 joint entropies elsewhere."""
+        m = grams.shape[0]
+        s2, s3 = joint_entropies_23(grams)
+        marginal = torch.stack([entropy, spectrum_entropies(spectra, 2.0), spectrum_entropies(spectra, 3.0)], dim=1)
+        mapping = JointEntropyMap(marginal)
+        generator = torch.Generator().manual_seed(self.seed)
+        a = torch.randint(0, m, (2 * self.calibration,), generator=generator)
+        b = torch.randint(0, m, (2 * self.calibration,), generator=generator)
+        flat = torch.unique(torch.minimum(a, b) * m + torch.maximum(a, b))
+        flat = flat[(flat // m) != (flat % m)]
+        flat = flat[torch.randperm(len(flat), generator=generator)[: self.calibration]]
+        ca, cb = flat // m, flat % m
+        exact = self._exact_at(grams, ca, cb)
+        fit = mapping.fit(mapping.features(s2[ca, cb], s3[ca, cb], ca, cb), exact)
+        joint = torch.empty(m, m, dtype=torch.float64)
+        rows = max(1, CHUNK_BYTES // (80 * m))
+        columns = torch.arange(m)
+        for start in range(0, m, rows):
+            r = torch.arange(start, min(m, start + rows))
+            features = mapping.features(s2[r].reshape(-1), s3[r].reshape(-1),
+                                        r.repeat_interleave(m), columns.repeat(len(r)))
+            joint[r] = mapping.predict(features).reshape(len(r), m)
+        joint[ca, cb] = joint[cb, ca] = exact
+        out = entropy[:, None] + entropy[None, :] - joint
+        # every neuron's nearest partners by the (normalised) predicted MI, computed exactly
+        scale = self_info.clamp_min(1e-12)
+        closeness = out / torch.sqrt(scale[:, None] * scale[None, :])
+        closeness.fill_diagonal_(-math.inf)
+        near = closeness.topk(self.partners, dim=1).indices
+        pa = torch.arange(m).repeat_interleave(self.partners)
+        pb = near.reshape(-1)
+        pflat = torch.unique(torch.minimum(pa, pb) * m + torch.maximum(pa, pb))
+        pflat = pflat[~torch.isin(pflat, flat)]
+        pa, pb = pflat // m, pflat % m
+        value = entropy[pa] + entropy[pb] - self._exact_at(grams, pa, pb)
+        out[pa, pb] = out[pb, pa] = value
+        info.setdefault("exact_pairs", []).append(len(flat) + len(pflat))
+        info.setdefault("fit_rmse", []).append(fit["rmse"])
+        info.setdefault("fit_r2", []).append(fit["r2"])
         return out
 
     def pairwise(self, acts: Any, *, info: dict[str, Any] | None = None) -> torch.Tensor:
@@ -256,13 +348,23 @@ class NeuronRenyiEstimator(ScalarPairMixin):
         width_seconds = time.perf_counter() - start
         used = batches[: self.mi_batches]
         total = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+        details: dict[str, Any] = {}
         for index in used:
-            total += self._batch_mi(self.grams(x[index], widths))
+            total += self._batch_mi(self.grams(x[index], widths), details)
         result = (total / len(used)).to(torch.float32)
         if info is not None:
             info.update({
-                "alpha": self.alpha, "tokens": int(x.shape[0]), "batch_size": int(len(used[0])),
+                "alpha": self.alpha, "tokens": int(x.shape[0]), "batch_size": len(used[0]),
                 "mi_batches": len(used), "width_seconds": round(width_seconds, 4),
                 "seconds": round(time.perf_counter() - start, 4),
             })
+            if self.alpha != 2.0:
+                m = x.shape[1]
+                info["pairs"] = "moments" if "fit_rmse" in details else "exact"
+                info["exact_pair_fraction"] = round(sum(details["exact_pairs"]) / (len(used) * m * (m - 1) / 2), 4) if m > 1 else 1.0
+                for key in ("fit_rmse", "fit_r2"):
+                    if key in details:
+                        info[key] = round(sum(details[key]) / len(details[key]), 5)
+                if "pairs_note" in details:
+                    info["pairs_note"] = details["pairs_note"]
         return result

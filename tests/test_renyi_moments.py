@@ -1,0 +1,88 @@
+"""The moments path of ``neuron-renyi``: exact order-2/3 joint entropies of every pair from two matrix
+products, and the all-pairs α = 1.01 MI it predicts from them against the literal spectrum of every pair."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from miprun.errors import MiprunError
+from miprun.estimators.neuron_mi import renyi_entropies, scalar_sq_dists
+from miprun.estimators.neuron_renyi import NeuronRenyiEstimator
+from miprun.estimators.renyi_moments import JointEntropyMap, joint_entropies_23, triple_count
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _grams(m: int, n: int, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    x = torch.randn(n, m, dtype=torch.float64)
+    widths = 0.5 + torch.rand(m, dtype=torch.float64)
+    return torch.exp(-scalar_sq_dists(x) / (2.0 * widths.pow(2)[:, None, None]))
+
+
+def test_order_two_and_three_joint_entropies_equal_the_spectrum_of_every_pair():
+    grams = _grams(7, 11, seed=0)
+    s2, s3 = joint_entropies_23(grams)
+    assert triple_count(11) == 165
+    for i in range(7):
+        for j in range(7):
+            joint = (grams[i] * grams[j])[None]
+            assert float(s2[i, j]) == pytest.approx(float(renyi_entropies(joint, 2.0)[0]), abs=1e-5)
+            assert float(s3[i, j]) == pytest.approx(float(renyi_entropies(joint, 3.0)[0]), abs=1e-5)
+
+
+def test_the_map_recovers_a_linear_law_and_reports_its_fit():
+    torch.manual_seed(3)
+    marginal = torch.rand(50, 3, dtype=torch.float64)
+    mapping = JointEntropyMap(marginal)
+    a, b = torch.randint(0, 50, (400,)), torch.randint(0, 50, (400,))
+    s2, s3 = torch.rand(400, dtype=torch.float64), torch.rand(400, dtype=torch.float64)
+    features = mapping.features(s2, s3, a, b)
+    target = 0.3 + 1.2 * s2 - 0.4 * s3 + 0.7 * (marginal[a, 0] + marginal[b, 0])
+    fit = mapping.fit(features, target)
+    assert fit["rmse"] < 1e-4 and fit["r2"] > 0.9999
+    torch.testing.assert_close(mapping.predict(features), target, atol=1e-4, rtol=0)
+
+
+def _layer(m: int, n_tokens: int = 256) -> torch.Tensor:
+    """A layer with families of related neurons (copies through different non-linearities) and noise."""
+    torch.manual_seed(4)
+    base = torch.randn(n_tokens, m // 4, dtype=torch.float64)
+    parts = [base, torch.tanh(2 * base) + 0.3 * torch.randn_like(base), base.pow(3) + 0.5 * torch.randn_like(base),
+             torch.randn(n_tokens, m - 3 * (m // 4), dtype=torch.float64)]
+    return torch.cat(parts, dim=1)
+
+
+def test_moments_path_tracks_the_literal_spectrum_of_every_pair():
+    x = _layer(128)
+    exact_info: dict = {}
+    exact = NeuronRenyiEstimator(pairs="exact").pairwise(x, info=exact_info).double()
+    info: dict = {}
+    fast = NeuronRenyiEstimator(partners=8, calibration=2048).pairwise(x, info=info).double()
+    assert exact_info["pairs"] == "exact" and exact_info["exact_pair_fraction"] == 1.0
+    assert info["pairs"] == "moments" and info["exact_pair_fraction"] < 0.5 and info["fit_r2"] > 0.98
+    torch.testing.assert_close(fast.diagonal(), exact.diagonal())  # self-information is always exact
+    rows, cols = torch.triu_indices(128, 128, 1)
+    a, b = exact[rows, cols], fast[rows, cols]
+    assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.98
+    assert float((a - b).abs().mean()) < 0.2 * float(a.std())
+    # every neuron's most dependent partners (MI over self-information, what mds-cluster compares) are
+    # computed exactly, so the strongest pairs agree exactly
+    scale = exact.diagonal().sqrt()
+    top = (a / (scale[rows] * scale[cols])).topk(20).indices
+    torch.testing.assert_close(b[top], a[top], atol=1e-6, rtol=0)
+    # deterministic
+    torch.testing.assert_close(NeuronRenyiEstimator(partners=8, calibration=2048).pairwise(x).double(), fast)
+
+
+def test_small_layers_and_large_batches_fall_back_to_every_pair_exactly():
+    x = _layer(40)
+    info: dict = {}
+    fast = NeuronRenyiEstimator().pairwise(x, info=info)  # 4096 calibration pairs > 780 pairs
+    assert info["pairs"] == "exact"
+    torch.testing.assert_close(fast, NeuronRenyiEstimator(pairs="exact").pairwise(x))
+    with pytest.raises(MiprunError, match="pairs"):
+        NeuronRenyiEstimator(pairs="some")
+    with pytest.raises(MiprunError, match="calibration"):
+        NeuronRenyiEstimator(calibration=3)
