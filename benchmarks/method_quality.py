@@ -15,8 +15,15 @@ Methods are named methods or combinations (``miprun run --method``), ``default``
 ``miprun run --selector fast-block-select --estimator renyi``; ``LABEL=METHOD;KIND.KEY=VALUE;…``
 adds options.
 
+``--heal none,linear`` evaluates every selection plain and healed by each named healer (fitted on
+``--heal-samples`` sequences of the calibration source, seed 0, as ``miprun run`` does), so each row
+carries a plain and a healed figure per text. A selector that records its ``removal_order`` (SLEB)
+runs once, at the largest N, and the smaller depths take prefixes of its order (the same greedy
+steps).
+
     python benchmarks/method_quality.py --calib wikitext2,self --prune 3,6,9 --json method_quality.json
     python benchmarks/method_quality.py --methods default,shortgpt,angular --prune 6
+    python benchmarks/method_quality.py --methods default,shortgpt,angular,sleb,ppl,taylor --heal none,linear
 """
 
 from __future__ import annotations
@@ -26,18 +33,24 @@ import copy
 import inspect
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from arguments import add_run_arguments  # the arguments every benchmark shares
+from pipeline_cost import (
+    plain_forward_seconds,  # the floor, measured one way for every benchmark
+)
 
+from miprun.contracts import Selection
 from miprun.data.calibration import load_calibration
 from miprun.engine import execute
 from miprun.evaluation.perplexity import perplexity
 from miprun.models.loading import load_model
 from miprun.options import parse_options
 from miprun.plans import resolve_plan
-from pipeline_cost import plain_forward_seconds  # the floor, measured one way for every benchmark
+from miprun.registry import get_registry
+from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
 
 DEFAULT_METHODS = "default,headline,shortgpt,angular,mi-prun-local,mi-prun"
 CODE_MODULES = ("argparse", "textwrap", "difflib", "json.decoder", "json.encoder", "calendar", "fractions",
@@ -75,8 +88,14 @@ def main() -> None:
     parser.add_argument("--eval", default="wikitext2,paper-tasks,python-code")
     parser.add_argument("--ppl-windows", type=int, default=40)
     parser.add_argument("--ppl-seq-len", type=int, default=512)
+    parser.add_argument("--heal", default="none", help="comma list: none (plain) and/or healer names")
+    parser.add_argument("--heal-samples", type=int, default=128)
     parser.add_argument("--json")
     args = parser.parse_args()
+    heals = args.heal.split(",")
+    unknown = set(heals) - {"none", *get_registry().names("healer")}
+    if unknown:
+        parser.error(f"--heal: unknown {', '.join(sorted(unknown))}")
     loaded = load_model(args.model)
     scratch = Path(tempfile.mkdtemp(prefix="miprun-method-quality-"))
     texts = {name: str(python_code_corpus(scratch)) if name == "python-code" else name for name in args.eval.split(",")}
@@ -89,36 +108,64 @@ def main() -> None:
                               "rows": []}
     print(f"dense perplexity: {result['dense']}", flush=True)
     specs = [plan_for(spec) for spec in args.methods.split(",")]
-    measured: dict[tuple[int, ...], dict[str, float]] = {}  # the same blocks removed give the same model
+    measured: dict[tuple[Any, ...], dict[str, float]] = {}  # the same blocks removed (and healed) give the same model
+    depths = sorted((int(x) for x in args.prune.split(",")), reverse=True)
     for source in args.calib.split(","):
         calib = load_calibration(source, loaded.tokenizer, num_samples=args.num_samples, seq_len=args.seq_len, seed=0,
                                  model=loaded.model)
+        heal_ids = None
+        if set(heals) - {"none"}:
+            heal_ids = load_calibration(source, loaded.tokenizer, num_samples=args.heal_samples, seq_len=args.seq_len,
+                                        seed=0, model=loaded.model).input_ids
         plain_forward_seconds(loaded, calib.input_ids[:1], 1)  # warm-up
         floor = plain_forward_seconds(loaded, calib.input_ids, 4)
         print(f"\ncalibration {source} {args.num_samples}x{args.seq_len}; plain forward {floor:.2f} s", flush=True)
-        for n in (int(x) for x in args.prune.split(",")):
-            for label, plan in specs:
+        for label, plan in specs:
+            order: list[int] | None = None  # a greedy selector's removal order, reused for smaller N
+            for n in depths:
                 working = copy.deepcopy(loaded)
-                timings: dict[str, float] = {}
-                outcome = execute(plan, working.model, working.adapter, calib.input_ids, count=n,
-                                  tokenizer=loaded.tokenizer, timings=timings)
-                seconds = outcome.collect_seconds + timings["estimate"] + timings["select"]
-                blocks = tuple(sorted(int(b) for b in outcome.selection.blocks))
                 removal = plan.names.get("surgeon") == "remove-blocks"
-                figures = measured.get(blocks) if removal else None
-                if figures is None:
-                    figures = evaluate(working.model, working.tokenizer)
-                    if removal:
-                        measured[blocks] = figures
+                if order is not None and len(order) >= n:
+                    blocks = tuple(sorted(order[:n]))
+                    seconds, passes = float("nan"), float("nan")
+                    RemoveBlocksSurgeon().apply(working.model, working.adapter, Selection(list(blocks)))
+                else:
+                    timings: dict[str, float] = {}
+                    outcome = execute(plan, working.model, working.adapter, calib.input_ids, count=n,
+                                      tokenizer=loaded.tokenizer, timings=timings)
+                    seconds = outcome.collect_seconds + timings["estimate"] + timings["select"]
+                    passes = outcome.forward_passes
+                    blocks = tuple(sorted(int(b) for b in outcome.selection.blocks))
+                    order = outcome.selection.info.get("removal_order")
                 row = {"calib": source, "n": n, "method": label, "plan": plan.names, "blocks": list(blocks),
                        "seconds": round(seconds, 2), "ratio_to_forward": round(seconds / floor, 2),
-                       "forward_passes": round(outcome.forward_passes, 3), "perplexity": figures}
+                       "forward_passes": round(passes, 3), "perplexity": {}, "heal_seconds": {}}
+                for heal in heals:
+                    if heal != "none" and not removal:
+                        continue  # a merging surgeon (LaCo) is not healed
+                    key = (blocks, heal) if removal else None
+                    figures = measured.get(key) if key else None
+                    if figures is None:
+                        if heal == "none":
+                            model = working.model
+                        else:
+                            healed = copy.deepcopy(loaded)
+                            start = time.perf_counter()
+                            get_registry().create("healer", heal).heal(healed.model, healed.adapter, list(blocks), heal_ids)
+                            row["heal_seconds"][heal] = round(time.perf_counter() - start, 1)
+                            RemoveBlocksSurgeon().apply(healed.model, healed.adapter, Selection(list(blocks)))
+                            model = healed.model
+                        figures = evaluate(model, loaded.tokenizer)
+                        if key:
+                            measured[key] = figures
+                    row["perplexity"][heal] = figures
                 result["rows"].append(row)
                 print(f"{source:<10}{n:>3}  {label:<28}{row['ratio_to_forward']:>7.2f}x  "
-                      + "  ".join(f"{k} {v:>8.2f}" for k, v in row["perplexity"].items()) + f"  {row['blocks']}", flush=True)
+                      + "  ".join(f"{heal}: " + " ".join(f"{k} {v:>8.2f}" for k, v in figures.items())
+                                  for heal, figures in row["perplexity"].items()) + f"  {row['blocks']}", flush=True)
                 if args.json:
                     Path(args.json).write_text(json.dumps(result, indent=2))
-                del working, outcome
+                del working
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ list; ``--blocks-row`` adds, per ratio, the default block removal (healed) whose
 nearest the width rows', so the two axes can be compared at the same size.
 
 Methods (``--methods``, comma-separated): ``dense``, ``magnitude``, ``random``, ``wanda`` (Wanda-sp),
-``flap`` (FLAP's fluctuation metric), ``pearson``
+``flap`` (FLAP's fluctuation metric), ``mi-energy`` (output energy discounted by Gaussian MI with
+the kept neurons, greedy), ``pearson``
 (mds-cluster on |ρ|, the paper's ablation), ``renyi`` (mds-cluster on Rényi α = 1.01 MI, the
 paper's method), ``renyi2`` (α = 2), ``copula`` (Gaussian-copula MI), ``threshold`` (Algorithm 1 on
 Rényi α = 1.01 MI), and ``pearson-merge`` / ``copula-merge`` / ``renyi-merge``: mds-cluster with
@@ -43,6 +44,7 @@ METHODS = {
     "random": {"selector": "random"},
     "wanda": {"selector": "wanda"},
     "flap": {"selector": "flap"},
+    "mi-energy": {"selector": "mi-energy"},
     "pearson": {"selector": "mds-cluster", "estimator": "pearson"},
     "copula": {"selector": "mds-cluster", "estimator": "gaussian"},
     "renyi2": {"selector": "mds-cluster", "estimator": "renyi", "options": {"estimator": {"alpha": 2}}},

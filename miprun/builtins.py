@@ -213,6 +213,12 @@ def miprun_register_selectors(register):
         granularity=NEURON, needs_scores=False, reads_states=True,
     )
     register(
+        "neuron-mi-energy",
+        "miprun.selectors.neuron_mi_energy:NeuronMIEnergySelector",
+        description="(neuron) Output energy discounted by Gaussian MI with the kept neurons, removed greedily (OBS form)",
+        granularity=NEURON, needs_scores=False, reads_states=True,
+    )
+    register(
         "neuron-random",
         "miprun.selectors.neuron_random:NeuronRandomSelector",
         description="(neuron) Baseline: remove random neurons (seeded)",

@@ -197,21 +197,22 @@ class NeuronRenyiEstimator(ScalarPairMixin):
             return torch.full((m,), self.width, dtype=torch.float64)
         batches = self.batches(x.shape[0], self.width_batch_size)
         used = batches[: self.width_batches] if self.width_batches else batches
-        smoothed: torch.Tensor | None = None
-        scott_last = None
-        for index in used:
+
+        def batch_widths(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """(Scott widths, the rule's widths) of one batch."""
             xb = x[index].to(torch.float64)
             initial = scott_widths(xb, self.gamma)
-            scott_last = initial
-            if self.width == "aligned":
-                layer_sigma = kernels.scott_width(xb, self.gamma)
-                target = kernels.gaussian_gram(kernels.pairwise_sq_dists(xb), layer_sigma)
-                batch_widths = aligned_widths(xb, target, initial, span=self.span, alignment=self.alignment,
-                                              grid_points=9, rel_tol=1e-2, dtype=torch.float32)
-            else:
-                batch_widths = initial
-            smoothed = batch_widths if smoothed is None else self.ema * smoothed + (1.0 - self.ema) * batch_widths
-        assert smoothed is not None
+            if self.width != "aligned":
+                return initial, initial
+            target = kernels.gaussian_gram(kernels.pairwise_sq_dists(xb), kernels.scott_width(xb, self.gamma))
+            return initial, aligned_widths(xb, target, initial, span=self.span, alignment=self.alignment,
+                                           grid_points=9, rel_tol=1e-2, dtype=torch.float32)
+
+        per_batch = parallel_map(batch_widths, used, self.workers)  # independent searches; the EMA runs in order
+        smoothed = per_batch[0][1]
+        for _, widths in per_batch[1:]:
+            smoothed = self.ema * smoothed + (1.0 - self.ema) * widths
+        scott_last = per_batch[-1][0]
         n_width, n_mi = len(used[0]), min(self.batch_size, x.shape[0])
         smoothed = smoothed * (n_mi / n_width) ** (-1.0 / 5.0)
         scott_last = scott_last * (n_mi / n_width) ** (-1.0 / 5.0)
