@@ -78,7 +78,7 @@ def _rows(hidden: torch.Tensor) -> torch.Tensor:
     return hidden[:, 1:].reshape(-1, hidden.shape[-1]).double()
 
 
-def _with_ones(rows: torch.Tensor) -> torch.Tensor:
+def with_ones(rows: torch.Tensor) -> torch.Tensor:
     """``rows`` with a column of ones appended: the input a fitted bias row multiplies."""
     return torch.cat([rows, rows.new_ones(*rows.shape[:-1], 1)], -1)
 
@@ -246,7 +246,7 @@ class LinearHealer:
         def apply(module: Any, args: Any, out: torch.Tensor) -> torch.Tensor:
             value = args[0].double() if refit else out.double()
             if value.shape[-1] < solution.shape[0]:  # the refit's bias row
-                value = _with_ones(value)
+                value = with_ones(value)
             return (value @ solution.to(out.device)).to(out.dtype)
 
         return [module.register_forward_hook(apply) for module in modules]
@@ -379,7 +379,7 @@ class LinearHealer:
             z = tokens(_out(out))
             x = z if kind == "map" else tokens(args[0])
             if kind != "map" and getattr(module, "bias", None) is not None:
-                x = _with_ones(x)
+                x = with_ones(x)
             rows.update(x=x, z=z, gain=None)
             if norm is None:
                 take({**rows, "added": z})

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 import torch
 
+from miprun.healing import with_ones
 from miprun.models.devices import input_device
 
 
@@ -85,7 +86,7 @@ class NeuronRefitHealer:
             def apply(module, args, out, kept=kept, solution=solution):
                 value = args[0].double().index_select(-1, kept.to(out.device))
                 if value.shape[-1] < solution.shape[0]:
-                    value = torch.cat([value, value.new_ones(*value.shape[:-1], 1)], -1)
+                    value = with_ones(value)
                 return (value @ solution.to(out.device)).to(out.dtype)
 
             handles.append(down.register_forward_hook(apply))
@@ -115,7 +116,7 @@ class NeuronRefitHealer:
                     y = _rows(out, shape)
                     bias = getattr(module, "bias", None)
                     if bias is not None:
-                        x = torch.cat([x, x.new_ones(x.shape[0], 1)], 1)
+                        x = with_ones(x)
                     weight = module.weight.detach().double()
                     kept_weight = weight[:, index] if isinstance(module, torch.nn.Linear) else weight[index].T
                     plain = x[:, : len(index)] @ kept_weight.T + (bias.double() if bias is not None else 0.0)
