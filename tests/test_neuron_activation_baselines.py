@@ -110,3 +110,14 @@ def test_mi_energy_runs_end_to_end(text_file):
     assert all(len(kept) == 48 for kept in result.selection.keep.values())
     with pytest.raises(MiprunError, match="ridge"):
         NeuronMIEnergySelector(ridge=0)
+
+
+def test_a_biased_projection_forgives_a_neuron_its_mean():
+    """With a bias to refit, a neuron that is a constant plus a little noise costs only its noise;
+    without one, its constant must be carried by the other neurons."""
+    g = torch.Generator().manual_seed(48)
+    acts = torch.randn(400, 6, generator=g, dtype=torch.float64)
+    acts[:, 0] = 10.0 + 0.01 * torch.randn(400, generator=g, dtype=torch.float64)
+    columns = torch.ones(3, 6, dtype=torch.float64)
+    assert greedy_conditional_removal(acts, columns, 1, 1e-3, centred=True)[0] == [0]
+    assert greedy_conditional_removal(acts, columns, 1, 1e-3, centred=False)[0] != [0]

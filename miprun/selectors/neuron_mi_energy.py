@@ -11,7 +11,8 @@ the MI of the neuron with the rest of its layer, so the score is importance disc
 
     S_j = ‖W_down[:, j]‖² · E[a_j²] · exp(−2 I(a_j; a_kept)) = ‖W_down[:, j]‖² / [Σ⁻¹]_jj
 
-with Σ the (uncentred, ridge-regularised) second-moment matrix of the kept neurons. The neuron of
+with Σ the ridge-regularised second-moment matrix of the kept neurons (their covariance where the
+down projection has a bias, which the healer refits and which absorbs a neuron's mean — GPT-2, OPT). The neuron of
 lowest S_j goes; the others' down columns take over what they can of it (W ← W − w_j Σ⁻¹[j, :] /
 Σ⁻¹[j, j], the least-squares compensation), Σ⁻¹ is downdated (a rank-one Schur step) and the next is
 scored — the greedy form of Optimal Brain Surgeon (Hassibi & Stork 1993) for whole neurons, written
@@ -32,11 +33,15 @@ from miprun.errors import MiprunError
 from miprun.selectors.neuron_ranking import activations, down_columns
 
 
-def greedy_conditional_removal(acts: torch.Tensor, columns: torch.Tensor, n: int, ridge: float
-                               ) -> tuple[list[int], list[float]]:
+def greedy_conditional_removal(acts: torch.Tensor, columns: torch.Tensor, n: int, ridge: float, *,
+                               centred: bool = False) -> tuple[list[int], list[float]]:
     """The ``n`` neurons to remove from one layer, in removal order, with the score of each when it
-    went. ``acts``: (tokens × m) activations; ``columns``: (hidden × m) down-projection columns."""
+    went. ``acts``: (tokens × m) activations; ``columns``: (hidden × m) down-projection columns;
+    ``centred``: the projection has a bias, which absorbs each neuron's mean (covariance instead of
+    second moments)."""
     a = acts.to(torch.float64)
+    if centred:
+        a = a - a.mean(dim=0, keepdim=True)
     m = a.shape[1]
     second = a.T @ a / max(a.shape[0], 1)
     scale = float(second.diagonal().mean()) if m else 0.0
@@ -83,8 +88,9 @@ class NeuronMIEnergySelector:
         inputs = activations(context, "neuron-mi-energy")
         keep, trace = {}, []
         for position, (layer, width) in enumerate(zip(scores.layers, scores.widths)):
+            _, down = context.adapter.ffn_modules(layer)
             removed, costs = greedy_conditional_removal(inputs.acts[position], down_columns(context.adapter, layer),
-                                                        n, self.ridge)
+                                                        n, self.ridge, centred=getattr(down, "bias", None) is not None)
             gone = set(removed)
             keep[layer] = [j for j in range(width) if j not in gone]
             trace.append({"layer": layer, "first_cost": costs[0] if costs else None,
