@@ -83,6 +83,11 @@ PAIR_RULES = ("moments", "exact")
 MOMENT_BYTES = 1 << 30  # largest order-3 feature matrix the moments path builds
 
 
+def _pair_keys(a: torch.Tensor, b: torch.Tensor, m: int) -> torch.Tensor:
+    """Unordered pairs (a, b) of ``m`` neurons as sorted unique keys min · m + max."""
+    return torch.unique(torch.minimum(a, b) * m + torch.maximum(a, b))
+
+
 class NeuronRenyiEstimator(ScalarPairMixin):
     """All-pairs matrix-based Rényi MI of scalar neurons (see the module docstring).
 
@@ -305,7 +310,7 @@ class NeuronRenyiEstimator(ScalarPairMixin):
         generator = torch.Generator().manual_seed(self.seed)
         a = torch.randint(0, m, (2 * self.calibration,), generator=generator)
         b = torch.randint(0, m, (2 * self.calibration,), generator=generator)
-        flat = torch.unique(torch.minimum(a, b) * m + torch.maximum(a, b))
+        flat = _pair_keys(a, b, m)
         flat = flat[(flat // m) != (flat % m)]
         flat = flat[torch.randperm(len(flat), generator=generator)[: self.calibration]]
         ca, cb = flat // m, flat % m
@@ -328,7 +333,7 @@ class NeuronRenyiEstimator(ScalarPairMixin):
         near = closeness.topk(self.partners, dim=1).indices
         pa = torch.arange(m).repeat_interleave(self.partners)
         pb = near.reshape(-1)
-        pflat = torch.unique(torch.minimum(pa, pb) * m + torch.maximum(pa, pb))
+        pflat = _pair_keys(pa, pb, m)
         pflat = pflat[~torch.isin(pflat, flat)]
         pa, pb = pflat // m, pflat % m
         value = entropy[pa] + entropy[pb] - self._exact_at(grams, pa, pb)
