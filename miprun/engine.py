@@ -133,6 +133,12 @@ def execute(
     granularity = GRANULARITY[plan.granularity]
     check_weights(adapter)
 
+    healing = None
+    ids_for_healing = input_ids if heal_ids is None else heal_ids
+    healer = strategies.get("healer")
+    if healer is not None and plan.reasons.get("healer") != "named":
+        healing = _healability(healer, adapter, reporter)
+        healer = None if healing is not None else healer
     collected = None
     with finite_activations(adapter):
         if "collector" in strategies:
@@ -141,6 +147,7 @@ def execute(
         inputs = collected.inputs if collected is not None else None
         context = RunContext(model, adapter, input_ids, tokenizer, seed,
                              forward_passes=inputs.forward_passes if inputs is not None else 0, inputs=inputs)
+        context.healing = _preview(healer, plan, model, adapter, input_ids, ids_for_healing, context, reporter)
         with stage("estimate", timings, reporter):
             if "scorer" in strategies:
                 scores = strategies["scorer"].score(inputs, strategies.get("estimator"), context=context)
@@ -149,13 +156,9 @@ def execute(
         with stage("select", timings, reporter):
             selection = strategies["selector"].select(scores, count, context=context)
     granularity.check(selection, adapter, count)
+    if context.healing is not None and getattr(selection, "info", None) is not None:
+        selection.info["heal_preview"] = context.healing.info()
     size = granularity.size(adapter)
-    healing = None
-    ids_for_healing = input_ids if heal_ids is None else heal_ids
-    healer = strategies.get("healer")
-    if healer is not None and plan.reasons.get("healer") != "named":
-        healing = _healability(healer, adapter, reporter)
-        healer = None if healing is not None else healer
     if healer is not None and heal_candidates > 1:
         selection = _heal_aware(selection, scores, count, heal_candidates, healer, model, adapter, ids_for_healing,
                                 timings, reporter)
@@ -173,6 +176,28 @@ def execute(
         collect_seconds=collected.seconds if collected is not None else 0.0,
         forward_passes=context.forward_passes, timings=timings,
     )
+
+
+def _preview(healer: Any, plan: Any, model: Any, adapter: Any, input_ids: Any, heal_ids: Any, context: Any,
+             reporter: Reporter) -> Any:
+    """The healer's preview for scoring healed block sets (:class:`~miprun.contracts.HealingPreview`),
+    fitted on the healing sequences that are not calibration sequences — as many as there are
+    calibration sequences — so that what the scores judge is held out from the fits. None when the
+    run does not heal blocks, the healer offers no preview, the model runs layer-wise, or every
+    healing sequence is a calibration one."""
+    import torch
+
+    from miprun.models.layerwise import layerwise_loader
+
+    if healer is None or plan.granularity != "block" or not hasattr(healer, "preview") \
+            or heal_ids.shape[1:] != input_ids.shape[1:]:
+        return None
+    if layerwise_loader(model) is not None:
+        reporter.note("the selection judges plain removal: previewing the healed model needs it in memory")
+        return None
+    seen = {tuple(row.tolist()) for row in input_ids}
+    rows = [row for row in heal_ids if tuple(row.tolist()) not in seen][: input_ids.shape[0]]
+    return healer.preview(model, adapter, torch.stack(rows), context=context) if rows else None
 
 
 def healer_refusal(healer: Any, adapter: Any) -> str | None:

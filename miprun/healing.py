@@ -149,6 +149,14 @@ class LinearHealer:
         removes them afterwards). Returns the summary: per cut its residuals and fit time."""
         return self._fit(model, adapter, blocks, input_ids, handles=None)
 
+    def preview(self, model: Any, adapter: Any, fit_ids: torch.Tensor, *, context: Any = None) -> Any:
+        """A :class:`~miprun.healing_preview.HealPreview`: this healer's fits for any block set,
+        each cut fitted on the dense model over ``fit_ids``, cheap enough for a selector's search."""
+        from miprun.healing_preview import HealPreview
+
+        check_healable(adapter)
+        return HealPreview(self, model, adapter, fit_ids, batch_size=self.batch_size, context=context)
+
     @contextmanager
     def applied(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor) -> Iterator[dict[str, Any]]:
         """Within the ``with`` block, the fits :meth:`heal` would fold act at run time instead
@@ -173,21 +181,18 @@ class LinearHealer:
             summary["sequential"] = self.sequential
             return summary
         if layerwise_loader(model) is None:  # the first cut's fit is read in the dense pass itself
-            targets, first = self._dense_pass(model, adapter, cuts, self._kind(adapter, cuts[0]), input_ids)
+            targets, first = self._dense_pass(model, adapter, cuts, self.kind_of(adapter, cuts[0]), input_ids)
         else:
             targets, first = self._dense_targets(model, adapter, cuts, input_ids), None
         pending: list[tuple[tuple[int, int], torch.Tensor, dict[str, Any]]] = []
         for index, cut in enumerate(cuts):
             start = time.perf_counter()
             earlier = [b for first, last in cuts[:index] for b in range(first, last + 1)] if self.sequential else []
-            kind = self._kind(adapter, cut)
+            kind = self.kind_of(adapter, cut)
             normal = first if index == 0 and first is not None else \
                 self._accumulate(model, adapter, cut, kind, earlier, input_ids, targets[cut])
             gram, cross, before, energy, tokens = normal.gram, normal.cross, normal.before, normal.energy, normal.tokens
-            prior = self._prior(adapter, cut, kind, gram)
-            ridge = self.ridge * float(gram.diagonal().mean())
-            eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-            solution = torch.linalg.solve(gram + ridge * eye, cross + ridge * prior)
+            solution = ridge_solver(gram, self.ridge)(cross, self.prior(adapter, cut, kind, gram))
             # ‖X·W − Y‖² = ‖Y‖² − 2·tr(Wᵀ·XᵀY) + tr(Wᵀ·XᵀX·W)
             after = energy - 2 * float((solution * cross).sum()) + float((solution * (gram @ solution)).sum())
             record = {"blocks": list(range(cut[0], cut[1] + 1)),
@@ -206,7 +211,7 @@ class LinearHealer:
         summary["sequential"] = self.sequential
         return summary
 
-    def _kind(self, adapter: Any, cut: tuple[int, int]) -> str:
+    def kind_of(self, adapter: Any, cut: tuple[int, int]) -> str:
         """The fit of ``cut``: the healer's, except a map where a refit has no single linear layer
         to replace (a cut at block 0: the embedding; experts)."""
         if self.fit == "map" or cut[0] == 0:
@@ -214,7 +219,7 @@ class LinearHealer:
         with editable_block(adapter, cut[0] - 1):
             return "projection" if refittable(ffn_output_modules(adapter, cut[0] - 1)[0]) else "map"
 
-    def _prior(self, adapter: Any, cut: tuple[int, int], kind: str, gram: torch.Tensor) -> torch.Tensor:
+    def prior(self, adapter: Any, cut: tuple[int, int], kind: str, gram: torch.Tensor) -> torch.Tensor:
         """What the ridge shrinks toward: the identity for a map, the projection as it is (input ×
         output, a bias as the last row) for a refit."""
         if kind == "map":
@@ -233,11 +238,11 @@ class LinearHealer:
         if handles is None:
             record = {**self._fold(model, adapter, cut, record["fit"], solution), **record}
         else:
-            handles.extend(self._hooks(model, adapter, cut, record["fit"], solution))
+            handles.extend(self.run_time_hooks(model, adapter, cut, record["fit"], solution))
             record = {"applied_at_run_time": True, **record}
         summary["cuts"].append(record)
 
-    def _hooks(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, solution: torch.Tensor) -> list[Any]:
+    def run_time_hooks(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, solution: torch.Tensor) -> list[Any]:
         """Forward hooks giving the modules the fit would be folded into (the FFN output module
         before the cut, or the embedding tables) the output the folded modules would give."""
         modules = [ffn_output_modules(adapter, cut[0] - 1)[0]] if cut[0] > 0 else _embedding_tables(model)
@@ -286,7 +291,7 @@ class LinearHealer:
                     current.update(x=rows, z=rows, added=rows, gain=None, rest=None)
                 stack.callback(adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True).remove)
             else:
-                stack.enter_context(self._ffn_hooks(adapter, cut[0] - 1, kind, current.update))
+                stack.enter_context(self.ffn_hooks(adapter, cut[0] - 1, kind, current.update))
 
                 def take_rest(module, args, out):
                     current["rest"] = _rows(_out(out)) - current["added"]
@@ -328,7 +333,7 @@ class LinearHealer:
                     raise _Stop
                 hook = adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True)
             else:
-                stack.enter_context(self._ffn_hooks(adapter, first - 1, kind, captured.update))
+                stack.enter_context(self.ffn_hooks(adapter, first - 1, kind, captured.update))
 
                 def take_output(module, args, out):
                     captured["rest"] = _rows(_out(out)) - captured["added"]
@@ -355,13 +360,13 @@ class LinearHealer:
             return
         stream = Stream(frozenset(earlier))
         captured: list[dict[str, Any]] = []
-        with self._ffn_hooks(adapter, first - 1, kind, lambda rows: captured.append(rows)):
+        with self.ffn_hooks(adapter, first - 1, kind, lambda rows: captured.append(rows)):
             sweep.run([stream], until=first)
         for rows, hidden in zip(captured, stream.states):
             yield {**rows, "rest": _rows(hidden) - rows["added"]}
 
     @contextmanager
-    def _ffn_hooks(self, adapter: Any, index: int, kind: str, take: Any) -> Iterator[None]:
+    def ffn_hooks(self, adapter: Any, index: int, kind: str, take: Any) -> Iterator[None]:
         """Hooks on block ``index``'s FFN output module (and its output norm) that hand ``take``
         the rows of one batch once both have run: ``x``, ``z``, ``added`` and ``gain``. Outputs
         flattened to tokens × features (OPT, experts) are read in the block's batch shape."""
@@ -446,14 +451,39 @@ class _Normal:
         """Add one batch: ``rows`` as :meth:`LinearHealer._captures` gives them, ``target`` the
         dense stream after the cut."""
         x, z = rows["x"], rows["z"]
-        y = target.to(x.device) - (rows["rest"] if rows["rest"] is not None else 0.0)
-        if rows["gain"] is not None:
-            y = _through_norm(y, z, rows["gain"].to(y.device))
+        y = wanted_update(rows, target)
         self.gram = x.T @ x if self.gram is None else self.gram + x.T @ x
         self.cross = x.T @ y if self.cross is None else self.cross + x.T @ y
         self.before += float((z - y).pow(2).sum())
         self.energy += float(y.pow(2).sum())
         self.tokens += x.shape[0]
+
+
+def wanted_update(rows: dict[str, Any], target: torch.Tensor) -> torch.Tensor:
+    """What the FFN output module before a cut should give so that the stream after it is the
+    dense ``target``: ``target − rest``, through the output norm where one follows
+    (:func:`_through_norm`). ``rows`` as :meth:`LinearHealer._captures` gives them."""
+    x = rows["x"]
+    y = target.to(x.device, x.dtype) - (rows["rest"] if rows["rest"] is not None else 0.0)
+    if rows["gain"] is not None:
+        y = _through_norm(y, rows["z"], rows["gain"].to(y.device, y.dtype))
+    return y
+
+
+def ridge_solver(gram: torch.Tensor, relative: float) -> Any:
+    """``solve(cross, prior)`` for the ridge system (G + λI)·W = XᵀY + λ·W₀, λ = ``relative`` × the
+    mean diagonal of the Gram G: factorised once (Cholesky; LU where G + λI is not positive
+    definite), so that many right-hand sides over the same inputs cost a solve each."""
+    ridge = relative * float(gram.diagonal().mean())
+    matrix = gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    matrix = None if int(info) == 0 else matrix  # kept only for the LU fallback
+
+    def solve(cross: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        rhs = cross + ridge * prior
+        return torch.cholesky_solve(rhs, factor) if matrix is None else torch.linalg.solve(matrix, rhs)
+
+    return solve
 
 
 def _gain(norm: Any, width: int) -> torch.Tensor:

@@ -26,9 +26,20 @@ import torch
 from miprun.collectors.hidden_states import capture_boundaries
 from miprun.errors import MiprunError
 from miprun.models.devices import input_device
-from miprun.models.forwards import checked_blocks, in_block_format, overriding, patched_forwards, skipping
+from miprun.models.forwards import (
+    checked_blocks,
+    in_block_format,
+    overriding,
+    patched_forwards,
+    skipping,
+)
 from miprun.models.layerwise import layerwise_loader
 from miprun.models.sweep import BlockSweep, BoundarySpill, Stream
+
+
+class _Stop(Exception):
+    """Raised by a hook to abandon the rest of a forward pass."""
+
 
 def _as_rows(hidden: torch.Tensor) -> torch.Tensor:
     """Hidden states (batch × tokens × hidden) as float32 CPU rows, one per token."""
@@ -149,7 +160,8 @@ class Prober:
         self._count()
         return torch.cat([_as_rows(hidden) for hidden in captured])
 
-    def output_states(self, skip: Iterable[int] = (), *, reuse_prefix: bool = False) -> torch.Tensor:
+    def output_states(self, skip: Iterable[int] = (), *, reuse_prefix: bool = False,
+                      run_from: int | None = None) -> torch.Tensor:
         """What the language-model head reads — the backbone's last hidden state, after the final
         norm where the architecture has one — at every calibration token with ``skip`` removed,
         float32 on the CPU, shape (n·L, hidden). One forward pass (no LM head).
@@ -158,13 +170,18 @@ class Prober:
             in later calls, replay the blocks before the first removed one instead of running them:
             the same numbers for less compute, at the memory of one hidden state per block and
             calibration token (kept where the model computes).
+        :param run_from: with ``reuse_prefix``, also run block ``run_from`` and every block after it
+            (their forward hooks fire): for callers that change a block before the first removed one.
         """
         if self._loader is not None:
+            if run_from is not None:
+                raise MiprunError("output_states(run_from=...) needs the model in memory, not layer-wise")
             return self.output_states_many([skip], reuse_prefix=reuse_prefix)[0]
         chosen = sorted(set(int(b) for b in skip))
         replay = {}
         if reuse_prefix and self._prefix is not None and chosen:
-            replay = {index: self._replay(index) for index in range(chosen[0])}
+            first = chosen[0] if run_from is None else max(0, min(chosen[0], run_from))
+            replay = {index: self._replay(index) for index in range(first)}
         capture = reuse_prefix and self._prefix is None and not chosen
         outputs: list[list[torch.Tensor]] = [[] for _ in range(self.adapter.num_blocks)] if capture else []
         handles = [self.adapter.blocks[i].register_forward_hook(self._keeper(outputs[i])) for i in range(len(outputs))]
@@ -181,6 +198,36 @@ class Prober:
             self._prefix = outputs
         self._count()
         return torch.cat(captured)
+
+    def run_until(self, last: int) -> None:
+        """One pass of the dense model for the hooks the caller installed on block ``last``: the
+        blocks before it replayed from the kept dense outputs (a ``reuse_prefix`` reference run of
+        :meth:`output_states` must have been made), each batch abandoned once block ``last`` has
+        run. Not counted as a forward pass: only block ``last`` computes."""
+        if self._loader is not None or self._prefix is None:
+            raise MiprunError("run_until needs the dense outputs of a reuse_prefix reference run, in memory")
+
+        def stop(module: Any, args: Any, out: Any) -> None:
+            raise _Stop
+
+        replay = {index: self._replay(index) for index in range(last)}
+        handle = self.adapter.blocks[last].register_forward_hook(stop)  # registered last: runs after the caller's
+        try:
+            with patched_forwards(self.adapter, replay), torch.no_grad():
+                for batch in self._batches():
+                    try:
+                        self.adapter.backbone(input_ids=batch, use_cache=False)
+                    except _Stop:
+                        pass
+        finally:
+            handle.remove()
+
+    def dense_outputs(self, index: int) -> list[torch.Tensor]:
+        """Block ``index``'s dense output kept by a ``reuse_prefix`` reference run of
+        :meth:`output_states`, one tensor per batch (batch × tokens × hidden)."""
+        if self._prefix is None:
+            raise MiprunError("dense_outputs needs a reuse_prefix reference run of output_states first")
+        return self._prefix[index]
 
     def output_states_many(self, skips: Iterable[Iterable[int]], *, reuse_prefix: bool = False) -> list[torch.Tensor]:
         """:meth:`output_states` for several block sets: one forward pass each. A layer-wise model

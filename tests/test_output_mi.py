@@ -126,7 +126,7 @@ def test_output_mi_is_the_estimator_on_the_dense_and_pruned_outputs():
     first = OutputMIScorer(screen="off").score(BoundaryStates([None] * 6), estimator,
                                                context=RunContext(loaded.model, loaded.adapter, ids[:1]))
     assert screened.screen.singles() == pytest.approx(first.singles(), rel=1e-12)
-    assert screened.info == {"samples": 3, "screen_samples": 1}
+    assert screened.info == {"samples": 3, "screen_samples": 1, "healed": False}
     with pytest.raises(MiprunError, match="needs an estimator"):
         OutputMIScorer().score(BoundaryStates([None] * 6), None, context=context)
     with pytest.raises(MiprunError, match="needs the run context"):
@@ -179,7 +179,7 @@ def test_the_mi_prun_method_runs_output_mi_without_collection_and_removes_identi
     assert report["strategies"]["estimator"]["name"] == "gaussian-channel"
     # the report records effective options, defaults included, so it stays exact if a default changes
     assert report["strategies"]["scorer"]["options"] == {"samples": None, "screen": "auto", "batch_size": 4,
-                                                         "reuse_prefix": True, "space": "logits"}
+                                                         "reuse_prefix": True, "space": "logits", "healed": True}
     assert report["strategies"]["estimator"]["options"] == {"normalize": "none", "eps": 1e-12}
     assert result.selection.blocks == [1, 4]
     info = report["selection"]["info"]
@@ -191,8 +191,11 @@ def test_the_mi_prun_method_runs_output_mi_without_collection_and_removes_identi
     assert [row["sequences"] for row in info["decision"]["candidates"]] == [4] * len(info["finalists"])
     # no collection pass (output-mi reads no collected states); passes count the share of sequences
     assert report["collection"] is None and "collect" not in report["timings"]
+    # the default heals, so the scores judged healed sets: one dense pass over 4 held-out healing
+    # sequences for the preview's fits (the blocks run to read a cut's inputs are not passes)
+    assert info["heal_preview"]["fit_sequences"] == 4 and info["heal_preview"]["cuts_fitted"] >= 2
     assert report["evaluations"]["forward_passes"] == pytest.approx((1 + screen.evaluations) / 4
-                                                                    + 1 + len(info["finalists"]))
+                                                                    + 1 + len(info["finalists"]) + 4 / 4)
     assert all(len(row["blocks"]) > 1 for row in report["screen"]["set_table"])
 
 

@@ -26,6 +26,7 @@ from miprun.contracts.protocols import (
     Collector,
     Estimator,
     Healer,
+    HealingPreview,
     PairwiseEstimator,
     Register,
     RegisterArchitecture,
@@ -37,6 +38,6 @@ from miprun.contracts.protocols import (
 
 __all__ = [
     "ArchitectureSpec", "BoundaryStates", "Capabilities", "Collector", "Estimator", "FFNActivations",
-    "GRANULARITIES", "Healer", "NORMALIZE", "NeuronScores", "NeuronSelection", "PairwiseEstimator", "Register",
+    "GRANULARITIES", "Healer", "HealingPreview", "NORMALIZE", "NeuronScores", "NeuronSelection", "PairwiseEstimator", "Register",
     "RegisterArchitecture", "RunContext", "Scorer", "Selection", "Selector", "SpanScores", "Surgeon",
 ]

@@ -41,6 +41,9 @@ class RunContext:
     seed: int = 0
     forward_passes: int = 0
     inputs: Any = None
+    healing: Any = None
+    """A :class:`HealingPreview` of the run's healer when the run heals block sets and its healer
+    offers one (None otherwise): scorers that compare pruned outputs judge the healed model with it."""
 
 
 @runtime_checkable
@@ -130,6 +133,20 @@ class Healer(Protocol):
     def applied(self, model: Any, adapter: Any, blocks: list[int], input_ids: Any) -> Any:
         """A context manager within which the healing :meth:`heal` would fold acts at run time
         (weights untouched), yielding the same summary — for judging candidate sets."""
+
+
+@runtime_checkable
+class HealingPreview(Protocol):
+    """What a healer would make of any block set, cheap enough for a selector's search (a healer
+    may offer one through ``preview(model, adapter, fit_ids, *, context=None)``)."""
+
+    def applied(self, blocks: Any) -> Any:
+        """A context manager within which the model runs as if ``blocks`` were removed and healed
+        (the fits at run time, weights untouched) when the caller skips ``blocks``; it yields the
+        first block whose output the fits change (None when ``blocks`` is empty)."""
+
+    def info(self) -> dict[str, Any]:
+        """What the preview did, for the report (JSON-serialisable)."""
 
 
 class Register(Protocol):

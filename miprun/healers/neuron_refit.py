@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import torch
 
-from miprun.healing import with_ones
+from miprun.healing import ridge_solver, with_ones
 from miprun.models.devices import input_device
 
 
@@ -140,9 +140,7 @@ class NeuronRefitHealer:
             if getattr(down, "bias", None) is not None:
                 prior = torch.cat([prior, down.bias.detach().double().to(prior.device)[None]])
             gram, cross = entry["gram"], entry["cross"]
-            ridge = self.ridge * float(gram.diagonal().mean())
-            eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-            solution = torch.linalg.solve(gram + ridge * eye, cross + ridge * prior)
+            solution = ridge_solver(gram, self.ridge)(cross, prior)
             after = entry["energy"] - 2 * float((solution * cross).sum()) + float((solution * (gram @ solution)).sum())
             fits[layer] = solution
             layers.append({"layer": layer, "kept": len(index),

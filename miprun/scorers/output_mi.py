@@ -134,13 +134,17 @@ class OutputMIScorer:
         centred logits (z ↦ R·z with RᵀR = W_cᵀW_c for the output embedding minus its mean row,
         so ‖R·z‖ = ‖W_c·z‖): distances count as much as they move the logits, at no
         vocabulary-sized cost per token. ``"hidden"`` compares the head's input as it is.
+    :param healed: when the run heals and its healer offers a preview (``context.healing``), score
+        the *healed* pruned output — each set's cuts fitted on healing sequences the scores are not
+        computed on — so that the selection is chosen for the model the run will save; False
+        scores plain removal.
     """
 
     name = "output-mi"
 
     def __init__(
         self, samples: int | None = None, screen: int | str = "auto", batch_size: int = 4,
-        reuse_prefix: bool = True, space: str = "logits",
+        reuse_prefix: bool = True, space: str = "logits", healed: bool = True,
     ) -> None:
         check_choice("space", space, SPACES, self.name)
         if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
@@ -150,6 +154,7 @@ class OutputMIScorer:
         self.batch_size = batch_size
         self.reuse_prefix = reuse_prefix
         self.space = space
+        self.healed = healed
 
     def score(self, states: BoundaryStates | None, estimator: Any | None = None, *, context: Any = None) -> SpanScores:
         """Scores with value = I(Z; Z₋S) in nats for spans and arbitrary block sets, computed when a
@@ -160,18 +165,31 @@ class OutputMIScorer:
             raise MiprunError("scorer 'output-mi' needs an estimator; pass --estimator (e.g. gaussian-channel)")
         prober = Prober.from_context(context, batch_size=self.batch_size, who="scorer 'output-mi'",
                                      samples=self.samples)
+        preview = getattr(context, "healing", None) if self.healed else None
         to_space = logit_isometry(context.model) if self.space == "logits" else None
         used = int(prober.input_ids.shape[0])
         screened = screen_size(self.screen, used)
         screen = None
         if 0 < screened < used:
             screen = self._scores(Prober.from_context(context, batch_size=self.batch_size, samples=screened),
-                                  estimator, to_space, context.adapter.num_blocks)
-        return self._scores(prober, estimator, to_space, context.adapter.num_blocks, screen=screen,
-                            decide=self._racer(prober, estimator, to_space, context),
-                            info={"samples": used, "screen_samples": screened if screen is not None else 0})
+                                  estimator, to_space, context.adapter.num_blocks, preview)
+        return self._scores(prober, estimator, to_space, context.adapter.num_blocks, preview, screen=screen,
+                            decide=self._racer(prober, estimator, to_space, context, preview),
+                            info={"samples": used, "screen_samples": screened if screen is not None else 0,
+                                  "healed": preview is not None})
 
-    def _racer(self, prober: Any, estimator: Any, to_space: torch.Tensor | None, context: Any) -> Any:
+    def _pruned(self, prober: Any, sets: list[tuple[int, ...]], preview: Any) -> list[torch.Tensor]:
+        """The head's input over ``prober``'s sequences with each of ``sets`` removed — healed by
+        ``preview``'s fits when there is one (the blocks before the first one they change replayed)."""
+        if preview is None:
+            return prober.output_states_many(sets, reuse_prefix=self.reuse_prefix)
+        outputs = []
+        for blocks in sets:
+            with preview.applied(blocks) as first:
+                outputs.append(prober.output_states(blocks, reuse_prefix=self.reuse_prefix, run_from=first))
+        return outputs
+
+    def _racer(self, prober: Any, estimator: Any, to_space: torch.Tensor | None, context: Any, preview: Any) -> Any:
         """``decide(sets)`` for :meth:`SpanScores.choose`: race the sets on chunks of
         ``batch_size`` sequences by their per-sequence output MI (:mod:`miprun.racing`)."""
         from miprun.probing import Prober
@@ -188,7 +206,7 @@ class OutputMIScorer:
             local = Prober(context.model, context.adapter, chunk, batch_size=self.batch_size, context=context)
             reference = per_sequence(local.output_states(reuse_prefix=self.reuse_prefix))
             values = {}
-            for blocks, z in zip(alive, local.output_states_many(alive, reuse_prefix=self.reuse_prefix)):
+            for blocks, z in zip(alive, self._pruned(local, alive, preview)):
                 values[blocks] = [estimator.mi_prepared(x, y) for x, y in zip(reference, per_sequence(z))]
             return values
 
@@ -201,7 +219,7 @@ class OutputMIScorer:
 
         return decide
 
-    def _scores(self, prober: Any, estimator: Any, to_space: torch.Tensor | None, num_blocks: int,
+    def _scores(self, prober: Any, estimator: Any, to_space: torch.Tensor | None, num_blocks: int, preview: Any,
                 **extra: Any) -> SpanScores:
         """Lazily computed output-MI scores over the sequences of ``prober``."""
         reference: list[Any] = []
@@ -212,7 +230,7 @@ class OutputMIScorer:
         def compute_sets(sets: list[tuple[int, ...]]) -> list[float]:
             if not reference:
                 reference.append(prepared(prober.output_states(reuse_prefix=self.reuse_prefix)))
-            pruned = prober.output_states_many(sets, reuse_prefix=self.reuse_prefix)
+            pruned = self._pruned(prober, sets, preview)
             return [estimator.mi_prepared(reference[0], prepared(z)) for z in pruned]
 
         return SpanScores(

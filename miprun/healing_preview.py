@@ -1,0 +1,195 @@
+"""Healing previews: what the linear healer would make of any block set, cheap enough for search.
+
+A selector that explores block sets (``set-exchange``) asks for dozens of sets; healing each one as
+:class:`~miprun.healing.LinearHealer` does (a dense pass, then a pass per cut) would cost a pass
+per set. A preview answers the same question from shared work:
+
+* one dense pass over the preview's sequences keeps every block's output (the targets of every cut
+  ``[a, b]`` are the dense stream after block ``b``);
+* the first time a cut starts at block ``a``, block ``a − 1`` alone is run once, on its kept dense
+  input, to read what the fit acts on (its FFN activations), and the Gram matrix is factorised;
+* each cut ``[a, b]`` is then one cross product and one triangular solve.
+
+The fits are the healer's own (same fit kind per family, same ridge, same prior, the output norm
+handled the same way) but each cut is fitted on the *dense* model, as if it were the only one — the
+healer's ``sequential=False`` — where the healer itself fits cuts left to right on the model healed
+so far. Within :meth:`HealPreview.applied` they act at run time through the healer's forward hooks,
+so any forward pass (the scorer's) sees the healed, pruned model. The preview's sequences must be
+other than those the selection judges on: a fit judged on its own tokens rewards fitting more
+(docs/healing.md), so the engine hands it healing sequences that are not calibration sequences.
+
+What is kept: the dense block outputs over the preview's sequences (hidden size × tokens × blocks,
+in the model's dtype) and, within ``cache_bytes``, the most recent blocks' activations, factors
+and fits (least recently used dropped first, recomputed if asked again).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterator
+
+import torch
+
+from miprun.healing import _rows, cuts_of, ridge_solver, wanted_update
+
+
+class HealPreview:
+    """Fits of the linear healer for any cut, from one dense pass over ``fit_ids`` (module docstring).
+
+    :param healer: the :class:`~miprun.healing.LinearHealer` whose fits are previewed.
+    :param fit_ids: the sequences the fits are made on (n × L token ids).
+    :param batch_size: sequences per forward batch (memory only).
+    :param context: the run's context; the preview's passes count as forward passes there.
+    :param cache_bytes: memory for kept activations, factors and fits.
+    """
+
+    def __init__(self, healer: Any, model: Any, adapter: Any, fit_ids: torch.Tensor, *, batch_size: int = 4,
+                 context: Any = None, cache_bytes: int = 2 * 2**30) -> None:
+        from miprun.probing import Prober
+
+        self.healer = healer
+        self.model = model
+        self.adapter = adapter
+        self.fit_ids = fit_ids
+        self.cache_bytes = cache_bytes
+        self._prober = Prober(model, adapter, fit_ids, batch_size=batch_size, context=context)
+        self._dense = False
+        self._cache: OrderedDict[Any, Any] = OrderedDict()
+        self._captured: dict[int, list[dict[str, Any]]] = {}
+        self.fitted: set[tuple[int, int]] = set()
+
+    def info(self) -> dict[str, Any]:
+        """What the preview did: its sequences, tokens, the cuts it fitted and its model calls."""
+        return {"fit_sequences": int(self.fit_ids.shape[0]), "fit": self.healer.fit, "ridge": self.healer.ridge,
+                "sequential": False, "cuts_fitted": len(self.fitted), "passes": self._prober.passes}
+
+    @contextmanager
+    def applied(self, blocks: Any) -> Iterator[int | None]:
+        """Within the ``with`` block, the previewed fit of every cut of ``blocks`` acts at run time.
+        Yields the first block whose output the fits change (``a − 1`` of the first cut ``[a, b]``,
+        0 for a cut at block 0 — the embedding changes), None when ``blocks`` is empty."""
+        cuts = cuts_of(list(blocks))
+        handles: list[Any] = []
+        try:
+            for cut in cuts:
+                kind, solution = self._fit(cut)
+                handles.extend(self.healer.run_time_hooks(self.model, self.adapter, cut, kind, solution))
+            yield max(cuts[0][0] - 1, 0) if cuts else None
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _fit(self, cut: tuple[int, int]) -> tuple[str, torch.Tensor]:
+        """The fit kind and solution of ``cut`` (cached)."""
+        key = ("fit", cut)
+        if key not in self._cache:
+            kind, solve, prior, rows = self._inputs(cut[0])
+            wanted = wanted_update(rows, self._target(cut[1]).to(rows["x"].dtype))
+            solution = solve((rows["x"].T @ wanted).double(), prior)
+            self._keep(key, (kind, solution))
+            self.fitted.add(cut)
+        self._cache.move_to_end(key)
+        return self._cache[key]
+
+    def _target(self, last: int) -> torch.Tensor:
+        """The dense stream after block ``last`` over the preview's tokens (float64 rows)."""
+        self._ensure_dense()
+        return torch.cat([_rows(hidden) for hidden in self._prober.dense_outputs(last)]).cpu()
+
+    def _ensure_dense(self) -> None:
+        """The dense pass: every block's output kept; what every block's cuts read captured in the
+        same pass when it fits in ``cache_bytes`` (read later, one block run each, otherwise)."""
+        if self._dense:
+            return
+        room = [self.cache_bytes]
+        with ExitStack() as stack:
+            for first in range(self.adapter.num_blocks):
+                stack.enter_context(self._reading(first, self._captured.setdefault(first, []), room))
+            self._prober.output_states(reuse_prefix=True)  # keeps every block's dense output
+        self._dense = True
+
+    @contextmanager
+    def _reading(self, first: int, batches: list[Any], room: list[int] | None = None) -> Iterator[None]:
+        """Hooks appending to ``batches``, per forward batch, what cuts starting at block ``first``
+        read (float32 CPU rows): ``x`` what the fit acts on, ``rest`` the stream entering the cut
+        less block ``first − 1``'s FFN addition, ``z`` and ``gain`` where an output norm follows.
+        With ``room`` (bytes left, shared by several readers) a reader that would overflow it gives
+        its rows back and stops: ``batches`` is then left empty (None as its first item)."""
+        kind = self.healer.kind_of(self.adapter, (first, first))
+
+        def keep(rows: dict[str, Any]) -> None:
+            if batches[:1] == [None]:
+                return
+            kept = {name: value.float().cpu() if isinstance(value, torch.Tensor) else value
+                    for name, value in rows.items() if name != "z" or rows.get("gain") is not None}
+            if room is not None:
+                room[0] -= _bytes(kept)
+                if room[0] < 0:
+                    room[0] += _bytes(kept) + sum(_bytes(b) for b in batches)
+                    batches[:] = [None]
+                    return
+            batches.append(kept)
+
+        if first == 0:
+            def take_input(module: Any, args: Any, kwargs: Any) -> None:
+                keep({"x": _rows(args[0] if args else kwargs["hidden_states"]), "gain": None, "rest": None})
+            handle = self.adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True)
+            try:
+                yield
+            finally:
+                handle.remove()
+            return
+
+        pending: dict[str, Any] = {}
+
+        def take_rest(module: Any, args: Any, out: Any) -> None:
+            hidden = out[0] if isinstance(out, (tuple, list)) else out
+            keep({**pending, "rest": _rows(hidden) - pending.pop("added")})
+
+        handle = self.adapter.blocks[first - 1].register_forward_hook(take_rest)
+        try:
+            with self.healer.ffn_hooks(self.adapter, first - 1, kind, pending.update):
+                yield
+        finally:
+            handle.remove()
+
+    def _inputs(self, first: int) -> tuple[str, Any, torch.Tensor, dict[str, Any]]:
+        """For cuts starting at block ``first``: the fit kind, the factorised ridge system, its prior
+        (the weights the fit shrinks toward) and the rows the fit reads (:meth:`_reading`), captured
+        in the dense pass or read by one run of block ``first − 1`` on its kept dense input."""
+        key = ("inputs", first)
+        if key not in self._cache:
+            self._ensure_dense()
+            batches = self._captured.pop(first, None)
+            if not batches or batches[0] is None:
+                batches = []
+                with self._reading(first, batches):
+                    self._prober.run_until(max(first - 1, 0))
+            rows = {name: None if batches[0].get(name) is None else torch.cat([b[name] for b in batches])
+                    for name in ("x", "z", "rest")}
+            rows["gain"] = batches[0]["gain"]
+            kind = self.healer.kind_of(self.adapter, (first, first))
+            gram = (rows["x"].T @ rows["x"]).double()  # float32 products: a preview; the ridge bounds the conditioning
+            prior = self.healer.prior(self.adapter, (first, first), kind, gram)
+            self._keep(key, (kind, ridge_solver(gram, self.healer.ridge), prior, rows))
+        self._cache.move_to_end(key)
+        return self._cache[key]
+
+    def _keep(self, key: Any, value: Any) -> None:
+        """Cache ``value``, dropping the least recently used entries beyond ``cache_bytes``."""
+        self._cache[key] = value
+        while len(self._cache) > 1 and sum(_bytes(v) for v in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+
+
+def _bytes(value: Any) -> int:
+    """Bytes held by the tensors in ``value`` (tuples, dicts and solver closures included)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_bytes(v) for v in value.values())
+    if isinstance(value, (tuple, list)):
+        return sum(_bytes(v) for v in value)
+    cells = getattr(value, "__closure__", None) or ()
+    return sum(_bytes(cell.cell_contents) for cell in cells)
