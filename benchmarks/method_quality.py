@@ -17,7 +17,9 @@ adds options.
 
 ``--heal none,linear`` evaluates every selection plain and healed by each named healer (fitted on
 ``--heal-samples`` sequences of the calibration source, seed 0, as ``miprun run`` does), so each row
-carries a plain and a healed figure per text. A selector that records its ``removal_order`` (SLEB)
+carries a plain and a healed figure per text. A method whose scorer judges healed block sets (the
+default's ``output-mi``) gets its healed figures from its own heal-aware selection, healed — what
+``miprun run`` saves — and the row records the blocks it chose (``healed_blocks``). A selector that records its ``removal_order`` (SLEB)
 runs once, at the largest N, and the smaller depths take prefixes of its order (the same greedy
 steps).
 
@@ -69,15 +71,22 @@ def python_code_corpus(directory: Path) -> Path:
     return path
 
 
-def plan_for(spec: str) -> tuple[str, Any]:
-    """``LABEL=METHOD;KIND.KEY=VALUE`` → (label, resolved plan)."""
+def plan_for(spec: str, healer: str = "none") -> tuple[str, Any]:
+    """``LABEL=METHOD;KIND.KEY=VALUE`` → (label, resolved plan with ``healer``)."""
     label, _, rest = spec.partition("=")
     method, *option_items = (rest or label).split(";")
     options = parse_options(option_items)
     named = NAMED.get(method)
     if named is not None:
-        return label, resolve_plan(options=options, healer="none", **named)
-    return label, resolve_plan(method=method, options=options, healer="none")
+        return label, resolve_plan(options=options, healer=healer, **named)
+    return label, resolve_plan(method=method, options=options, healer=healer)
+
+
+def chooses_for_healing(plan: Any) -> bool:
+    """Whether ``plan``'s scorer judges healed block sets when the run heals (``output-mi``'s
+    ``healed`` option): its healed column then comes from its own heal-aware selection."""
+    scorer = plan.build(get_registry()).get("scorer")
+    return bool(getattr(scorer, "healed", False))
 
 
 def main() -> None:
@@ -107,7 +116,8 @@ def main() -> None:
     result: dict[str, Any] = {"args": vars(args), "code_modules": CODE_MODULES, "dense": evaluate(loaded.model, loaded.tokenizer),
                               "rows": []}
     print(f"dense perplexity: {result['dense']}", flush=True)
-    specs = [plan_for(spec) for spec in args.methods.split(",")]
+    methods = args.methods.split(",")
+    specs = [plan_for(spec) for spec in methods]
     measured: dict[tuple[Any, ...], dict[str, float]] = {}  # the same blocks removed (and healed) give the same model
     depths = sorted((int(x) for x in args.prune.split(",")), reverse=True)
     for source in args.calib.split(","):
@@ -120,7 +130,7 @@ def main() -> None:
         plain_forward_seconds(loaded, calib.input_ids[:1], 1)  # warm-up
         floor = plain_forward_seconds(loaded, calib.input_ids, 4)
         print(f"\ncalibration {source} {args.num_samples}x{args.seq_len}; plain forward {floor:.2f} s", flush=True)
-        for label, plan in specs:
+        for spec, (label, plan) in zip(methods, specs):
             order: list[int] | None = None  # a greedy selector's removal order, reused for smaller N
             for n in depths:
                 working = copy.deepcopy(loaded)
@@ -139,13 +149,24 @@ def main() -> None:
                     order = outcome.selection.info.get("removal_order")
                 row = {"calib": source, "n": n, "method": label, "plan": plan.names, "blocks": list(blocks),
                        "seconds": round(seconds, 2), "ratio_to_forward": round(seconds / floor, 2),
-                       "forward_passes": round(passes, 3), "perplexity": {}, "heal_seconds": {}}
+                       "forward_passes": round(passes, 3), "perplexity": {}, "heal_seconds": {}, "healed_blocks": {}}
                 for heal in heals:
                     if heal != "none" and not removal:
                         continue  # a merging surgeon (LaCo) is not healed
                     key = (blocks, heal) if removal else None
                     figures = measured.get(key) if key else None
-                    if figures is None:
+                    healed_plan = plan_for(spec, heal)[1] if heal != "none" else None
+                    if healed_plan is not None and chooses_for_healing(healed_plan):
+                        aware = copy.deepcopy(loaded)  # selected for the healed model, then healed, as `miprun run` does
+                        timings = {}
+                        outcome = execute(healed_plan, aware.model, aware.adapter, calib.input_ids, count=n,
+                                          tokenizer=loaded.tokenizer, timings=timings, heal_ids=heal_ids)
+                        row["healed_blocks"][heal] = sorted(int(b) for b in outcome.selection.blocks)
+                        row["heal_seconds"][heal] = round(timings["heal"], 1)
+                        row.setdefault("heal_aware_select_seconds", {})[heal] = round(timings["select"], 1)
+                        figures = evaluate(aware.model, loaded.tokenizer)
+                        del aware
+                    elif figures is None:
                         if heal == "none":
                             model = working.model
                         else:
@@ -162,7 +183,8 @@ def main() -> None:
                 result["rows"].append(row)
                 print(f"{source:<10}{n:>3}  {label:<28}{row['ratio_to_forward']:>7.2f}x  "
                       + "  ".join(f"{heal}: " + " ".join(f"{k} {v:>8.2f}" for k, v in figures.items())
-                                  for heal, figures in row["perplexity"].items()) + f"  {row['blocks']}", flush=True)
+                                  for heal, figures in row["perplexity"].items()) + f"  {row['blocks']}"
+                      + "".join(f"  {heal} chose {b}" for heal, b in row["healed_blocks"].items()), flush=True)
                 if args.json:
                     Path(args.json).write_text(json.dumps(result, indent=2))
                 del working
