@@ -1,0 +1,117 @@
+"""Healing previews (miprun.healing_preview) and the heal-aware selection they give the default."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build_tiny
+
+import miprun
+from miprun.engine import _preview
+from miprun.healing import LinearHealer
+from miprun.probing import Prober
+
+FIT = torch.randint(4, 80, (12, 12), generator=torch.Generator().manual_seed(31))
+JUDGE = torch.randint(4, 80, (4, 12), generator=torch.Generator().manual_seed(32))
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma2", "gpt2", "mixtral"])
+def test_a_preview_heals_a_block_set_as_the_healer_does_with_independent_fits(architecture):
+    """The preview's run-time fits give the pruned model the output the healer's own independent
+    fits (``sequential=False``, folded nowhere) give it — a refit, Gemma's refit through the norm,
+    GPT-2's Conv1D with its bias, Mixtral's map — for a cut at block 0 and one inside."""
+    loaded = build_tiny(architecture, layers=6, seed=33)
+    healer = LinearHealer(sequential=False)
+    blocks = [0, 3, 4]
+    judge = Prober(loaded.model, loaded.adapter, JUDGE)
+    with healer.applied(loaded.model, loaded.adapter, blocks, FIT):
+        expected = judge.output_states(blocks)
+    plain = judge.output_states(blocks)
+    preview = healer.preview(loaded.model, loaded.adapter, FIT)
+    with preview.applied(blocks) as first:
+        got = judge.output_states(blocks)
+    assert first == 0  # the cut at block 0 changes the embedding: every block runs
+    scale = float((expected - plain).abs().max())
+    assert scale > 1e-3  # healing changes the output, so the comparison means something
+    torch.testing.assert_close(got, expected, atol=1e-4 * scale, rtol=1e-4)
+    info = preview.info()
+    assert info["cuts_fitted"] == 2 and info["fit_sequences"] == 12 and info["sequential"] is False
+
+
+def test_fits_read_in_the_dense_pass_equal_those_read_by_running_one_block_later():
+    """With no memory to keep every block's inputs from the dense pass, a cut's inputs are read by
+    running its block alone on the kept dense input: the same fits."""
+    loaded = build_tiny("llama", layers=6, seed=34)
+    healer = LinearHealer()
+    roomy = healer.preview(loaded.model, loaded.adapter, FIT)
+    tight = healer.preview(loaded.model, loaded.adapter, FIT)
+    tight.cache_bytes = 0
+    for cut in [(2, 3), (2, 4), (5, 5), (0, 1)]:
+        torch.testing.assert_close(roomy._fit(cut)[1], tight._fit(cut)[1], atol=1e-9, rtol=1e-7)
+    assert roomy._prober.passes == tight._prober.passes == 1  # one dense pass each; block runs are not passes
+
+
+def test_run_from_replays_only_the_blocks_before_it():
+    """``output_states(..., reuse_prefix=True, run_from=k)`` runs block k (its hooks fire) and gives
+    the output a full run gives."""
+    loaded = build_tiny("llama", layers=6, seed=35)
+    prober = Prober(loaded.model, loaded.adapter, JUDGE)
+    prober.output_states(reuse_prefix=True)
+    preview = LinearHealer().preview(loaded.model, loaded.adapter, FIT)
+    with preview.applied([3, 4]) as first:
+        assert first == 2
+        reused = prober.output_states([3, 4], reuse_prefix=True, run_from=first)
+        full = Prober(loaded.model, loaded.adapter, JUDGE).output_states([3, 4])
+        stale = prober.output_states([3, 4], reuse_prefix=True)  # block 2 replayed: its fit never acts
+    torch.testing.assert_close(reused, full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(stale, full, atol=1e-4)
+
+
+def test_the_engine_fits_the_preview_on_healing_sequences_the_selection_does_not_judge():
+    loaded = build_tiny("llama", layers=4, seed=36)
+    heal_ids = torch.cat([JUDGE, FIT])  # the first healing sequences are the calibration ones, as in a run
+
+    class Plan:
+        granularity = "block"
+
+    preview = _preview(LinearHealer(), Plan(), loaded.model, loaded.adapter, JUDGE, heal_ids, None, None)
+    assert torch.equal(preview.fit_ids, FIT[: JUDGE.shape[0]])  # as many as the calibration, none of them
+    assert _preview(LinearHealer(), Plan(), loaded.model, loaded.adapter, JUDGE, JUDGE, None, None) is None
+
+
+def _linear_in_the_ffn_before(loaded, block: int, scale: float = 8.0) -> None:
+    """Make block ``block`` add ``added·(Q − I)``, ``added`` what block ``block − 1``'s FFN added
+    (made ``scale`` times larger) and ``Q`` orthogonal: removing the block loses a large update that a
+    refit of block ``block − 1``'s down projection restores exactly. The block's own ``forward`` is
+    replaced (an instance attribute), so skipping it removes the whole effect."""
+    width = loaded.model.config.hidden_size
+    q, _ = torch.linalg.qr(torch.randn(width, width, generator=torch.Generator().manual_seed(3)))
+    down = loaded.adapter.blocks[block - 1].mlp.down_proj
+    with torch.no_grad():
+        down.weight.mul_(scale)
+    added = {}
+    down.register_forward_hook(lambda m, a, out: added.update(value=out))
+    target = loaded.adapter.blocks[block]
+    original = target.forward
+
+    def forward(hidden_states, *args, **kwargs):
+        out = original(hidden_states, *args, **kwargs)
+        new = hidden_states + added["value"] @ (q - torch.eye(width))
+        return (new, *out[1:]) if isinstance(out, tuple) else new
+
+    target.forward = forward
+
+
+def test_the_default_chooses_the_block_whose_removal_heals_exactly(text_file):
+    """Block 3 adds a linear function of what block 2's FFN added, so its removal heals exactly but
+    costs more than another block's when nothing heals. The default selection, which judges the healed model,
+    removes it; told to judge plain removal (``-o scorer.healed=false``), it removes another."""
+    common = dict(n=1, calib=str(text_file), num_samples=4, seq_len=16, save=False, check=False)
+    models = [build_tiny("llama", layers=5, seed=37) for _ in range(2)]  # a run edits its model
+    for loaded in models:
+        _linear_in_the_ffn_before(loaded, 3)
+    plain = miprun.prune(models[0], options={"scorer": {"healed": False}}, heal="none", **common)
+    healed = miprun.prune(models[1], **common)
+    assert plain.selection.blocks != [3] and healed.selection.blocks == [3]
+    preview = healed.report["selection"]["info"]["heal_preview"]
+    assert preview["cuts_fitted"] >= 4 and preview["fit_sequences"] == 4
