@@ -46,7 +46,7 @@ from pipeline_cost import (
 
 from miprun.contracts import Selection
 from miprun.data.calibration import load_calibration
-from miprun.engine import execute
+from miprun.engine import execute, judges_healed
 from miprun.evaluation.perplexity import perplexity
 from miprun.models.loading import load_model
 from miprun.options import parse_options
@@ -81,12 +81,6 @@ def plan_for(spec: str, healer: str = "none") -> tuple[str, Any]:
         return label, resolve_plan(options=options, healer=healer, **named)
     return label, resolve_plan(method=method, options=options, healer=healer)
 
-
-def chooses_for_healing(plan: Any) -> bool:
-    """Whether ``plan``'s scorer judges healed block sets when the run heals (``output-mi``'s
-    ``healed`` option): its healed column then comes from its own heal-aware selection."""
-    scorer = plan.build(get_registry()).get("scorer")
-    return bool(getattr(scorer, "healed", False))
 
 
 def main() -> None:
@@ -156,7 +150,7 @@ def main() -> None:
                     key = (blocks, heal) if removal else None
                     figures = measured.get(key) if key else None
                     healed_plan = plan_for(spec, heal)[1] if heal != "none" else None
-                    if healed_plan is not None and chooses_for_healing(healed_plan):
+                    if healed_plan is not None and judges_healed(healed_plan.build(get_registry())):
                         aware = copy.deepcopy(loaded)  # selected for the healed model, then healed, as `miprun run` does
                         timings = {}
                         outcome = execute(healed_plan, aware.model, aware.adapter, calib.input_ids, count=n,

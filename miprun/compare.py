@@ -126,7 +126,7 @@ def compare(
     import torch
 
     from miprun.data.calibration import load_calibration
-    from miprun.engine import Collections, execute, healer_refusal
+    from miprun.engine import Collections, execute, healer_refusal, judges_healed
     from miprun.evaluation import evaluate
     from miprun.granularity import blocks_to_remove
     from miprun.models.adapters import adapter_for
@@ -263,7 +263,11 @@ def compare(
                 log(f"{spec.name} -{n}: not healed: {skipped}")
             elif healer is not None:
                 with stage(f"{spec.name}+heal -{n}", {}, reporter):
-                    rows.append(_healed_row(row, outcome, strategies, healer, loaded, heal_ids, run_eval))
+                    if judges_healed(strategies):  # the healed row is the run's own: selected for healing
+                        rows.append(_heal_aware_row(row, plan, n, healer, loaded, input_ids, heal_ids, seed,
+                                                    registry, run_eval))
+                    else:
+                        rows.append(_healed_row(row, outcome, strategies, healer, loaded, heal_ids, run_eval))
                 log(f"{rows[-1]['method']} -{n}: {_brief(rows[-1])}")
                 if on_row is not None:
                     on_row(report(False))
@@ -305,6 +309,40 @@ def _healed_row(row: dict[str, Any], outcome: Any, strategies: dict[str, Any], h
                  "heal_seconds": round(seconds, 3)},
         "healing": summary,
         "parameters": surgery.get("parameters_after"),
+    }
+
+
+def _heal_aware_row(row: dict[str, Any], plan: Any, n: int, healer: Any, loaded: Any, input_ids: Any, heal_ids: Any,
+                    seed: int, registry: Any, run_eval: Callable[[Any, Any], dict[str, Any]]) -> dict[str, Any]:
+    """The healed row of a method whose scorer judges healed sets: the run ``miprun run`` makes —
+    selected for the healed model, healed, removed — on a fresh copy; ``plain_blocks`` keeps the
+    plain row's selection beside it."""
+    import torch
+
+    from miprun.engine import execute
+    from miprun.models.adapters import adapter_for
+
+    release_freed_memory()
+    healed = copy.deepcopy(loaded.model)
+    adapter = adapter_for(healed)
+    torch.manual_seed(seed)
+    timings: dict[str, float] = {}
+    outcome = execute(plan, healed, adapter, input_ids, count=n, tokenizer=loaded.tokenizer, seed=seed,
+                      strategies={**plan.build(registry), "healer": healer}, registry=registry, timings=timings,
+                      heal_ids=heal_ids)
+    evaluation = run_eval(healed, adapter)
+    return {
+        **row,
+        "method": f"{row['method']}+heal",
+        "blocks": sorted(int(b) for b in outcome.selection.blocks),
+        "plain_blocks": row["blocks"],
+        **_evaluation_fields(evaluation),
+        "cost": {**row["cost"], "seconds": round(outcome.seconds, 3), "forward_passes": outcome.forward_passes,
+                 "heal_seconds": round(timings["heal"], 3)},
+        "selection": _json_safe({k: v for k, v in outcome.selection.info.items()
+                                 if isinstance(v, (int, float, str, bool, list, dict)) or v is None}),
+        "healing": outcome.surgery.get("healing"),
+        "parameters": outcome.surgery.get("parameters_after"),
     }
 
 

@@ -178,6 +178,12 @@ def execute(
     )
 
 
+def judges_healed(strategies: dict[str, Any]) -> bool:
+    """Whether a plan's scorer judges healed block sets when the run heals (``output-mi``'s
+    ``healed`` option, on by default): a healed run then selects differently from a plain one."""
+    return bool(getattr(strategies.get("scorer"), "healed", False))
+
+
 def _preview(healer: Any, plan: Any, model: Any, adapter: Any, input_ids: Any, heal_ids: Any, context: Any,
              reporter: Reporter) -> Any:
     """The healer's preview for scoring healed block sets (:class:`~miprun.contracts.HealingPreview`),

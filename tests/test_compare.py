@@ -155,6 +155,24 @@ def test_combinations_compare_any_registered_strategies_like_named_methods(text_
                for m in ("shortgpt", "block-influence+greedy", "block-mi:renyi+fast-block-select", "angular"))
 
 
+def test_the_healed_row_of_a_heal_aware_method_is_the_run_miprun_run_makes(text_file):
+    """The default (mi-prun) judges healed sets: its healed row is selected for the healed model and
+    healed — the same blocks and perplexity as ``miprun.prune`` with its default healing — with the
+    plain row's selection kept beside it."""
+    from miprun.evaluation.perplexity import perplexity
+
+    common = dict(calib=str(text_file), num_samples=4, seq_len=16, heal_samples=12)
+    report = compare(build_tiny("llama", layers=6, seed=3), prune=2, methods="mi-prun", ppl=(str(text_file),),
+                     eval_seq_len=16, eval_max_windows=3, heal="linear", **common)
+    rows = {r["method"]: r for r in report["rows"]}
+    healed, plain = rows["mi-prun+heal"], rows["mi-prun"]
+    assert healed["plain_blocks"] == plain["blocks"] and healed["selection"]["heal_preview"]["cuts_fitted"] > 0
+    run = miprun.prune(build_tiny("llama", layers=6, seed=3), n=2, method="mi-prun", save=False, check=False, **common)
+    assert healed["blocks"] == run.selection.blocks
+    expected = perplexity(run.model, run.tokenizer, str(text_file), seq_len=16, max_windows=3).perplexity
+    assert healed["perplexity"][str(text_file)] == pytest.approx(expected, rel=1e-9)
+
+
 def test_compare_heal_adds_a_healed_row_beside_each_method_that_removes_blocks(text_file, tmp_path):
     from miprun.contracts import Selection
     from miprun.data.calibration import load_calibration

@@ -28,6 +28,13 @@ default) for selectors that explore — single-block rankings are as good there 
 beyond sampling noise (:mod:`miprun.racing`); ``set-exchange`` uses both, which brings the
 default pipeline to about three plain forward passes at 6 of 30 blocks (docs/estimators.md).
 Any set can be scored (:attr:`SpanScores.supports_sets`).
+
+**Healed scores.** When the run heals (the default) and its healer offers a preview
+(``context.healing``, :mod:`miprun.healing_preview`), Z₋S is the output of the model with S removed
+*and healed*: each cut's fit, made on healing sequences the scores are not computed on, acts at run
+time while the pruned model runs. The selection is then chosen for the model the run saves, not for
+plain removal, which heals differently (one contiguous cut heals better than several;
+docs/healing.md). ``healed=False`` scores plain removal.
 """
 
 from __future__ import annotations
