@@ -47,6 +47,14 @@ from typing import Any, Iterator
 import torch
 
 from miprun.errors import MiprunError
+from miprun.healing_fit import (
+    check_embedding,
+    cuts_of,
+    fit_rows,
+    ridge_solver,
+    wanted_update,
+    with_ones,
+)
 from miprun.models.adapters import ffn_output_modules
 from miprun.models.devices import input_device, input_embedding
 from miprun.models.layerwise import editable_block, layerwise_loader
@@ -58,29 +66,8 @@ class _Stop(Exception):
     """Raised by a hook once the states a fit needs are captured: the rest of the pass is skipped."""
 
 
-def cuts_of(blocks: list[int]) -> list[tuple[int, int]]:
-    """Maximal runs ``(first, last)`` of the sorted removed ``blocks``."""
-    runs: list[tuple[int, int]] = []
-    for b in sorted(blocks):
-        if runs and runs[-1][1] == b - 1:
-            runs[-1] = (runs[-1][0], b)
-        else:
-            runs.append((b, b))
-    return runs
-
-
 def _out(value: Any) -> torch.Tensor:
     return value[0] if isinstance(value, (tuple, list)) else value
-
-
-def _rows(hidden: torch.Tensor) -> torch.Tensor:
-    """Every token but the first of each sequence, as float64 rows."""
-    return hidden[:, 1:].reshape(-1, hidden.shape[-1]).double()
-
-
-def with_ones(rows: torch.Tensor) -> torch.Tensor:
-    """``rows`` with a column of ones appended: the input a fitted bias row multiplies."""
-    return torch.cat([rows, rows.new_ones(*rows.shape[:-1], 1)], -1)
 
 
 POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
@@ -175,7 +162,7 @@ class LinearHealer:
         check_healable(adapter)
         cuts = cuts_of(blocks)
         if cuts and cuts[0][0] == 0:
-            _check_embedding(model)
+            check_embedding(model)
         summary: dict[str, Any] = {"fit": self.fit, "ridge": self.ridge, "tokens": 0, "cuts": []}
         if not cuts:
             summary["sequential"] = self.sequential
@@ -270,7 +257,7 @@ class LinearHealer:
 
         def keep(boundary: int) -> None:
             if boundary in ends:
-                targets[ends[boundary]] = [_rows(hidden).cpu() for hidden in stream.states]
+                targets[ends[boundary]] = [fit_rows(hidden).cpu() for hidden in stream.states]
 
         sweep.run([stream], on_boundary=keep, until=max(ends))
         return targets
@@ -287,20 +274,20 @@ class LinearHealer:
         with ExitStack() as stack, torch.no_grad():
             if cut[0] == 0:
                 def take_input(module, args, kwargs):
-                    rows = _rows(args[0] if args else kwargs["hidden_states"])
+                    rows = fit_rows(args[0] if args else kwargs["hidden_states"])
                     current.update(x=rows, z=rows, added=rows, gain=None, rest=None)
                 stack.callback(adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True).remove)
             else:
                 stack.enter_context(self.ffn_hooks(adapter, cut[0] - 1, kind, current.update))
 
                 def take_rest(module, args, out):
-                    current["rest"] = _rows(_out(out)) - current["added"]
+                    current["rest"] = fit_rows(_out(out)) - current["added"]
                 stack.callback(adapter.blocks[cut[0] - 1].register_forward_hook(take_rest).remove)
             stack.callback(adapter.blocks[cut[1]].register_forward_hook(
-                lambda m, a, out: normal.add(current, _rows(_out(out)))).remove)
+                lambda m, a, out: normal.add(current, fit_rows(_out(out)))).remove)
             for later in cuts[1:]:
                 stack.callback(adapter.blocks[later[1]].register_forward_hook(
-                    lambda m, a, out, later=later: targets[later].append(_rows(_out(out)).cpu())).remove)
+                    lambda m, a, out, later=later: targets[later].append(fit_rows(_out(out)).cpu())).remove)
 
             def stop(module, args, out):
                 raise _Stop
@@ -328,7 +315,7 @@ class LinearHealer:
         with ExitStack() as stack, torch.no_grad():
             if first == 0:  # the map acts on the embedding output: block 0's input
                 def take_input(module, args, kwargs):
-                    rows = _rows(args[0] if args else kwargs["hidden_states"])
+                    rows = fit_rows(args[0] if args else kwargs["hidden_states"])
                     captured.update(x=rows, z=rows, added=rows, gain=None, rest=None)
                     raise _Stop
                 hook = adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True)
@@ -336,7 +323,7 @@ class LinearHealer:
                 stack.enter_context(self.ffn_hooks(adapter, first - 1, kind, captured.update))
 
                 def take_output(module, args, out):
-                    captured["rest"] = _rows(_out(out)) - captured["added"]
+                    captured["rest"] = fit_rows(_out(out)) - captured["added"]
                     raise _Stop
                 hook = adapter.blocks[first - 1].register_forward_hook(take_output)
             stack.callback(hook.remove)
@@ -355,7 +342,7 @@ class LinearHealer:
         sweep = BlockSweep(adapter, loader, input_ids, self.batch_size, input_device(adapter.model))
         if first == 0:
             for hidden in sweep.inputs:
-                rows = _rows(hidden)
+                rows = fit_rows(hidden)
                 yield {"x": rows, "z": rows, "added": rows, "gain": None, "rest": None}
             return
         stream = Stream(frozenset(earlier))
@@ -363,7 +350,7 @@ class LinearHealer:
         with self.ffn_hooks(adapter, first - 1, kind, lambda rows: captured.append(rows)):
             sweep.run([stream], until=first)
         for rows, hidden in zip(captured, stream.states):
-            yield {**rows, "rest": _rows(hidden) - rows["added"]}
+            yield {**rows, "rest": fit_rows(hidden) - rows["added"]}
 
     @contextmanager
     def ffn_hooks(self, adapter: Any, index: int, kind: str, take: Any) -> Iterator[None]:
@@ -375,7 +362,7 @@ class LinearHealer:
         shape: list[int] = []
 
         def tokens(value: torch.Tensor) -> torch.Tensor:
-            return _rows(value.reshape(*shape, value.shape[-1]))
+            return fit_rows(value.reshape(*shape, value.shape[-1]))
 
         def on_block(module, args, kwargs):
             shape[:] = (args[0] if args else kwargs["hidden_states"]).shape[:2]
@@ -439,7 +426,7 @@ class _Normal:
     """One cut's fit, accumulated batch by batch (float64 on the model's device): ``gram`` XᵀX,
     ``cross`` XᵀY, ``before`` the plain removal's ‖Z − Y‖², ``energy`` ‖Y‖² and ``tokens``. X is
     what the fit acts on, Z what the FFN output module gives as it is, Y what it should give: the
-    wanted update ``target − rest``, through :func:`_through_norm` when an output norm follows."""
+    wanted update ``target − rest``, through :func:`through_norm` when an output norm follows."""
 
     def __init__(self) -> None:
         self.gram: torch.Tensor | None = None
@@ -459,51 +446,12 @@ class _Normal:
         self.tokens += x.shape[0]
 
 
-def wanted_update(rows: dict[str, Any], target: torch.Tensor) -> torch.Tensor:
-    """What the FFN output module before a cut should give so that the stream after it is the
-    dense ``target``: ``target − rest``, through the output norm where one follows
-    (:func:`_through_norm`). ``rows`` as :meth:`LinearHealer._captures` gives them."""
-    x = rows["x"]
-    y = target.to(x.device, x.dtype) - (rows["rest"] if rows["rest"] is not None else 0.0)
-    if rows["gain"] is not None:
-        y = _through_norm(y, rows["z"], rows["gain"].to(y.device, y.dtype))
-    return y
-
-
-def ridge_solver(gram: torch.Tensor, relative: float) -> Any:
-    """``solve(cross, prior)`` for the ridge system (G + λI)·W = XᵀY + λ·W₀, λ = ``relative`` × the
-    mean diagonal of the Gram G: factorised once (Cholesky; LU where G + λI is not positive
-    definite), so that many right-hand sides over the same inputs cost a solve each."""
-    ridge = relative * float(gram.diagonal().mean())
-    matrix = gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    factor, info = torch.linalg.cholesky_ex(matrix)
-    matrix = None if int(info) == 0 else matrix  # kept only for the LU fallback
-
-    def solve(cross: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        rhs = cross + ridge * prior
-        return torch.cholesky_solve(rhs, factor) if matrix is None else torch.linalg.solve(matrix, rhs)
-
-    return solve
-
-
 def _gain(norm: Any, width: int) -> torch.Tensor:
     """A norm's per-channel gain, read as its output for a vector of ones (float64; ``forward``
     itself, so that no hook on the norm sees the probe)."""
     weight = next(norm.parameters())
     with torch.no_grad():
         return norm.forward(torch.ones(1, width, dtype=weight.dtype, device=weight.device))[0].double()
-
-
-def _through_norm(y: torch.Tensor, z: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
-    """The pre-norm target for a wanted post-norm output ``y``: ``y / g`` (``g`` the norm's
-    per-channel gain), rescaled per token to the length ``z`` (the pre-norm output as it is) has,
-    so the ridge keeps its meaning. A norm of the RMS kind maps it to ``y``'s direction; channels
-    with no gain get no target."""
-    safe = torch.where(gain.abs() > 1e-12, gain, torch.ones_like(gain))
-    direction = torch.where(gain.abs() > 1e-12, y / safe, torch.zeros_like(y))
-    length = direction.norm(dim=-1, keepdim=True)
-    scale = torch.where(length > 0, z.norm(dim=-1, keepdim=True) / length.clamp_min(1e-300), torch.zeros_like(length))
-    return direction * scale
 
 
 def _replace_projection(down: Any, solution: torch.Tensor) -> None:
@@ -541,15 +489,6 @@ def _embedding_tables(model: Any) -> list[Any]:
         if name.rpartition(".")[2] in POSITION_TABLES and isinstance(module, torch.nn.Embedding):
             tables.append(module)
     return tables
-
-
-def _check_embedding(model: Any) -> None:
-    """Refuse a cut at block 0 when the embedding tables do not produce the stream directly."""
-    embedding = input_embedding(model)
-    width = getattr(model.config, "hidden_size", None)
-    if embedding is None or (width is not None and embedding.weight.shape[-1] != width):
-        raise MiprunError("the cut starts at block 0 and the token embedding does not produce the stream directly "
-                          "(it is projected first), so no map can be folded into it; keep block 0 or run with --heal none")
 
 
 def heal_aware_choice(healer: LinearHealer, model: Any, adapter: Any, candidates: list[list[int]],

@@ -31,7 +31,14 @@ from typing import Any, Iterator
 
 import torch
 
-from miprun.healing import _rows, cuts_of, ridge_solver, wanted_update
+from miprun.errors import MiprunError
+from miprun.healing_fit import (
+    check_embedding,
+    cuts_of,
+    fit_rows,
+    ridge_solver,
+    wanted_update,
+)
 
 
 class HealPreview:
@@ -41,7 +48,8 @@ class HealPreview:
     :param fit_ids: the sequences the fits are made on (n × L token ids).
     :param batch_size: sequences per forward batch (memory only).
     :param context: the run's context; the preview's passes count as forward passes there.
-    :param cache_bytes: memory for kept activations, factors and fits.
+    :param cache_bytes: memory for the fits' inputs, factors and solutions kept between calls (least
+        recently used dropped first), and, besides, for the inputs captured in the dense pass.
     """
 
     def __init__(self, healer: Any, model: Any, adapter: Any, fit_ids: torch.Tensor, *, batch_size: int = 4,
@@ -58,6 +66,7 @@ class HealPreview:
         self._cache: OrderedDict[Any, Any] = OrderedDict()
         self._captured: dict[int, list[dict[str, Any]]] = {}
         self.fitted: set[tuple[int, int]] = set()
+        self._mappable: bool | None = None
 
     def info(self) -> dict[str, Any]:
         """What the preview did: its sequences, tokens, the cuts it fitted and its model calls."""
@@ -73,12 +82,24 @@ class HealPreview:
         handles: list[Any] = []
         try:
             for cut in cuts:
+                if cut[0] == 0 and not self._embedding_mappable():
+                    continue  # the healer refuses this cut (one line, at healing): judged as plain removal
                 kind, solution = self._fit(cut)
                 handles.extend(self.healer.run_time_hooks(self.model, self.adapter, cut, kind, solution))
             yield max(cuts[0][0] - 1, 0) if cuts else None
         finally:
             for handle in handles:
                 handle.remove()
+
+    def _embedding_mappable(self) -> bool:
+        """Whether a cut at block 0 can be healed (the embedding produces the stream directly)."""
+        if self._mappable is None:
+            try:
+                check_embedding(self.model)
+                self._mappable = True
+            except MiprunError:
+                self._mappable = False
+        return self._mappable
 
     def _fit(self, cut: tuple[int, int]) -> tuple[str, torch.Tensor]:
         """The fit kind and solution of ``cut`` (cached)."""
@@ -95,7 +116,7 @@ class HealPreview:
     def _target(self, last: int) -> torch.Tensor:
         """The dense stream after block ``last`` over the preview's tokens (float64 rows)."""
         self._ensure_dense()
-        return torch.cat([_rows(hidden) for hidden in self._prober.dense_outputs(last)]).cpu()
+        return torch.cat([fit_rows(hidden) for hidden in self._prober.dense_outputs(last)]).cpu()
 
     def _ensure_dense(self) -> None:
         """The dense pass: every block's output kept; what every block's cuts read captured in the
@@ -133,7 +154,7 @@ class HealPreview:
 
         if first == 0:
             def take_input(module: Any, args: Any, kwargs: Any) -> None:
-                keep({"x": _rows(args[0] if args else kwargs["hidden_states"]), "gain": None, "rest": None})
+                keep({"x": fit_rows(args[0] if args else kwargs["hidden_states"]), "gain": None, "rest": None})
             handle = self.adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True)
             try:
                 yield
@@ -145,7 +166,7 @@ class HealPreview:
 
         def take_rest(module: Any, args: Any, out: Any) -> None:
             hidden = out[0] if isinstance(out, (tuple, list)) else out
-            keep({**pending, "rest": _rows(hidden) - pending.pop("added")})
+            keep({**pending, "rest": fit_rows(hidden) - pending.pop("added")})
 
         handle = self.adapter.blocks[first - 1].register_forward_hook(take_rest)
         try:

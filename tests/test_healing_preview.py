@@ -115,3 +115,25 @@ def test_the_default_chooses_the_block_whose_removal_heals_exactly(text_file):
     assert plain.selection.blocks != [3] and healed.selection.blocks == [3]
     preview = healed.report["selection"]["info"]["heal_preview"]
     assert preview["cuts_fitted"] >= 4 and preview["fit_sequences"] == 4
+
+
+def test_a_cut_at_block_0_the_healer_refuses_is_judged_as_plain_removal():
+    """OPT with a projected embedding (``word_embed_proj_dim`` ≠ hidden size): no map can be folded
+    into the embedding, so the preview leaves a cut at block 0 unhealed instead of failing."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from miprun.models.adapters import adapter_for
+
+    torch.manual_seed(38)
+    config = AutoConfig.for_model("opt", hidden_size=32, ffn_dim=64, num_hidden_layers=4, num_attention_heads=4,
+                                  max_position_embeddings=128, word_embed_proj_dim=16, vocab_size=80)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    adapter = adapter_for(model)
+    preview = LinearHealer().preview(model, adapter, FIT)
+    judge = Prober(model, adapter, JUDGE)
+    with preview.applied([0, 2]) as first:
+        got = judge.output_states([0, 2])
+    assert first == 0 and preview.info()["cuts_fitted"] == 1  # only the cut at block 2
+    with LinearHealer(sequential=False).applied(model, adapter, [2], FIT), torch.no_grad():
+        expected = judge.output_states([0, 2])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

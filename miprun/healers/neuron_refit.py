@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import torch
 
-from miprun.healing import ridge_solver, with_ones
+from miprun.healing_fit import ridge_solver, with_ones
 from miprun.models.devices import input_device
 
 

@@ -1,0 +1,84 @@
+"""The closed-form pieces every linear healing fit shares: cuts, the rows a fit reads, the target
+it is fitted to (through an output norm where one follows) and the factorised ridge system.
+
+Used by the healer (:mod:`miprun.healing`) and its preview for selection
+(:mod:`miprun.healing_preview`), which must fit exactly as the healer does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from miprun.errors import MiprunError
+from miprun.models.devices import input_embedding
+
+
+def cuts_of(blocks: list[int]) -> list[tuple[int, int]]:
+    """Maximal runs ``(first, last)`` of the sorted removed ``blocks``."""
+    runs: list[tuple[int, int]] = []
+    for b in sorted(blocks):
+        if runs and runs[-1][1] == b - 1:
+            runs[-1] = (runs[-1][0], b)
+        else:
+            runs.append((b, b))
+    return runs
+
+
+def fit_rows(hidden: torch.Tensor) -> torch.Tensor:
+    """Every token but the first of each sequence, as float64 rows."""
+    return hidden[:, 1:].reshape(-1, hidden.shape[-1]).double()
+
+
+def with_ones(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` with a column of ones appended: the input a fitted bias row multiplies."""
+    return torch.cat([rows, rows.new_ones(*rows.shape[:-1], 1)], -1)
+
+
+def wanted_update(rows: dict[str, Any], target: torch.Tensor) -> torch.Tensor:
+    """What the FFN output module before a cut should give so that the stream after it is the
+    dense ``target``: ``target − rest``, through the output norm where one follows
+    (:func:`through_norm`). ``rows`` as :meth:`miprun.healing.LinearHealer._captures` gives them."""
+    x = rows["x"]
+    y = target.to(x.device, x.dtype) - (rows["rest"] if rows["rest"] is not None else 0.0)
+    if rows["gain"] is not None:
+        y = through_norm(y, rows["z"], rows["gain"].to(y.device, y.dtype))
+    return y
+
+
+def ridge_solver(gram: torch.Tensor, relative: float) -> Any:
+    """``solve(cross, prior)`` for the ridge system (G + λI)·W = XᵀY + λ·W₀, λ = ``relative`` × the
+    mean diagonal of the Gram G: factorised once (Cholesky; LU where G + λI is not positive
+    definite), so that many right-hand sides over the same inputs cost a solve each."""
+    ridge = relative * float(gram.diagonal().mean())
+    matrix = gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    matrix = None if int(info) == 0 else matrix  # kept only for the LU fallback
+
+    def solve(cross: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        rhs = cross + ridge * prior
+        return torch.cholesky_solve(rhs, factor) if matrix is None else torch.linalg.solve(matrix, rhs)
+
+    return solve
+
+
+def through_norm(y: torch.Tensor, z: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """The pre-norm target for a wanted post-norm output ``y``: ``y / g`` (``g`` the norm's
+    per-channel gain), rescaled per token to the length ``z`` (the pre-norm output as it is) has,
+    so the ridge keeps its meaning. A norm of the RMS kind maps it to ``y``'s direction; channels
+    with no gain get no target."""
+    safe = torch.where(gain.abs() > 1e-12, gain, torch.ones_like(gain))
+    direction = torch.where(gain.abs() > 1e-12, y / safe, torch.zeros_like(y))
+    length = direction.norm(dim=-1, keepdim=True)
+    scale = torch.where(length > 0, z.norm(dim=-1, keepdim=True) / length.clamp_min(1e-300), torch.zeros_like(length))
+    return direction * scale
+
+
+def check_embedding(model: Any) -> None:
+    """Refuse a cut at block 0 when the embedding tables do not produce the stream directly."""
+    embedding = input_embedding(model)
+    width = getattr(model.config, "hidden_size", None)
+    if embedding is None or (width is not None and embedding.weight.shape[-1] != width):
+        raise MiprunError("the cut starts at block 0 and the token embedding does not produce the stream directly "
+                          "(it is projected first), so no map can be folded into it; keep block 0 or run with --heal none")
