@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny
+from conftest import ARCHITECTURES, build_tiny
 
 import miprun
 from miprun.engine import _preview
@@ -137,3 +137,14 @@ def test_a_cut_at_block_0_the_healer_refuses_is_judged_as_plain_removal():
     with LinearHealer(sequential=False).applied(model, adapter, [2], FIT), torch.no_grad():
         expected = judge.output_states([0, 2])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_the_default_selects_for_the_healed_model_on_every_architecture(architecture, text_file):
+    """Every family miprun prunes runs the heal-aware default end to end: the preview fits the cuts
+    the search asks about (a refit, Gemma's through the norm, Mixtral's map, block 0's embedding map)."""
+    result = miprun.prune(build_tiny(architecture, layers=5, seed=39), n=2, calib=str(text_file), num_samples=4,
+                          seq_len=16, heal_samples=12, save=False, check=False)
+    preview = result.report["selection"]["info"]["heal_preview"]
+    assert preview["cuts_fitted"] >= 5 and preview["fit_sequences"] == 4
+    assert result.report["surgery"]["healing"]["cuts"] and result.adapter.num_blocks == 3
