@@ -78,6 +78,19 @@ def model_card(report: dict[str, Any]) -> ModelCard:
     ]
     if "parameters_before" in surgery:
         lines.append(f"- parameters: {surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
+    healing = surgery.get("healing") or {}
+    if healing.get("cuts"):
+        lines.append(f"- healed without training: {len(healing['cuts'])} closed-form fit(s) "
+                     f"({', '.join(c.get('folded_into', '') for c in healing['cuts'])}) on {healing.get('tokens')} tokens")
+    elif healing.get("layers"):
+        lines.append(f"- healed without training: the down projection of {len(healing['layers'])} FFN layer(s) "
+                     f"refitted in closed form on the neurons each keeps, on {healing.get('tokens')} tokens")
+    elif healing.get("skipped"):
+        lines.append(f"- {healing['skipped']}")
+    preview = report.get("selection", {}).get("info", {}).get("heal_preview")
+    if preview:
+        lines.append(f"- chosen for the healed model: every candidate set was scored after healing "
+                     f"(fits on {preview['fit_sequences']} healing sequences the scores did not read)")
     lines += [
         f"- calibration: {calibration.get('name')} ({calibration.get('kind', '')}), {calibration.get('num_samples')} × "
         f"{calibration.get('seq_len')} tokens, seed {report.get('seed')}",

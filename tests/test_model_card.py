@@ -26,6 +26,16 @@ def test_a_saved_checkpoint_has_a_model_card_with_front_matter_and_the_run(tmp_p
     assert ModelCard(card.content).data.to_dict() == card.data.to_dict()  # round trip
 
 
+def test_the_card_says_what_was_healed_and_that_the_selection_judged_the_healed_model(tmp_path, text_file):
+    out = tmp_path / "out"
+    result = miprun.prune(build_tiny("llama", layers=5), n=2, calib=str(text_file), num_samples=2, seq_len=16,
+                          heal_samples=6, output=out)
+    text = ModelCard.load(out / "README.md").text
+    cuts = result.report["surgery"]["healing"]["cuts"]
+    assert f"healed without training: {len(cuts)} closed-form fit(s) ({cuts[0]['folded_into']}" in text
+    assert "chosen for the healed model" in text and "on 2 healing sequences the scores did not read" in text
+
+
 def test_a_hub_or_embedded_source_is_the_cards_base_model():
     report = {"model": {"spec": "meta-llama/Llama-2-7b-hf", "kind": "hub"}, "granularity": "block", "method": "mi-prun",
               "selected_blocks": [3, 4], "prune": {"of_blocks": 32}, "strategies": {}, "data": {}, "seed": 1}

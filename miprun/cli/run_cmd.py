@@ -79,6 +79,10 @@ def run(
     surgery = report["surgery"]
     if "parameters_before" in surgery:
         table.add_row("parameters", f"{surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
+    preview = report["selection"]["info"].get("heal_preview")
+    if preview:
+        table.add_row("chosen for", f"the healed model: every set scored after healing ({preview['cuts_fitted']} cuts "
+                                    f"fitted on {preview['fit_sequences']} healing sequences the scores did not read)")
     aware = report["selection"]["info"].get("heal_aware")
     if aware:
         rows = {tuple(r["candidate"]): r for r in aware["candidates"]}
