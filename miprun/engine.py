@@ -203,7 +203,12 @@ def _preview(healer: Any, plan: Any, model: Any, adapter: Any, input_ids: Any, h
         return None
     seen = {tuple(row.tolist()) for row in input_ids}
     rows = [row for row in heal_ids if tuple(row.tolist()) not in seen][: input_ids.shape[0]]
-    return healer.preview(model, adapter, torch.stack(rows), context=context) if rows else None
+    if not rows:
+        if reporter is not None:
+            reporter.note("the selection judges plain removal: every healing sequence is also a calibration "
+                          "sequence, so none is left to fit a preview on; raise --heal-samples")
+        return None
+    return healer.preview(model, adapter, torch.stack(rows), context=context)
 
 
 def healer_refusal(healer: Any, adapter: Any) -> str | None:

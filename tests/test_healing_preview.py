@@ -10,6 +10,7 @@ import miprun
 from miprun.engine import _preview
 from miprun.healing import LinearHealer
 from miprun.probing import Prober
+from miprun.progress import Reporter
 
 FIT = torch.randint(4, 80, (12, 12), generator=torch.Generator().manual_seed(31))
 JUDGE = torch.randint(4, 80, (4, 12), generator=torch.Generator().manual_seed(32))
@@ -76,7 +77,15 @@ def test_the_engine_fits_the_preview_on_healing_sequences_the_selection_does_not
 
     preview = _preview(LinearHealer(), Plan(), loaded.model, loaded.adapter, JUDGE, heal_ids, None, None)
     assert torch.equal(preview.fit_ids, FIT[: JUDGE.shape[0]])  # as many as the calibration, none of them
-    assert _preview(LinearHealer(), Plan(), loaded.model, loaded.adapter, JUDGE, JUDGE, None, None) is None
+    notes = []
+
+    class Notes(Reporter):
+        def note(self, line):
+            notes.append(line)
+
+    assert _preview(LinearHealer(), Plan(), loaded.model, loaded.adapter, JUDGE, JUDGE, None, Notes()) is None
+    assert notes == ["the selection judges plain removal: every healing sequence is also a calibration sequence, "
+                     "so none is left to fit a preview on; raise --heal-samples"]
 
 
 def _linear_in_the_ffn_before(loaded, block: int, scale: float = 8.0) -> None:
