@@ -42,10 +42,10 @@ DEFAULTS: dict[str, dict[str, str]] = {
     "neuron": {"collector": "ffn-activations", "scorer": "neuron-mi", "selector": "neuron-mi-energy",
                "surgeon": "slice-ffn", "mi_scorer": "neuron-mi", "healer": "neuron-linear"},
 }
+"""Per granularity: what a run uses for a kind nobody named (see the module docstring)."""
 
 NO_HEALING = "none"
 """The healer name that turns healing off (plain removal)."""
-"""Per granularity: what a run uses for a kind nobody named (see the module docstring)."""
 
 
 def check_granularity_choice(granularity: str) -> str:
