@@ -51,6 +51,7 @@ from miprun.healing_fit import (
     check_embedding,
     cuts_of,
     fit_rows,
+    module_output,
     ridge_solver,
     wanted_update,
     with_ones,
@@ -64,10 +65,6 @@ from miprun.probing import skipping
 
 class _Stop(Exception):
     """Raised by a hook once the states a fit needs are captured: the rest of the pass is skipped."""
-
-
-def _out(value: Any) -> torch.Tensor:
-    return value[0] if isinstance(value, (tuple, list)) else value
 
 
 POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
@@ -281,13 +278,13 @@ class LinearHealer:
                 stack.enter_context(self.ffn_hooks(adapter, cut[0] - 1, kind, current.update))
 
                 def take_rest(module, args, out):
-                    current["rest"] = fit_rows(_out(out)) - current["added"]
+                    current["rest"] = fit_rows(module_output(out)) - current["added"]
                 stack.callback(adapter.blocks[cut[0] - 1].register_forward_hook(take_rest).remove)
             stack.callback(adapter.blocks[cut[1]].register_forward_hook(
-                lambda m, a, out: normal.add(current, fit_rows(_out(out)))).remove)
+                lambda m, a, out: normal.add(current, fit_rows(module_output(out)))).remove)
             for later in cuts[1:]:
                 stack.callback(adapter.blocks[later[1]].register_forward_hook(
-                    lambda m, a, out, later=later: targets[later].append(fit_rows(_out(out)).cpu())).remove)
+                    lambda m, a, out, later=later: targets[later].append(fit_rows(module_output(out)).cpu())).remove)
 
             def stop(module, args, out):
                 raise _Stop
@@ -323,7 +320,7 @@ class LinearHealer:
                 stack.enter_context(self.ffn_hooks(adapter, first - 1, kind, captured.update))
 
                 def take_output(module, args, out):
-                    captured["rest"] = fit_rows(_out(out)) - captured["added"]
+                    captured["rest"] = fit_rows(module_output(out)) - captured["added"]
                     raise _Stop
                 hook = adapter.blocks[first - 1].register_forward_hook(take_output)
             stack.callback(hook.remove)
@@ -368,7 +365,7 @@ class LinearHealer:
             shape[:] = (args[0] if args else kwargs["hidden_states"]).shape[:2]
 
         def on_output(module, args, out):
-            z = tokens(_out(out))
+            z = tokens(module_output(out))
             x = z if kind == "map" else tokens(args[0])
             if kind != "map" and getattr(module, "bias", None) is not None:
                 x = with_ones(x)
@@ -377,7 +374,7 @@ class LinearHealer:
                 take({**rows, "added": z})
 
         def on_norm(module, args, out):
-            take({**rows, "added": tokens(_out(out)), "gain": _gain(module, rows["z"].shape[-1])})
+            take({**rows, "added": tokens(module_output(out)), "gain": _gain(module, rows["z"].shape[-1])})
 
         handles = [adapter.blocks[index].register_forward_pre_hook(on_block, with_kwargs=True),
                    output.register_forward_hook(on_output)]

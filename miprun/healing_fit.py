@@ -26,6 +26,11 @@ def cuts_of(blocks: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
+def module_output(value: Any) -> torch.Tensor:
+    """The hidden states a block or module returned (the first item of a tuple output)."""
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
 def fit_rows(hidden: torch.Tensor) -> torch.Tensor:
     """Every token but the first of each sequence, as float64 rows."""
     return hidden[:, 1:].reshape(-1, hidden.shape[-1]).double()

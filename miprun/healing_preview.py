@@ -36,6 +36,7 @@ from miprun.healing_fit import (
     check_embedding,
     cuts_of,
     fit_rows,
+    module_output,
     ridge_solver,
     wanted_update,
 )
@@ -165,8 +166,7 @@ class HealPreview:
         pending: dict[str, Any] = {}
 
         def take_rest(module: Any, args: Any, out: Any) -> None:
-            hidden = out[0] if isinstance(out, (tuple, list)) else out
-            keep({**pending, "rest": fit_rows(hidden) - pending.pop("added")})
+            keep({**pending, "rest": fit_rows(module_output(out)) - pending.pop("added")})
 
         handle = self.adapter.blocks[first - 1].register_forward_hook(take_rest)
         try:
