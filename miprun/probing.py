@@ -19,7 +19,7 @@ that they skip blocks the same way and count their cost the same way.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
@@ -39,6 +39,22 @@ from miprun.models.sweep import BlockSweep, BoundarySpill, Stream
 
 class _Stop(Exception):
     """Raised by a hook to abandon the rest of a forward pass."""
+
+
+def _raise_stop(module: Any, args: Any, out: Any) -> None:
+    raise _Stop
+
+
+def forward_until(module: Any, call: Callable[[], Any]) -> None:
+    """Run ``call`` (a forward pass) and abandon it once ``module`` has run; hooks registered on
+    ``module`` before this call still see its output."""
+    handle = module.register_forward_hook(_raise_stop)  # registered last: runs after the caller's
+    try:
+        call()
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
 
 
 def _as_rows(hidden: torch.Tensor) -> torch.Tensor:
@@ -207,20 +223,10 @@ class Prober:
         if self._loader is not None or self._prefix is None:
             raise MiprunError("run_until needs the dense outputs of a reuse_prefix reference run, in memory")
 
-        def stop(module: Any, args: Any, out: Any) -> None:
-            raise _Stop
-
         replay = {index: self._replay(index) for index in range(last)}
-        handle = self.adapter.blocks[last].register_forward_hook(stop)  # registered last: runs after the caller's
-        try:
-            with patched_forwards(self.adapter, replay), torch.no_grad():
-                for batch in self._batches():
-                    try:
-                        self.adapter.backbone(input_ids=batch, use_cache=False)
-                    except _Stop:
-                        pass
-        finally:
-            handle.remove()
+        with patched_forwards(self.adapter, replay), torch.no_grad():
+            for batch in self._batches():
+                forward_until(self.adapter.blocks[last], lambda batch=batch: self.adapter.backbone(input_ids=batch, use_cache=False))
 
     def dense_outputs(self, index: int) -> list[torch.Tensor]:
         """Block ``index``'s dense output kept by a ``reuse_prefix`` reference run of

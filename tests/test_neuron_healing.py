@@ -78,6 +78,22 @@ def test_the_refit_is_the_ridge_regression_of_the_dense_output_on_the_kept_neuro
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_layers_fitted_in_groups_under_a_memory_budget_give_the_one_pass_fits():
+    """A budget smaller than one layer's normal equations fits every layer in its own pass, each
+    abandoned after that layer, with the same solutions and residuals as one pass over all."""
+    loaded = build_tiny("llama", layers=3, seed=35)
+    width = loaded.adapter.ffn_width(0)
+    selection = NeuronSelection({layer: list(range(layer, width, 2)) for layer in range(3)})
+    ids = torch.randint(4, 80, (6, 12), generator=torch.Generator().manual_seed(36))
+    whole, summary = NeuronRefitHealer(ridge=0.05)._fit(loaded.model, loaded.adapter, selection, ids)
+    grouped, grouped_summary = NeuronRefitHealer(ridge=0.05, max_bytes=1)._fit(loaded.model, loaded.adapter, selection, ids)
+    assert (summary["passes"], grouped_summary["passes"]) == (1, 3)
+    for layer in range(3):
+        torch.testing.assert_close(grouped[layer], whole[layer], atol=1e-9, rtol=1e-7)
+    assert grouped_summary["layers"] == summary["layers"]
+    assert all(row["relative_residual_after"] < row["relative_residual_before"] for row in summary["layers"])
+
+
 def test_width_runs_are_healed_by_default_and_plain_on_request(text_file, tmp_path):
     common = dict(granularity="neuron", ratio=0.25, selector="random", calib=str(text_file), num_samples=4,
                   seq_len=16, heal_samples=8)

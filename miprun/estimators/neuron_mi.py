@@ -85,28 +85,35 @@ ALIGNMENTS = ("unbiased", "centred")
 
 
 class _Target:
-    """A target Gram matrix prepared for :func:`_alignment` (flattened, with the sums it needs)."""
+    """A target Gram matrix prepared for :func:`_alignment`. A Gaussian kernel is symmetric with a
+    unit diagonal, so the alignment needs only its n(n−1)/2 entries above the diagonal (half the
+    exponentials): one matrix product with ``reducer`` (pairs × (1 + n)) gives ⟨K, target⟩ over
+    those pairs (both triangles) and the n off-diagonal row sums of every K."""
 
     def __init__(self, target: torch.Tensor, mode: str, dtype: torch.dtype) -> None:
         t = target.to(torch.float64)
         n = t.shape[0]
         self.n, self.mode = n, mode
+        a, b = torch.triu_indices(n, n, offset=1)
+        self.pairs = (a, b)
         if mode == "centred":
             centred = t - t.mean(dim=0, keepdim=True) - t.mean(dim=1, keepdim=True) + t.mean()
-            self.flat = centred.reshape(-1).to(dtype)
+            upper = centred[a, b]
+            self.diagonal = float(centred.diagonal().sum())  # ⟨K, target⟩ on the diagonal, where K is 1
             self.norm = float(centred.norm())
         else:
             off = t.clone()
             off.fill_diagonal_(0.0)
-            self.flat = off.reshape(-1).to(dtype)
+            upper = off[a, b]
             self.total = float(off.sum())
             self.rows = off.sum(dim=1)
             self.hsic = _hsic_u(float(off.pow(2).sum()), self.total, self.total, float(self.rows @ self.rows), n)
             self.norm = math.sqrt(self.hsic) if self.hsic > 0 else 0.0
-        # one matrix product gives ⟨K, target⟩ and the n row sums of every K: (n² × (1 + n))
-        row_sum = torch.zeros(n * n, n, dtype=dtype)
-        row_sum[torch.arange(n * n), torch.arange(n).repeat_interleave(n)] = 1.0
-        self.reducer = torch.cat([self.flat[:, None], row_sum], dim=1)
+        incidence = torch.zeros(len(a), n, dtype=dtype)
+        pair = torch.arange(len(a))
+        incidence[pair, a] = 1.0
+        incidence[pair, b] = 1.0
+        self.reducer = torch.cat([2.0 * upper[:, None].to(dtype), incidence], dim=1)
 
 
 def _hsic_u(inner: Any, total_k: Any, total_l: Any, rows_dot: Any, n: int) -> Any:
@@ -115,22 +122,23 @@ def _hsic_u(inner: Any, total_k: Any, total_l: Any, rows_dot: Any, n: int) -> An
 
 
 def _alignment(dist: torch.Tensor, log_sigma: torch.Tensor, target: _Target) -> torch.Tensor:
-    """Alignment of K_σ (one σ per neuron; ``dist`` = C × n² flattened squared distances) with the
-    target: centred (Cristianini et al.; as :func:`~miprun.estimators.kernels.centered_alignment`)
-    or unbiased (the diagonal of both kernels excluded; see :func:`aligned_widths`)."""
+    """Alignment of K_σ (one σ per neuron; ``dist`` = C × n(n−1)/2 squared distances of the token
+    pairs above the diagonal) with the target: centred (Cristianini et al.; as
+    :func:`~miprun.estimators.kernels.centered_alignment`) or unbiased (the diagonal of both kernels
+    excluded; see :func:`aligned_widths`)."""
     n = target.n
     scale = (-0.5 * torch.exp(-2.0 * log_sigma)).to(dist.dtype)[:, None]
     gram = torch.exp(dist * scale)
     reduced = (gram @ target.reducer).to(torch.float64)
-    inner, rows = reduced[:, 0], reduced[:, 1:]
-    sq = torch.linalg.vector_norm(gram, dim=1).to(torch.float64).pow(2)
+    inner, rows = reduced[:, 0], reduced[:, 1:]  # off the diagonal, where K is exactly 1
+    sq = 2.0 * torch.linalg.vector_norm(gram, dim=1).to(torch.float64).pow(2)
     if target.mode == "centred":
+        inner, rows, sq = inner + target.diagonal, rows + 1.0, sq + n
         norm2 = sq - 2.0 / n * rows.pow(2).sum(dim=-1) + (rows.sum(dim=-1) / n).pow(2)
-    else:  # the Gaussian diagonal is exactly 1: remove it from every sum
-        rows = rows - 1.0
+    else:
         total = rows.sum(dim=-1)
         inner = _hsic_u(inner, total, target.total, rows @ target.rows, n)
-        norm2 = _hsic_u(sq - n, total, total, rows.pow(2).sum(dim=-1), n)
+        norm2 = _hsic_u(sq, total, total, rows.pow(2).sum(dim=-1), n)
     den = norm2.clamp_min(0.0).sqrt() * target.norm
     return torch.where((den > 0) & (norm2 > 0), inner / den.clamp_min(1e-300), torch.full_like(inner, -1.0))
 
@@ -172,13 +180,14 @@ def aligned_widths(
     target = _Target(target_gram, alignment, dtype)
     if target.norm == 0:
         return initial.clone()
-    chunk = chunk or max(1, CHUNK_BYTES // (8 * n * n * 3))
+    chunk = chunk or max(1, CHUNK_BYTES // (4 * n * n * 3))
     out = initial.clone()
     half = math.log(span)
     offsets = torch.linspace(-half, half, max(int(grid_points), 3), dtype=torch.float64)
     for start in range(0, m, chunk):
         stop = min(start + chunk, m)
-        dist = scalar_sq_dists(x[:, start:stop]).reshape(stop - start, n * n).to(dtype)
+        a, b = target.pairs
+        dist = (x[a, start:stop] - x[b, start:stop]).pow_(2).T.contiguous().to(dtype)
         centre = initial[start:stop].log()
         grid = centre[:, None] + offsets[None, :]
         values = torch.stack([_alignment(dist, grid[:, g], target) for g in range(grid.shape[1])], dim=1)

@@ -12,9 +12,14 @@ model's activations (one pass over the healing tokens accumulates all layers' Gr
 the kept columns are overwritten; the surgeon slices the removed ones away afterwards, so the
 checkpoint has the same architecture and width as plain removal.
 
-Memory: one kept-width² float64 Gram per layer (SmolLM2-135M at 20 %: 12 MB × 30 layers). Time:
-the float64 Gram products dominate (about 2 TFLOP for SmolLM2-135M at 20 % on 128 × 256 tokens;
-float32 products were tried and lose the 1e-5 exactness the tests ask for).
+Memory and time: one (kept width + 1)² Gram and one (kept width + 1) × hidden cross product per
+layer, float64. Layers whose matrices together exceed ``max_bytes`` are fitted in groups, one pass
+per group that stops after the group's last layer (a 7B model at 20 % needs about 0.9 GB per layer,
+so 4 GiB means 8 groups and about 4.5 passes' work). The products dominate the time (about 3 TFLOP
+for SmolLM2-135M at 20 % on 128 × 256 tokens). With a ridge they are taken in float32 per batch and
+summed in float64 — half the time; the ridge floor λ bounds how much their rounding (≈ 1e-6 of the
+diagonal) can move the solution, far below the float32/bfloat16 precision the weights are stored
+in. Without a ridge (``ridge=0``, exact fits of singular systems) they stay float64.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import torch
 
 from miprun.healing_fit import ridge_solver, with_ones
 from miprun.models.devices import input_device
+from miprun.probing import forward_until
 
 
-def _rows(value: torch.Tensor, shape: list[int]) -> torch.Tensor:
+def _rows(value: torch.Tensor, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
     """Every token of ``value`` but the first of each sequence (the attention sink, whose massive
-    activations would dominate the fit), as float64 rows; ``shape`` is the batch's (sequences,
-    tokens), for FFN tensors flattened to tokens × features (OPT)."""
-    return value.reshape(*shape, value.shape[-1])[:, 1:].reshape(-1, value.shape[-1]).double()
+    activations would dominate the fit), as rows of ``dtype``; ``shape`` is the batch's
+    (sequences, tokens), for FFN tensors flattened to tokens × features (OPT)."""
+    return value.reshape(*shape, value.shape[-1])[:, 1:].reshape(-1, value.shape[-1]).to(dtype)
 
 
 class NeuronRefitHealer:
@@ -41,15 +47,20 @@ class NeuronRefitHealer:
 
     :param ridge: ridge relative to each Gram's mean diagonal, shrinking toward the kept columns.
     :param batch_size: healing sequences per forward batch (memory only).
+    :param max_bytes: most bytes of normal equations held at once; more layers are fitted in
+        groups, one pass each (default 4 GiB).
     """
 
-    def __init__(self, ridge: float = 0.01, batch_size: int = 4) -> None:
+    def __init__(self, ridge: float = 0.01, batch_size: int = 4, max_bytes: int = 4 << 30) -> None:
         from miprun.errors import MiprunError
 
         if not ridge >= 0:
             raise MiprunError(f"heal ridge must be ≥ 0, got {ridge!r}")
+        if int(batch_size) < 1 or int(max_bytes) < 1:
+            raise MiprunError(f"neuron-linear needs batch_size ≥ 1 and max_bytes ≥ 1, got {batch_size!r} and {max_bytes!r}")
         self.ridge = float(ridge)
         self.batch_size = int(batch_size)
+        self.max_bytes = int(max_bytes)
 
     def check(self, adapter: Any) -> None:
         """Refuse, in one line, an architecture whose FFN is not sliced neuron by neuron."""
@@ -97,57 +108,94 @@ class NeuronRefitHealer:
                 handle.remove()
 
     def _fit(self, model: Any, adapter: Any, selection: Any, input_ids: torch.Tensor) -> tuple[dict, dict[str, Any]]:
-        """One dense pass accumulating every layer's normal equations, then one solve per layer."""
+        """Accumulate the layers' normal equations (one pass per group that fits ``max_bytes``),
+        then one solve per layer."""
         start = time.perf_counter()
+        groups = self._groups(adapter, selection)
+        fits: dict[int, torch.Tensor] = {}
+        layers: list[dict[str, Any]] = []
+        tokens = 0
+        for group in groups:
+            stats = self._accumulate(model, adapter, selection, input_ids, group, stop=len(groups) > 1)
+            for layer, entry in stats.items():
+                fits[layer], row = self._solve(adapter.ffn_modules(layer)[1], selection.keep[layer], entry)
+                layers.append({"layer": layer, **row})
+                tokens = entry["tokens"]
+        with_bias = any(getattr(adapter.ffn_modules(layer)[1], "bias", None) is not None for layer in fits)
+        summary = {"fit": "kept-neuron projection", "ridge": self.ridge, "tokens": tokens, "intercept": with_bias,
+                   "products": "float64" if self.ridge == 0 else "float32, summed in float64",
+                   "passes": len(groups), "layers": layers, "seconds": round(time.perf_counter() - start, 3)}
+        return fits, summary
+
+    def _groups(self, adapter: Any, selection: Any) -> list[list[int]]:
+        """Consecutive layers whose float64 normal equations fit ``max_bytes`` together (a layer
+        larger than the budget alone is its own group)."""
+        groups: list[list[int]] = []
+        held = 0
+        for layer in sorted(selection.keep):
+            _, down = adapter.ffn_modules(layer)
+            outputs = down.weight.shape[0] if isinstance(down, torch.nn.Linear) else down.weight.shape[1]
+            rows = len(selection.keep[layer]) + 1
+            size = 8 * rows * (rows + outputs)
+            if not groups or held + size > self.max_bytes:
+                groups.append([])
+                held = 0
+            groups[-1].append(layer)
+            held += size
+        return groups
+
+    def _accumulate(self, model: Any, adapter: Any, selection: Any, input_ids: torch.Tensor, group: list[int],
+                    *, stop: bool) -> dict[int, dict[str, Any]]:
+        """One pass over the healing tokens summing, for every layer of ``group``, XᵀX, XᵀY and
+        ‖Y‖² (X the kept neurons, with ones under a bias; Y the dense FFN output); with ``stop``,
+        each batch is abandoned after the group's last layer."""
+        product = torch.float64 if self.ridge == 0 else torch.float32
         stats: dict[int, dict[str, Any]] = {}
         shape: list[int] = []
         with ExitStack() as stack, torch.no_grad():
             def on_backbone(module, args, kwargs):
                 shape[:] = (kwargs["input_ids"] if "input_ids" in kwargs else args[0]).shape[:2]
             stack.callback(adapter.backbone.register_forward_pre_hook(on_backbone, with_kwargs=True).remove)
-            for layer, kept in selection.keep.items():
+            for layer in group:
                 _, down = adapter.ffn_modules(layer)
-                index = torch.tensor(kept)
-                stats[layer] = {"gram": None, "cross": None, "before": 0.0, "energy": 0.0, "tokens": 0}
+                stats[layer] = {"gram": 0.0, "cross": 0.0, "energy": 0.0, "tokens": 0}
+                index = torch.tensor(selection.keep[layer])
 
                 def take(module, args, out, index=index, entry=stats[layer]):
-                    acts = _rows(args[0], shape)
-                    x = acts.index_select(1, index.to(acts.device))
-                    y = _rows(out, shape)
-                    bias = getattr(module, "bias", None)
-                    if bias is not None:
+                    x = _rows(args[0], shape, product).index_select(1, index.to(args[0].device))
+                    y = _rows(out, shape, product)
+                    if getattr(module, "bias", None) is not None:
                         x = with_ones(x)
-                    weight = module.weight.detach().double()
-                    kept_weight = weight[:, index] if isinstance(module, torch.nn.Linear) else weight[index].T
-                    plain = x[:, : len(index)] @ kept_weight.T + (bias.double() if bias is not None else 0.0)
-                    entry["gram"] = x.T @ x if entry["gram"] is None else entry["gram"] + x.T @ x
-                    entry["cross"] = x.T @ y if entry["cross"] is None else entry["cross"] + x.T @ y
-                    entry["before"] += float((plain - y).pow(2).sum())
-                    entry["energy"] += float(y.pow(2).sum())
+                    entry["gram"] = entry["gram"] + (x.T @ x).double()
+                    entry["cross"] = entry["cross"] + (x.T @ y).double()
+                    entry["energy"] += float(y.double().pow(2).sum())
                     entry["tokens"] += x.shape[0]
 
                 stack.callback(down.register_forward_hook(take).remove)
             device = input_device(model)
+            last = adapter.ffn_modules(group[-1])[1]
             for first in range(0, input_ids.shape[0], self.batch_size):
-                adapter.backbone(input_ids=input_ids[first : first + self.batch_size].to(device), use_cache=False)
-        fits: dict[int, torch.Tensor] = {}
-        layers = []
-        for layer, entry in stats.items():
-            _, down = adapter.ffn_modules(layer)
-            index = torch.tensor(selection.keep[layer])
-            weight = down.weight.detach().double().to(entry["gram"].device)
-            prior = weight[:, index].T if isinstance(down, torch.nn.Linear) else weight[index]
-            if getattr(down, "bias", None) is not None:
-                prior = torch.cat([prior, down.bias.detach().double().to(prior.device)[None]])
-            gram, cross = entry["gram"], entry["cross"]
-            solution = ridge_solver(gram, self.ridge)(cross, prior)
-            after = entry["energy"] - 2 * float((solution * cross).sum()) + float((solution * (gram @ solution)).sum())
-            fits[layer] = solution
-            layers.append({"layer": layer, "kept": len(index),
-                           "relative_residual_before": (entry["before"] / entry["energy"]) ** 0.5,
-                           "relative_residual_after": (max(after, 0.0) / entry["energy"]) ** 0.5})
-        tokens = next(iter(stats.values()))["tokens"] if stats else 0
-        with_bias = any(getattr(adapter.ffn_modules(layer)[1], "bias", None) is not None for layer in stats)
-        summary = {"fit": "kept-neuron projection", "ridge": self.ridge, "tokens": tokens, "intercept": with_bias,
-                   "layers": layers, "seconds": round(time.perf_counter() - start, 3)}
-        return fits, summary
+                batch = input_ids[first : first + self.batch_size].to(device)
+                if stop:
+                    forward_until(last, lambda batch=batch: adapter.backbone(input_ids=batch, use_cache=False))
+                else:
+                    adapter.backbone(input_ids=batch, use_cache=False)
+        return stats
+
+    def _solve(self, down: Any, kept: list[int], entry: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The ridge solution toward ``down``'s kept columns (and bias), and the relative residuals
+        of plain removal and of the fit, both from the normal equations."""
+        gram, cross = entry["gram"], entry["cross"]
+        index = torch.tensor(kept)
+        weight = down.weight.detach().double().to(gram.device)
+        prior = weight[:, index].T if isinstance(down, torch.nn.Linear) else weight[index]
+        if getattr(down, "bias", None) is not None:
+            prior = torch.cat([prior, down.bias.detach().double().to(prior.device)[None]])
+        solution = ridge_solver(gram, self.ridge)(cross, prior)
+
+        def residual(w: torch.Tensor) -> float:  # ‖XW − Y‖² / ‖Y‖² = (‖Y‖² − 2⟨W, XᵀY⟩ + ⟨W, XᵀX W⟩) / ‖Y‖²
+            error = entry["energy"] - 2 * float((w * cross).sum()) + float((w * (gram @ w)).sum())
+            return (max(error, 0.0) / entry["energy"]) ** 0.5 if entry["energy"] > 0 else 0.0
+
+        return solution, {"kept": len(kept), "relative_residual_before": residual(prior),
+                          "relative_residual_after": residual(solution)}

@@ -144,26 +144,35 @@ def kmeans(
 
 
 def _greedy_kmeanspp(d2: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """Indices of ``k`` distinct initial centres by greedy k-means++ on squared distances."""
+    """Indices of ``k`` distinct initial centres by greedy k-means++ on squared distances.
+
+    The loop is sequential (each centre changes the next one's odds), so it runs in NumPy, whose
+    per-call overhead on these short vectors is a fraction of torch's; the uniforms come from
+    ``generator`` in one draw, and each centre's candidates are sampled with replacement by
+    inverting the cumulative weights."""
+    import numpy as np
+
     m = d2.shape[0]
     trials = 2 + int(math.log(k)) if k > 1 else 1
-    first = int(torch.randint(m, (1,), generator=generator))
+    draws = torch.rand(k, trials, generator=generator, dtype=torch.float64).numpy()
+    d = d2.numpy()
+    first = min(int(draws[0, 0] * m), m - 1)
     chosen = [first]
-    taken = torch.zeros(m, dtype=torch.bool)
+    taken = np.zeros(m, dtype=bool)
     taken[first] = True
-    nearest = d2[first].clone()
-    for _ in range(1, k):
-        weights = torch.where(taken, torch.zeros_like(nearest), nearest)
-        total = float(weights.sum())
+    nearest = d[first].copy()
+    for step in range(1, k):
+        cumulative = np.cumsum(np.where(taken, 0.0, nearest))
+        total = cumulative[-1]
         if total <= 0:  # the remaining points coincide with centres: take unused ones in order
-            pick = int((~taken).nonzero()[0])
+            pick = int(np.flatnonzero(~taken)[0])
         else:
-            candidates = torch.multinomial(weights / total, min(trials, int((weights > 0).sum())), generator=generator)
-            potentials = torch.minimum(nearest[None, :], d2[candidates]).sum(dim=1)
+            candidates = np.minimum(np.searchsorted(cumulative, draws[step] * total, side="right"), m - 1)
+            potentials = np.minimum(nearest[None, :], d[candidates]).sum(axis=1)
             pick = int(candidates[potentials.argmin()])
         chosen.append(pick)
         taken[pick] = True
-        nearest = torch.minimum(nearest, d2[pick])
+        np.minimum(nearest, d[pick], out=nearest)
     return torch.tensor(chosen)
 
 
@@ -210,11 +219,14 @@ def _fill_empty(labels: torch.Tensor, dist: torch.Tensor, k: int) -> torch.Tenso
 
 def nearest_to_centroids(labels: torch.Tensor, own: torch.Tensor, k: int) -> list[int]:
     """In every cluster, the index of the point nearest its centroid (ties: lowest index), sorted."""
-    kept = []
-    for cluster in range(k):
-        members = (labels == cluster).nonzero().flatten()
-        kept.append(int(members[own[members].argmin()]))
-    return sorted(kept)
+    by_distance = torch.argsort(own, stable=True)  # ties keep index order
+    order = by_distance[torch.argsort(labels[by_distance], stable=True)]
+    grouped = labels[order]
+    first = torch.ones_like(grouped, dtype=torch.bool)
+    first[1:] = grouped[1:] != grouped[:-1]
+    if int(first.sum()) != k:
+        raise MiprunError(f"k-means left {k - int(first.sum())} of {k} clusters empty")
+    return sorted(order[first].tolist())
 
 
 def merge_coefficients(acts: torch.Tensor, kept: list[int], labels: torch.Tensor) -> list[tuple[int, int, float]]:
