@@ -30,7 +30,9 @@ from typing import Any
 
 import torch
 from arguments import add_run_arguments  # the arguments every benchmark shares
-from method_quality import python_code_corpus  # the other-domain text, built one way for every benchmark
+from method_quality import (
+    python_code_corpus,  # the other-domain text, built one way for every benchmark
+)
 
 import miprun
 from miprun.data.calibration import load_calibration

@@ -60,11 +60,7 @@ from miprun.models.adapters import ffn_output_modules
 from miprun.models.devices import input_device, input_embedding
 from miprun.models.layerwise import editable_block, layerwise_loader
 from miprun.models.sweep import BlockSweep, Stream
-from miprun.probing import skipping
-
-
-class _Stop(Exception):
-    """Raised by a hook once the states a fit needs are captured: the rest of the pass is skipped."""
+from miprun.probing import StopPass, forward_until, skipping
 
 
 POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
@@ -285,15 +281,8 @@ class LinearHealer:
             for later in cuts[1:]:
                 stack.callback(adapter.blocks[later[1]].register_forward_hook(
                     lambda m, a, out, later=later: targets[later].append(fit_rows(module_output(out)).cpu())).remove)
-
-            def stop(module, args, out):
-                raise _Stop
-            stack.callback(adapter.blocks[cuts[-1][1]].register_forward_hook(stop).remove)  # registered last: runs last
-            for batch in self._batches(input_ids, input_device(model)):
-                try:
-                    adapter.backbone(input_ids=batch, use_cache=False)
-                except _Stop:
-                    pass
+            for batch in self._batches(input_ids, input_device(model)):  # each stopped after the last cut
+                forward_until(adapter.blocks[cuts[-1][1]], lambda batch=batch: adapter.backbone(input_ids=batch, use_cache=False))
         return targets, normal
 
     def _captures(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, earlier: list[int],
@@ -314,21 +303,21 @@ class LinearHealer:
                 def take_input(module, args, kwargs):
                     rows = fit_rows(args[0] if args else kwargs["hidden_states"])
                     captured.update(x=rows, z=rows, added=rows, gain=None, rest=None)
-                    raise _Stop
+                    raise StopPass
                 hook = adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True)
             else:
                 stack.enter_context(self.ffn_hooks(adapter, first - 1, kind, captured.update))
 
                 def take_output(module, args, out):
                     captured["rest"] = fit_rows(module_output(out)) - captured["added"]
-                    raise _Stop
+                    raise StopPass
                 hook = adapter.blocks[first - 1].register_forward_hook(take_output)
             stack.callback(hook.remove)
             stack.enter_context(skipping(adapter, earlier))
             for batch in self._batches(input_ids, input_device(model)):
                 try:
                     adapter.backbone(input_ids=batch, use_cache=False)
-                except _Stop:
+                except StopPass:
                     pass
                 yield dict(captured)
 

@@ -37,12 +37,12 @@ from miprun.models.layerwise import layerwise_loader
 from miprun.models.sweep import BlockSweep, BoundarySpill, Stream
 
 
-class _Stop(Exception):
-    """Raised by a hook to abandon the rest of a forward pass."""
+class StopPass(Exception):
+    """Raised by a forward hook to abandon the rest of a forward pass once what it needs is read."""
 
 
 def _raise_stop(module: Any, args: Any, out: Any) -> None:
-    raise _Stop
+    raise StopPass
 
 
 def forward_until(module: Any, call: Callable[[], Any]) -> None:
@@ -51,7 +51,7 @@ def forward_until(module: Any, call: Callable[[], Any]) -> None:
     handle = module.register_forward_hook(_raise_stop)  # registered last: runs after the caller's
     try:
         call()
-    except _Stop:
+    except StopPass:
         pass
     finally:
         handle.remove()
