@@ -9,7 +9,7 @@ from conftest import ARCHITECTURES, build_tiny
 import miprun
 from miprun.engine import _preview
 from miprun.healing import LinearHealer
-from miprun.probing import Prober
+from miprun.probing import Prober, forward_until
 from miprun.progress import Reporter
 
 FIT = torch.randint(4, 80, (12, 12), generator=torch.Generator().manual_seed(31))
@@ -66,6 +66,21 @@ def test_run_from_replays_only_the_blocks_before_it():
         stale = prober.output_states([3, 4], reuse_prefix=True)  # block 2 replayed: its fit never acts
     torch.testing.assert_close(reused, full, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(stale, full, atol=1e-4)
+
+
+def test_forward_until_stops_a_pass_after_the_module_and_leaves_no_hook_behind():
+    """Hooks registered on the module before the call still see its output; later blocks never
+    run; the model's own forward is untouched afterwards."""
+    loaded = build_tiny("llama", layers=4, seed=37)
+    ran: list[int] = []
+    handles = [block.register_forward_hook(lambda m, a, out, i=i: ran.append(i)) for i, block in enumerate(loaded.adapter.blocks)]
+    forward_until(loaded.adapter.blocks[1], lambda: loaded.adapter.backbone(input_ids=JUDGE, use_cache=False))
+    assert ran == [0, 1]
+    ran.clear()
+    loaded.adapter.backbone(input_ids=JUDGE, use_cache=False)
+    assert ran == [0, 1, 2, 3]
+    for handle in handles:
+        handle.remove()
 
 
 def test_the_engine_fits_the_preview_on_healing_sequences_the_selection_does_not_judge():
