@@ -132,7 +132,7 @@ def kmeans(
     if not 1 <= k <= m:
         raise MiprunError(f"cannot form {k} clusters from {m} neurons")
     generator = torch.Generator().manual_seed(int(seed))
-    d2 = sq_dists.to(torch.float64)
+    d2 = sq_dists.to("cpu", torch.float64)  # the seeding loop runs in NumPy
     best: tuple[float, torch.Tensor, torch.Tensor] | None = None
     for _ in range(max(1, int(n_init))):
         labels, own = _lloyd(d2, _greedy_kmeanspp(d2, k, generator), k, max_iter)
