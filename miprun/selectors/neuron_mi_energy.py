@@ -19,7 +19,9 @@ scored — the greedy form of Optimal Brain Surgeon (Hassibi & Stork 1993) for w
 here from its formulas. Pure importance (FLAP, Wanda-sp) misses redundancy; pure redundancy (the
 paper's ``mds-cluster``) misses importance. ``mds-cluster`` stays the paper's literal method.
 
-Cost per layer: one m × m inverse and n rank-one steps of O(m · (m + hidden)).
+Cost per layer: one m × m inverse and n rank-one steps of O(m · (m + hidden)), each an in-place
+BLAS rank-one update of Σ⁻¹ and of the down columns, with the columns' squared norms carried along
+(‖w_k − r_k w_j‖² = ‖w_k‖² − 2 r_k ⟨w_j, w_k⟩ + r_k² ‖w_j‖²) instead of recomputed.
 """
 
 from __future__ import annotations
@@ -51,16 +53,18 @@ def greedy_conditional_removal(acts: torch.Tensor, columns: torch.Tensor, n: int
     alive = torch.ones(m, dtype=torch.bool)
     removed: list[int] = []
     costs: list[float] = []
+    energy = w.pow(2).sum(dim=0)  # ‖w_k‖², kept current through each rank-one step
     for _ in range(n):
-        diagonal = precision.diagonal()
-        score = w.pow(2).sum(dim=0) / diagonal
-        score = torch.where(alive, score, torch.full_like(score, float("inf")))
+        score = torch.where(alive, energy / precision.diagonal(), torch.full_like(energy, float("inf")))
         j = int(score.argmin())
         removed.append(j)
         costs.append(float(score[j]))
         row = precision[j] / precision[j, j]
-        w -= w[:, j : j + 1] * row[None, :]  # compensation; column j becomes 0
-        precision -= precision[:, j : j + 1] * row[None, :]
+        column = w[:, j].clone()
+        # ‖w_k − r_k w_j‖² = ‖w_k‖² − 2 r_k ⟨w_j, w_k⟩ + r_k² ‖w_j‖²
+        energy += row * (row * energy[j] - 2.0 * (column @ w))
+        w.addr_(column, row, alpha=-1.0)  # compensation in place (BLAS rank-one); column j becomes 0
+        precision.addr_(precision[:, j].clone(), row, alpha=-1.0)
         alive[j] = False
         precision[j, :] = 0.0
         precision[:, j] = 0.0
