@@ -50,6 +50,7 @@ from miprun.errors import MiprunError
 from miprun.healing_fit import (
     check_embedding,
     cuts_of,
+    fit_error,
     fit_rows,
     module_output,
     ridge_solver,
@@ -173,12 +174,11 @@ class LinearHealer:
                 self._accumulate(model, adapter, cut, kind, earlier, input_ids, targets[cut])
             gram, cross, before, energy, tokens = normal.gram, normal.cross, normal.before, normal.energy, normal.tokens
             solution = ridge_solver(gram, self.ridge)(cross, self.prior(adapter, cut, kind, gram))
-            # ‖X·W − Y‖² = ‖Y‖² − 2·tr(Wᵀ·XᵀY) + tr(Wᵀ·XᵀX·W)
-            after = energy - 2 * float((solution * cross).sum()) + float((solution * (gram @ solution)).sum())
+            after = fit_error(energy, gram, cross, solution)
             record = {"blocks": list(range(cut[0], cut[1] + 1)),
                       "fit": kind,
                       "relative_residual_before": (before / energy) ** 0.5,
-                      "relative_residual_after": (max(after, 0.0) / energy) ** 0.5,
+                      "relative_residual_after": (after / energy) ** 0.5,
                       "seconds": round(time.perf_counter() - start, 3)}
             if cut[0] > 0 and ffn_output_modules(adapter, cut[0] - 1)[1] is not None:
                 record["through_norm"] = adapter.spec.ffn_output_norm

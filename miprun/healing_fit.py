@@ -68,6 +68,12 @@ def ridge_solver(gram: torch.Tensor, relative: float) -> Any:
     return solve
 
 
+def fit_error(energy: float, gram: torch.Tensor, cross: torch.Tensor, weights: torch.Tensor) -> float:
+    """‖X·W − Y‖² from the normal equations alone: ‖Y‖² − 2·⟨W, XᵀY⟩ + ⟨W, XᵀX·W⟩ (``energy`` is
+    ‖Y‖²), clamped at 0 against rounding."""
+    return max(energy - 2 * float((weights * cross).sum()) + float((weights * (gram @ weights)).sum()), 0.0)
+
+
 def through_norm(y: torch.Tensor, z: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     """The pre-norm target for a wanted post-norm output ``y``: ``y / g`` (``g`` the norm's
     per-channel gain), rescaled per token to the length ``z`` (the pre-norm output as it is) has,

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 import torch
 
-from miprun.healing_fit import ridge_solver, with_ones
+from miprun.healing_fit import fit_error, ridge_solver, with_ones
 from miprun.models.devices import input_device
 from miprun.probing import forward_until
 
@@ -193,9 +193,8 @@ class NeuronRefitHealer:
             prior = torch.cat([prior, down.bias.detach().double().to(prior.device)[None]])
         solution = ridge_solver(gram, self.ridge)(cross, prior)
 
-        def residual(w: torch.Tensor) -> float:  # ‖XW − Y‖² / ‖Y‖² = (‖Y‖² − 2⟨W, XᵀY⟩ + ⟨W, XᵀX W⟩) / ‖Y‖²
-            error = entry["energy"] - 2 * float((w * cross).sum()) + float((w * (gram @ w)).sum())
-            return (max(error, 0.0) / entry["energy"]) ** 0.5 if entry["energy"] > 0 else 0.0
+        def residual(w: torch.Tensor) -> float:  # ‖XW − Y‖ / ‖Y‖
+            return (fit_error(entry["energy"], gram, cross, w) / entry["energy"]) ** 0.5 if entry["energy"] > 0 else 0.0
 
         return solution, {"kept": len(kept), "relative_residual_before": residual(prior),
                           "relative_residual_after": residual(solution)}
