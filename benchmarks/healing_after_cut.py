@@ -1,21 +1,19 @@
-"""Healing after the cut: what refitting the block *after* each cut adds to the default's healing.
+"""Healing after the cut: what refitting the block *after* each cut adds to the cut's own fit.
 
-The default healer refits one module per cut, the down projection of the block before it. The
-block after the cut also has linear layers whose output is added to the stream: its attention
-output projection and its down projection. This study prunes with ``miprun run``'s default (healed),
-then refits, on the same healing sequences and in closed form (ridge toward the weights as they
-are, relative to the Gram's mean diagonal), for every cut ``[a, b]`` and the block ``b + 1`` after it:
+The default healer refits, per cut ``[a, b]``, the down projection of block ``a − 1`` and then the
+attention output projection of block ``b + 1`` (``-o healer.after_cut=false`` turns the second
+off). This study prunes with ``miprun run``'s default selection and compares, on the same healing
+sequences:
 
-* ``o_proj after`` — the attention output projection of block ``b + 1``, so that the stream after
-  its attention equals the dense model's there (target: dense stream after attention − pruned
-  stream entering the block);
-* ``down after`` — the down projection of block ``b + 1``, so that the stream after the block
-  equals the dense one (target: dense block output − pruned stream after attention);
-* ``both`` — the first, then the second on the model it left.
+* ``before the cut only`` — the down projection of block ``a − 1`` (``after_cut=false``);
+* ``miprun run`` — the default: + the attention output projection of block ``b + 1``;
+* ``+ down after`` — the default, then, in the study only, the down projection of block ``b + 1``
+  refitted in closed form (ridge toward the weights as they are) so that the stream after the
+  block equals the dense one (target: dense block output − pruned stream after attention).
 
 Each variant is scored by miprun's perplexity protocol on WikiText-2 test and on the Python code
-text of ``method_quality.py`` (a domain the fits never saw). Written for blocks with a plain
-residual after attention and after the FFN (Llama, Mistral, Qwen2, Phi-3); others are refused.
+text of ``method_quality.py`` (a domain the fits never saw). The study's own refit is written for
+blocks with a plain residual after the FFN (Llama, Mistral, Qwen2, Phi-3); others are refused.
 
     python benchmarks/healing_after_cut.py --prune 6 --ppl-windows 40
 """
@@ -39,8 +37,6 @@ from miprun.data.calibration import load_calibration
 from miprun.evaluation.perplexity import perplexity
 from miprun.healing_fit import cuts_of, fit_rows, module_output, ridge_solver
 from miprun.models.loading import load_model
-
-ATTENTION_OUTPUT = "self_attn.o_proj"
 
 
 def _module(adapter: Any, index: int, path: str) -> Any:
@@ -90,29 +86,20 @@ def refit(module: torch.nn.Linear, inputs: torch.Tensor, target: torch.Tensor, r
     return round(before, 4), round(after, 4)
 
 
-def heal_after(pruned: Any, dense: Any, ids: torch.Tensor, blocks: list[int], parts: list[str], ridge: float) -> list:
-    """Refit ``parts`` (``o_proj``, ``down``) of the block after every cut of ``blocks``, in order;
-    ``pruned`` and ``dense`` are anything with an ``adapter``."""
+def heal_down_after(pruned: Any, dense: Any, ids: torch.Tensor, blocks: list[int], ridge: float) -> list:
+    """Refit the down projection of the block after every cut of ``blocks``, in order; ``pruned``
+    and ``dense`` are anything with an ``adapter``."""
     residuals = []
     down_path = pruned.adapter.spec.ffn_output
-    dense_rows = {}  # the dense model's captures are the same for every part
     for first, last in cuts_of(blocks):
         after = last + 1
         if after >= dense.adapter.num_blocks:
             continue
         index = after - sum(1 for b in blocks if b < after)  # its index in the pruned model
-        if after not in dense_rows:
-            dense_rows[after] = capture(dense.adapter, ids, after, ATTENTION_OUTPUT)
-        d = dense_rows[after]
-        for part in parts:
-            if part == "o_proj":
-                p = capture(pruned.adapter, ids, index, ATTENTION_OUTPUT)
-                target = d["x"] + d["z"] - p["x"]
-                residuals.append(("o_proj", after, refit(_module(pruned.adapter, index, ATTENTION_OUTPUT), p["a"], target, ridge)))
-            else:
-                p = capture(pruned.adapter, ids, index, down_path)
-                target = d["out"] - (p["out"] - p["z"])
-                residuals.append(("down", after, refit(_module(pruned.adapter, index, down_path), p["a"], target, ridge)))
+        d = capture(dense.adapter, ids, after, down_path)
+        p = capture(pruned.adapter, ids, index, down_path)
+        target = d["out"] - (p["out"] - p["z"])
+        residuals.append(("down", after, refit(_module(pruned.adapter, index, down_path), p["a"], target, ridge)))
     return residuals
 
 
@@ -126,22 +113,30 @@ def main() -> None:
     args = parser.parse_args()
     dense = load_model(args.model)
     spec = dense.adapter.spec
-    if spec.ffn_output_norm or ATTENTION_OUTPUT not in dict(dense.adapter.blocks[0].named_modules()):
-        raise SystemExit(f"this study is written for blocks with {ATTENTION_OUTPUT} and no output norms; "
+    if spec.ffn_output_norm or spec.ffn_output not in dict(dense.adapter.blocks[0].named_modules()):
+        raise SystemExit(f"this study's down refit is written for blocks with {spec.ffn_output} and no output norms; "
                          f"'{dense.adapter.model_type}' differs")
-    result = miprun.prune(args.model, n=args.prune, calib=args.calib, num_samples=args.num_samples,
-                          seq_len=args.seq_len, heal_samples=args.heal_samples, save=False)
+    common = {"n": args.prune, "calib": args.calib, "num_samples": args.num_samples, "seq_len": args.seq_len,
+              "heal_samples": args.heal_samples, "save": False}
+    result = miprun.prune(args.model, **common)
     blocks = list(result.report["selected_blocks"])
+    before_only = miprun.prune(args.model, options={"healer": {"after_cut": False}}, **common)
+    if list(before_only.report["selected_blocks"]) != blocks:  # the selection's preview does not refit after cuts
+        raise SystemExit(f"the two runs selected {blocks} and {before_only.report['selected_blocks']}")
     ids = load_calibration(args.calib, dense.tokenizer, num_samples=args.heal_samples, seq_len=args.seq_len,
                            seed=0).input_ids
     code = python_code_corpus(Path(tempfile.mkdtemp(prefix="miprun-after-cut-"))).read_text(encoding="utf-8")
     print(f"blocks removed: {blocks}")
-    print("| variant | refits (relative residual before → after) | WikiText-2 | python code |")
+    print("| variant | refits after the cut (relative residual before → after) | WikiText-2 | python code |")
     print("|---|---|---|---|")
-    for label, parts in (("healed (miprun run)", []), ("+ o_proj after", ["o_proj"]),
-                         ("+ down after", ["down"]), ("+ both", ["o_proj", "down"])):
-        pruned = copy.deepcopy(result) if parts else result
-        residuals = heal_after(pruned, dense, ids, blocks, parts, args.ridge)
+    for label, pruned, down in (("before the cut only (after_cut=false)", before_only, False),
+                                ("miprun run (+ attention output after)", result, False),
+                                ("+ down after (study)", copy.deepcopy(result), True)):
+        residuals = [("o_proj", c["after_cut"]["refitted"].split()[1],
+                      (round(c["after_cut"]["relative_residual_before"], 4), round(c["after_cut"]["relative_residual_after"], 4)))
+                     for c in pruned.report["surgery"]["healing"]["cuts"] if "after_cut" in c]
+        if down:
+            residuals += heal_down_after(pruned, dense, ids, blocks, args.ridge)
         wiki = perplexity(pruned.model, pruned.tokenizer, "wikitext2", seq_len=512, max_windows=args.ppl_windows)
         other = perplexity(pruned.model, pruned.tokenizer, "python-code", text=code, seq_len=512,
                            max_windows=args.ppl_windows)

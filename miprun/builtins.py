@@ -272,7 +272,8 @@ def miprun_register_healers(register):
 
 
 _LLAMA_LIKE = ArchitectureSpec(blocks=("model.layers", "layers"))
-_GEMMA = ArchitectureSpec(blocks=("model.layers", "layers"), ffn_output_norm="post_feedforward_layernorm")
+_GEMMA = ArchitectureSpec(blocks=("model.layers", "layers"), ffn_output_norm="post_feedforward_layernorm",
+                          attention_output_norm="post_attention_layernorm")
 
 
 @hookimpl
@@ -285,13 +286,15 @@ def miprun_register_architectures(register):
     register(
         "opt",
         ArchitectureSpec(blocks=("model.decoder.layers", "decoder.layers"), per_layer_fields=(),
-                         ffn=("fc1", "fc2"), ffn_size_field="ffn_dim", ffn_output="fc2"),
+                         ffn=("fc1", "fc2"), ffn_size_field="ffn_dim", ffn_output="fc2",
+                         attention_output="self_attn.out_proj"),
         description="OPT: model.decoder.layers, fc1/fc2 FFN",
     )
     register(
         "gpt_neox",
         ArchitectureSpec(blocks=("gpt_neox.layers", "layers"), per_layer_fields=(),
-                         ffn=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"), ffn_output="mlp.dense_4h_to_h"),
+                         ffn=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"), ffn_output="mlp.dense_4h_to_h",
+                         attention_output=""),  # parallel attention and FFN: no stream after attention alone
         description="GPT-NeoX / Pythia: gpt_neox.layers, parallel attention and FFN",
     )
     blocks_only = {  # model.layers like Llama, but an FFN that is not sliced neuron by neuron
@@ -308,18 +311,19 @@ def miprun_register_architectures(register):
         ArchitectureSpec(
             blocks=("model.language_model.layers", "language_model.layers", "model.language_model.model.layers"),
             config="text_config", ffn_output_norm="post_feedforward_layernorm",
+            attention_output_norm="post_attention_layernorm",
         ),
         description="Gemma 3 multimodal: the language model's blocks, text_config",
     )
     register(
         "gpt2",
         ArchitectureSpec(blocks=("transformer.h", "h"), per_layer_fields=(), ffn=("mlp.c_fc", "mlp.c_proj"),
-                         ffn_size_field="n_inner", ffn_output="mlp.c_proj"),
+                         ffn_size_field="n_inner", ffn_output="mlp.c_proj", attention_output="attn.c_proj"),
         description="GPT-2: transformer.h, Conv1D FFN",
     )
     register(
         "bert",
         ArchitectureSpec(blocks=("bert.encoder.layer", "encoder.layer"), per_layer_fields=(),
-                         ffn=("intermediate.dense", "output.dense"), ffn_output=""),
+                         ffn=("intermediate.dense", "output.dense"), ffn_output="", attention_output=""),
         description="BERT encoders (width pruning)",
     )

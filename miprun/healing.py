@@ -34,6 +34,16 @@ the original embedding; the summary says so).
 Cuts are fitted left to right, each on the states of the model already healed before it (the
 earlier cuts skipped and their fits folded); the targets ``h`` are always the dense model's.
 
+After each cut's fit (``after_cut``, on by default for the refit), the **attention output
+projection of the block after the cut** (block ``b + 1``) is refitted the same way: on the healed
+model, so that the stream after that block's attention — its input plus what the projection adds,
+through the attention output norm where one follows (Gemma) — equals the dense model's there. The
+cut's own fit can only add a linear function of block ``a − 1``'s FFN activations; this second fit
+lets block ``b + 1`` re-weigh, per head, what its attention reads from the repaired stream. It is
+read cheaply: block ``a − 1``'s input, kept from the cut's own capture, is replayed, so only block
+``a − 1`` and the attention of block ``b + 1`` run. Families whose attention output is not added on
+its own (GPT-NeoX's parallel blocks) and a cut at the last block skip it, and the summary says so.
+
 The checkpoint keeps the architecture and the parameter count of plain removal (the head untied
 adds the embedding's size once, and only for a cut at block 0 of a tied model).
 """
@@ -41,8 +51,9 @@ adds the embedding's size once, and only for a cut at block 0 of a tied model).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -57,12 +68,12 @@ from miprun.healing_fit import (
     wanted_update,
     with_ones,
 )
-from miprun.models.adapters import ffn_output_modules
+from miprun.models.adapters import attention_output_modules, ffn_output_modules
 from miprun.models.devices import input_device, input_embedding
+from miprun.models.forwards import in_block_format, patched_forwards
 from miprun.models.layerwise import editable_block, layerwise_loader
 from miprun.models.sweep import BlockSweep, Stream
 from miprun.probing import StopPass, forward_until, skipping
-
 
 POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
 """Module names of learned absolute position embeddings, added to the token embedding."""
@@ -107,19 +118,26 @@ class LinearHealer:
     :param batch_size: calibration sequences per forward batch (memory only).
     :param sequential: fit each cut on the model with the earlier cuts removed and healed (the
         default); False fits every cut on the dense model, as if it were the only one.
+    :param after_cut: also refit the attention output projection of the block after each cut, on
+        the healed model (module docstring); None: on for the refit, off for ReplaceMe's map.
+    :param after_cut_ridge: the relative ridge of that refit, toward the projection as it is.
     """
 
     def __init__(self, fit: str = "projection", ridge: float | None = None, batch_size: int = 4,
-                 sequential: bool = True) -> None:
+                 sequential: bool = True, after_cut: bool | None = None,
+                 after_cut_ridge: float = DEFAULT_RIDGE["projection"]) -> None:
         if fit not in FITS:
             raise MiprunError(f"unknown healing fit '{fit}'; choose: {', '.join(FITS)}")
         ridge = DEFAULT_RIDGE[fit] if ridge is None else ridge
-        if not ridge >= 0:
-            raise MiprunError(f"heal ridge must be ≥ 0, got {ridge!r}")
+        for name, value in (("heal ridge", ridge), ("after_cut_ridge", after_cut_ridge)):
+            if not value >= 0:
+                raise MiprunError(f"{name} must be ≥ 0, got {value!r}")
         self.fit = fit
         self.ridge = ridge
         self.batch_size = batch_size
         self.sequential = sequential
+        self.after_cut = fit == "projection" if after_cut is None else bool(after_cut)
+        self.after_cut_ridge = after_cut_ridge
 
     def check(self, adapter: Any) -> None:
         """Refuse, in one line, an architecture no fit can be folded into (:func:`check_healable`)."""
@@ -158,14 +176,17 @@ class LinearHealer:
         if cuts and cuts[0][0] == 0:
             check_embedding(model)
         summary: dict[str, Any] = {"fit": self.fit, "ridge": self.ridge, "tokens": 0, "cuts": []}
+        afters = {cut: self.block_after(adapter, cut) for cut in cuts}
+        if self.after_cut:
+            summary["after_cut"] = self._after_cut_record(adapter)
         if not cuts:
             summary["sequential"] = self.sequential
             return summary
         if layerwise_loader(model) is None:  # the first cut's fit is read in the dense pass itself
-            targets, first = self._dense_pass(model, adapter, cuts, self.kind_of(adapter, cuts[0]), input_ids)
+            targets, first, mids = self._dense_pass(model, adapter, cuts, afters, self.kind_of(adapter, cuts[0]), input_ids)
         else:
-            targets, first = self._dense_targets(model, adapter, cuts, input_ids), None
-        pending: list[tuple[tuple[int, int], torch.Tensor, dict[str, Any]]] = []
+            (targets, mids), first = self._dense_targets(model, adapter, cuts, afters, input_ids), None
+        pending: list[tuple[tuple[int, int], torch.Tensor, dict[str, Any], list]] = []
         for index, cut in enumerate(cuts):
             start = time.perf_counter()
             earlier = [b for first, last in cuts[:index] for b in range(first, last + 1)] if self.sequential else []
@@ -182,14 +203,121 @@ class LinearHealer:
                       "seconds": round(time.perf_counter() - start, 3)}
             if cut[0] > 0 and ffn_output_modules(adapter, cut[0] - 1)[1] is not None:
                 record["through_norm"] = adapter.spec.ffn_output_norm
-            pending.append((cut, solution, record))
-            if self.sequential:  # the next cut is fitted on the model healed so far
-                self._apply(model, adapter, pending.pop(), handles, summary)
             summary["tokens"] = tokens
+            pending.append((cut, solution, record, normal.entries if self.sequential else []))
+            if self.sequential:  # the next cut is fitted on the model healed so far
+                self._heal_cut(model, adapter, pending.pop(), cuts[: index + 1], afters, mids, input_ids, handles, summary)
         for item in pending:  # independent fits: every one applied once all are fitted
-            self._apply(model, adapter, item, handles, summary)
+            self._apply(model, adapter, item[:3], handles, summary)
+        for index, item in enumerate(pending):  # then the blocks after the cuts, left to right
+            self._refit_after(model, adapter, item[0], cuts[: index + 1], afters, mids, [], input_ids, handles,
+                              summary["cuts"][index])
         summary["sequential"] = self.sequential
         return summary
+
+    def _heal_cut(self, model: Any, adapter: Any, item: tuple, done: list[tuple[int, int]], afters: dict,
+                  mids: dict, input_ids: torch.Tensor, handles: list[Any] | None, summary: dict[str, Any]) -> None:
+        """Apply one cut's fit, then refit the block after it (the next cut sees both)."""
+        self._apply(model, adapter, item[:3], handles, summary)
+        self._refit_after(model, adapter, item[0], done, afters, mids, item[3], input_ids, handles, summary["cuts"][-1])
+
+    def block_after(self, adapter: Any, cut: tuple[int, int]) -> int | None:
+        """The block after ``cut`` whose attention output projection this healer refits, or None:
+        ``after_cut`` off, a cut at the last block, or no refittable attention output registered."""
+        after = cut[1] + 1
+        if not self.after_cut or after >= adapter.num_blocks or self._after_cut_refusal(adapter):
+            return None
+        with editable_block(adapter, after):
+            modules = attention_output_modules(adapter, after)
+            return after if modules is not None and refittable(modules[0]) else None
+
+    def _after_cut_refusal(self, adapter: Any) -> str | None:
+        """Why this architecture's attention output cannot be refitted after a cut, or None."""
+        if not adapter.spec.attention_output:
+            return f"'{adapter.model_type}' registers no attention output added to the stream on its own"
+        if getattr(adapter.block_config, "do_layer_norm_before", True) is False:
+            return f"'{adapter.model_type}' normalises after the attention's residual add (post-norm)"
+        return None
+
+    def _after_cut_record(self, adapter: Any) -> dict[str, Any]:
+        """The summary's ``after_cut`` entry: the module refitted and its ridge, or why not."""
+        refusal = self._after_cut_refusal(adapter)
+        if refusal is not None:
+            return {"skipped": f"{refusal}: only the projection before each cut is refitted"}
+        record = {"module": adapter.spec.attention_output, "ridge": self.after_cut_ridge}
+        if adapter.spec.attention_output_norm:
+            record["through_norm"] = adapter.spec.attention_output_norm
+        return record
+
+    def _refit_after(self, model: Any, adapter: Any, cut: tuple[int, int], done: list[tuple[int, int]], afters: dict,
+                     mids: dict, entries: list, input_ids: torch.Tensor, handles: list[Any] | None,
+                     record: dict[str, Any]) -> None:
+        """Refit the attention output projection of the block after ``cut`` on the model healed so
+        far (the blocks of ``done`` removed), toward the dense stream after that block's attention
+        (``mids[cut]``), and fold it or hook it in; the cut's ``record`` gets its residuals."""
+        after = afters.get(cut)
+        if after is None:
+            return
+        start = time.perf_counter()
+        skipped = [b for first, last in done for b in range(first, last + 1)]
+        normal = _Normal()
+        for rows, target in zip(self._after_captures(model, adapter, cut, skipped, entries, input_ids), mids[cut]):
+            normal.add(rows, target.double())
+        with editable_block(adapter, after):
+            output, _ = attention_output_modules(adapter, after)
+            prior = _projection_rows(output, normal.gram)
+        solution = ridge_solver(normal.gram, self.after_cut_ridge)(normal.cross, prior)
+        if handles is None:
+            with torch.no_grad(), editable_block(adapter, after):
+                _replace_projection(attention_output_modules(adapter, after)[0], solution)
+        else:
+            handles.append(_refit_hook(attention_output_modules(adapter, after)[0], solution))
+        record["after_cut"] = {
+            "refitted": f"block {after} {adapter.spec.attention_output}",
+            "relative_residual_before": (normal.before / normal.energy) ** 0.5,
+            "relative_residual_after": (fit_error(normal.energy, normal.gram, normal.cross, solution) / normal.energy) ** 0.5,
+            "seconds": round(time.perf_counter() - start, 3)}
+
+    def _after_captures(self, model: Any, adapter: Any, cut: tuple[int, int], skipped: list[int], entries: list,
+                        input_ids: torch.Tensor) -> Iterator[dict[str, Any]]:
+        """Per batch, on the model healed so far with ``skipped`` removed, the rows of the block
+        after ``cut``: ``x`` its attention output projection's input, ``z``/``added``/``gain`` as
+        for a cut's fit, ``rest`` the stream entering the block. With ``entries`` (block ``a − 1``'s
+        input per batch, kept by the cut's capture) the run starts at block ``a − 1``."""
+        after = cut[1] + 1
+        start = cut[0] - 1 if entries else 0
+        output, norm = attention_output_modules(adapter, after)
+        collected: list[dict[str, Any]] = []
+        entering: list[torch.Tensor] = []
+
+        def take(rows: dict[str, Any]) -> None:
+            collected.append({**rows, "rest": entering.pop()})
+
+        def take_input(module, args, kwargs):
+            entering.append(fit_rows(args[0] if args else kwargs["hidden_states"]))
+
+        loader = layerwise_loader(model)
+        with ExitStack() as stack, torch.no_grad():
+            stack.callback(adapter.blocks[after].register_forward_pre_hook(take_input, with_kwargs=True).remove)
+            stack.enter_context(_module_hooks(adapter.blocks[after], output, norm, "projection", take))
+            if loader is not None:
+                sweep = BlockSweep(adapter, loader, input_ids, self.batch_size, input_device(model))
+                stream = Stream(frozenset(skipped), start, (lambda: list(entries)) if start else None)
+                sweep.run([stream], until=after + 1)
+                yield from collected
+                return
+            stack.enter_context(skipping(adapter, [b for b in skipped if b >= start]))
+            batch_index = [0]
+
+            def replay(block: Any, original: Any) -> Any:
+                return lambda *args, **kwargs: in_block_format(block, original, args, kwargs, entries[batch_index[0]])
+
+            stack.enter_context(patched_forwards(adapter, {index: replay for index in range(start)}))
+            for index, batch in enumerate(self._batches(input_ids, input_device(model))):
+                batch_index[0] = index
+                forward_until(norm if norm is not None else output,
+                              lambda batch=batch: adapter.backbone(input_ids=batch, use_cache=False))
+                yield collected.pop()
 
     def kind_of(self, adapter: Any, cut: tuple[int, int]) -> str:
         """The fit of ``cut``: the healer's, except a map where a refit has no single linear layer
@@ -205,12 +333,7 @@ class LinearHealer:
         if kind == "map":
             return torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
         with editable_block(adapter, cut[0] - 1):
-            down, _ = ffn_output_modules(adapter, cut[0] - 1)
-            weight = down.weight.detach().to(gram.device, torch.float64)
-            rows = weight.T if isinstance(down, torch.nn.Linear) else weight
-            if getattr(down, "bias", None) is not None:
-                rows = torch.cat([rows, down.bias.detach().to(gram.device, torch.float64)[None]])
-            return rows
+            return _projection_rows(ffn_output_modules(adapter, cut[0] - 1)[0], gram)
 
     def _apply(self, model: Any, adapter: Any, item: tuple, handles: list[Any] | None, summary: dict[str, Any]) -> None:
         """Fold the fit of ``item`` (``handles`` None) or hook it in, and record the cut."""
@@ -226,24 +349,19 @@ class LinearHealer:
         """Forward hooks giving the modules the fit would be folded into (the FFN output module
         before the cut, or the embedding tables) the output the folded modules would give."""
         modules = [ffn_output_modules(adapter, cut[0] - 1)[0]] if cut[0] > 0 else _embedding_tables(model)
-        refit = kind == "projection"
-
-        def apply(module: Any, args: Any, out: torch.Tensor) -> torch.Tensor:
-            value = args[0].double() if refit else out.double()
-            if value.shape[-1] < solution.shape[0]:  # the refit's bias row
-                value = with_ones(value)
-            return (value @ solution.to(out.device)).to(out.dtype)
-
-        return [module.register_forward_hook(apply) for module in modules]
+        return [_refit_hook(module, solution, refit=kind == "projection") for module in modules]
 
     def _batches(self, input_ids: torch.Tensor, device: torch.device):
         for start in range(0, input_ids.shape[0], self.batch_size):
             yield input_ids[start : start + self.batch_size].to(device)
 
-    def _dense_targets(self, model: Any, adapter: Any, cuts: list[tuple[int, int]], input_ids: torch.Tensor) -> dict:
+    def _dense_targets(self, model: Any, adapter: Any, cuts: list[tuple[int, int]], afters: dict,
+                       input_ids: torch.Tensor) -> tuple[dict, dict]:
         """Layer-wise: the dense stream after the last block of every cut, per batch (float64 rows,
-        CPU), block-major (every block read once for all batches)."""
+        CPU), and after the attention of the block after it (:meth:`_mid_hooks`), block-major
+        (every block read once for all batches)."""
         targets: dict[tuple[int, int], list[torch.Tensor]] = {cut: [] for cut in cuts}
+        mids: dict[tuple[int, int], list[torch.Tensor]] = {cut: [] for cut in cuts}
         sweep = BlockSweep(adapter, layerwise_loader(model), input_ids, self.batch_size, input_device(model))
         stream = Stream(frozenset())
         ends = {cut[1] + 1: cut for cut in cuts}
@@ -252,19 +370,47 @@ class LinearHealer:
             if boundary in ends:
                 targets[ends[boundary]] = [fit_rows(hidden).cpu() for hidden in stream.states]
 
-        sweep.run([stream], on_boundary=keep, until=max(ends))
-        return targets
+        with ExitStack() as stack:
+            for cut, after in afters.items():
+                if after is not None:
+                    stack.enter_context(self._mid_hooks(adapter, after, mids[cut].append))
+            sweep.run([stream], on_boundary=keep, until=max(list(ends) + [a + 1 for a in afters.values() if a is not None]))
+        return targets, mids
 
-    def _dense_pass(self, model: Any, adapter: Any, cuts: list[tuple[int, int]], kind: str,
-                    input_ids: torch.Tensor) -> tuple[dict, "_Normal"]:
-        """One pass of the dense model, stopped after the last cut: the targets of every cut (per
-        batch, float64 rows, CPU; the first cut's are used at once) and the first cut's normal
-        equations — its fit acts on the dense model, so what it reads is taken in the same pass."""
+    @contextmanager
+    def _mid_hooks(self, adapter: Any, after: int, take: Any) -> Iterator[None]:
+        """Hooks handing ``take``, per batch, the stream after block ``after``'s attention (its input
+        plus what the attention adds, after the output norm if any) as float32 CPU rows."""
+        entering: list[torch.Tensor] = []
+        output, norm = attention_output_modules(adapter, after)
+
+        def take_input(module, args, kwargs):
+            entering.append(fit_rows(args[0] if args else kwargs["hidden_states"]))
+
+        handle = adapter.blocks[after].register_forward_pre_hook(take_input, with_kwargs=True)
+        try:
+            with _module_hooks(adapter.blocks[after], output, norm, "map",
+                               lambda rows: take((entering.pop() + rows["added"]).float().cpu())):
+                yield
+        finally:
+            handle.remove()
+
+    def _dense_pass(self, model: Any, adapter: Any, cuts: list[tuple[int, int]], afters: dict, kind: str,
+                    input_ids: torch.Tensor) -> tuple[dict, _Normal, dict]:
+        """One pass of the dense model, stopped after the last cut (after the attention of the block
+        after it, when that is refitted): the targets of every cut (per batch, float64 rows, CPU;
+        the first cut's are used at once), the first cut's normal equations — its fit acts on the
+        dense model, so what it reads is taken in the same pass — and the targets of the refits
+        after the cuts (:meth:`_mid_hooks`)."""
         cut = cuts[0]
         targets: dict[tuple[int, int], list[torch.Tensor]] = {later: [] for later in cuts[1:]}
+        mids: dict[tuple[int, int], list[torch.Tensor]] = {any_cut: [] for any_cut in cuts}
         normal = _Normal()
         current: dict[str, Any] = {}
         with ExitStack() as stack, torch.no_grad():
+            if cut[0] > 1:  # block a − 1's input: where the refit after the cut starts its run
+                stack.callback(adapter.blocks[cut[0] - 1].register_forward_pre_hook(
+                    lambda m, args, kwargs: current.update(entry=_entry(args, kwargs)), with_kwargs=True).remove)
             if cut[0] == 0:
                 def take_input(module, args, kwargs):
                     rows = fit_rows(args[0] if args else kwargs["hidden_states"])
@@ -281,9 +427,15 @@ class LinearHealer:
             for later in cuts[1:]:
                 stack.callback(adapter.blocks[later[1]].register_forward_hook(
                     lambda m, a, out, later=later: targets[later].append(fit_rows(module_output(out)).cpu())).remove)
+            for any_cut, after in afters.items():
+                if after is not None:
+                    stack.enter_context(self._mid_hooks(adapter, after, mids[any_cut].append))
+            last = afters[cuts[-1]]
+            stop = adapter.blocks[cuts[-1][1]] if last is None else \
+                next(m for m in reversed(attention_output_modules(adapter, last)) if m is not None)
             for batch in self._batches(input_ids, input_device(model)):  # each stopped after the last cut
-                forward_until(adapter.blocks[cuts[-1][1]], lambda batch=batch: adapter.backbone(input_ids=batch, use_cache=False))
-        return targets, normal
+                forward_until(stop, lambda batch=batch: adapter.backbone(input_ids=batch, use_cache=False))
+        return targets, normal, mids
 
     def _captures(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, earlier: list[int],
                   input_ids: torch.Tensor) -> Iterator[dict[str, torch.Tensor | None]]:
@@ -307,6 +459,9 @@ class LinearHealer:
                 hook = adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True)
             else:
                 stack.enter_context(self.ffn_hooks(adapter, first - 1, kind, captured.update))
+                if first > 1:  # block a − 1's input: where the refit after the cut starts its run
+                    stack.callback(adapter.blocks[first - 1].register_forward_pre_hook(
+                        lambda m, args, kwargs: captured.update(entry=_entry(args, kwargs)), with_kwargs=True).remove)
 
                 def take_output(module, args, out):
                     captured["rest"] = fit_rows(module_output(out)) - captured["added"]
@@ -333,50 +488,28 @@ class LinearHealer:
             return
         stream = Stream(frozenset(earlier))
         captured: list[dict[str, Any]] = []
+        entries: list[torch.Tensor] = []
+
+        def keep(boundary: int) -> None:  # block a − 1's input: where the refit after the cut starts
+            if boundary == first - 1 and boundary > 0:
+                entries[:] = list(stream.states)
+
         with self.ffn_hooks(adapter, first - 1, kind, lambda rows: captured.append(rows)):
-            sweep.run([stream], until=first)
-        for rows, hidden in zip(captured, stream.states):
-            yield {**rows, "rest": fit_rows(hidden) - rows["added"]}
+            sweep.run([stream], on_boundary=keep, until=first)
+        for index, (rows, hidden) in enumerate(zip(captured, stream.states)):
+            yield {**rows, "rest": fit_rows(hidden) - rows["added"], "entry": entries[index] if entries else None}
 
     @contextmanager
     def ffn_hooks(self, adapter: Any, index: int, kind: str, take: Any) -> Iterator[None]:
         """Hooks on block ``index``'s FFN output module (and its output norm) that hand ``take``
-        the rows of one batch once both have run: ``x``, ``z``, ``added`` and ``gain``. Outputs
-        flattened to tokens × features (OPT, experts) are read in the block's batch shape."""
+        the rows of one batch once both have run: ``x``, ``z``, ``added`` and ``gain``
+        (:func:`_module_hooks`)."""
         output, norm = ffn_output_modules(adapter, index)
-        rows: dict[str, Any] = {}
-        shape: list[int] = []
-
-        def tokens(value: torch.Tensor) -> torch.Tensor:
-            return fit_rows(value.reshape(*shape, value.shape[-1]))
-
-        def on_block(module, args, kwargs):
-            shape[:] = (args[0] if args else kwargs["hidden_states"]).shape[:2]
-
-        def on_output(module, args, out):
-            z = tokens(module_output(out))
-            x = z if kind == "map" else tokens(args[0])
-            if kind != "map" and getattr(module, "bias", None) is not None:
-                x = with_ones(x)
-            rows.update(x=x, z=z, gain=None)
-            if norm is None:
-                take({**rows, "added": z})
-
-        def on_norm(module, args, out):
-            take({**rows, "added": tokens(module_output(out)), "gain": _gain(module, rows["z"].shape[-1])})
-
-        handles = [adapter.blocks[index].register_forward_pre_hook(on_block, with_kwargs=True),
-                   output.register_forward_hook(on_output)]
-        if norm is not None:
-            handles.append(norm.register_forward_hook(on_norm))
-        try:
+        with _module_hooks(adapter.blocks[index], output, norm, kind, take):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def _accumulate(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, earlier: list[int],
-                    input_ids: torch.Tensor, targets: list[torch.Tensor]) -> "_Normal":
+                    input_ids: torch.Tensor, targets: list[torch.Tensor]) -> _Normal:
         """The normal equations of ``cut`` on the model healed so far (the earlier cuts skipped)."""
         normal = _Normal()
         for rows, target in zip(self._captures(model, adapter, cut, kind, earlier, input_ids), targets):
@@ -408,6 +541,73 @@ class LinearHealer:
             return {"folded_into": names, "untied_head": untied}
 
 
+@contextmanager
+def _module_hooks(block: Any, output: Any, norm: Any, kind: str, take: Any) -> Iterator[None]:
+    """Hooks on ``output`` (a module whose output ``block`` adds to the stream) and its ``norm``
+    (None without one) that hand ``take`` the rows of one batch once both have run: ``x`` what a fit
+    of ``kind`` acts on (the module's input, with a column of ones for a bias, for a refit; its
+    output for a map), ``z`` its output, ``added`` what reaches the stream (``z`` after the norm)
+    and ``gain`` the norm's per-channel gain (None without one). Outputs flattened to tokens ×
+    features (OPT, experts) are read in the block's batch shape."""
+    rows: dict[str, Any] = {}
+    shape: list[int] = []
+
+    def tokens(value: torch.Tensor) -> torch.Tensor:
+        return fit_rows(value.reshape(*shape, value.shape[-1]))
+
+    def on_block(module, args, kwargs):
+        shape[:] = (args[0] if args else kwargs["hidden_states"]).shape[:2]
+
+    def on_output(module, args, out):
+        z = tokens(module_output(out))
+        x = z if kind == "map" else tokens(args[0])
+        if kind != "map" and getattr(module, "bias", None) is not None:
+            x = with_ones(x)
+        rows.update(x=x, z=z, gain=None)
+        if norm is None:
+            take({**rows, "added": z})
+
+    def on_norm(module, args, out):
+        take({**rows, "added": tokens(module_output(out)), "gain": _gain(module, rows["z"].shape[-1])})
+
+    handles = [block.register_forward_pre_hook(on_block, with_kwargs=True), output.register_forward_hook(on_output)]
+    if norm is not None:
+        handles.append(norm.register_forward_hook(on_norm))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _entry(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states a block was called with, kept as they are (the batch's shape and dtype)."""
+    return (args[0] if args else kwargs["hidden_states"]).detach()
+
+
+def _projection_rows(module: Any, like: torch.Tensor) -> torch.Tensor:
+    """A linear layer's weights as a refit's unknowns: input (+ a bias row) × output, float64 on
+    ``like``'s device."""
+    weight = module.weight.detach().to(like.device, torch.float64)
+    rows = weight.T if isinstance(module, torch.nn.Linear) else weight
+    if getattr(module, "bias", None) is not None:
+        rows = torch.cat([rows, module.bias.detach().to(like.device, torch.float64)[None]])
+    return rows
+
+
+def _refit_hook(module: Any, solution: torch.Tensor, *, refit: bool = True) -> Any:
+    """A forward hook giving ``module`` the output it would have with ``solution`` folded in: a
+    refit (input (+ bias row) × output, applied to its input) or a map on its output."""
+
+    def apply(module: Any, args: Any, out: torch.Tensor) -> torch.Tensor:
+        value = args[0].double() if refit else out.double()
+        if value.shape[-1] < solution.shape[0]:  # the refit's bias row
+            value = with_ones(value)
+        return (value @ solution.to(out.device)).to(out.dtype)
+
+    return module.register_forward_hook(apply)
+
+
 class _Normal:
     """One cut's fit, accumulated batch by batch (float64 on the model's device): ``gram`` XᵀX,
     ``cross`` XᵀY, ``before`` the plain removal's ‖Z − Y‖², ``energy`` ‖Y‖² and ``tokens``. X is
@@ -419,6 +619,7 @@ class _Normal:
         self.cross: torch.Tensor | None = None
         self.before = self.energy = 0.0
         self.tokens = 0
+        self.entries: list[torch.Tensor] = []
 
     def add(self, rows: dict[str, Any], target: torch.Tensor) -> None:
         """Add one batch: ``rows`` as :meth:`LinearHealer._captures` gives them, ``target`` the
@@ -430,6 +631,8 @@ class _Normal:
         self.before += float((z - y).pow(2).sum())
         self.energy += float(y.pow(2).sum())
         self.tokens += x.shape[0]
+        if rows.get("entry") is not None:  # block a − 1's input, for the refit after the cut
+            self.entries.append(rows["entry"])
 
 
 def _gain(norm: Any, width: int) -> torch.Tensor:

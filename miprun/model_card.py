@@ -80,8 +80,10 @@ def model_card(report: dict[str, Any]) -> ModelCard:
         lines.append(f"- parameters: {surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
     healing = surgery.get("healing") or {}
     if healing.get("cuts"):
-        lines.append(f"- healed without training: {len(healing['cuts'])} closed-form fit(s) "
-                     f"({', '.join(c.get('folded_into', '') for c in healing['cuts'])}) on {healing.get('tokens')} tokens")
+        modules = [c.get("folded_into", "") for c in healing["cuts"]]
+        modules += [c["after_cut"]["refitted"] for c in healing["cuts"] if "after_cut" in c]
+        lines.append(f"- healed without training: {len(modules)} closed-form fit(s) "
+                     f"({', '.join(modules)}) on {healing.get('tokens')} tokens")
     elif healing.get("layers"):
         lines.append(f"- healed without training: the down projection of {len(healing['layers'])} FFN layer(s) "
                      f"refitted in closed form on the neurons each keeps, on {healing.get('tokens')} tokens")

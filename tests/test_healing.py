@@ -160,6 +160,8 @@ def _compensable(loaded, removed: int):
 
     def replace_output(module, args, kwargs, out):
         hidden = args[0] if args else kwargs["hidden_states"]
+        if (out[0] if isinstance(out, tuple) else out) is hidden:  # skipped (passed through): stays removed
+            return out
         new = hidden + added["value"].reshape(hidden.shape) @ (q - torch.eye(width))  # OPT, experts: flattened
         return (new, *out[1:]) if isinstance(out, tuple) else new
 

@@ -19,10 +19,11 @@ JUDGE = torch.randint(4, 80, (4, 12), generator=torch.Generator().manual_seed(32
 @pytest.mark.parametrize("architecture", ["llama", "gemma2", "gpt2", "mixtral"])
 def test_a_preview_heals_a_block_set_as_the_healer_does_with_independent_fits(architecture):
     """The preview's run-time fits give the pruned model the output the healer's own independent
-    fits (``sequential=False``, folded nowhere) give it — a refit, Gemma's refit through the norm,
-    GPT-2's Conv1D with its bias, Mixtral's map — for a cut at block 0 and one inside."""
+    fits (``sequential=False``, folded nowhere; the preview does not refit the block after a cut)
+    give it — a refit, Gemma's refit through the norm, GPT-2's Conv1D with its bias, Mixtral's map —
+    for a cut at block 0 and one inside."""
     loaded = build_tiny(architecture, layers=6, seed=33)
-    healer = LinearHealer(sequential=False)
+    healer = LinearHealer(sequential=False, after_cut=False)
     blocks = [0, 3, 4]
     judge = Prober(loaded.model, loaded.adapter, JUDGE)
     with healer.applied(loaded.model, loaded.adapter, blocks, FIT):
@@ -158,7 +159,7 @@ def test_a_cut_at_block_0_the_healer_refuses_is_judged_as_plain_removal():
     with preview.applied([0, 2]) as first:
         got = judge.output_states([0, 2])
     assert first == 0 and preview.info()["cuts_fitted"] == 1  # only the cut at block 2
-    with LinearHealer(sequential=False).applied(model, adapter, [2], FIT), torch.no_grad():
+    with LinearHealer(sequential=False, after_cut=False).applied(model, adapter, [2], FIT), torch.no_grad():
         expected = judge.output_states([0, 2])
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 

@@ -35,7 +35,8 @@ def test_run_with_no_arguments_prunes_the_default_model(tmp_path):
     assert report["data"]["path"].endswith("wikitext-2/valid.txt")
     assert report["model"]["kind"] == "embedded" and report["versions"]["transformers"]
     assert report["method"] == "output-mi+set-exchange" and report["strategies"]["selector"]["why"] == "block default"
-    # healed by default: the down projection before each cut refitted, nothing else changed
+    # healed by default: the down projection before each cut and the attention output projection
+    # after it refitted, nothing else changed
     assert report["strategies"]["healer"] == {**report["strategies"]["healer"], "name": "linear", "why": "block default"}
     cuts = report["surgery"]["healing"]["cuts"]
     assert cuts and all(c["relative_residual_after"] < c["relative_residual_before"] for c in cuts)
@@ -46,12 +47,15 @@ def test_run_with_no_arguments_prunes_the_default_model(tmp_path):
     assert reloaded.config.num_hidden_layers == 24 and len(reloaded.model.layers) == 24
     smollm2 = load_model("smollm2-135m")
     kept = [b for b in range(30) if b not in report["selected_blocks"]]
-    refitted = {kept.index(c["blocks"][0] - 1) for c in cuts}
+    refitted = {f"model.layers.{kept.index(c['blocks'][0] - 1)}.mlp.down_proj.weight" for c in cuts}
+    refitted |= {f"model.layers.{kept.index(int(c['after_cut']['refitted'].split()[1]))}.self_attn.o_proj.weight"
+                 for c in cuts if "after_cut" in c}
+    assert len(refitted) == 2 * len(cuts) or max(report["selected_blocks"]) == 29
     original = {k.replace(f"layers.{b}.", f"layers.{kept.index(b)}."): v for k, v in smollm2.model.state_dict().items()
                 for b in kept if f"layers.{b}." in k} | {k: v for k, v in smollm2.model.state_dict().items() if ".layers." not in k}
     for name, value in reloaded.state_dict().items():
         changed = not torch.equal(value, original[name])
-        assert changed == any(name == f"model.layers.{i}.mlp.down_proj.weight" for i in refitted), name
+        assert changed == (name in refitted), name
     assert sum(p.numel() for p in reloaded.parameters()) == report["surgery"]["parameters_after"] == 113_274_432
 
     # --heal none is plain removal: the same blocks removed in memory give the same logits, exactly

@@ -98,7 +98,10 @@ def run(
         table.add_row(f"healed {cut['blocks'][0]}–{cut['blocks'][-1]}",
                       f"residual {cut['relative_residual_before']:.3f} → {cut['relative_residual_after']:.3f}, "
                       + (f"{cut['folded_into']} refitted" if cut["fit"] == "projection" else f"map folded into {cut['folded_into']}")
-                      + (" (head untied)" if cut["untied_head"] else ""))
+                      + (" (head untied)" if cut["untied_head"] else "")
+                      + (f"; {cut['after_cut']['refitted']} refitted after the cut, residual "
+                         f"{cut['after_cut']['relative_residual_before']:.3f} → "
+                         f"{cut['after_cut']['relative_residual_after']:.3f}" if "after_cut" in cut else ""))
     _add_quality(table, report)
     table.add_row("span evaluations", str(report["evaluations"]["spans"]))
     execution = report.get("execution", {})

@@ -29,6 +29,12 @@ class ArchitectureSpec:
         no fit can be folded (post-norm blocks such as BERT's, which normalise after the residual add).
     :param ffn_output_norm: name inside a block of a norm applied to that output before the
         residual add (Gemma's ``post_feedforward_layernorm``); empty when there is none.
+    :param attention_output: name inside a block of the linear layer whose output the attention adds
+        to the stream (``self_attn.o_proj``; GPT-2 ``attn.c_proj``): healing refits it in the block
+        after each cut. Empty where the attention output is not added on its own (parallel
+        attention and FFN, post-norm blocks).
+    :param attention_output_norm: name inside a block of a norm applied to the attention output
+        before the residual add (Gemma's ``post_attention_layernorm``); empty when there is none.
     """
 
     blocks: tuple[str, ...]
@@ -39,3 +45,5 @@ class ArchitectureSpec:
     ffn_note: str = ""
     ffn_output: str = "mlp.down_proj"
     ffn_output_norm: str = ""
+    attention_output: str = "self_attn.o_proj"
+    attention_output_norm: str = ""

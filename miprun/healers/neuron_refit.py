@@ -25,8 +25,9 @@ in. Without a ridge (``ridge=0``, exact fits of singular systems) they stay floa
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 

@@ -126,6 +126,21 @@ def ffn_output_modules(adapter: ArchitectureAdapter, index: int) -> tuple[Any, A
     return output, norm
 
 
+def attention_output_modules(adapter: ArchitectureAdapter, index: int) -> tuple[Any, Any] | None:
+    """``(output, norm)`` of block ``index``: the linear layer whose output the attention adds to the
+    stream (:attr:`ArchitectureSpec.attention_output`) and the norm applied to it first, or None;
+    None when the family registers no attention output or the block lacks it."""
+    if not adapter.spec.attention_output:
+        return None
+    block = adapter.blocks[index]
+    try:
+        output = _resolve(block, adapter.spec.attention_output)
+        norm = _resolve(block, adapter.spec.attention_output_norm) if adapter.spec.attention_output_norm else None
+    except AttributeError:
+        return None
+    return output, norm
+
+
 def neuron_axis(module: Any, role: str) -> int:
     """The weight axis that indexes FFN neurons: ``role="producer"`` (gate/up/c_fc/intermediate)
     or ``"down"``. ``nn.Linear`` stores (out × in), GPT-2's ``Conv1D`` the transpose (in × out)."""
