@@ -1,21 +1,19 @@
-"""Healing after the cut: what refitting the block *after* each cut adds to the cut's own fit.
+"""Healing after the cut: what refitting the blocks *after* each cut adds to the cut's own fit.
 
 The default healer refits, per cut ``[a, b]``, the down projection of block ``a − 1`` and then the
-attention output projection of block ``b + 1`` (``-o healer.after_cut=false`` turns the second
-off). This study prunes with ``miprun run``'s default selection and compares, on the same healing
-sequences:
-
-* ``before the cut only`` — the down projection of block ``a − 1`` (``after_cut=false``);
-* ``miprun run`` — the default: + the attention output projection of block ``b + 1``;
-* ``+ down after`` — the default, then, in the study only, the down projection of block ``b + 1``
-  refitted in closed form (ridge toward the weights as they are) so that the stream after the
-  block equals the dense one (target: dense block output − pruned stream after attention).
+attention output projections of the blocks after the cut (``-o healer.after_cut=K``: how many;
+0 turns them off). This study prunes with ``miprun run``'s default selection and heals it with
+each ``--after-cut`` count on the same healing sequences (the selection does not depend on it: its
+preview fits the cut's own projection only). With ``--down-after`` it adds one study row: the
+default, then — in the study only — the down projection of block ``b + 1`` refitted in closed form
+(ridge toward the weights as they are) so that the stream after that block equals the dense one
+(target: dense block output − pruned stream after attention).
 
 Each variant is scored by miprun's perplexity protocol on WikiText-2 test and on the Python code
-text of ``method_quality.py`` (a domain the fits never saw). The study's own refit is written for
-blocks with a plain residual after the FFN (Llama, Mistral, Qwen2, Phi-3); others are refused.
+text of ``method_quality.py`` (a domain the fits never saw), with its healing time. The study's own
+down refit is written for blocks with a plain residual after the FFN (Llama, Mistral, Qwen2, Phi-3).
 
-    python benchmarks/healing_after_cut.py --prune 6 --ppl-windows 40
+    python benchmarks/healing_after_cut.py --prune 6 --after-cut 0,1,2,3,5 --ppl-windows 40
 """
 
 from __future__ import annotations
@@ -104,44 +102,53 @@ def heal_down_after(pruned: Any, dense: Any, ids: torch.Tensor, blocks: list[int
 
 
 def main() -> None:
-    """Print one row per variant: blocks, refits with their residuals, perplexity on two texts."""
+    """Print one row per variant: refits after the cuts with their residuals, perplexity on two
+    texts, healing time."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser, prune=6)
-    parser.add_argument("--ridge", type=float, default=0.3, help="relative ridge of the refits (the default healer's)")
+    parser.add_argument("--after-cut", default="0,1,2,3", help="comma list of healer.after_cut counts")
+    parser.add_argument("--down-after", action="store_true", help="add the study row: the default + down after")
+    parser.add_argument("--ridge", type=float, default=0.3, help="relative ridge of the study's down refit")
     parser.add_argument("--heal-samples", type=int, default=128)
     parser.add_argument("--ppl-windows", type=int, default=40)
     args = parser.parse_args()
     dense = load_model(args.model)
-    spec = dense.adapter.spec
-    if spec.ffn_output_norm or spec.ffn_output not in dict(dense.adapter.blocks[0].named_modules()):
-        raise SystemExit(f"this study's down refit is written for blocks with {spec.ffn_output} and no output norms; "
-                         f"'{dense.adapter.model_type}' differs")
     common = {"n": args.prune, "calib": args.calib, "num_samples": args.num_samples, "seq_len": args.seq_len,
               "heal_samples": args.heal_samples, "save": False}
-    result = miprun.prune(args.model, **common)
-    blocks = list(result.report["selected_blocks"])
-    before_only = miprun.prune(args.model, options={"healer": {"after_cut": False}}, **common)
-    if list(before_only.report["selected_blocks"]) != blocks:  # the selection's preview does not refit after cuts
-        raise SystemExit(f"the two runs selected {blocks} and {before_only.report['selected_blocks']}")
+    variants = []
+    for count in (int(k) for k in args.after_cut.split(",")):
+        result = miprun.prune(args.model, options={"healer": {"after_cut": count}}, **common)
+        variants.append((f"after_cut={count}", result, False))
+    default = miprun.prune(args.model, **common)
+    variants.append(("miprun run (default)", default, False))
+    blocks = list(default.report["selected_blocks"])
+    if any(list(result.report["selected_blocks"]) != blocks for _, result, _ in variants):
+        raise SystemExit("the runs selected different blocks")
+    if args.down_after:
+        spec = dense.adapter.spec
+        if spec.ffn_output_norm or spec.ffn_output not in dict(dense.adapter.blocks[0].named_modules()):
+            raise SystemExit(f"the study's down refit is written for blocks with {spec.ffn_output} and no output "
+                             f"norms; '{dense.adapter.model_type}' differs")
+        variants.append(("default + down after (study)", copy.deepcopy(default), True))
     ids = load_calibration(args.calib, dense.tokenizer, num_samples=args.heal_samples, seq_len=args.seq_len,
                            seed=0).input_ids
     code = python_code_corpus(Path(tempfile.mkdtemp(prefix="miprun-after-cut-"))).read_text(encoding="utf-8")
     print(f"blocks removed: {blocks}")
-    print("| variant | refits after the cut (relative residual before → after) | WikiText-2 | python code |")
-    print("|---|---|---|---|")
-    for label, pruned, down in (("before the cut only (after_cut=false)", before_only, False),
-                                ("miprun run (+ attention output after)", result, False),
-                                ("+ down after (study)", copy.deepcopy(result), True)):
-        residuals = [("o_proj", c["after_cut"]["refitted"].split()[1],
-                      (round(c["after_cut"]["relative_residual_before"], 4), round(c["after_cut"]["relative_residual_after"], 4)))
-                     for c in pruned.report["surgery"]["healing"]["cuts"] if "after_cut" in c]
+    print("| variant | refits after the cuts (relative residual before → after) | WikiText-2 | python code | heal (s) |")
+    print("|---|---|---|---|---|")
+    for label, pruned, down in variants:
+        residuals = [("o_proj", after["refitted"].split()[1],
+                      (round(after["relative_residual_before"], 4), round(after["relative_residual_after"], 4)))
+                     for c in pruned.report["surgery"]["healing"]["cuts"] for after in c.get("after_cut", [])]
         if down:
             residuals += heal_down_after(pruned, dense, ids, blocks, args.ridge)
         wiki = perplexity(pruned.model, pruned.tokenizer, "wikitext2", seq_len=512, max_windows=args.ppl_windows)
         other = perplexity(pruned.model, pruned.tokenizer, "python-code", text=code, seq_len=512,
                            max_windows=args.ppl_windows)
         text = "; ".join(f"{part} of block {block}: {a} → {b}" for part, block, (a, b) in residuals) or "—"
-        print(f"| {label} | {text} | {wiki.perplexity:.2f} | {other.perplexity:.2f} |", flush=True)
+        heal = pruned.report.get("timings", {}).get("heal")
+        print(f"| {label} | {text} | {wiki.perplexity:.2f} | {other.perplexity:.2f} | "
+              f"{'' if heal is None or down else round(heal, 1)} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,15 +34,16 @@ the original embedding; the summary says so).
 Cuts are fitted left to right, each on the states of the model already healed before it (the
 earlier cuts skipped and their fits folded); the targets ``h`` are always the dense model's.
 
-After each cut's fit (``after_cut``, on by default for the refit), the **attention output
-projection of the block after the cut** (block ``b + 1``) is refitted the same way: on the healed
-model, so that the stream after that block's attention — its input plus what the projection adds,
-through the attention output norm where one follows (Gemma) — equals the dense model's there. The
-cut's own fit can only add a linear function of block ``a − 1``'s FFN activations; this second fit
-lets block ``b + 1`` re-weigh, per head, what its attention reads from the repaired stream. It is
-read cheaply: block ``a − 1``'s input, kept from the cut's own capture, is replayed, so only block
-``a − 1`` and the attention of block ``b + 1`` run. Families whose attention output is not added on
-its own (GPT-NeoX's parallel blocks) and a cut at the last block skip it, and the summary says so.
+After each cut's fit (``after_cut``: :data:`AFTER_CUT` blocks by default for the refit), the
+**attention output projections of the blocks after the cut** (``b + 1``, ``b + 2``, before the next
+cut) are refitted the same way, one after the other on the healed model, so that the stream after
+each one's attention — its input plus what the projection adds, through the attention output norm
+where one follows (Gemma) — equals the dense model's there. The cut's own fit can only add a
+linear function of block ``a − 1``'s FFN activations; these fits let the blocks after it re-weigh
+what each of their heads, reading the repaired stream, writes back to it. They are read cheaply:
+each capture replays a kept stream (block ``a − 1``'s input from the cut's own capture, then the
+input of the block just refitted), so only a block or two run per fit. Families whose attention
+output is not added on its own (GPT-NeoX's parallel blocks) skip them, and the summary says so.
 
 The checkpoint keeps the architecture and the parameter count of plain removal (the head untied
 adds the embedding's size once, and only for a cut at block 0 of a tied model).
@@ -107,6 +108,10 @@ FITS = ("projection", "map")
 DEFAULT_RIDGE = {"projection": 0.3, "map": 1e-4}
 """Default relative ridge per fit (docs/healing.md: how they were measured)."""
 
+AFTER_CUT = 2
+"""Blocks after each cut whose attention output projection the refit also refits by default
+(docs/healing.md: 1, 2, 3, 5 and every block measured; 2 keeps the default within its cost budget)."""
+
 
 class LinearHealer:
     """Fit and fold one linear correction per cut (module docstring).
@@ -118,13 +123,14 @@ class LinearHealer:
     :param batch_size: calibration sequences per forward batch (memory only).
     :param sequential: fit each cut on the model with the earlier cuts removed and healed (the
         default); False fits every cut on the dense model, as if it were the only one.
-    :param after_cut: also refit the attention output projection of the block after each cut, on
-        the healed model (module docstring); None: on for the refit, off for ReplaceMe's map.
+    :param after_cut: how many blocks after each cut get their attention output projection
+        refitted, on the healed model (module docstring); None: :data:`AFTER_CUT` for the refit,
+        0 (off) for ReplaceMe's map; True/False mean 1/0.
     :param after_cut_ridge: the relative ridge of that refit, toward the projection as it is.
     """
 
     def __init__(self, fit: str = "projection", ridge: float | None = None, batch_size: int = 4,
-                 sequential: bool = True, after_cut: bool | None = None,
+                 sequential: bool = True, after_cut: int | bool | None = None,
                  after_cut_ridge: float = DEFAULT_RIDGE["projection"]) -> None:
         if fit not in FITS:
             raise MiprunError(f"unknown healing fit '{fit}'; choose: {', '.join(FITS)}")
@@ -136,7 +142,9 @@ class LinearHealer:
         self.ridge = ridge
         self.batch_size = batch_size
         self.sequential = sequential
-        self.after_cut = fit == "projection" if after_cut is None else bool(after_cut)
+        self.after_cut = (AFTER_CUT if fit == "projection" else 0) if after_cut is None else int(after_cut)
+        if self.after_cut < 0:
+            raise MiprunError(f"after_cut must be ≥ 0 blocks, got {after_cut!r}")
         self.after_cut_ridge = after_cut_ridge
 
     def check(self, adapter: Any) -> None:
@@ -176,7 +184,7 @@ class LinearHealer:
         if cuts and cuts[0][0] == 0:
             check_embedding(model)
         summary: dict[str, Any] = {"fit": self.fit, "ridge": self.ridge, "tokens": 0, "cuts": []}
-        afters = {cut: self.block_after(adapter, cut) for cut in cuts}
+        afters = {cut: self.blocks_after(adapter, cut, cuts) for cut in cuts}
         if self.after_cut:
             summary["after_cut"] = self._after_cut_record(adapter)
         if not cuts:
@@ -221,15 +229,21 @@ class LinearHealer:
         self._apply(model, adapter, item[:3], handles, summary)
         self._refit_after(model, adapter, item[0], done, afters, mids, item[3], input_ids, handles, summary["cuts"][-1])
 
-    def block_after(self, adapter: Any, cut: tuple[int, int]) -> int | None:
-        """The block after ``cut`` whose attention output projection this healer refits, or None:
-        ``after_cut`` off, a cut at the last block, or no refittable attention output registered."""
-        after = cut[1] + 1
-        if not self.after_cut or after >= adapter.num_blocks or self._after_cut_refusal(adapter):
-            return None
-        with editable_block(adapter, after):
-            modules = attention_output_modules(adapter, after)
-            return after if modules is not None and refittable(modules[0]) else None
+    def blocks_after(self, adapter: Any, cut: tuple[int, int], cuts: list[tuple[int, int]]) -> list[int]:
+        """The blocks after ``cut`` whose attention output projections this healer refits: up to
+        ``after_cut`` of them, before the next cut and the end; none where the architecture has no
+        refittable attention output."""
+        if not self.after_cut or self._after_cut_refusal(adapter):
+            return []
+        end = min([adapter.num_blocks] + [first for first, _ in cuts if first > cut[1]])
+        chosen = []
+        for after in range(cut[1] + 1, min(cut[1] + 1 + self.after_cut, end)):
+            with editable_block(adapter, after):
+                modules = attention_output_modules(adapter, after)
+                if modules is None or not refittable(modules[0]):
+                    return []
+            chosen.append(after)
+        return chosen
 
     def _after_cut_refusal(self, adapter: Any) -> str | None:
         """Why this architecture's attention output cannot be refitted after a cut, or None."""
@@ -244,7 +258,7 @@ class LinearHealer:
         refusal = self._after_cut_refusal(adapter)
         if refusal is not None:
             return {"skipped": f"{refusal}: only the projection before each cut is refitted"}
-        record = {"module": adapter.spec.attention_output, "ridge": self.after_cut_ridge}
+        record = {"module": adapter.spec.attention_output, "blocks": self.after_cut, "ridge": self.after_cut_ridge}
         if adapter.spec.attention_output_norm:
             record["through_norm"] = adapter.spec.attention_output_norm
         return record
@@ -252,49 +266,55 @@ class LinearHealer:
     def _refit_after(self, model: Any, adapter: Any, cut: tuple[int, int], done: list[tuple[int, int]], afters: dict,
                      mids: dict, entries: list, input_ids: torch.Tensor, handles: list[Any] | None,
                      record: dict[str, Any]) -> None:
-        """Refit the attention output projection of the block after ``cut`` on the model healed so
-        far (the blocks of ``done`` removed), toward the dense stream after that block's attention
-        (``mids[cut]``), and fold it or hook it in; the cut's ``record`` gets its residuals."""
-        after = afters.get(cut)
-        if after is None:
-            return
-        start = time.perf_counter()
+        """Refit, in order, the attention output projections of the blocks after ``cut`` on the
+        model healed so far (the blocks of ``done`` removed), each toward the dense stream after
+        that block's attention (``mids[block]``), and fold them or hook them in; the cut's
+        ``record`` gets their residuals (``after_cut``, one entry per block). Each capture replays
+        the stream kept where the previous one started — block ``a − 1``'s input (``entries``, from
+        the cut's own capture) for the first, the input of the block just refitted for the next — so
+        only a block or two run per refit."""
         skipped = [b for first, last in done for b in range(first, last + 1)]
-        normal = _Normal()
-        for rows, target in zip(self._after_captures(model, adapter, cut, skipped, entries, input_ids), mids[cut]):
-            normal.add(rows, target.double())
-        with editable_block(adapter, after):
-            output, _ = attention_output_modules(adapter, after)
-            prior = _projection_rows(output, normal.gram)
-        solution = ridge_solver(normal.gram, self.after_cut_ridge)(normal.cross, prior)
-        if handles is None:
-            with torch.no_grad(), editable_block(adapter, after):
-                _replace_projection(attention_output_modules(adapter, after)[0], solution)
-        else:
-            handles.append(_refit_hook(attention_output_modules(adapter, after)[0], solution))
-        record["after_cut"] = {
-            "refitted": f"block {after} {adapter.spec.attention_output}",
-            "relative_residual_before": (normal.before / normal.energy) ** 0.5,
-            "relative_residual_after": (fit_error(normal.energy, normal.gram, normal.cross, solution) / normal.energy) ** 0.5,
-            "seconds": round(time.perf_counter() - start, 3)}
+        begin = cut[0] - 1 if entries else 0  # block a − 1, whose input the cut's capture kept
+        for after in afters.get(cut, []):
+            start = time.perf_counter()
+            normal = _Normal()
+            rows = self._after_captures(model, adapter, after, skipped, begin, entries, input_ids)
+            for batch, target in zip(rows, mids[after]):
+                normal.add(batch, target.double())
+            begin, entries = after, normal.entries  # the next block's refit starts at this one
+            with editable_block(adapter, after):
+                output, _ = attention_output_modules(adapter, after)
+                prior = _projection_rows(output, normal.gram)
+            solution = ridge_solver(normal.gram, self.after_cut_ridge)(normal.cross, prior)
+            if handles is None:
+                with torch.no_grad(), editable_block(adapter, after):
+                    _replace_projection(attention_output_modules(adapter, after)[0], solution)
+            else:
+                handles.append(_refit_hook(attention_output_modules(adapter, after)[0], solution))
+            error = fit_error(normal.energy, normal.gram, normal.cross, solution)
+            record.setdefault("after_cut", []).append({
+                "refitted": f"block {after} {adapter.spec.attention_output}",
+                "relative_residual_before": (normal.before / normal.energy) ** 0.5,
+                "relative_residual_after": (error / normal.energy) ** 0.5,
+                "seconds": round(time.perf_counter() - start, 3)})
 
-    def _after_captures(self, model: Any, adapter: Any, cut: tuple[int, int], skipped: list[int], entries: list,
-                        input_ids: torch.Tensor) -> Iterator[dict[str, Any]]:
-        """Per batch, on the model healed so far with ``skipped`` removed, the rows of the block
-        after ``cut``: ``x`` its attention output projection's input, ``z``/``added``/``gain`` as
-        for a cut's fit, ``rest`` the stream entering the block. With ``entries`` (block ``a − 1``'s
-        input per batch, kept by the cut's capture) the run starts at block ``a − 1``."""
-        after = cut[1] + 1
-        start = cut[0] - 1 if entries else 0
+    def _after_captures(self, model: Any, adapter: Any, after: int, skipped: list[int], start: int,
+                        entries: list, input_ids: torch.Tensor) -> Iterator[dict[str, Any]]:
+        """Per batch, on the model healed so far with ``skipped`` removed, the rows of block
+        ``after``: ``x`` its attention output projection's input, ``z``/``added``/``gain`` as for a
+        cut's fit, ``rest`` the stream entering the block and ``entry`` that stream as the model
+        computes it (where the next block's refit starts). The run starts at block ``start`` from
+        ``entries`` (its input per batch; from the embedding when ``start`` is 0)."""
         output, norm = attention_output_modules(adapter, after)
         collected: list[dict[str, Any]] = []
         entering: list[torch.Tensor] = []
 
         def take(rows: dict[str, Any]) -> None:
-            collected.append({**rows, "rest": entering.pop()})
+            hidden = entering.pop()
+            collected.append({**rows, "rest": fit_rows(hidden), "entry": hidden})
 
         def take_input(module, args, kwargs):
-            entering.append(fit_rows(args[0] if args else kwargs["hidden_states"]))
+            entering.append(_entry(args, kwargs))
 
         loader = layerwise_loader(model)
         with ExitStack() as stack, torch.no_grad():
@@ -361,7 +381,7 @@ class LinearHealer:
         CPU), and after the attention of the block after it (:meth:`_mid_hooks`), block-major
         (every block read once for all batches)."""
         targets: dict[tuple[int, int], list[torch.Tensor]] = {cut: [] for cut in cuts}
-        mids: dict[tuple[int, int], list[torch.Tensor]] = {cut: [] for cut in cuts}
+        mids: dict[int, list[torch.Tensor]] = {after: [] for blocks in afters.values() for after in blocks}
         sweep = BlockSweep(adapter, layerwise_loader(model), input_ids, self.batch_size, input_device(model))
         stream = Stream(frozenset())
         ends = {cut[1] + 1: cut for cut in cuts}
@@ -371,10 +391,9 @@ class LinearHealer:
                 targets[ends[boundary]] = [fit_rows(hidden).cpu() for hidden in stream.states]
 
         with ExitStack() as stack:
-            for cut, after in afters.items():
-                if after is not None:
-                    stack.enter_context(self._mid_hooks(adapter, after, mids[cut].append))
-            sweep.run([stream], on_boundary=keep, until=max(list(ends) + [a + 1 for a in afters.values() if a is not None]))
+            for after, kept in mids.items():
+                stack.enter_context(self._mid_hooks(adapter, after, kept.append))
+            sweep.run([stream], on_boundary=keep, until=max(list(ends) + [after + 1 for after in mids]))
         return targets, mids
 
     @contextmanager
@@ -404,7 +423,7 @@ class LinearHealer:
         after the cuts (:meth:`_mid_hooks`)."""
         cut = cuts[0]
         targets: dict[tuple[int, int], list[torch.Tensor]] = {later: [] for later in cuts[1:]}
-        mids: dict[tuple[int, int], list[torch.Tensor]] = {any_cut: [] for any_cut in cuts}
+        mids: dict[int, list[torch.Tensor]] = {after: [] for blocks in afters.values() for after in blocks}
         normal = _Normal()
         current: dict[str, Any] = {}
         with ExitStack() as stack, torch.no_grad():
@@ -427,11 +446,10 @@ class LinearHealer:
             for later in cuts[1:]:
                 stack.callback(adapter.blocks[later[1]].register_forward_hook(
                     lambda m, a, out, later=later: targets[later].append(fit_rows(module_output(out)).cpu())).remove)
-            for any_cut, after in afters.items():
-                if after is not None:
-                    stack.enter_context(self._mid_hooks(adapter, after, mids[any_cut].append))
-            last = afters[cuts[-1]]
-            stop = adapter.blocks[cuts[-1][1]] if last is None else \
+            for after, kept in mids.items():
+                stack.enter_context(self._mid_hooks(adapter, after, kept.append))
+            last = max(mids, default=-1)  # after the last cut's end only if that cut has blocks after it refitted
+            stop = adapter.blocks[cuts[-1][1]] if last < cuts[-1][1] else \
                 next(m for m in reversed(attention_output_modules(adapter, last)) if m is not None)
             for batch in self._batches(input_ids, input_device(model)):  # each stopped after the last cut
                 forward_until(stop, lambda batch=batch: adapter.backbone(input_ids=batch, use_cache=False))

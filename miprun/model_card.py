@@ -81,7 +81,7 @@ def model_card(report: dict[str, Any]) -> ModelCard:
     healing = surgery.get("healing") or {}
     if healing.get("cuts"):
         modules = [c.get("folded_into", "") for c in healing["cuts"]]
-        modules += [c["after_cut"]["refitted"] for c in healing["cuts"] if "after_cut" in c]
+        modules += [after["refitted"] for c in healing["cuts"] for after in c.get("after_cut", [])]
         lines.append(f"- healed without training: {len(modules)} closed-form fit(s) "
                      f"({', '.join(modules)}) on {healing.get('tokens')} tokens")
     elif healing.get("layers"):

@@ -17,7 +17,7 @@ IDS = torch.randint(4, 80, (8, 16), generator=torch.Generator().manual_seed(41))
 def _stream_after_attention(loaded, index: int, skip: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Over ``IDS`` with ``skip`` removed: the stream entering block ``index`` and the stream after
     its attention (input + attention output), first positions left out, float64 rows."""
-    output, norm = attention_output_modules(loaded.adapter, index)
+    output, _ = attention_output_modules(loaded.adapter, index)
     captured = {}
     hooks = [loaded.adapter.blocks[index].register_forward_pre_hook(
                  lambda m, args, kwargs: captured.update(x=args[0] if args else kwargs["hidden_states"]), with_kwargs=True),
@@ -46,8 +46,8 @@ def test_the_block_after_each_cut_is_refitted_toward_the_dense_stream_after_its_
     summary = LinearHealer().heal(healed.model, healed.adapter, [1, 3, 4], IDS)
     plain = LinearHealer(after_cut=False).heal(without.model, without.adapter, [1, 3, 4], IDS)
     path = healed.adapter.spec.attention_output
-    assert summary["after_cut"] == {"module": path, "ridge": 0.3} and "after_cut" not in plain
-    afters = [cut["after_cut"] for cut in summary["cuts"]]
+    assert summary["after_cut"] == {"module": path, "blocks": 2, "ridge": 0.3} and "after_cut" not in plain
+    afters = [after for cut in summary["cuts"] for after in cut["after_cut"]]
     assert [a["refitted"] for a in afters] == [f"block 2 {path}", f"block 5 {path}"]
     assert all(a["relative_residual_after"] < a["relative_residual_before"] for a in afters)
     assert summary["cuts"][0]["relative_residual_after"] == pytest.approx(plain["cuts"][0]["relative_residual_after"], rel=1e-9)
@@ -62,15 +62,31 @@ def test_the_block_after_each_cut_is_refitted_toward_the_dense_stream_after_its_
                                                             f"{prefix}.2.{down}"}
 
 
+def test_the_refits_chain_through_the_blocks_after_the_cut():
+    """``after_cut=2``: blocks 3 and 4 after the cut [1, 2], the second fitted on the model with the
+    first refitted (its capture replays the input of block 3 kept by the first's); recomputed by a
+    full run from the saved weights, the stream after block 4's attention is where the report says."""
+    dense = build_tiny("llama", layers=6, seed=47)
+    _, dense_mid = _stream_after_attention(dense, 4, [])
+    healed = build_tiny("llama", layers=6, seed=47)
+    summary = LinearHealer(after_cut=2).heal(healed.model, healed.adapter, [1, 2], IDS)
+    afters = summary["cuts"][0]["after_cut"]
+    assert [a["refitted"] for a in afters] == ["block 3 self_attn.o_proj", "block 4 self_attn.o_proj"]
+    entering, mid = _stream_after_attention(healed, 4, [1, 2])
+    residual = float((mid - dense_mid).norm() / (dense_mid - entering).norm())
+    assert residual == pytest.approx(afters[1]["relative_residual_after"], rel=1e-5)
+    assert afters[1]["relative_residual_after"] < afters[1]["relative_residual_before"]
+
+
 def test_gemma_refits_through_its_attention_output_norm():
     """Gemma 2 normalises the attention output before the residual add: the refit acts before the
     norm (like the cut's own fit through the FFN output norm) and lowers the residual there."""
     loaded = build_tiny("gemma2", layers=5, seed=43)
     summary = LinearHealer().heal(loaded.model, loaded.adapter, [2], IDS)
     assert summary["after_cut"]["through_norm"] == "post_attention_layernorm"
-    after = summary["cuts"][0]["after_cut"]
-    assert after["refitted"] == "block 3 self_attn.o_proj"
-    assert after["relative_residual_after"] < after["relative_residual_before"]
+    afters = summary["cuts"][0]["after_cut"]
+    assert [a["refitted"] for a in afters] == ["block 3 self_attn.o_proj", "block 4 self_attn.o_proj"]
+    assert all(a["relative_residual_after"] < a["relative_residual_before"] for a in afters)
 
 
 def test_what_is_not_refitted_after_a_cut_is_said():
@@ -82,13 +98,16 @@ def test_what_is_not_refitted_after_a_cut_is_said():
     assert summary["after_cut"]["skipped"].startswith("'gpt_neox' registers no attention output")
     assert "after_cut" not in summary["cuts"][0]
     llama = build_tiny("llama", layers=4, seed=45)
-    assert "after_cut" not in LinearHealer().heal(llama.model, llama.adapter, [2, 3], IDS)["cuts"][0]
+    cuts = LinearHealer(after_cut=2).heal(llama.model, llama.adapter, [0, 3], IDS)["cuts"]
+    assert [[a["refitted"] for a in c.get("after_cut", [])] for c in cuts] == \
+        [["block 1 self_attn.o_proj", "block 2 self_attn.o_proj"], []]  # up to the next cut; none after the last block
+    assert cuts[1]["relative_residual_after"] < cuts[1]["relative_residual_before"]
     assert "after_cut" not in LinearHealer(fit="map").heal(llama.model, llama.adapter, [1], IDS)
 
 
 def test_the_run_option_turns_the_refit_after_the_cut_off(text_file):
     """``-o healer.after_cut=false`` gives the healing of earlier versions: only the projection
-    before each cut changes."""
+    before each cut changes; ``after_cut=3`` refits the three blocks after the cut (the default two)."""
     common = dict(n=1, calib=str(text_file), num_samples=4, seq_len=16, method="shortgpt", heal_samples=8, save=False)
     on = miprun.prune(build_tiny("llama", layers=5, seed=46), **common)
     off = miprun.prune(build_tiny("llama", layers=5, seed=46), options={"healer": {"after_cut": "false"}}, **common)
@@ -96,3 +115,8 @@ def test_the_run_option_turns_the_refit_after_the_cut_off(text_file):
     assert "after_cut" in on.report["surgery"]["healing"]["cuts"][0]
     assert "after_cut" not in off.report["surgery"]["healing"]["cuts"][0]
     assert off.report["strategies"]["healer"]["options"]["after_cut"] is False
+    three = miprun.prune(build_tiny("llama", layers=6, seed=46), options={"healer": {"after_cut": "3"}}, **common)
+    first = three.selection.blocks[0]
+    assert [a["refitted"].split()[1] for a in three.report["surgery"]["healing"]["cuts"][0]["after_cut"]] == \
+        [str(b) for b in range(first + 1, min(first + 4, 6))]
+    assert len(on.report["surgery"]["healing"]["cuts"][0]["after_cut"]) == min(2, 4 - on.selection.blocks[0])

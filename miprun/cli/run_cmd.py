@@ -99,9 +99,9 @@ def run(
                       f"residual {cut['relative_residual_before']:.3f} → {cut['relative_residual_after']:.3f}, "
                       + (f"{cut['folded_into']} refitted" if cut["fit"] == "projection" else f"map folded into {cut['folded_into']}")
                       + (" (head untied)" if cut["untied_head"] else "")
-                      + (f"; {cut['after_cut']['refitted']} refitted after the cut, residual "
-                         f"{cut['after_cut']['relative_residual_before']:.3f} → "
-                         f"{cut['after_cut']['relative_residual_after']:.3f}" if "after_cut" in cut else ""))
+                      + "".join(f"; {after['refitted']} refitted after the cut, residual "
+                                f"{after['relative_residual_before']:.3f} → {after['relative_residual_after']:.3f}"
+                                for after in cut.get("after_cut", [])))
     _add_quality(table, report)
     table.add_row("span evaluations", str(report["evaluations"]["spans"]))
     execution = report.get("execution", {})

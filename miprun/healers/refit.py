@@ -1,22 +1,22 @@
 """``linear`` (miprun's default healer): refit, in closed form, the FFN down projection before each
 cut from the FFN's hidden activations, so that it adds what the removed blocks added, then the
-attention output projection of the block after the cut on the healed model
+attention output projections of the two blocks after the cut on the healed model
 (:mod:`miprun.healing`; measured in docs/healing.md)."""
 
 from __future__ import annotations
 
-from miprun.healing import DEFAULT_RIDGE, LinearHealer
+from miprun.healing import AFTER_CUT, DEFAULT_RIDGE, LinearHealer
 
 
 def refit_healer(ridge: float = DEFAULT_RIDGE["projection"], batch_size: int = 4, sequential: bool = True,
-                 after_cut: bool = True, after_cut_ridge: float = DEFAULT_RIDGE["projection"]) -> LinearHealer:
-    """The down-projection refit, then the attention output projection of the block after each cut.
+                 after_cut: bool | int = AFTER_CUT, after_cut_ridge: float = DEFAULT_RIDGE["projection"]) -> LinearHealer:
+    """The down-projection refit, then the attention output projections of the blocks after each cut.
 
     :param ridge: ridge relative to the Gram's mean diagonal, shrinking toward the projection as it is.
     :param batch_size: healing sequences per forward batch (memory only).
     :param sequential: fit each cut on the model with the earlier cuts removed and healed.
-    :param after_cut: also refit the attention output projection of the block after each cut
-        (false: the down projection before each cut only, as earlier versions did).
+    :param after_cut: how many blocks after each cut get their attention output projection
+        refitted (false: none — the down projection before each cut only, as earlier versions did).
     :param after_cut_ridge: the relative ridge of that refit, toward the projection as it is.
     """
     return LinearHealer(fit="projection", ridge=ridge, batch_size=batch_size, sequential=sequential,
