@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--rows", help="comma list of row labels to run (default: all)")
     parser.add_argument("--heal-samples", type=int, default=128)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("-o", "--option", action="append", default=[],
+                        help="KIND.KEY=VALUE for the end-to-end run, as miprun run takes it (e.g. healer.after_cut=1)")
     args = parser.parse_args()
 
     registry = get_registry()
@@ -105,6 +107,7 @@ def main() -> None:
 def default_end_to_end(loaded, args) -> dict:
     """``miprun run``'s default on a copy of ``loaded`` (nothing saved), against one plain forward
     pass over every sequence it reads; prints one line per stage and the totals."""
+    from miprun.options import parse_options
     from miprun.pipeline import prune
     from miprun.quality import WINDOWS
 
@@ -113,10 +116,10 @@ def default_end_to_end(loaded, args) -> dict:
     everything = torch.cat(reads)
     floor = plain_forward_seconds(loaded, everything, 4)
     result = prune(copy.deepcopy(loaded), n=args.prune, calib=args.calib, num_samples=args.num_samples,
-                   seq_len=args.seq_len, heal_samples=args.heal_samples, save=False)
+                   seq_len=args.seq_len, heal_samples=args.heal_samples, options=parse_options(args.option), save=False)
     timings = {k: v for k, v in result.report["timings"].items() if k not in ("load", "calibrate")}
     work = sum(timings.values())
-    print(f"\ndefault end to end (miprun run): reads {len(everything)} sequences x {args.seq_len} "
+    print(f"\ndefault end to end (miprun run{''.join(' -o ' + o for o in args.option)}): reads {len(everything)} sequences x {args.seq_len} "
           f"({args.num_samples} selection, {args.heal_samples} healing, {WINDOWS} check); one plain pass over them: "
           f"{floor:.2f} s")
     for name, seconds in sorted(timings.items(), key=lambda kv: -kv[1]):

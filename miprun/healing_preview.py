@@ -13,7 +13,7 @@ per set. A preview answers the same question from shared work:
 The fits are the healer's own (same fit kind per family, same ridge, same prior, the output norm
 handled the same way) but each cut is fitted on the *dense* model, as if it were the only one — the
 healer's ``sequential=False`` — where the healer itself fits cuts left to right on the model healed
-so far. Within :meth:`HealPreview.applied` they act at run time through the healer's forward hooks,
+so far, and the refits of the blocks after each cut (the healer's ``after_cut``) are not previewed. Within :meth:`HealPreview.applied` they act at run time through the healer's forward hooks,
 so any forward pass (the scorer's) sees the healed, pruned model. The preview's sequences must be
 other than those the selection judges on: a fit judged on its own tokens rewards fitting more
 (docs/healing.md), so the engine hands it healing sequences that are not calibration sequences.
@@ -72,7 +72,8 @@ class HealPreview:
     def info(self) -> dict[str, Any]:
         """What the preview did: its sequences, tokens, the cuts it fitted and its model calls."""
         return {"fit_sequences": int(self.fit_ids.shape[0]), "fit": self.healer.fit, "ridge": self.healer.ridge,
-                "sequential": False, "cuts_fitted": len(self.fitted), "passes": self._prober.passes}
+                "sequential": False, "cuts_fitted": len(self.fitted), "passes": self._prober.passes,
+                "refits_after_cut": "not previewed (each cut's own fit only)"}
 
     @contextmanager
     def applied(self, blocks: Any) -> Iterator[int | None]:

@@ -38,6 +38,7 @@ def test_a_preview_heals_a_block_set_as_the_healer_does_with_independent_fits(ar
     torch.testing.assert_close(got, expected, atol=1e-4 * scale, rtol=1e-4)
     info = preview.info()
     assert info["cuts_fitted"] == 2 and info["fit_sequences"] == 12 and info["sequential"] is False
+    assert info["refits_after_cut"].startswith("not previewed")  # the report says what selection judged
 
 
 def test_fits_read_in_the_dense_pass_equal_those_read_by_running_one_block_later():
