@@ -26,8 +26,9 @@ norm then restores ``y``'s direction exactly (residuals are reported in the spac
 before the norm).
 
 Both are solved from float64 Gram matrices accumulated batch by batch on the model's device (each
-batch's products in float32 under a ridge, in float64 without one); the ridge ``λ`` is relative to the Gram's mean diagonal and shrinks toward the weights the model
-already has (plain removal is the prior). A cut starting at block 0 has no block before it: the
+batch's products in float32 under a ridge, in float64 without one); the ridge ``λ`` is relative to
+the Gram's mean diagonal and shrinks toward the weights the model already has (plain removal is
+the prior). A cut starting at block 0 has no block before it: the
 embedding output is mapped instead (``E ← E·T``, the ``"map"`` fit with the healer's ridge; learned
 position tables, added to it, get the same map), a tied output head untied first (its weights stay
 the original embedding; the summary says so).
@@ -110,7 +111,8 @@ DEFAULT_RIDGE = {"projection": 0.3, "map": 1e-4}
 
 AFTER_CUT = 2
 """Blocks after each cut whose attention output projection the refit also refits by default
-(docs/healing.md: 1, 2, 3, 5 and every block measured; 2 keeps the default within its cost budget)."""
+(docs/healing.md: 1, 2, 3, 5 and every block measured; 2 takes most of the gain, more fit the
+healing text's domain and cost a block run each)."""
 
 
 class LinearHealer:
@@ -225,7 +227,7 @@ class LinearHealer:
 
     def _heal_cut(self, model: Any, adapter: Any, item: tuple, done: list[tuple[int, int]], afters: dict,
                   mids: dict, input_ids: torch.Tensor, handles: list[Any] | None, summary: dict[str, Any]) -> None:
-        """Apply one cut's fit, then refit the block after it (the next cut sees both)."""
+        """Apply one cut's fit, then refit the blocks after it (the next cut sees all of them)."""
         self._apply(model, adapter, item[:3], handles, summary)
         self._refit_after(model, adapter, item[0], done, afters, mids, item[3], input_ids, handles, summary["cuts"][-1])
 
