@@ -315,12 +315,9 @@ class LinearHealer:
             hidden = entering.pop()
             collected.append({**rows, "rest": fit_rows(hidden), "entry": hidden})
 
-        def take_input(module, args, kwargs):
-            entering.append(_entry(args, kwargs))
-
         loader = layerwise_loader(model)
         with ExitStack() as stack, torch.no_grad():
-            stack.callback(adapter.blocks[after].register_forward_pre_hook(take_input, with_kwargs=True).remove)
+            stack.callback(_keep_input(adapter.blocks[after], entering.append).remove)
             stack.enter_context(_module_hooks(adapter.blocks[after], output, norm, "projection", take))
             if loader is not None:
                 sweep = BlockSweep(adapter, loader, input_ids, self.batch_size, input_device(model))
@@ -430,8 +427,7 @@ class LinearHealer:
         current: dict[str, Any] = {}
         with ExitStack() as stack, torch.no_grad():
             if cut[0] > 1:  # block a − 1's input: where the refit after the cut starts its run
-                stack.callback(adapter.blocks[cut[0] - 1].register_forward_pre_hook(
-                    lambda m, args, kwargs: current.update(entry=_entry(args, kwargs)), with_kwargs=True).remove)
+                stack.callback(_keep_input(adapter.blocks[cut[0] - 1], lambda hidden: current.update(entry=hidden)).remove)
             if cut[0] == 0:
                 def take_input(module, args, kwargs):
                     rows = fit_rows(args[0] if args else kwargs["hidden_states"])
@@ -480,8 +476,7 @@ class LinearHealer:
             else:
                 stack.enter_context(self.ffn_hooks(adapter, first - 1, kind, captured.update))
                 if first > 1:  # block a − 1's input: where the refit after the cut starts its run
-                    stack.callback(adapter.blocks[first - 1].register_forward_pre_hook(
-                        lambda m, args, kwargs: captured.update(entry=_entry(args, kwargs)), with_kwargs=True).remove)
+                    stack.callback(_keep_input(adapter.blocks[first - 1], lambda hidden: captured.update(entry=hidden)).remove)
 
                 def take_output(module, args, out):
                     captured["rest"] = fit_rows(module_output(out)) - captured["added"]
@@ -600,9 +595,11 @@ def _module_hooks(block: Any, output: Any, norm: Any, kind: str, take: Any) -> I
             handle.remove()
 
 
-def _entry(args: tuple, kwargs: dict) -> torch.Tensor:
-    """The hidden states a block was called with, kept as they are (the batch's shape and dtype)."""
-    return (args[0] if args else kwargs["hidden_states"]).detach()
+def _keep_input(block: Any, take: Any) -> Any:
+    """A forward pre-hook on ``block`` handing ``take`` the hidden states it is called with, kept as
+    they are (the batch's shape and dtype): where a refit after a cut starts its run. Returns the handle."""
+    return block.register_forward_pre_hook(
+        lambda module, args, kwargs: take((args[0] if args else kwargs["hidden_states"]).detach()), with_kwargs=True)
 
 
 def _projection_rows(module: Any, like: torch.Tensor) -> torch.Tensor:
