@@ -22,8 +22,10 @@ nearest the width rows', so the two axes can be compared at the same size.
 Methods (``--methods``, comma-separated): ``dense``, ``magnitude``, ``random``, ``wanda`` (Wanda-sp),
 ``flap`` (FLAP's fluctuation metric), ``mi-energy`` (output energy discounted by Gaussian MI with
 the kept neurons, greedy), ``pearson``
-(mds-cluster on |ρ|, the paper's ablation), ``renyi`` (mds-cluster on Rényi α = 1.01 MI, the
-paper's method), ``renyi2`` (α = 2), ``copula`` (Gaussian-copula MI), ``threshold`` (Algorithm 1 on
+(mds-cluster on |ρ|, the paper's ablation), ``renyi`` (the paper's command: mds-cluster on Rényi
+α = 1.01 MI, clusters weighted by output energy by default), ``renyi-literal`` (the same with
+``keep=centroid``: the paper's unweighted k-means and nearest-to-centroid neurons), ``renyi2``
+(α = 2), ``copula`` (Gaussian-copula MI), ``threshold`` (Algorithm 1 on
 Rényi α = 1.01 MI), and ``pearson-merge`` / ``copula-merge`` / ``renyi-merge``: mds-cluster with
 ``merge=True`` (each removed neuron's down column folded into its cluster's kept neuron — an
 extension, not in the paper).
@@ -47,6 +49,7 @@ METHODS = {
     "mi-energy": {"selector": "mi-energy"},
     "pearson": {"selector": "mds-cluster", "estimator": "pearson"},
     "copula": {"selector": "mds-cluster", "estimator": "gaussian"},
+    "renyi-literal": {"selector": "mds-cluster", "estimator": "renyi", "options": {"selector": {"keep": "centroid"}}},
     "renyi2": {"selector": "mds-cluster", "estimator": "renyi", "options": {"estimator": {"alpha": 2}}},
     "threshold": {"selector": "mi-threshold", "estimator": "renyi"},
     "pearson-merge": {"selector": "mds-cluster", "estimator": "pearson", "options": {"selector": {"merge": True}}},

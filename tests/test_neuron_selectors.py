@@ -63,7 +63,7 @@ ESTIMATORS = {
 def test_mi_selectors_remove_copies_and_keep_originals(estimator, selector, data_seed):
     acts = FFNActivations([7], [copies_layer(seed=data_seed)])
     scores = NeuronMIScorer().score(acts, ESTIMATORS[estimator]())
-    chooser = MDSClusterSelector(seeds=1) if selector == "mds-cluster" else MIThresholdSelector()
+    chooser = MDSClusterSelector(seeds=1, keep="centroid") if selector == "mds-cluster" else MIThresholdSelector()
     selection = chooser.select(scores, 9)
     assert list(selection.keep) == [7] and len(selection.keep[7]) == 12
     assert_copies_removed(selection.keep[7])
@@ -73,7 +73,7 @@ def test_mi_selectors_remove_copies_and_keep_originals(estimator, selector, data
 def test_pearson_ablation_runs_through_the_same_selector():
     scores = NeuronMIScorer().score(FFNActivations([0], [copies_layer()]), NeuronPearsonEstimator())
     assert scores.metric == "abs-corr"
-    assert_copies_removed(MDSClusterSelector(seeds=1).select(scores, 9).keep[0])
+    assert_copies_removed(MDSClusterSelector(seeds=1, keep="centroid").select(scores, 9).keep[0])
 
 
 def test_self_normalisation_is_what_lets_mds_see_renyi_copies():
@@ -151,3 +151,63 @@ def test_magnitude_removes_the_smallest_weights_and_random_is_seeded():
     assert first == NeuronRandomSelector(seed=4).select(scores, 10).keep
     assert first != NeuronRandomSelector(seed=5).select(scores, 10).keep
     assert first[0] != first[1] and all(len(v) == 54 for v in first.values())
+
+
+def test_energy_keep_keeps_the_loudest_neuron_of_each_cluster_of_copies():
+    """By default a cluster keeps the neuron of most output energy ‖W_down[:, j]‖²·E[a_j²]: where a
+    copy feeds the next layer through larger weights than its original, the copy stays."""
+    acts = copies_layer()
+    width = acts.shape[1]
+    loaded = build_tiny("llama", layers=1, seed=3)
+    _, down = loaded.adapter.ffn_modules(0)
+    assert down.weight.shape[1] >= width
+    with torch.no_grad():
+        down.weight.fill_(0.1)
+        down.weight[:, [12, 13, 14]] = 0.3  # the exact copies of 0–2 are louder than their originals
+        down.weight[:, 4] = 0.01  # original 4 is quiet: one of its noisy copies should stay instead
+    others = torch.randn(acts.shape[0], down.weight.shape[1] - width, generator=torch.Generator().manual_seed(5))
+    padded = torch.cat([acts, others], dim=1)  # independent neurons as loud as the rest
+    inputs = FFNActivations([0], [padded])
+    scores = NeuronMIScorer().score(inputs, NeuronGaussianEstimator())
+    context = RunContext(loaded.model, loaded.adapter, None, inputs=inputs)
+    removed = 9  # as many as there are copies
+    kept = set(MDSClusterSelector(seeds=1).select(scores, removed, context=context).keep[0])
+    assert {12, 13, 14} <= kept and not kept & {0, 1, 2}
+    assert 4 not in kept and len(kept & {16, 19}) == 1
+    assert set(range(width, down.weight.shape[1])) <= kept
+    literal = set(MDSClusterSelector(seeds=1, keep="centroid").select(scores, removed, context=context).keep[0])
+    assert literal != kept
+
+
+def test_output_energy_is_the_weighted_second_moment_or_variance():
+    from miprun.selectors.mds_cluster import output_energy
+
+    acts = torch.tensor([[1.0, 2.0], [3.0, 2.0]])
+    columns = torch.tensor([[1.0, 0.0], [1.0, 3.0]])  # ‖w_0‖² = 2, ‖w_1‖² = 9
+    assert output_energy(acts, columns, centred=False).tolist() == [2 * 5.0, 9 * 4.0]
+    assert output_energy(acts, columns, centred=True).tolist() == [2 * 1.0, 0.0]  # neuron 1 is constant: a bias
+
+
+def test_energy_keep_without_the_run_names_the_literal_option():
+    scores = NeuronMIScorer().score(FFNActivations([0], [copies_layer()]), NeuronGaussianEstimator())
+    with pytest.raises(MiprunError, match="selector.keep=centroid"):
+        MDSClusterSelector(seeds=1).select(scores, 9)
+    with pytest.raises(MiprunError, match="keep='middle' must be one of energy, centroid"):
+        MDSClusterSelector(keep="middle")
+
+
+def test_weighted_kmeans_with_unit_weights_is_the_unweighted_one_and_weights_pull_centroids():
+    torch.manual_seed(2)
+    points = torch.randn(40, 3, dtype=torch.float64)
+    d2 = torch.cdist(points, points).pow(2)
+    plain = kmeans(d2, 6, seed=3)
+    unit = kmeans(d2, 6, seed=3, weights=torch.ones(40, dtype=torch.float64))
+    assert torch.equal(plain[0], unit[0]) and torch.allclose(plain[1], unit[1])
+    # two heavy points and eight light ones on a line, two clusters: the heavy ones get one each
+    line = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [6.0], [7.0], [8.0], [9.0]], dtype=torch.float64)
+    weights = torch.full((10,), 1e-6, dtype=torch.float64)
+    weights[[0, 1]] = 1.0
+    labels, _ = kmeans(torch.cdist(line, line).pow(2), 2, seed=0, weights=weights)
+    assert labels[0] != labels[1]
+    with pytest.raises(MiprunError, match="weights must be 10 finite values > 0"):
+        kmeans(torch.cdist(line, line).pow(2), 2, seed=0, weights=torch.zeros(10, dtype=torch.float64))

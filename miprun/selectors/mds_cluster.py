@@ -22,7 +22,16 @@ Per FFN layer with m neurons and a target of k = m − n kept:
 3. k-means into k clusters on those distances (greedy k-means++ seeding, Lloyd iterations written
    with point-to-centroid distances from D² alone; an emptied cluster takes the point farthest from
    its centroid, so all k clusters are non-empty; ``n_init`` restarts, lowest inertia kept);
-4. in every cluster the neuron nearest the centroid is kept — exactly k neurons.
+4. in every cluster one neuron is kept — exactly k neurons.
+
+The paper clusters every neuron alike and keeps the one nearest each centroid (``keep="centroid"``,
+the literal method). By default (``keep="energy"``) redundancy still comes from the MI alone, but
+importance decides what a cluster costs and which neuron stays: each neuron weighs its output
+energy e_j = ‖W_down[:, j]‖² · E[a_j²] (E[(a_j − ā_j)²] where the down projection has a bias, which
+absorbs a neuron's mean), k-means minimises Σ_j e_j ‖x_j − μ_c(j)‖² with energy-weighted centroids —
+a neuron the next layer hardly hears costs little wherever it goes, so quiet neurons join clusters
+and loud, non-redundant ones keep their own — and each cluster keeps its loudest neuron, onto which
+the width healer refits the rest of the cluster's contribution. Measured in docs/neuron-pruning.md.
 
 Subsidiary condition: k-means depends on its seed, so steps 3–4 are repeated for ``seeds`` = M seeds
 (the run's seed, seed + 1, …) over all layers, each candidate model is tried with the removed
@@ -48,6 +57,7 @@ from miprun.contracts import NORMALIZE, NeuronScores, NeuronSelection
 from miprun.errors import MiprunError
 from miprun.linalg import double_center
 from miprun.models.devices import input_device
+from miprun.selectors.neuron_ranking import down_columns
 
 
 def mds_distances(similarity: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -116,7 +126,8 @@ def embedded_sq_dists(distances: torch.Tensor, dims: int | None) -> tuple[torch.
 
 
 def kmeans(
-    sq_dists: torch.Tensor, k: int, *, seed: int, max_iter: int = 100, n_init: int = 4
+    sq_dists: torch.Tensor, k: int, *, seed: int, max_iter: int = 100, n_init: int = 4,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means into exactly ``k`` non-empty clusters of points given only by their squared Euclidean
     distances (m × m), so the embedding may have any dimension.
@@ -127,24 +138,34 @@ def kmeans(
     centre, the one lowering the potential most taken); an emptied cluster takes the point farthest
     from its centroid; the run with the lowest within-cluster sum of squares is kept. Returns
     (labels (m,), each point's squared distance to its cluster's centroid (m,)).
+
+    With ``weights`` (m,), ≥ 0, the weighted objective Σ_j w_j ‖x_j − μ_c(j)‖² with weighted
+    centroids μ_c = Σ_{l∈c} w_l x_l / W_c: S[j, c] = Σ_{l∈c} w_l D²_jl and the distance to a centroid
+    is S[j, c] / W_c − Σ_{l∈c} w_l S[l, c] / (2 W_c²); seeding draws in proportion to w_j times the
+    squared distance, and an emptied cluster takes the point of largest weighted distance. Weights
+    must be positive (every cluster then has a centroid); unit weights give the unweighted result.
     """
     m = sq_dists.shape[0]
     if not 1 <= k <= m:
         raise MiprunError(f"cannot form {k} clusters from {m} neurons")
     generator = torch.Generator().manual_seed(int(seed))
     d2 = sq_dists.to("cpu", torch.float64)  # the seeding loop runs in NumPy
+    w = torch.ones(m, dtype=torch.float64) if weights is None else weights.to("cpu", torch.float64)
+    if w.shape != (m,) or not bool((w > 0).all()) or not bool(torch.isfinite(w).all()):
+        raise MiprunError(f"k-means weights must be {m} finite values > 0")
     best: tuple[float, torch.Tensor, torch.Tensor] | None = None
     for _ in range(max(1, int(n_init))):
-        labels, own = _lloyd(d2, _greedy_kmeanspp(d2, k, generator), k, max_iter)
-        inertia = float(own.sum())
+        labels, own = _lloyd(d2, _greedy_kmeanspp(d2, k, generator, w), k, max_iter, w)
+        inertia = float((w * own).sum())
         if best is None or inertia < best[0] - 1e-12:
             best = (inertia, labels, own)
     assert best is not None
     return best[1], best[2]
 
 
-def _greedy_kmeanspp(d2: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """Indices of ``k`` distinct initial centres by greedy k-means++ on squared distances.
+def _greedy_kmeanspp(d2: torch.Tensor, k: int, generator: torch.Generator, weights: torch.Tensor) -> torch.Tensor:
+    """Indices of ``k`` distinct initial centres by greedy k-means++ on squared distances, each
+    point drawn in proportion to its weight times its squared distance to the nearest centre.
 
     The loop is sequential (each centre changes the next one's odds), so it runs in NumPy, whose
     per-call overhead on these short vectors is a fraction of torch's; the uniforms come from
@@ -156,19 +177,20 @@ def _greedy_kmeanspp(d2: torch.Tensor, k: int, generator: torch.Generator) -> to
     trials = 2 + int(math.log(k)) if k > 1 else 1
     draws = torch.rand(k, trials, generator=generator, dtype=torch.float64).numpy()
     d = d2.numpy()
-    first = min(int(draws[0, 0] * m), m - 1)
+    w = weights.numpy()
+    first = min(int(np.searchsorted(np.cumsum(w), draws[0, 0] * w.sum(), side="right")), m - 1)
     chosen = [first]
     taken = np.zeros(m, dtype=bool)
     taken[first] = True
     nearest = d[first].copy()
     for step in range(1, k):
-        cumulative = np.cumsum(np.where(taken, 0.0, nearest))
+        cumulative = np.cumsum(np.where(taken, 0.0, w * nearest))
         total = cumulative[-1]
-        if total <= 0:  # the remaining points coincide with centres: take unused ones in order
+        if total <= 0:  # the remaining points coincide with centres or weigh nothing: unused ones in order
             pick = int(np.flatnonzero(~taken)[0])
         else:
             candidates = np.minimum(np.searchsorted(cumulative, draws[step] * total, side="right"), m - 1)
-            potentials = np.minimum(nearest[None, :], d[candidates]).sum(axis=1)
+            potentials = (w[None, :] * np.minimum(nearest[None, :], d[candidates])).sum(axis=1)
             pick = int(candidates[potentials.argmin()])
         chosen.append(pick)
         taken[pick] = True
@@ -176,37 +198,40 @@ def _greedy_kmeanspp(d2: torch.Tensor, k: int, generator: torch.Generator) -> to
     return torch.tensor(chosen)
 
 
-def centroid_sq_dists(d2: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """(m × k) squared distances from every point to every cluster's centroid (inf for an empty
-    cluster), from the squared distances between points alone."""
-    m = d2.shape[0]
-    sums = torch.zeros(m, k, dtype=d2.dtype).index_add_(1, labels, d2)  # S[j, c]
-    counts = torch.bincount(labels, minlength=k).to(d2.dtype)
-    within = torch.zeros(k, dtype=d2.dtype).index_add_(0, labels, sums[torch.arange(m), labels])
-    safe = counts.clamp_min(1.0)
+def centroid_sq_dists(weighted: torch.Tensor, labels: torch.Tensor, k: int, weights: torch.Tensor) -> torch.Tensor:
+    """(m × k) squared distances from every point to every cluster's weighted centroid (inf for an
+    empty cluster), from ``weighted`` = D² with column l scaled by the weight of point l alone."""
+    m = weighted.shape[0]
+    sums = torch.zeros(m, k, dtype=weighted.dtype).index_add_(1, labels, weighted)  # S[j, c]
+    mass = torch.zeros(k, dtype=weighted.dtype).index_add_(0, labels, weights)
+    within = torch.zeros(k, dtype=weighted.dtype).index_add_(0, labels, weights * sums[torch.arange(m), labels])
+    safe = torch.where(mass > 0, mass, torch.ones_like(mass))
     out = sums / safe - within / (2.0 * safe.pow(2))
-    return torch.where(counts > 0, out, torch.full_like(out, float("inf"))).clamp_min(0.0)
+    return torch.where(mass > 0, out, torch.full_like(out, float("inf"))).clamp_min(0.0)
 
 
-def _lloyd(d2: torch.Tensor, seeds: torch.Tensor, k: int, max_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _lloyd(d2: torch.Tensor, seeds: torch.Tensor, k: int, max_iter: int,
+           weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd iterations from the clusters of the nearest seed until the labels stop changing."""
+    weighted = d2 * weights[None, :]  # once per run: every iteration's S[j, c] sums these columns
     labels = d2[:, seeds].argmin(dim=1)
     labels[seeds] = torch.arange(k)
     for _ in range(max_iter):
-        dist = centroid_sq_dists(d2, labels, k)
-        new_labels = _fill_empty(dist.argmin(dim=1), dist, k)
+        dist = centroid_sq_dists(weighted, labels, k, weights)
+        new_labels = _fill_empty(dist.argmin(dim=1), dist, k, weights)
         if torch.equal(new_labels, labels):
             break
         labels = new_labels
-    dist = centroid_sq_dists(d2, labels, k)
+    dist = centroid_sq_dists(weighted, labels, k, weights)
     return labels, dist[torch.arange(d2.shape[0]), labels]
 
 
-def _fill_empty(labels: torch.Tensor, dist: torch.Tensor, k: int) -> torch.Tensor:
-    """Move the point farthest from its centroid (in a cluster of ≥ 2) into each empty cluster."""
+def _fill_empty(labels: torch.Tensor, dist: torch.Tensor, k: int, weights: torch.Tensor) -> torch.Tensor:
+    """Move the point of largest weighted distance to its centroid (in a cluster of ≥ 2) into each
+    empty cluster."""
     labels = labels.clone()
     counts = torch.bincount(labels, minlength=k)
-    own = dist.gather(1, labels[:, None]).squeeze(1).clone()
+    own = weights * dist.gather(1, labels[:, None]).squeeze(1)
     for empty in (counts == 0).nonzero().flatten().tolist():
         movable = counts[labels] > 1
         point = int(torch.where(movable, own, torch.full_like(own, -1.0)).argmax())
@@ -217,16 +242,44 @@ def _fill_empty(labels: torch.Tensor, dist: torch.Tensor, k: int) -> torch.Tenso
     return labels
 
 
+KEEP = ("energy", "centroid")
+"""Which neuron of a cluster stays: the one of most output energy (default) or the paper's nearest the centroid."""
+
+
 def nearest_to_centroids(labels: torch.Tensor, own: torch.Tensor, k: int) -> list[int]:
     """In every cluster, the index of the point nearest its centroid (ties: lowest index), sorted."""
-    by_distance = torch.argsort(own, stable=True)  # ties keep index order
-    order = by_distance[torch.argsort(labels[by_distance], stable=True)]
+    return first_of_clusters(labels, own, k)
+
+
+def first_of_clusters(labels: torch.Tensor, rank: torch.Tensor, k: int) -> list[int]:
+    """In every cluster, the index of lowest ``rank`` (ties: lowest index), sorted; an error when
+    fewer than ``k`` clusters are filled."""
+    by_rank = torch.argsort(rank, stable=True)  # ties keep index order
+    order = by_rank[torch.argsort(labels[by_rank], stable=True)]
     grouped = labels[order]
     first = torch.ones_like(grouped, dtype=torch.bool)
     first[1:] = grouped[1:] != grouped[:-1]
     if int(first.sum()) != k:
         raise MiprunError(f"k-means left {k - int(first.sum())} of {k} clusters empty")
     return sorted(order[first].tolist())
+
+
+def output_energy(acts: torch.Tensor, columns: torch.Tensor, centred: bool) -> torch.Tensor:
+    """Per neuron, the energy it sends forward: ‖W_down[:, j]‖² · E[a_j²] over the collected tokens
+    (``acts``: tokens × m; ``columns``: hidden × m), with E[(a_j − ā_j)²] when ``centred`` (the down
+    projection has a bias that absorbs the mean). float64."""
+    a = acts.to(torch.float64)
+    power = a.var(dim=0, unbiased=False) if centred else a.pow(2).mean(dim=0)
+    return power * columns.to(torch.float64).pow(2).sum(dim=0)
+
+
+def energy_weights(energy: torch.Tensor) -> torch.Tensor:
+    """k-means weights from output energies: the energy plus 10⁻⁶ of its mean, so that a neuron
+    that sends nothing forward still weighs something and every cluster has a centroid (all ones
+    when the layer sends nothing at all)."""
+    energy = energy.to(torch.float64)
+    floor = 1e-6 * float(energy.mean()) if energy.numel() else 0.0
+    return energy + floor if floor > 0 else torch.ones_like(energy)
 
 
 def merge_coefficients(acts: torch.Tensor, kept: list[int], labels: torch.Tensor) -> list[tuple[int, int, float]]:
@@ -299,6 +352,8 @@ class MDSClusterSelector:
     :param scale: A in d = A·exp(−MI).
     :param normalize: ``auto`` (default), ``self`` or ``none``: MI divided by the self-information
         before the distances (:meth:`~miprun.contracts.NeuronScores.similarity`).
+    :param keep: which neuron of each cluster stays: ``energy`` (default; the most output energy,
+        needs the run's model and activations) or ``centroid`` (the paper's: nearest the centroid).
     :param n_init: k-means restarts per seed (lowest within-cluster sum of squares kept).
     :param merge: compensate instead of only removing (not in the paper, off by default): every
         removed neuron j's down-projection weights are added, scaled by the least-squares β of
@@ -314,8 +369,11 @@ class MDSClusterSelector:
 
     def __init__(self, *, dims: int | None = None, scale: float = 1.0, normalize: str = "auto", seeds: int = 3,
                  kl_samples: int = 4, n_init: int = 4, max_iter: int = 100, merge: bool = False,
-                 seed: int = 0) -> None:
+                 keep: str = "energy", seed: int = 0) -> None:
         self.merge = bool(merge)
+        if keep not in KEEP:
+            raise MiprunError(f"mds-cluster option keep={keep!r} must be one of {', '.join(KEEP)}")
+        self.keep = keep
         if ((dims is not None and int(dims) < 1) or not float(scale) > 0 or int(seeds) < 1 or int(kl_samples) < 1 or int(max_iter) < 1
                 or int(n_init) < 1):
             raise MiprunError("mds-cluster options need dims ≥ 1, scale > 0, seeds ≥ 1, kl_samples ≥ 1, "
@@ -335,10 +393,34 @@ class MDSClusterSelector:
         """Squared distances between one layer's neurons in their MDS embedding."""
         return embedded_sq_dists(mds_distances(similarity, self.scale), self.dims)
 
-    def cluster(self, sq_dists: torch.Tensor, keep: int, seed: int) -> tuple[list[int], torch.Tensor]:
-        """The ``keep`` neurons nearest the centroids of a k-means run with ``seed``, and the labels."""
-        labels, own = kmeans(sq_dists, keep, seed=seed, max_iter=self.max_iter, n_init=self.n_init)
-        return nearest_to_centroids(labels, own, keep), labels
+    def cluster(self, sq_dists: torch.Tensor, keep: int, seed: int,
+                energy: torch.Tensor | None = None) -> tuple[list[int], torch.Tensor]:
+        """One neuron per cluster of a k-means run with ``seed`` into ``keep`` clusters, and the
+        labels. With ``energy``: clusters of the energy-weighted k-means (:func:`energy_weights`),
+        each keeping its neuron of largest energy; without: the paper's unweighted k-means, each
+        cluster keeping the neuron nearest its centroid."""
+        weights = None if energy is None else energy_weights(energy)
+        labels, own = kmeans(sq_dists, keep, seed=seed, max_iter=self.max_iter, n_init=self.n_init, weights=weights)
+        if energy is None:
+            return nearest_to_centroids(labels, own, keep), labels
+        return first_of_clusters(labels, -energy, keep), labels
+
+    def _energies(self, scores: NeuronScores, context: Any) -> list[torch.Tensor] | None:
+        """Every layer's :func:`output_energy` for ``keep="energy"`` (None for ``centroid``); a
+        one-line error when the run's model or activations are out of reach."""
+        if self.keep == "centroid":
+            return None
+        acts = scores.activations if scores.activations is not None else getattr(context, "inputs", None)
+        if context is None or getattr(context, "adapter", None) is None or not hasattr(acts, "acts"):
+            raise MiprunError("mds-cluster keep=energy weighs neurons by their activations and down projection and "
+                              "needs the run (miprun run / miprun.prune) with a neuron scorer; or pass "
+                              "-o selector.keep=centroid (the paper's nearest-to-centroid)")
+        energies = []
+        for position, layer in enumerate(scores.layers):
+            _, down = context.adapter.ffn_modules(layer)
+            energies.append(output_energy(acts.acts[position], down_columns(context.adapter, layer),
+                                          getattr(down, "bias", None) is not None))
+        return energies
 
     def select(self, scores: NeuronScores, n: int, *, context: Any = None) -> NeuronSelection:
         """Remove ``n`` neurons from every layer; with several seeds, pick by output KL (needs ``context``)."""
@@ -347,6 +429,7 @@ class MDSClusterSelector:
             raise MiprunError("mds-cluster with seeds > 1 needs the model (run it through the pipeline) or seeds=1")
         if self.merge and scores.activations is None:
             raise MiprunError("mds-cluster merge=True needs the collected activations (scorer neuron-mi)")
+        energies = self._energies(scores, context)
         candidates: list[dict[int, list[int]]] = [{} for _ in seeds]
         merges: list[dict[int, list[tuple[int, int, float]]]] = [{} for _ in seeds]
         layer_trace: list[dict[str, Any]] = []
@@ -354,7 +437,8 @@ class MDSClusterSelector:
             sq_dists, info = self.embed(scores.similarity(index, self.normalize))
             scores.release(index)  # one layer's matrices at a time
             for r, seed in enumerate(seeds):
-                kept, labels = self.cluster(sq_dists, scores.widths[index] - n, seed)
+                kept, labels = self.cluster(sq_dists, scores.widths[index] - n, seed,
+                                            None if energies is None else energies[index])
                 candidates[r][layer] = kept
                 if self.merge:
                     merges[r][layer] = merge_coefficients(scores.activations.acts[index], kept, labels)
@@ -382,5 +466,5 @@ class MDSClusterSelector:
             trace=trace,
             info={"metric": scores.metric, "divergence": kind, "seed": seeds[best], "layers": layer_trace,
                   "subsidiary": {"seeds": len(seeds), "kl_samples": self.kl_samples if len(seeds) > 1 else 0},
-                  "merge": self.merge},
+                  "merge": self.merge, "keep": self.keep},
         )
