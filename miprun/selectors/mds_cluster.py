@@ -139,7 +139,7 @@ def kmeans(
     from its centroid; the run with the lowest within-cluster sum of squares is kept. Returns
     (labels (m,), each point's squared distance to its cluster's centroid (m,)).
 
-    With ``weights`` (m,), ≥ 0, the weighted objective Σ_j w_j ‖x_j − μ_c(j)‖² with weighted
+    With ``weights`` (m,), > 0, the weighted objective Σ_j w_j ‖x_j − μ_c(j)‖² with weighted
     centroids μ_c = Σ_{l∈c} w_l x_l / W_c: S[j, c] = Σ_{l∈c} w_l D²_jl and the distance to a centroid
     is S[j, c] / W_c − Σ_{l∈c} w_l S[l, c] / (2 W_c²); seeding draws in proportion to w_j times the
     squared distance, and an emptied cluster takes the point of largest weighted distance. Weights
@@ -186,7 +186,7 @@ def _greedy_kmeanspp(d2: torch.Tensor, k: int, generator: torch.Generator, weigh
     for step in range(1, k):
         cumulative = np.cumsum(np.where(taken, 0.0, w * nearest))
         total = cumulative[-1]
-        if total <= 0:  # the remaining points coincide with centres or weigh nothing: unused ones in order
+        if total <= 0:  # the remaining points coincide with centres: take unused ones in order
             pick = int(np.flatnonzero(~taken)[0])
         else:
             candidates = np.minimum(np.searchsorted(cumulative, draws[step] * total, side="right"), m - 1)
