@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import miprun
 from miprun.contracts import NeuronSelection
+from miprun.errors import MiprunError
 from miprun.healers.neuron_refit import NeuronRefitHealer
 from miprun.models.adapters import neuron_axis
 from miprun.surgeons.slice_ffn import SliceFFNSurgeon
@@ -52,8 +53,12 @@ def test_removed_neurons_that_copy_kept_ones_are_healed_exactly(architecture, tm
     assert_healed_exactly(loaded.model, dense, at_run_time, IDS, tmp_path)
 
 
-def test_the_refit_is_the_ridge_regression_of_the_dense_output_on_the_kept_neurons():
-    """Computed by hand for one layer of GPT-2 (bias: the intercept column) at ridge 0.1."""
+@pytest.mark.parametrize("sink", ["average", "skip"])
+def test_the_refit_is_the_ridge_regression_of_the_dense_output_on_the_kept_neurons(sink):
+    """Computed by hand for one layer of GPT-2 (bias: the intercept column) at ridge 0.1: every
+    token but each sequence's first, and with ``sink="average"`` the first ones as weighted rows
+    (inputs, the intercept's one and the output scaled so that the output has the batch's mean
+    energy per other token)."""
     loaded = build_tiny("gpt2", layers=2, seed=33)
     width = loaded.adapter.ffn_width(0)
     keep = {0: list(range(0, width, 2)), 1: list(range(width))}
@@ -62,20 +67,33 @@ def test_the_refit_is_the_ridge_regression_of_the_dense_output_on_the_kept_neuro
     captured = {}
     hook = down.register_forward_hook(lambda m, a, out: captured.setdefault("rows", []).append((a[0], out)))
     with torch.no_grad():
-        for first in range(0, 8, 4):
+        for first in range(0, 8, 4):  # the healer's batches of 4 sequences
             loaded.model(ids[first : first + 4])
     hook.remove()
-    # every token but the first of each sequence (the attention sink)
-    a = torch.cat([x[:, 1:].reshape(-1, x.shape[-1]) for x, _ in captured["rows"]]).double()[:, keep[0]]
-    a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1)
-    y = torch.cat([o[:, 1:].reshape(-1, o.shape[-1]) for _, o in captured["rows"]]).double()
+    inputs, outputs = [], []
+    for x, out in captured["rows"]:
+        x = torch.cat([x.double()[..., keep[0]], torch.ones(*x.shape[:2], 1, dtype=torch.float64)], -1)
+        out = out.double()
+        inputs.append(x[:, 1:].reshape(-1, x.shape[-1]))
+        outputs.append(out[:, 1:].reshape(-1, out.shape[-1]))
+        if sink == "average":
+            weight = (outputs[-1].pow(2).sum(1).mean() / out[:, 0].pow(2).sum(1)).sqrt()[:, None]
+            inputs.append(x[:, 0] * weight)
+            outputs.append(out[:, 0] * weight)
+    a, y = torch.cat(inputs), torch.cat(outputs)
     prior = torch.cat([down.weight.detach().double()[keep[0]], down.bias.detach().double()[None]])
     gram = a.T @ a
     ridge = 0.1 * float(gram.diagonal().mean())
     expected = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype), a.T @ y + ridge * prior)
-    NeuronRefitHealer(ridge=0.1).heal(loaded.model, loaded.adapter, NeuronSelection(keep), ids)
+    NeuronRefitHealer(ridge=0.1, sink=sink).heal(loaded.model, loaded.adapter, NeuronSelection(keep), ids)
     got = torch.cat([down.weight.detach().double()[keep[0]], down.bias.detach().double()[None]])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_bad_sink_rule_is_refused_in_one_line():
+    """An unknown ``sink`` names the choices."""
+    with pytest.raises(MiprunError, match="sink='first' must be one of average, skip"):
+        NeuronRefitHealer(sink="first")
 
 
 def test_layers_fitted_in_groups_under_a_memory_budget_give_the_one_pass_fits():
@@ -115,8 +133,6 @@ def test_width_runs_are_healed_by_default_and_plain_on_request(text_file, tmp_pa
 
 
 def test_every_width_architecture_is_healed_or_says_why(text_file):
-    from miprun.errors import MiprunError
-
     for architecture in ("phi3", "mixtral"):
         with pytest.raises(MiprunError, match="neuron pruning is not supported"):
             miprun.prune(build_tiny(architecture, layers=2), granularity="neuron", ratio=0.25, selector="random",

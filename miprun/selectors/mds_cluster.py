@@ -149,13 +149,15 @@ def kmeans(
     if not 1 <= k <= m:
         raise MiprunError(f"cannot form {k} clusters from {m} neurons")
     generator = torch.Generator().manual_seed(int(seed))
-    d2 = sq_dists.to("cpu", torch.float64)  # the seeding loop runs in NumPy
+    d2 = sq_dists.to("cpu", torch.float64, copy=True)  # the seeding loop runs in NumPy
+    d2.fill_diagonal_(0.0)  # a point is at distance 0 from itself (cdist rounds it)
     w = torch.ones(m, dtype=torch.float64) if weights is None else weights.to("cpu", torch.float64)
     if w.shape != (m,) or not bool((w > 0).all()) or not bool(torch.isfinite(w).all()):
         raise MiprunError(f"k-means weights must be {m} finite values > 0")
+    weighted = d2 * w[None, :]  # column l scaled by w_l: seeding potentials and every S[j, c]
     best: tuple[float, torch.Tensor, torch.Tensor] | None = None
     for _ in range(max(1, int(n_init))):
-        labels, own = _lloyd(d2, _greedy_kmeanspp(d2, k, generator, w), k, max_iter, w)
+        labels, own = _lloyd(d2, weighted, _greedy_kmeanspp(weighted, k, generator, w), k, max_iter, w)
         inertia = float((w * own).sum())
         if best is None or inertia < best[0] - 1e-12:
             best = (inertia, labels, own)
@@ -163,38 +165,42 @@ def kmeans(
     return best[1], best[2]
 
 
-def _greedy_kmeanspp(d2: torch.Tensor, k: int, generator: torch.Generator, weights: torch.Tensor) -> torch.Tensor:
-    """Indices of ``k`` distinct initial centres by greedy k-means++ on squared distances, each
-    point drawn in proportion to its weight times its squared distance to the nearest centre.
+def _greedy_kmeanspp(weighted: torch.Tensor, k: int, generator: torch.Generator, weights: torch.Tensor) -> torch.Tensor:
+    """Indices of ``k`` distinct initial centres by greedy k-means++ on ``weighted`` squared
+    distances (w_l · D²_jl, zero diagonal), each point drawn in proportion to its weight times its
+    squared distance to the nearest centre.
 
     The loop is sequential (each centre changes the next one's odds), so it runs in NumPy, whose
     per-call overhead on these short vectors is a fraction of torch's; the uniforms come from
     ``generator`` in one draw, and each centre's candidates are sampled with replacement by
-    inverting the cumulative weights."""
+    inverting the cumulative weights. The weighted distance of every point to its nearest centre
+    is carried along (0 for the centres; min(w·a, w·b) = w·min(a, b) since w > 0)."""
     import numpy as np
 
-    m = d2.shape[0]
+    m = weighted.shape[0]
     trials = 2 + int(math.log(k)) if k > 1 else 1
     draws = torch.rand(k, trials, generator=generator, dtype=torch.float64).numpy()
-    d = d2.numpy()
     w = weights.numpy()
+    weighted = weighted.numpy()
     first = min(int(np.searchsorted(np.cumsum(w), draws[0, 0] * w.sum(), side="right")), m - 1)
     chosen = [first]
     taken = np.zeros(m, dtype=bool)
     taken[first] = True
-    nearest = d[first].copy()
+    potential = weighted[first].copy()  # w_l times the squared distance to the nearest centre
+    potential[first] = 0.0
     for step in range(1, k):
-        cumulative = np.cumsum(np.where(taken, 0.0, w * nearest))
+        cumulative = np.cumsum(potential)
         total = cumulative[-1]
         if total <= 0:  # the remaining points coincide with centres: take unused ones in order
             pick = int(np.flatnonzero(~taken)[0])
         else:
             candidates = np.minimum(np.searchsorted(cumulative, draws[step] * total, side="right"), m - 1)
-            potentials = (w[None, :] * np.minimum(nearest[None, :], d[candidates])).sum(axis=1)
+            potentials = np.minimum(potential[None, :], weighted[candidates]).sum(axis=1)
             pick = int(candidates[potentials.argmin()])
         chosen.append(pick)
         taken[pick] = True
-        np.minimum(nearest, d[pick], out=nearest)
+        np.minimum(potential, weighted[pick], out=potential)
+        potential[pick] = 0.0
     return torch.tensor(chosen)
 
 
@@ -205,24 +211,30 @@ def centroid_sq_dists(weighted: torch.Tensor, labels: torch.Tensor, k: int, weig
     sums = torch.zeros(m, k, dtype=weighted.dtype).index_add_(1, labels, weighted)  # S[j, c]
     mass = torch.zeros(k, dtype=weighted.dtype).index_add_(0, labels, weights)
     within = torch.zeros(k, dtype=weighted.dtype).index_add_(0, labels, weights * sums[torch.arange(m), labels])
-    safe = torch.where(mass > 0, mass, torch.ones_like(mass))
-    out = sums / safe - within / (2.0 * safe.pow(2))
-    return torch.where(mass > 0, out, torch.full_like(out, float("inf"))).clamp_min(0.0)
+    filled = mass > 0
+    safe = torch.where(filled, mass, torch.ones_like(mass))
+    out = sums.div_(safe).sub_(within / (2.0 * safe.pow(2)))  # in place: m × k is the largest array here
+    if not bool(filled.all()):
+        out.masked_fill_(~filled[None, :], float("inf"))
+    return out.clamp_min_(0.0)
 
 
-def _lloyd(d2: torch.Tensor, seeds: torch.Tensor, k: int, max_iter: int,
+def _lloyd(d2: torch.Tensor, weighted: torch.Tensor, seeds: torch.Tensor, k: int, max_iter: int,
            weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd iterations from the clusters of the nearest seed until the labels stop changing."""
-    weighted = d2 * weights[None, :]  # once per run: every iteration's S[j, c] sums these columns
+    """Lloyd iterations from the clusters of the nearest seed until the labels stop changing
+    (``weighted``: D² with column l scaled by w_l, whose columns every S[j, c] sums)."""
     labels = d2[:, seeds].argmin(dim=1)
     labels[seeds] = torch.arange(k)
+    converged = False
     for _ in range(max_iter):
         dist = centroid_sq_dists(weighted, labels, k, weights)
         new_labels = _fill_empty(dist.argmin(dim=1), dist, k, weights)
-        if torch.equal(new_labels, labels):
+        converged = torch.equal(new_labels, labels)
+        if converged:  # ``dist`` is already that of ``labels``
             break
         labels = new_labels
-    dist = centroid_sq_dists(weighted, labels, k, weights)
+    if not converged:
+        dist = centroid_sq_dists(weighted, labels, k, weights)
     return labels, dist[torch.arange(d2.shape[0]), labels]
 
 
