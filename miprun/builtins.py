@@ -209,7 +209,7 @@ def miprun_register_selectors(register):
     register(
         "neuron-flap",
         "miprun.selectors.neuron_flap:NeuronFlapSelector",
-        description="(neuron) Baseline: FLAP fluctuation, remove the neurons of smallest Var(activation) · ‖down column‖²",
+        description="(neuron) FLAP fluctuation, remove the neurons of smallest Var(activation) · ‖down column‖² (width default)",
         granularity=NEURON, needs_scores=False, reads_states=True,
     )
     register(

@@ -39,7 +39,7 @@ ORDER = ("collector", "estimator", "scorer", "selector", "healer", "surgeon")
 DEFAULTS: dict[str, dict[str, str]] = {
     "block": {"collector": "hidden-states", "scorer": "output-mi", "selector": "set-exchange",
               "surgeon": "remove-blocks", "mi_scorer": "block-mi", "healer": "linear"},
-    "neuron": {"collector": "ffn-activations", "scorer": "neuron-mi", "selector": "neuron-mi-energy",
+    "neuron": {"collector": "ffn-activations", "scorer": "neuron-mi", "selector": "neuron-flap",
                "surgeon": "slice-ffn", "mi_scorer": "neuron-mi", "healer": "neuron-linear"},
 }
 """Per granularity: what a run uses for a kind nobody named (see the module docstring)."""

@@ -25,7 +25,7 @@ def run(
     collector: Annotated[Optional[str], typer.Option(help="Collector (default hidden-states; neuron: ffn-activations)")] = None,
     estimator: Annotated[Optional[str], typer.Option(help="MI estimator; naming one alone selects the MI scorer block-mi (neuron: neuron-mi)")] = None,
     scorer: Annotated[Optional[str], typer.Option(help="Scorer (default: the selector's declared partner, else output-mi; neuron: neuron-mi)")] = None,
-    selector: Annotated[Optional[str], typer.Option(help="Selector (default: the scorer's declared partner, else set-exchange; neuron: neuron-mi-energy)")] = None,
+    selector: Annotated[Optional[str], typer.Option(help="Selector (default: the scorer's declared partner, else set-exchange; neuron: neuron-flap)")] = None,
     surgeon: Annotated[Optional[str], typer.Option(help="Surgeon (default remove-blocks, laco for the laco selector; neuron: slice-ffn)")] = None,
     option: Annotated[list[str], typer.Option("--option", "-o", help="Strategy option KIND.KEY=VALUE, repeatable")] = [],
     output: Annotated[Optional[Path], typer.Option(help="Checkpoint directory (default pruned/<model>-...)")] = None,
