@@ -11,6 +11,7 @@ import miprun
 from miprun.contracts import NeuronSelection
 from miprun.errors import MiprunError
 from miprun.healers.neuron_refit import NeuronRefitHealer
+from miprun.healing_fit import gram_matrix
 from miprun.models.adapters import neuron_axis
 from miprun.surgeons.slice_ffn import SliceFFNSurgeon
 
@@ -88,6 +89,16 @@ def test_the_refit_is_the_ridge_regression_of_the_dense_output_on_the_kept_neuro
     NeuronRefitHealer(ridge=0.1, sink=sink).heal(loaded.model, loaded.adapter, NeuronSelection(keep), ids)
     got = torch.cat([down.weight.detach().double()[keep[0]], down.bias.detach().double()[None]])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("width", [10, 129, 300])
+def test_the_block_triangular_gram_equals_the_full_product(width):
+    """Narrow widths take the one product, wider ones its upper block triangle mirrored: the same
+    matrix, symmetric."""
+    rows = torch.randn(257, width, generator=torch.Generator().manual_seed(width), dtype=torch.float64)
+    got = gram_matrix(rows)
+    torch.testing.assert_close(got, rows.T @ rows, atol=1e-10, rtol=1e-12)
+    assert torch.equal(got, got.T)
 
 
 def test_a_bad_sink_rule_is_refused_in_one_line():

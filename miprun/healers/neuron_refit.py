@@ -43,10 +43,9 @@ from typing import Any
 
 import torch
 
-from miprun.healing_fit import fit_error, ridge_solver, with_ones
+from miprun.healing_fit import fit_error, gram_matrix, ridge_solver, with_ones
 from miprun.models.devices import input_device
 from miprun.probing import forward_until
-
 
 SINK_RULES = ("average", "skip")
 """How the fit treats each sequence's first token: as one token of average output energy, or not at all."""
@@ -206,7 +205,7 @@ class NeuronRefitHealer:
                 def take(module, args, out, index=index, entry=stats[layer]):
                     x, y = fit_rows(args[0].index_select(-1, index.to(args[0].device)), out, shape, product, self.sink,
                                     ones=getattr(module, "bias", None) is not None)
-                    entry["gram"] = entry["gram"] + (x.T @ x).double()
+                    entry["gram"] = entry["gram"] + gram_matrix(x).double()
                     entry["cross"] = entry["cross"] + (x.T @ y).double()
                     entry["energy"] += float(y.double().pow(2).sum())
                     entry["tokens"] += x.shape[0]
