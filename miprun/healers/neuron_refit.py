@@ -59,7 +59,7 @@ def _split(value: torch.Tensor, shape: list[int], dtype: torch.dtype) -> tuple[t
     return grid[:, 1:].reshape(-1, value.shape[-1]).to(dtype), grid[:, 0].to(dtype)
 
 
-def fit_rows(x: torch.Tensor, y: torch.Tensor, shape: list[int], dtype: torch.dtype, sink: str,
+def weighted_rows(x: torch.Tensor, y: torch.Tensor, shape: list[int], dtype: torch.dtype, sink: str,
              ones: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows of one batch's inputs ``x`` (with a column of ones when ``ones``: the intercept) and
     outputs ``y`` that the fit reads: every token but each sequence's first, plus (``sink="average"``)
@@ -203,8 +203,8 @@ class NeuronRefitHealer:
                 index = torch.tensor(selection.keep[layer])
 
                 def take(module, args, out, index=index, entry=stats[layer]):
-                    x, y = fit_rows(args[0].index_select(-1, index.to(args[0].device)), out, shape, product, self.sink,
-                                    ones=getattr(module, "bias", None) is not None)
+                    x, y = weighted_rows(args[0].index_select(-1, index.to(args[0].device)), out, shape, product, self.sink,
+                                         ones=getattr(module, "bias", None) is not None)
                     entry["gram"] = entry["gram"] + gram_matrix(x).double()
                     entry["cross"] = entry["cross"] + (x.T @ y).double()
                     entry["energy"] += float(y.double().pow(2).sum())
