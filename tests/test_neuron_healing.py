@@ -143,6 +143,23 @@ def test_width_runs_are_healed_by_default_and_plain_on_request(text_file, tmp_pa
         torch.testing.assert_close(reloaded(IDS).logits, healed.model(IDS).logits)
 
 
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "opt", "gpt_neox", "gemma2"])
+def test_the_width_default_reads_activations_and_heals_on_every_width_architecture(architecture, text_file):
+    """The width default (FLAP's metric reads the collected FFN activations, then the refit) runs on
+    every family that supports width pruning — OPT's FFN sees its tokens flattened — and removes
+    the requested neurons."""
+    loaded = build_tiny(architecture, layers=2, seed=39)
+    width = loaded.adapter.ffn_width(0)
+    result = miprun.prune(loaded, granularity="neuron", ratio=0.25, calib=str(text_file), num_samples=4,
+                          seq_len=16, heal_samples=4, save=False)
+    assert result.report["strategies"]["selector"]["name"] == "neuron-flap"
+    assert result.report["collection"]["tokens"] > 0
+    assert result.report["surgery"]["width_after"] == width - width // 4
+    assert result.report["surgery"]["healing"]["sink"] == "average"
+    with torch.no_grad():
+        assert torch.isfinite(loaded.model(IDS).logits).all()
+
+
 def test_every_width_architecture_is_healed_or_says_why(text_file):
     for architecture in ("phi3", "mixtral"):
         with pytest.raises(MiprunError, match="neuron pruning is not supported"):

@@ -86,6 +86,8 @@ class FFNActivationsCollector:
             def take(module, args, kwargs):
                 """Gather the kept token positions of the down projection's input."""
                 hidden = args[0] if args else kwargs["input"]
+                if hidden.dim() == 2:  # OPT flattens (sequences × tokens) before its FFN
+                    hidden = hidden.reshape(*current["shape"], hidden.shape[-1])
                 rows = current["keep"].to(hidden.device)
                 picked = torch.gather(hidden, 1, rows.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
                 parts[index].append(picked.reshape(-1, hidden.shape[-1]).to("cpu", torch.float32).to(store))
@@ -99,6 +101,7 @@ class FFNActivationsCollector:
                 for start in range(0, num_samples, self.batch_size):
                     batch = input_ids[start : start + self.batch_size]
                     current["keep"] = keep[start : start + self.batch_size]
+                    current["shape"] = batch.shape
                     adapter.backbone(input_ids=batch.to(device), use_cache=False)
                     batches += 1
                     if progress is not None:
