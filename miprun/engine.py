@@ -11,6 +11,7 @@ distinct collector runs once.
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,7 +165,8 @@ def execute(
                                 timings, reporter)
     if healer is not None:
         with stage("heal", timings, reporter), finite_activations(adapter):
-            healing = healer.heal(model, adapter, granularity.heal_target(selection), ids_for_healing)
+            healing = healer.heal(model, adapter, granularity.heal_target(selection), ids_for_healing,
+                                  **_known_dense(healer, context.healing))
         selection = granularity.healed(selection)
     with stage("operate", timings, reporter):
         surgery = strategies["surgeon"].apply(model, adapter, selection)
@@ -176,6 +178,15 @@ def execute(
         collect_seconds=collected.seconds if collected is not None else 0.0,
         forward_passes=context.forward_passes, timings=timings,
     )
+
+
+def _known_dense(healer: Any, preview: Any) -> dict[str, Any]:
+    """``known=`` for a healer whose ``heal`` accepts it: the dense block outputs the selection's
+    healing preview computed (``preview.dense_outputs``), so that healing does not recompute them."""
+    offered = getattr(preview, "dense_outputs", None)
+    if offered is None or "known" not in inspect.signature(healer.heal).parameters:
+        return {}
+    return {"known": offered}
 
 
 def judges_healed(strategies: dict[str, Any]) -> bool:

@@ -53,7 +53,7 @@ adds the embedding's size once, and only for a cut at block 0 of a tied model).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -65,6 +65,7 @@ from miprun.healing_fit import (
     cuts_of,
     fit_error,
     fit_rows,
+    gram_matrix,
     module_output,
     ridge_solver,
     wanted_update,
@@ -153,10 +154,16 @@ class LinearHealer:
         """Refuse, in one line, an architecture no fit can be folded into (:func:`check_healable`)."""
         check_healable(adapter)
 
-    def heal(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor) -> dict[str, Any]:
+    def heal(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor, *,
+             known: Callable[[torch.Tensor], list[torch.Tensor] | None] | None = None) -> dict[str, Any]:
         """Fold one fit per cut of ``blocks`` into ``model`` (blocks still in place; the surgeon
-        removes them afterwards). Returns the summary: per cut its residuals and fit time."""
-        return self._fit(model, adapter, blocks, input_ids, handles=None)
+        removes them afterwards). Returns the summary: per cut its residuals and fit time.
+
+        :param known: the dense model's block outputs the run already has, per forward batch of
+            ``input_ids`` (every block's, or None for a batch it lacks) — this healer's
+            :meth:`preview`'s ``dense_outputs``: the dense pass replays them instead of recomputing
+            (only the blocks whose internals a fit reads then run)."""
+        return self._fit(model, adapter, blocks, input_ids, handles=None, known=known)
 
     def preview(self, model: Any, adapter: Any, fit_ids: torch.Tensor, *, context: Any = None) -> Any:
         """A :class:`~miprun.healing_preview.HealPreview`: this healer's fits for any block set,
@@ -179,7 +186,7 @@ class LinearHealer:
                 handle.remove()
 
     def _fit(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor,
-             handles: list[Any] | None) -> dict[str, Any]:
+             handles: list[Any] | None, known: Any = None) -> dict[str, Any]:
         """Fit the cuts of ``blocks`` in order; fold each fit (``handles`` None) or hook it in."""
         check_healable(adapter)
         cuts = cuts_of(blocks)
@@ -193,7 +200,8 @@ class LinearHealer:
             summary["sequential"] = self.sequential
             return summary
         if layerwise_loader(model) is None:  # the first cut's fit is read in the dense pass itself
-            targets, first, mids = self._dense_pass(model, adapter, cuts, afters, self.kind_of(adapter, cuts[0]), input_ids)
+            targets, first, mids = self._dense_pass(model, adapter, cuts, afters, self.kind_of(adapter, cuts[0]), input_ids,
+                                                    known)
         else:
             (targets, mids), first = self._dense_targets(model, adapter, cuts, afters, input_ids), None
         pending: list[tuple[tuple[int, int], torch.Tensor, dict[str, Any], list]] = []
@@ -414,12 +422,14 @@ class LinearHealer:
             handle.remove()
 
     def _dense_pass(self, model: Any, adapter: Any, cuts: list[tuple[int, int]], afters: dict, kind: str,
-                    input_ids: torch.Tensor) -> tuple[dict, _Normal, dict]:
+                    input_ids: torch.Tensor, known: Any = None) -> tuple[dict, _Normal, dict]:
         """One pass of the dense model, stopped after the last cut (after the attention of the block
         after it, when that is refitted): the targets of every cut (per batch, float64 rows, CPU;
         the first cut's are used at once), the first cut's normal equations — its fit acts on the
         dense model, so what it reads is taken in the same pass — and the targets of the refits
-        after the cuts (:meth:`_mid_hooks`)."""
+        after the cuts (:meth:`_mid_hooks`). A batch whose block outputs ``known`` gives runs only
+        block ``a − 1`` of the first cut and the refitted blocks; the others return their known
+        output (their hooks still see it)."""
         cut = cuts[0]
         targets: dict[tuple[int, int], list[torch.Tensor]] = {later: [] for later in cuts[1:]}
         mids: dict[int, list[torch.Tensor]] = {after: [] for blocks in afters.values() for after in blocks}
@@ -449,8 +459,13 @@ class LinearHealer:
             last = max(mids, default=-1)  # after the last cut's end only if that cut has blocks after it refitted
             stop = adapter.blocks[cuts[-1][1]] if last < cuts[-1][1] else \
                 next(m for m in reversed(attention_output_modules(adapter, last)) if m is not None)
+            computed = {cut[0] - 1, *mids}  # the blocks whose internals the pass reads
             for batch in self._batches(input_ids, input_device(model)):  # each stopped after the last cut
-                forward_until(stop, lambda batch=batch: adapter.backbone(input_ids=batch, use_cache=False))
+                outputs = known(batch) if known is not None else None
+                replay = {} if outputs is None else \
+                    {index: _replaying(outputs[index]) for index in range(len(outputs)) if index not in computed}
+                with patched_forwards(adapter, replay):
+                    forward_until(stop, lambda batch=batch: adapter.backbone(input_ids=batch, use_cache=False))
         return targets, normal, mids
 
     def _captures(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, earlier: list[int],
@@ -595,6 +610,16 @@ def _module_hooks(block: Any, output: Any, norm: Any, kind: str, take: Any) -> I
             handle.remove()
 
 
+def _replaying(hidden: torch.Tensor) -> Any:
+    """A forward factory (:func:`~miprun.models.forwards.patched_forwards`) for a block that
+    returns ``hidden``, its known output, instead of computing it."""
+
+    def factory(block: Any, original: Any) -> Any:
+        return lambda *args, **kwargs: in_block_format(block, original, args, kwargs, hidden)
+
+    return factory
+
+
 def _keep_input(block: Any, take: Any) -> Any:
     """A forward pre-hook on ``block`` handing ``take`` the hidden states it is called with, kept as
     they are (the batch's shape and dtype): where a refit after a cut starts its run. Returns the handle."""
@@ -650,7 +675,7 @@ class _Normal:
         x, z = rows["x"], rows["z"]
         y = wanted_update(rows, target)
         a, b = (x, y) if self.exact else (x.float(), y.float())
-        gram, cross = (a.T @ a).double(), (a.T @ b).double()
+        gram, cross = gram_matrix(a).double(), (a.T @ b).double()
         self.gram = gram if self.gram is None else self.gram + gram
         self.cross = cross if self.cross is None else self.cross + cross
         self.before += float((z - y).pow(2).sum())

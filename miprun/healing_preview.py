@@ -36,6 +36,7 @@ from miprun.healing_fit import (
     check_embedding,
     cuts_of,
     fit_rows,
+    gram_matrix,
     module_output,
     ridge_solver,
     wanted_update,
@@ -92,6 +93,19 @@ class HealPreview:
         finally:
             for handle in handles:
                 handle.remove()
+
+    def dense_outputs(self, batch: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every block's dense output (one tensor per block, batch × tokens × hidden) for ``batch``
+        when it is one of the preview's forward batches and the dense pass has run; None otherwise.
+        The healer's own dense pass replays these instead of recomputing them."""
+        if not self._dense:
+            return None
+        size = self._prober.batch_size
+        for index, start in enumerate(range(0, self.fit_ids.shape[0], size)):
+            mine = self.fit_ids[start : start + size]
+            if mine.shape == batch.shape and torch.equal(mine, batch.to(mine.device)):
+                return [self._prober.dense_outputs(block)[index] for block in range(self.adapter.num_blocks)]
+        return None
 
     def _embedding_mappable(self) -> bool:
         """Whether a cut at block 0 can be healed (the embedding produces the stream directly)."""
@@ -192,7 +206,7 @@ class HealPreview:
                     for name in ("x", "z", "rest")}
             rows["gain"] = batches[0]["gain"]
             kind = self.healer.kind_of(self.adapter, (first, first))
-            gram = (rows["x"].T @ rows["x"]).double()  # float32 products: a preview; the ridge bounds the conditioning
+            gram = gram_matrix(rows["x"]).double()  # float32 products: a preview; the ridge bounds the conditioning
             prior = self.healer.prior(self.adapter, (first, first), kind, gram)
             self._keep(key, (kind, ridge_solver(gram, self.healer.ridge), prior, rows))
         self._cache.move_to_end(key)

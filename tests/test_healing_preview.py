@@ -9,6 +9,7 @@ from conftest import ARCHITECTURES, build_tiny
 import miprun
 from miprun.engine import _preview
 from miprun.healing import LinearHealer
+from miprun.models.adapters import ffn_output_modules
 from miprun.probing import Prober, forward_until
 from miprun.progress import Reporter
 
@@ -174,3 +175,33 @@ def test_the_default_selects_for_the_healed_model_on_every_architecture(architec
     preview = result.report["selection"]["info"]["heal_preview"]
     assert preview["cuts_fitted"] >= 5 and preview["fit_sequences"] == 4
     assert result.report["surgery"]["healing"]["cuts"] and result.adapter.num_blocks == 3
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma2", "gpt2"])
+def test_healing_replays_the_dense_outputs_its_preview_computed(architecture):
+    """Healing told the preview's dense outputs (``known=``) skips recomputing the blocks of the
+    batches the preview ran — only block a − 1 and the refitted blocks after the cut run there —
+    and folds the same weights as healing that recomputes everything."""
+    heal_ids = torch.cat([JUDGE, FIT])  # 4 healing batches; the last 3 are the preview's
+    blocks = [2, 3]
+    folded, computed = [], []
+    for reuse in (False, True):
+        loaded = build_tiny(architecture, layers=6, seed=36)
+        before = {name: p.detach().clone() for name, p in loaded.model.named_parameters()}
+        healer = LinearHealer()
+        preview = healer.preview(loaded.model, loaded.adapter, FIT)
+        with preview.applied(blocks):  # the preview's dense pass, as selection makes it
+            pass
+        runs = []
+        handle = ffn_output_modules(loaded.adapter, 0)[0].register_forward_hook(lambda *args: runs.append(1))
+        healer.heal(loaded.model, loaded.adapter, blocks, heal_ids, known=preview.dense_outputs if reuse else None)
+        handle.remove()
+        computed.append(len(runs))
+        folded.append({name: p.detach().clone() for name, p in loaded.model.named_parameters()})
+    # block 0 computes for every batch (and, once per block class, to learn its output format), or
+    # only for the one batch the preview lacks
+    assert computed[0] >= 4 and computed[1] == 1
+    assert preview.dense_outputs(JUDGE) is None and len(preview.dense_outputs(FIT[4:8])) == 6
+    assert any(not torch.equal(before[name], value) for name, value in folded[1].items())  # healing changed weights
+    for name, value in folded[0].items():
+        torch.testing.assert_close(folded[1][name], value, atol=1e-6, rtol=1e-5, msg=name)

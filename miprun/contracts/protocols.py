@@ -128,7 +128,11 @@ class Healer(Protocol):
         """Change the weights of ``model`` that stay so that, once ``blocks`` are removed, it
         reproduces the dense model on the healing tokens ``input_ids`` as well as it can; the
         blocks are still in place. Raise :class:`~miprun.errors.MiprunError` with one line when the
-        architecture cannot be healed. Returns a summary for the report (JSON-serialisable)."""
+        architecture cannot be healed. Returns a summary for the report (JSON-serialisable).
+
+        A healer whose ``heal`` also takes the keyword ``known`` receives the run's
+        :meth:`HealingPreview.dense_outputs` (when its preview offers them): the dense block
+        outputs already computed for some forward batches of ``input_ids``, to reuse."""
 
     def applied(self, model: Any, adapter: Any, blocks: list[int], input_ids: Any) -> Any:
         """A context manager within which the healing :meth:`heal` would fold acts at run time
@@ -147,6 +151,10 @@ class HealingPreview(Protocol):
 
     def info(self) -> dict[str, Any]:
         """What the preview did, for the report (JSON-serialisable)."""
+
+    # optional: ``dense_outputs(batch) -> list[Tensor] | None`` — every block's dense output for a
+    # forward batch of healing tokens the preview has run (None otherwise), which the run hands to
+    # its healer's ``heal(..., known=...)``.
 
 
 class Register(Protocol):

@@ -50,6 +50,20 @@ NAMED_SOURCES: dict[str, Callable[[], str]] = {
 """Named calibration sources → text loader."""
 
 
+_LAST_TOKENIZED: list[Any] = []  # [tokenizer, text, ids] of the last call
+
+
+def _token_ids(tokenizer: Any, text: str) -> Any:
+    """``text`` tokenized without special tokens; the last result is reused when the same tokenizer
+    reads the same text again (a run draws its calibration, healing and check windows from one
+    source: one tokenization instead of three)."""
+    if _LAST_TOKENIZED and _LAST_TOKENIZED[0] is tokenizer and _LAST_TOKENIZED[1] == text:
+        return _LAST_TOKENIZED[2]
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    _LAST_TOKENIZED[:] = [tokenizer, text, ids]
+    return ids
+
+
 def _windows(ids: Any, num_samples: int, seq_len: int, seed: int, label: str) -> Any:
     import torch
 
@@ -126,7 +140,7 @@ def load_calibration(
             )
         text = read_text_file(path, what="calibration file")
         info.update(kind="file", path=str(path.resolve()))
-    ids = tokenizer(text[:_MAX_CHARS], return_tensors="pt", add_special_tokens=False).input_ids[0]
+    ids = _token_ids(tokenizer, text[:_MAX_CHARS])
     windows = _windows(ids, num_samples, seq_len, seed, source)
     check_token_ids(windows, model, f"calibration source '{source}'")
     return Calibration(windows, info)
