@@ -51,6 +51,26 @@ def test_same_seed_same_tokens_other_seed_other_tokens(text_file):
     assert a.shape == (4, 16) and torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_one_source_is_tokenized_once_and_a_changed_file_again(text_file, tmp_path):
+    """Windows drawn again from the same text with the same tokenizer reuse its tokens (a run draws
+    calibration, healing and check windows from one source); other text is tokenized afresh."""
+    tokenizer = build_tiny("llama").tokenizer
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return tokenizer(*args, **kwargs)
+
+    first = load_calibration(str(text_file), counting, num_samples=4, seq_len=16, seed=0).input_ids
+    again = load_calibration(str(text_file), counting, num_samples=8, seq_len=16, seed=1).input_ids
+    assert len(calls) == 1 and torch.equal(first, load_calibration(str(text_file), tokenizer, num_samples=4, seq_len=16, seed=0).input_ids)
+    assert again.shape == (8, 16)
+    other = tmp_path / "other.txt"
+    other.write_text("zebra " * 400)
+    load_calibration(str(other), counting, num_samples=2, seq_len=16, seed=0)
+    assert len(calls) == 2
+
+
 def test_jsonl_and_wikitext_from_the_data_directory(tmp_path):
     tokenizer = build_tiny("llama").tokenizer
     path = tmp_path / "c.jsonl"

@@ -193,7 +193,7 @@ def test_healing_replays_the_dense_outputs_its_preview_computed(architecture):
         with preview.applied(blocks):  # the preview's dense pass, as selection makes it
             pass
         runs = []
-        handle = ffn_output_modules(loaded.adapter, 0)[0].register_forward_hook(lambda *args: runs.append(1))
+        handle = ffn_output_modules(loaded.adapter, 0)[0].register_forward_hook(lambda *args, runs=runs: runs.append(1))
         healer.heal(loaded.model, loaded.adapter, blocks, heal_ids, known=preview.dense_outputs if reuse else None)
         handle.remove()
         computed.append(len(runs))

@@ -180,7 +180,7 @@ def test_energy_keep_keeps_the_loudest_neuron_of_each_cluster_of_copies():
 
 
 def test_output_energy_is_the_weighted_second_moment_or_variance():
-    from miprun.selectors.mds_cluster import output_energy
+    from miprun.selectors.neuron_ranking import output_energy
 
     acts = torch.tensor([[1.0, 2.0], [3.0, 2.0]])
     columns = torch.tensor([[1.0, 0.0], [1.0, 3.0]])  # ‖w_0‖² = 2, ‖w_1‖² = 9

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import miprun
 from miprun.cli.main import app
 from miprun.errors import MiprunError
-from miprun.models.finite import check_weights, finite_activations
+from miprun.models.finite import check_weights, finite_activations, finite_sum
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_on_the_command_line(tmp_path, text_file):
@@ -55,3 +55,17 @@ def test_non_finite_hidden_states_name_the_first_block_that_produces_them():
         half.model.layers[0].mlp.down_proj.weight.fill_(float("inf"))
     with finite_activations(adapter_for(half)), pytest.raises(MiprunError, match="retry with --dtype float32"):
         half(input_ids=torch.tensor([[1, 2, 3]]))
+
+
+def test_the_finite_check_sees_every_bad_entry_and_is_not_fooled_by_an_overflowing_sum():
+    """A NaN or ±inf anywhere is found; finite half-precision entries whose float32 sum overflows
+    (or float32 entries whose sum does) are still finite."""
+    values = torch.randn(3, 7, 5)
+    assert finite_sum(values) and finite_sum(torch.arange(4))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            damaged = values.to(dtype)
+            damaged[2, 6, 4] = bad
+            assert not finite_sum(damaged)
+    assert finite_sum(torch.full((4, 4), 3e38))  # float32 sum overflows, every entry finite
+    assert finite_sum(torch.full((100_000,), 60_000.0, dtype=torch.float16))

@@ -57,7 +57,7 @@ from miprun.contracts import NORMALIZE, NeuronScores, NeuronSelection
 from miprun.errors import MiprunError
 from miprun.linalg import double_center
 from miprun.models.devices import input_device
-from miprun.selectors.neuron_ranking import down_columns
+from miprun.selectors.neuron_ranking import down_columns, output_energy
 
 
 def mds_distances(similarity: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -274,15 +274,6 @@ def first_of_clusters(labels: torch.Tensor, rank: torch.Tensor, k: int) -> list[
     if int(first.sum()) != k:
         raise MiprunError(f"k-means left {k - int(first.sum())} of {k} clusters empty")
     return sorted(order[first].tolist())
-
-
-def output_energy(acts: torch.Tensor, columns: torch.Tensor, centred: bool) -> torch.Tensor:
-    """Per neuron, the energy it sends forward: ‖W_down[:, j]‖² · E[a_j²] over the collected tokens
-    (``acts``: tokens × m; ``columns``: hidden × m), with E[(a_j − ā_j)²] when ``centred`` (the down
-    projection has a bias that absorbs the mean). float64."""
-    a = acts.to(torch.float64)
-    power = a.var(dim=0, unbiased=False) if centred else a.pow(2).mean(dim=0)
-    return power * columns.to(torch.float64).pow(2).sum(dim=0)
 
 
 def energy_weights(energy: torch.Tensor) -> torch.Tensor:

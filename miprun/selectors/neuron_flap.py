@@ -12,7 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from miprun.contracts import NeuronScores, NeuronSelection
-from miprun.selectors.neuron_ranking import activations, down_columns, keep_highest
+from miprun.selectors.neuron_ranking import (
+    activations,
+    down_columns,
+    keep_highest,
+    output_energy,
+)
 
 
 class NeuronFlapSelector:
@@ -25,7 +30,6 @@ class NeuronFlapSelector:
         inputs = activations(context, "neuron-flap")
 
         def score(position: int, layer: int):
-            variance = inputs.acts[position].float().var(dim=0, unbiased=False)
-            return variance * down_columns(context.adapter, layer).pow(2).sum(dim=0)
+            return output_energy(inputs.acts[position], down_columns(context.adapter, layer), centred=True)
 
         return keep_highest(scores, n, score, criterion="FLAP fluctuation: Var(a_j) · ‖W_down[:, j]‖²")

@@ -23,6 +23,16 @@ def keep_highest(scores: NeuronScores, n: int, score: Callable[[int, int], torch
     return NeuronSelection(keep=keep, trace=trace, info={"criterion": criterion})
 
 
+def output_energy(acts: torch.Tensor, columns: torch.Tensor, centred: bool) -> torch.Tensor:
+    """Per neuron, the energy it sends forward: ‖W_down[:, j]‖² · E[a_j²] over the collected tokens
+    (``acts``: tokens × m; ``columns``: hidden × m, :func:`down_columns`), with E[(a_j − ā_j)²] when
+    ``centred`` — FLAP's fluctuation score, and the energy a down projection with a bias (which
+    absorbs the mean) loses. float64."""
+    a = acts.to(torch.float64)
+    power = a.var(dim=0, unbiased=False) if centred else a.pow(2).mean(dim=0)
+    return power * columns.to(torch.float64).pow(2).sum(dim=0)
+
+
 def down_columns(adapter: Any, layer: int) -> torch.Tensor:
     """The down projection of ``layer`` as (hidden × neurons), float32 on the CPU."""
     from miprun.models.adapters import neuron_axis
