@@ -125,7 +125,7 @@ def compare(
     """
     import torch
 
-    from miprun.data.calibration import load_calibration
+    from miprun.data.calibration import check_calibration, load_calibration
     from miprun.engine import Collections, execute, healer_refusal, judges_healed
     from miprun.evaluation import evaluate
     from miprun.granularity import blocks_to_remove
@@ -154,6 +154,7 @@ def compare(
     if isinstance(heal_samples, bool) or not isinstance(heal_samples, int) or heal_samples < 1:
         raise MiprunError(f"--heal-samples must be a whole number ≥ 1, got {heal_samples!r}")
     healing = any("healer" in plan.names for plan in plans.values())
+    check_calibration(calib, num_samples=num_samples, seq_len=seq_len)
 
     started = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model or DEFAULT_MODEL), dtype=dtype, device_map=device_map)

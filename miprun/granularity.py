@@ -24,18 +24,23 @@ def model_slug(model: str) -> str:
     return Path(model.rstrip("/")).name.removesuffix(".gguf").replace("/", "-")
 
 
+def check_count(n: int | None, ratio: float | None) -> None:
+    """The checks of ``--prune`` / ``--ratio`` that need no model (made before it loads): not both,
+    a ratio strictly between 0 and 1, a count of at least 1."""
+    if n is not None and ratio is not None:
+        raise MiprunError("give either --prune N or --ratio r, not both")
+    if ratio is not None and not 0 < ratio < 1:
+        raise MiprunError(f"--ratio must be between 0 and 1 (exclusive), got {ratio}")
+    if n is not None and n < 1:
+        raise MiprunError(f"--prune must be at least 1, got {n}")
+
+
 def _count(total: int, n: int | None, ratio: float | None, unit: str, whole: str) -> int:
     """Units to remove from ``n`` or ``ratio`` (default 0.2) of ``total``, checked; ``whole`` says
     what ``total`` counts, for the error."""
-    if n is not None and ratio is not None:
-        raise MiprunError("give either --prune N or --ratio r, not both")
+    check_count(n, ratio)
     if n is None:
-        ratio = 0.2 if ratio is None else ratio
-        if not 0 < ratio < 1:
-            raise MiprunError(f"--ratio must be between 0 and 1 (exclusive), got {ratio}")
-        n = max(1, round(ratio * total))
-    if n < 1:
-        raise MiprunError(f"--prune must be at least 1, got {n}")
+        n = max(1, round((0.2 if ratio is None else ratio) * total))
     if n >= total:
         raise MiprunError(f"--prune {n} would remove every {unit}: {whole}; choose at most {total - 1}")
     return n

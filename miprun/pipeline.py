@@ -143,8 +143,9 @@ def prune(
         on held-out windows of the calibration source, in the report, with a warning when the
         result is ruined.
     """
+    from miprun.data.calibration import check_calibration
     from miprun.engine import execute
-    from miprun.granularity import GRANULARITY
+    from miprun.granularity import GRANULARITY, check_count
     from miprun.output import check_output, output_lock
 
     from miprun.options import check_dtype
@@ -173,6 +174,8 @@ def prune(
     if heal_candidates > 1 and heal_samples < 2:
         raise MiprunError("heal-aware selection fits on some healing sequences and judges on others; "
                           f"--heal-samples {heal_samples} leaves none to judge on: pass 2 or more")
+    check_count(n, ratio)  # what needs no model is refused before it loads
+    check_calibration(calib, num_samples=num_samples, seq_len=seq_len)
     if output is not None and save:
         check_output(Path(output), overwrite=overwrite)
     timings: dict[str, float] = {}

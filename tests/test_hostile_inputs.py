@@ -121,3 +121,27 @@ def test_control_characters_in_a_value_stay_on_the_one_error_line(tiny_dir, valu
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "\r" not in result.stderr and "\x1b" not in result.stderr
     assert result.stderr.startswith("miprun: error: unknown dtype")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ratio", "1.5", "--granularity", "neuron"], "--ratio must be between 0 and 1 (exclusive), got 1.5"),
+    (["--prune", "0"], "--prune must be at least 1, got 0"),
+    (["--prune", "2", "--ratio", "0.1"], "give either --prune N or --ratio r, not both"),
+    (["--calib", "wikitxt2"], "did you mean 'wikitext2'?"),
+    (["--calib", "missing-file.txt"], "calibration file 'missing-file.txt' does not exist"),
+    (["--num-samples", "0"], "need --num-samples ≥ 1 and --seq-len ≥ 2"),
+])
+def test_what_needs_no_model_is_refused_before_the_model_loads(tmp_path, args, message):
+    """A model that does not exist is never reached: the arguments are refused first (on a 70B
+    model, loading before refusing a typo would take minutes)."""
+    out = tmp_path / "out"
+    _refused(["run", "--model", str(tmp_path / "no-such-model"), *args, "--output", str(out)], message, out)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prune", "1", "--calib", "wikitxt2"], "did you mean 'wikitext2'?"),
+    (["--prune", "1", "--num-samples", "0"], "need --num-samples ≥ 1 and --seq-len ≥ 2"),
+])
+def test_compare_refuses_what_needs_no_model_before_loading_it(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["compare", "--model", str(tmp_path / "no-such-model"), "--methods", "random", *args])
+    assert result.exit_code == 2 and message in result.stderr and "no-such-model" not in result.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from miprun.data.datadir import local_file
-from miprun.data.text import hf_text, read_text_file
+from miprun.data.text import check_text_file, hf_text, read_text_file
 from miprun.models.context import context_length
 from miprun.errors import MiprunError, did_you_mean
 from miprun.models.devices import check_token_ids, input_device
@@ -97,6 +97,23 @@ def _self_generated(model: Any, tokenizer: Any, num_samples: int, seq_len: int, 
     return out[:, 1 : seq_len + 1].cpu()
 
 
+def check_calibration(source: str, *, num_samples: int, seq_len: int) -> None:
+    """What a calibration request can be refused for before any model is loaded: its sizes, an
+    unknown source name (with did-you-mean) or a file that does not exist — one line each."""
+    if num_samples < 1 or seq_len < 2:
+        raise MiprunError(f"need --num-samples ≥ 1 and --seq-len ≥ 2, got {num_samples} and {seq_len}")
+    if source in NAMED_SOURCES or source == "self":
+        return
+    path = Path(source).expanduser()
+    if path.suffix not in (".txt", ".jsonl") and not path.exists():
+        choices = [*NAMED_SOURCES, "self"]
+        raise MiprunError(
+            f"unknown calibration source '{source}'{did_you_mean(source, choices)}; "
+            f"use one of {', '.join(choices)} or a .txt/.jsonl file"
+        )
+    check_text_file(path, what="calibration file")
+
+
 def load_calibration(
     source: str,
     tokenizer: Any,
@@ -107,8 +124,7 @@ def load_calibration(
     model: Any = None,
 ) -> Calibration:
     """Draw ``num_samples`` windows of ``seq_len`` tokens from ``source`` with ``seed``."""
-    if num_samples < 1 or seq_len < 2:
-        raise MiprunError(f"need --num-samples ≥ 1 and --seq-len ≥ 2, got {num_samples} and {seq_len}")
+    check_calibration(source, num_samples=num_samples, seq_len=seq_len)
     limit = context_length(model)
     if limit is not None and seq_len > limit:
         raise MiprunError(f"--seq-len {seq_len} is longer than the model's context ({limit} tokens); "
@@ -132,12 +148,6 @@ def load_calibration(
             info["path"] = str(local)
     else:
         path = Path(source).expanduser()
-        if path.suffix not in (".txt", ".jsonl") and not path.exists():
-            choices = [*NAMED_SOURCES, "self"]
-            raise MiprunError(
-                f"unknown calibration source '{source}'{did_you_mean(source, choices)}; "
-                f"use one of {', '.join(choices)} or a .txt/.jsonl file"
-            )
         text = read_text_file(path, what="calibration file")
         info.update(kind="file", path=str(path.resolve()))
     ids = _token_ids(tokenizer, text[:_MAX_CHARS])

@@ -106,13 +106,18 @@ def is_jsonl(path: Path) -> bool:
     return bool(suffixes) and suffixes[-1] in (".jsonl", ".json")
 
 
+def check_text_file(path: Path, *, what: str = "text file") -> None:
+    """Raise :class:`MiprunError` naming ``what`` when ``path`` is not an existing file."""
+    if not path.is_file():
+        raise MiprunError(f"{what} '{path}' does not exist")
+
+
 def read_text_file(path: Path, *, what: str = "text file") -> str:
     """Text of a plain text file or of a JSON-lines file (see :func:`read_jsonl`).
 
     :raises MiprunError: when the file does not exist (``what`` names it in the message).
     """
-    if not path.is_file():
-        raise MiprunError(f"{what} '{path}' does not exist")
+    check_text_file(path, what=what)
     try:
         text = read_jsonl(path) if is_jsonl(path) else path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
