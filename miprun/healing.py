@@ -63,6 +63,7 @@ from miprun.errors import MiprunError
 from miprun.healing_fit import (
     check_embedding,
     cuts_of,
+    embedding_rows,
     fit_error,
     fit_rows,
     gram_matrix,
@@ -73,7 +74,7 @@ from miprun.healing_fit import (
 )
 from miprun.models.adapters import attention_output_modules, ffn_output_modules
 from miprun.models.devices import input_device, input_embedding
-from miprun.models.forwards import in_block_format, patched_forwards
+from miprun.models.forwards import hidden_argument, in_block_format, patched_forwards
 from miprun.models.layerwise import editable_block, layerwise_loader
 from miprun.models.sweep import BlockSweep, Stream
 from miprun.probing import StopPass, forward_until, skipping
@@ -411,7 +412,7 @@ class LinearHealer:
         output, norm = attention_output_modules(adapter, after)
 
         def take_input(module, args, kwargs):
-            entering.append(fit_rows(args[0] if args else kwargs["hidden_states"]))
+            entering.append(fit_rows(hidden_argument(args, kwargs)))
 
         handle = adapter.blocks[after].register_forward_pre_hook(take_input, with_kwargs=True)
         try:
@@ -440,8 +441,7 @@ class LinearHealer:
                 stack.callback(_keep_input(adapter.blocks[cut[0] - 1], lambda hidden: current.update(entry=hidden)).remove)
             if cut[0] == 0:
                 def take_input(module, args, kwargs):
-                    rows = fit_rows(args[0] if args else kwargs["hidden_states"])
-                    current.update(x=rows, z=rows, added=rows, gain=None, rest=None)
+                    current.update(embedding_rows(args, kwargs))
                 stack.callback(adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True).remove)
             else:
                 stack.enter_context(self.ffn_hooks(adapter, cut[0] - 1, kind, current.update))
@@ -484,8 +484,7 @@ class LinearHealer:
         with ExitStack() as stack, torch.no_grad():
             if first == 0:  # the map acts on the embedding output: block 0's input
                 def take_input(module, args, kwargs):
-                    rows = fit_rows(args[0] if args else kwargs["hidden_states"])
-                    captured.update(x=rows, z=rows, added=rows, gain=None, rest=None)
+                    captured.update(embedding_rows(args, kwargs))
                     raise StopPass
                 hook = adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True)
             else:
@@ -586,7 +585,7 @@ def _module_hooks(block: Any, output: Any, norm: Any, kind: str, take: Any) -> I
         return fit_rows(value.reshape(*shape, value.shape[-1]))
 
     def on_block(module, args, kwargs):
-        shape[:] = (args[0] if args else kwargs["hidden_states"]).shape[:2]
+        shape[:] = hidden_argument(args, kwargs).shape[:2]
 
     def on_output(module, args, out):
         z = tokens(module_output(out))
@@ -624,7 +623,7 @@ def _keep_input(block: Any, take: Any) -> Any:
     """A forward pre-hook on ``block`` handing ``take`` the hidden states it is called with, kept as
     they are (the batch's shape and dtype): where a refit after a cut starts its run. Returns the handle."""
     return block.register_forward_pre_hook(
-        lambda module, args, kwargs: take((args[0] if args else kwargs["hidden_states"]).detach()), with_kwargs=True)
+        lambda module, args, kwargs: take(hidden_argument(args, kwargs).detach()), with_kwargs=True)
 
 
 def _projection_rows(module: Any, like: torch.Tensor) -> torch.Tensor:

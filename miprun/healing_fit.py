@@ -13,6 +13,7 @@ import torch
 
 from miprun.errors import MiprunError
 from miprun.models.devices import input_embedding
+from miprun.models.forwards import hidden_argument
 
 
 def cuts_of(blocks: list[int]) -> list[tuple[int, int]]:
@@ -52,6 +53,14 @@ def gram_matrix(rows: torch.Tensor) -> torch.Tensor:
         out[start:stop, stop:] = block[:, stop - start :]
         out[stop:, start:stop] = block[:, stop - start :].T
     return out
+
+
+def embedding_rows(args: tuple, kwargs: dict) -> dict[str, Any]:
+    """What a cut at block 0 reads, from block 0's forward-pre-hook arguments: its map acts on the
+    embedding output (block 0's input), so ``x``, ``z`` and ``added`` are all that input's rows
+    (float64); no output norm (``gain``) and no rest of the stream."""
+    rows = fit_rows(hidden_argument(args, kwargs))
+    return {"x": rows, "z": rows, "added": rows, "gain": None, "rest": None}
 
 
 def with_ones(rows: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,7 @@ from miprun.errors import MiprunError
 from miprun.healing_fit import (
     check_embedding,
     cuts_of,
+    embedding_rows,
     fit_rows,
     gram_matrix,
     module_output,
@@ -159,7 +160,7 @@ class HealPreview:
             if batches[:1] == [None]:
                 return
             kept = {name: value.float().cpu() if isinstance(value, torch.Tensor) else value
-                    for name, value in rows.items() if name != "z" or rows.get("gain") is not None}
+                    for name, value in rows.items() if name != "added" and (name != "z" or rows.get("gain") is not None)}
             if room is not None:
                 room[0] -= _bytes(kept)
                 if room[0] < 0:
@@ -170,7 +171,7 @@ class HealPreview:
 
         if first == 0:
             def take_input(module: Any, args: Any, kwargs: Any) -> None:
-                keep({"x": fit_rows(args[0] if args else kwargs["hidden_states"]), "gain": None, "rest": None})
+                keep(embedding_rows(args, kwargs))
             handle = self.adapter.blocks[0].register_forward_pre_hook(take_input, with_kwargs=True)
             try:
                 yield

@@ -17,6 +17,7 @@ import torch
 
 from miprun.contracts import BoundaryStates
 from miprun.models.devices import input_device
+from miprun.models.forwards import hidden_argument
 from miprun.models.layerwise import layerwise_loader
 from miprun.models.sweep import BlockSweep, Stream
 
@@ -101,7 +102,7 @@ def capture_boundaries(
         boundaries[index].append(_kept_rows(hidden, current["keep"]))
 
     def pre_hook(module, args, kwargs):
-        take(0, _hidden(args[0] if args else kwargs["hidden_states"]))
+        take(0, _hidden(hidden_argument(args, kwargs)))
 
     handles = [adapter.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)]
     for index, block in enumerate(adapter.blocks):
