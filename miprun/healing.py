@@ -335,16 +335,10 @@ class LinearHealer:
                 yield from collected
                 return
             stack.enter_context(skipping(adapter, [b for b in skipped if b >= start]))
-            batch_index = [0]
-
-            def replay(block: Any, original: Any) -> Any:
-                return lambda *args, **kwargs: in_block_format(block, original, args, kwargs, entries[batch_index[0]])
-
-            stack.enter_context(patched_forwards(adapter, {index: replay for index in range(start)}))
             for index, batch in enumerate(self._batches(input_ids, input_device(model))):
-                batch_index[0] = index
-                forward_until(norm if norm is not None else output,
-                              lambda batch=batch: adapter.backbone(input_ids=batch, use_cache=False))
+                with patched_forwards(adapter, {block: _replaying(entries[index]) for block in range(start)}):
+                    forward_until(norm if norm is not None else output,
+                                  lambda batch=batch: adapter.backbone(input_ids=batch, use_cache=False))
                 yield collected.pop()
 
     def kind_of(self, adapter: Any, cut: tuple[int, int]) -> str:
