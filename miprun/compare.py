@@ -126,6 +126,8 @@ def compare(
     import torch
 
     from miprun.data.calibration import check_calibration, load_calibration
+    from miprun.evaluation.lm_eval_bridge import check_task_names, parse_tasks
+    from miprun.evaluation.perplexity import check_dataset
     from miprun.engine import Collections, execute, healer_refusal, judges_healed
     from miprun.evaluation import evaluate
     from miprun.granularity import blocks_to_remove
@@ -155,6 +157,9 @@ def compare(
         raise MiprunError(f"--heal-samples must be a whole number ≥ 1, got {heal_samples!r}")
     healing = any("healer" in plan.names for plan in plans.values())
     check_calibration(calib, num_samples=num_samples, seq_len=seq_len)
+    for name in ppl:
+        check_dataset(name)
+    check_task_names(parse_tasks(tasks))
 
     started = time.perf_counter()
     loaded = model if isinstance(model, LoadedModel) else load_model(str(model or DEFAULT_MODEL), dtype=dtype, device_map=device_map)

@@ -66,3 +66,21 @@ def test_unknown_perplexity_set_is_one_line_exit_2(checkpoints):
     result = CliRunner().invoke(app, ["eval", str(checkpoints / "dense"), "--ppl", "wikitxt2"])
     assert result.exit_code == 2
     assert "did you mean 'wikitext2'" in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+def test_bad_task_names_and_window_sizes_are_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """A misspelt task, a window of fewer than 2 tokens or no windows: one line, exit 2, and the
+    model (here a path that does not exist) is never reached."""
+    from miprun.evaluation import lm_eval_bridge
+
+    class Manager:  # lm-eval's index of its tasks (building the real one takes seconds)
+        all_tasks = ["hellaswag", "arc_easy"]
+        all_subtasks = ["hellaswag", "arc_easy"]
+
+    monkeypatch.setattr(lm_eval_bridge, "standard_task_manager", lambda: Manager())
+    for args, message in ((["--tasks", "hellaswg"], "unknown lm-eval task 'hellaswg' (did you mean 'hellaswag'?)"),
+                          (["--seq-len", "0"], "--seq-len must be at least 2 tokens, got 0"),
+                          (["--max-windows", "0"], "--max-windows must be at least 1, got 0")):
+        result = CliRunner().invoke(app, ["eval", str(tmp_path / "nowhere"), *args])
+        assert result.exit_code == 2 and message in result.stderr, result.output
+        assert result.stderr.strip().count("\n") == 0 and "nowhere" not in result.stderr

@@ -141,7 +141,16 @@ def test_what_needs_no_model_is_refused_before_the_model_loads(tmp_path, args, m
 @pytest.mark.parametrize("args, message", [
     (["--prune", "1", "--calib", "wikitxt2"], "did you mean 'wikitext2'?"),
     (["--prune", "1", "--num-samples", "0"], "need --num-samples ≥ 1 and --seq-len ≥ 2"),
+    (["--prune", "1", "--eval", "wikitxt2"], "unknown perplexity data set 'wikitxt2' (did you mean 'wikitext2'?)"),
+    (["--prune", "1", "--tasks", "sst22"], "unknown lm-eval task 'sst22' (did you mean 'sst2'?)"),
 ])
-def test_compare_refuses_what_needs_no_model_before_loading_it(tmp_path, args, message):
+def test_compare_refuses_what_needs_no_model_before_loading_it(tmp_path, args, message, monkeypatch):
+    from miprun.evaluation import lm_eval_bridge
+
+    class Manager:  # lm-eval's index of its tasks (building the real one takes seconds)
+        all_tasks = all_subtasks = ["sst2", "hellaswag"]
+
+    monkeypatch.setattr(lm_eval_bridge, "standard_task_manager", lambda: Manager())
+    monkeypatch.setattr(lm_eval_bridge, "local_available", lambda name: False)
     result = CliRunner().invoke(app, ["compare", "--model", str(tmp_path / "no-such-model"), "--methods", "random", *args])
     assert result.exit_code == 2 and message in result.stderr and "no-such-model" not in result.stderr

@@ -74,6 +74,7 @@ def _run(
     from rich.console import Console
 
     from miprun.evaluation import compare_reports, evaluate, parse_limit, parse_tasks
+    from miprun.evaluation.lm_eval_bridge import check_task_names
     from miprun.evaluation.generation import DEFAULT_PROMPTS
     from miprun.evaluation.perplexity import check_dataset
     from miprun.evaluation.report import print_report, to_markdown
@@ -81,8 +82,13 @@ def _run(
 
     if batch_size < 1:
         raise MiprunError(f"--batch-size must be at least 1, got {batch_size}")
+    if seq_len is not None and seq_len < 2:
+        raise MiprunError(f"--seq-len must be at least 2 tokens, got {seq_len}; leave it out for min(2048, model context)")
+    if max_windows is not None and max_windows < 1:
+        raise MiprunError(f"--max-windows must be at least 1, got {max_windows}")
     limit_value = parse_limit(limit)
     task_names = parse_tasks(tasks)
+    check_task_names(task_names)  # before the model loads
     ppl_names = _split(ppl)
     for name in ppl_names:
         check_dataset(name)

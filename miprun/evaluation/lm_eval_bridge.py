@@ -84,6 +84,20 @@ def task_sources(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def check_task_names(names: Sequence[str]) -> None:
+    """Raise a one-line :class:`MiprunError` (with did-you-mean) for a name that is neither a task
+    with local files nor one of lm-eval's tasks — before any model is loaded or evaluated."""
+    remote = [n for n in names if not local_available(n)]
+    if not remote:
+        return
+    with quiet_lm_eval():
+        manager = standard_task_manager()
+    for name in remote:
+        if name not in manager.all_tasks:
+            choices = list(LOCAL_TASKS) + manager.all_subtasks
+            raise MiprunError(f"unknown lm-eval task '{name}'{did_you_mean(name, choices)}; use a task name or 'paper'")
+
+
 def build_tasks(names: Sequence[str], *, offline_only: bool = False) -> dict[str, Any]:
     """lm-eval Task objects by name: miprun's offline configuration when the task's local files
     exist, lm-eval's standard task otherwise (``offline_only`` makes that an error)."""
@@ -96,12 +110,8 @@ def build_tasks(names: Sequence[str], *, offline_only: bool = False) -> dict[str
         if local:
             tasks.update(local_task_manager().load(local)["tasks"])
         if remote:
-            manager = standard_task_manager()
-            for name in remote:
-                if name not in manager.all_tasks:
-                    choices = list(LOCAL_TASKS) + manager.all_subtasks
-                    raise MiprunError(f"unknown lm-eval task '{name}'{did_you_mean(name, choices)}; use a task name or 'paper'")
-            tasks.update(manager.load(remote)["tasks"])
+            check_task_names(remote)
+            tasks.update(standard_task_manager().load(remote)["tasks"])
     return {name: tasks[name] for name in names}
 
 
