@@ -13,7 +13,7 @@ number of neurons two ways:
   layer;
 
 heals both with the width default healer (``neuron-linear`` on 128 × 256 healing tokens, accepting
-unequal widths), zeroes the removed neurons' down-projection columns (the model slicing would give;
+unequal widths), masks the removed neurons out (``masked_neurons``: the model slicing would give;
 exactly so for the uniform case) and prints WikiText-2 perplexity (miprun's protocol, the first
 ``--max-windows`` windows of ``--eval-seq-len`` tokens) with the per-layer widths' range.
 
@@ -51,22 +51,6 @@ def allocations(scores: list[torch.Tensor], ratio: float) -> dict[str, dict[int,
     return {"uniform": uniform, "per-layer": {layer: sorted(k) for layer, k in per_layer.items()}}
 
 
-def zero_removed(adapter, keep: dict[int, list[int]]) -> None:
-    """Zero the down-projection columns of every neuron not in ``keep`` (the sliced model's output)."""
-    from miprun.models.adapters import neuron_axis
-
-    with torch.no_grad():
-        for layer, kept in keep.items():
-            _, down = adapter.ffn_modules(layer)
-            axis = neuron_axis(down, "down")
-            mask = torch.zeros(down.weight.shape[axis], dtype=torch.bool)
-            mask[kept] = True
-            if axis == 1:
-                down.weight[:, ~mask] = 0
-            else:
-                down.weight[~mask, :] = 0
-
-
 def main() -> None:
     """Measure and print one row per ratio and allocation (JSON with --json)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,6 +66,7 @@ def main() -> None:
     from miprun.data.calibration import load_calibration
     from miprun.evaluation import evaluate
     from miprun.models.loading import load_model
+    from miprun.models.neuron_masks import masked_neurons
     from miprun.plans import resolve_plan
     from miprun.registry import get_registry
     from miprun.selectors.neuron_ranking import down_columns, output_energy
@@ -100,10 +85,10 @@ def main() -> None:
             start = time.perf_counter()
             working = copy.deepcopy(loaded)
             strategies["healer"].heal(working.model, working.adapter, NeuronSelection(keep=keep), heal_ids)
-            zero_removed(working.adapter, keep)
             seconds = time.perf_counter() - start
-            report = evaluate(working.model, working.tokenizer, ppl=("wikitext2",), seq_len=args.eval_seq_len,
-                              max_windows=args.max_windows, progress=False)
+            with masked_neurons(working.adapter, keep):
+                report = evaluate(working.model, working.tokenizer, ppl=("wikitext2",), seq_len=args.eval_seq_len,
+                                  max_windows=args.max_windows, progress=False)
             widths = [len(k) for k in keep.values()]
             rows.append({"ratio": ratio, "allocation": name, "kept_neurons": sum(widths), "min_width": min(widths),
                          "max_width": max(widths), "widths": widths,
