@@ -9,6 +9,8 @@ reads them without importing the strategy.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from miprun import hookimpl
 from miprun.contracts import ArchitectureSpec
 
@@ -272,17 +274,35 @@ def miprun_register_healers(register):
 
 
 _LLAMA_LIKE = ArchitectureSpec(blocks=("model.layers", "layers"))
-_GEMMA = ArchitectureSpec(blocks=("model.layers", "layers"), ffn_output_norm="post_feedforward_layernorm",
-                          attention_output_norm="post_attention_layernorm")
+_POST_NORMS = ArchitectureSpec(blocks=("model.layers", "layers"), ffn_output_norm="post_feedforward_layernorm",
+                               attention_output_norm="post_attention_layernorm")
+_PARALLEL = ArchitectureSpec(blocks=("model.layers", "layers"), attention_output="")  # attention and FFN side by side
+_TRANSFORMER_H = ("transformer.h", "h")
 
 
 @hookimpl
 def miprun_register_architectures(register):
     """Register the built-in architectures."""
-    for model_type in ("llama", "mistral", "qwen2", "qwen3"):
+    for model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "helium", "seed_oss"):
         register(model_type, _LLAMA_LIKE, description="decoder blocks at model.layers, gated FFN")
+    register("smollm3", replace(_LLAMA_LIKE, per_layer_fields=("layer_types", "no_rope_layers")),
+             description="SmolLM3: model.layers, gated FFN, per-layer RoPE switch")
+    register("stablelm", replace(_LLAMA_LIKE, parallel_fields=("use_parallel_residual",)),
+             description="StableLM: model.layers, gated FFN (parallel attention and FFN where the config says so)")
+    for model_type in ("arcee", "apertus"):
+        register(model_type, replace(_LLAMA_LIKE, ffn=("mlp.up_proj", "mlp.down_proj")),
+                 description="decoder blocks at model.layers, ungated FFN up_proj/down_proj")
+    register("starcoder2", replace(_LLAMA_LIKE, ffn=("mlp.c_fc", "mlp.c_proj"), ffn_output="mlp.c_proj"),
+             description="StarCoder2: model.layers, c_fc/c_proj FFN")
     for model_type in ("gemma2", "gemma3_text"):
-        register(model_type, _GEMMA, description="decoder blocks at model.layers, gated FFN normalised before the residual add")
+        register(model_type, _POST_NORMS, description="decoder blocks at model.layers, gated FFN normalised before the residual add")
+    for model_type in ("olmo2", "olmo3", "exaone4"):
+        register(model_type, _POST_NORMS, description="decoder blocks at model.layers, attention and FFN outputs normalised "
+                                                      "before the residual add")
+    for model_type in ("cohere", "cohere2"):
+        register(model_type, _PARALLEL, description="Cohere: model.layers, parallel attention and gated FFN")
+    register("phi", replace(_PARALLEL, ffn=("mlp.fc1", "mlp.fc2"), ffn_output="mlp.fc2"),
+             description="Phi-1/1.5/2: model.layers, parallel attention and fc1/fc2 FFN")
     register(
         "opt",
         ArchitectureSpec(blocks=("model.decoder.layers", "decoder.layers"), per_layer_fields=(),
@@ -294,8 +314,29 @@ def miprun_register_architectures(register):
         "gpt_neox",
         ArchitectureSpec(blocks=("gpt_neox.layers", "layers"), per_layer_fields=(),
                          ffn=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"), ffn_output="mlp.dense_4h_to_h",
-                         attention_output=""),  # parallel attention and FFN: no stream after attention alone
-        description="GPT-NeoX / Pythia: gpt_neox.layers, parallel attention and FFN",
+                         attention_output="attention.dense", parallel_fields=("use_parallel_residual",)),
+        description="GPT-NeoX / Pythia: gpt_neox.layers, parallel attention and FFN (as most configs set)",
+    )
+    register(
+        "falcon",
+        ArchitectureSpec(blocks=_TRANSFORMER_H, per_layer_fields=(), ffn=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+                         ffn_size_field="ffn_hidden_size", ffn_output="mlp.dense_4h_to_h",
+                         attention_output="self_attention.dense",
+                         parallel_fields=("parallel_attn", "new_decoder_architecture")),
+        description="Falcon: transformer.h, dense_h_to_4h/dense_4h_to_h FFN",
+    )
+    register(
+        "gptj",
+        ArchitectureSpec(blocks=_TRANSFORMER_H, per_layer_fields=(), ffn=("mlp.fc_in", "mlp.fc_out"),
+                         ffn_size_field="n_inner", ffn_output="mlp.fc_out", attention_output=""),
+        description="GPT-J: transformer.h, parallel attention and fc_in/fc_out FFN",
+    )
+    register(
+        "bloom",
+        ArchitectureSpec(blocks=_TRANSFORMER_H, per_layer_fields=(), ffn=(), ffn_output="mlp.dense_4h_to_h",
+                         attention_output="self_attention.dense",
+                         ffn_note="BLOOM's config fixes every FFN at 4 × hidden_size, so a narrower FFN would not load"),
+        description="BLOOM: transformer.h (blocks only)",
     )
     blocks_only = {  # model.layers like Llama, but an FFN that is not sliced neuron by neuron
         "phi3": ("Phi-3 fuses its gate and up projections into one matrix (mlp.gate_up_proj)", "Phi-3", "mlp.down_proj"),
@@ -317,7 +358,7 @@ def miprun_register_architectures(register):
     )
     register(
         "gpt2",
-        ArchitectureSpec(blocks=("transformer.h", "h"), per_layer_fields=(), ffn=("mlp.c_fc", "mlp.c_proj"),
+        ArchitectureSpec(blocks=_TRANSFORMER_H, per_layer_fields=(), ffn=("mlp.c_fc", "mlp.c_proj"),
                          ffn_size_field="n_inner", ffn_output="mlp.c_proj", attention_output="attn.c_proj"),
         description="GPT-2: transformer.h, Conv1D FFN",
     )

@@ -72,7 +72,7 @@ from miprun.healing_fit import (
     wanted_update,
     with_ones,
 )
-from miprun.models.adapters import attention_output_modules, ffn_output_modules
+from miprun.models.adapters import attention_output_modules, ffn_output_modules, parallel_field
 from miprun.models.devices import input_device, input_embedding
 from miprun.models.forwards import hidden_argument, in_block_format, patched_forwards
 from miprun.models.layerwise import editable_block, layerwise_loader
@@ -260,6 +260,9 @@ class LinearHealer:
         """Why this architecture's attention output cannot be refitted after a cut, or None."""
         if not adapter.spec.attention_output:
             return f"'{adapter.model_type}' registers no attention output added to the stream on its own"
+        if parallel_field(adapter):
+            return (f"'{adapter.model_type}' runs attention and FFN in parallel ({parallel_field(adapter)}=True): "
+                    f"no attention output is added to the stream on its own")
         if getattr(adapter.block_config, "do_layer_norm_before", True) is False:
             return f"'{adapter.model_type}' normalises after the attention's residual add (post-norm)"
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHITECTURES, build_tiny
+from conftest import ARCHITECTURES, LAYOUT_TWINS, build_tiny
 from transformers import AutoModelForCausalLM
 
 from miprun.contracts import Selection
@@ -13,7 +13,7 @@ from miprun.models.adapters import adapter_for
 from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHITECTURES + LAYOUT_TWINS)
 def test_removed_model_matches_a_model_built_without_those_blocks(arch, tmp_path):
     loaded = build_tiny(arch, layers=4)
     model, adapter = loaded.model, loaded.adapter
@@ -42,7 +42,7 @@ def test_removed_model_matches_a_model_built_without_those_blocks(arch, tmp_path
         assert reloaded.get_output_embeddings().weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHITECTURES + LAYOUT_TWINS)
 def test_removing_a_block_equals_skipping_it_in_the_forward_pass(arch):
     loaded = build_tiny(arch, layers=4)
     ids = torch.tensor([[1, 5, 9, 12, 7]])
@@ -74,9 +74,10 @@ def test_surgeon_rejects_bad_indices():
 def test_unsupported_architecture_is_named():
     from transformers import AutoConfig
 
-    config = AutoConfig.for_model("bloom", hidden_size=16, n_layer=1, n_head=2, vocab_size=50)
+    config = AutoConfig.for_model("granite", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, vocab_size=50)
     model = AutoModelForCausalLM.from_config(config)
-    with pytest.raises(MiprunError, match=r"unsupported architecture 'bloom'; miprun supports .*llama"):
+    with pytest.raises(MiprunError, match=r"unsupported architecture 'granite'; miprun supports .*llama"):
         adapter_for(model)
 
 
@@ -100,3 +101,17 @@ def test_neuron_pruning_is_refused_in_one_line_where_the_ffn_does_not_allow_it(a
     with pytest.raises(MiprunError, match=rf"neuron pruning is not supported for '{arch}': .*{reason}.*; prune blocks instead"):
         miprun.prune(build_tiny(arch, layers=2), granularity="neuron", n=16, calib=str(text_file), num_samples=2,
                      seq_len=16, selector="neuron-magnitude", save=False)
+
+
+def test_per_layer_config_lists_follow_the_kept_blocks(tmp_path):
+    """SmolLM3 switches RoPE off per layer (``no_rope_layers``, default every fourth): removing
+    blocks 1 and 2 keeps the flags of blocks 0 and 3, and the reloaded model computes the same."""
+    loaded = build_tiny("smollm3", layers=4)
+    assert loaded.model.config.no_rope_layers == [1, 1, 1, 0]
+    ids = torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8]])
+    RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([1, 2]))
+    assert loaded.model.config.no_rope_layers == [1, 0]
+    loaded.model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, loaded.model(ids).logits)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_healed_exactly, build_tiny
+from conftest import ARCHITECTURES, LAYOUT_TWINS, assert_healed_exactly, build_tiny
 from transformers import AutoModelForCausalLM
 
 import miprun
@@ -138,7 +138,7 @@ def test_healing_refuses_what_it_cannot_fold_and_the_default_falls_back_to_plain
         assert torch.equal(a, b), name
 
 
-HEALABLE = ["llama", "gemma2", "gemma3_text", "phi3", "mixtral", "opt", "gpt2", "gpt_neox"]
+HEALABLE = ARCHITECTURES + LAYOUT_TWINS
 
 
 def _compensable(loaded, removed: int):
@@ -152,6 +152,8 @@ def _compensable(loaded, removed: int):
     if norm is not None:
         with torch.no_grad():
             norm.weight.zero_()  # Gemma's (1 + w) gain: uniform 1
+            if not norm(torch.ones(1, norm.weight.shape[-1])).any():
+                norm.weight.fill_(1.0)  # OLMo 2's w gain: uniform 1
     width = loaded.model.config.hidden_size
     q, _ = torch.linalg.qr(torch.randn(width, width, generator=torch.Generator().manual_seed(3)))
     added = {}

@@ -16,6 +16,9 @@ from miprun.models.adapters import neuron_axis
 from miprun.surgeons.slice_ffn import SliceFFNSurgeon
 
 IDS = torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8, 22, 17]])
+# every family whose FFN is sliced neuron by neuron: gated, Conv1D, fc1/fc2, parallel, post-norm, ALiBi, ungated
+WIDTH_ARCHITECTURES = ["llama", "gpt2", "opt", "gpt_neox", "gemma2", "gemma", "olmo2", "smollm3", "stablelm",
+                       "starcoder2", "phi", "cohere", "falcon", "gptj", "arcee"]
 
 
 def _duplicate(loaded, layer: int, source: int, copy: int) -> None:
@@ -29,7 +32,7 @@ def _duplicate(loaded, layer: int, source: int, copy: int) -> None:
                 module.bias[copy] = module.bias[source]
 
 
-@pytest.mark.parametrize("architecture", ["llama", "gpt2", "opt", "gpt_neox", "gemma2"])
+@pytest.mark.parametrize("architecture", WIDTH_ARCHITECTURES)
 def test_removed_neurons_that_copy_kept_ones_are_healed_exactly(architecture, tmp_path):
     """Removed neurons that duplicate kept ones: the refit (no ridge) gives back the dense logits
     to 1e-5, at run time and folded, and the checkpoint reloads and generates."""
@@ -143,7 +146,7 @@ def test_width_runs_are_healed_by_default_and_plain_on_request(text_file, tmp_pa
         torch.testing.assert_close(reloaded(IDS).logits, healed.model(IDS).logits)
 
 
-@pytest.mark.parametrize("architecture", ["llama", "gpt2", "opt", "gpt_neox", "gemma2"])
+@pytest.mark.parametrize("architecture", WIDTH_ARCHITECTURES)
 def test_the_width_default_reads_activations_and_heals_on_every_width_architecture(architecture, text_file):
     """The width default (FLAP's metric reads the collected FFN activations, then the refit) runs on
     every family that supports width pruning — OPT's FFN sees its tokens flattened — and removes
@@ -161,7 +164,7 @@ def test_the_width_default_reads_activations_and_heals_on_every_width_architectu
 
 
 def test_every_width_architecture_is_healed_or_says_why(text_file):
-    for architecture in ("phi3", "mixtral"):
+    for architecture in ("phi3", "mixtral", "bloom"):
         with pytest.raises(MiprunError, match="neuron pruning is not supported"):
             miprun.prune(build_tiny(architecture, layers=2), granularity="neuron", ratio=0.25, selector="random",
                          calib=str(text_file), num_samples=2, seq_len=16, heal_samples=2, save=False)

@@ -35,6 +35,9 @@ class ArchitectureSpec:
         attention and FFN, post-norm blocks).
     :param attention_output_norm: name inside a block of a norm applied to the attention output
         before the residual add (Gemma's ``post_attention_layernorm``); empty when there is none.
+    :param parallel_fields: config fields any of which, when true, makes a block parallel (attention
+        and FFN read the same input, StableLM's ``use_parallel_residual``): the attention output is
+        then not added on its own and is not refitted.
     """
 
     blocks: tuple[str, ...]
@@ -47,3 +50,4 @@ class ArchitectureSpec:
     ffn_output_norm: str = ""
     attention_output: str = "self_attn.o_proj"
     attention_output_norm: str = ""
+    parallel_fields: tuple[str, ...] = ()

@@ -129,8 +129,9 @@ def ffn_output_modules(adapter: ArchitectureAdapter, index: int) -> tuple[Any, A
 def attention_output_modules(adapter: ArchitectureAdapter, index: int) -> tuple[Any, Any] | None:
     """``(output, norm)`` of block ``index``: the linear layer whose output the attention adds to the
     stream (:attr:`ArchitectureSpec.attention_output`) and the norm applied to it first, or None;
-    None when the family registers no attention output or the block lacks it."""
-    if not adapter.spec.attention_output:
+    None when the family registers no attention output, the config makes the blocks parallel
+    (:attr:`ArchitectureSpec.parallel_fields`) or the block lacks it."""
+    if not adapter.spec.attention_output or parallel_field(adapter):
         return None
     block = adapter.blocks[index]
     try:
@@ -139,6 +140,12 @@ def attention_output_modules(adapter: ArchitectureAdapter, index: int) -> tuple[
     except AttributeError:
         return None
     return output, norm
+
+
+def parallel_field(adapter: ArchitectureAdapter) -> str | None:
+    """The first of the family's :attr:`~ArchitectureSpec.parallel_fields` that the model's config
+    sets true (its attention and FFN then read the same input), or None."""
+    return next((name for name in adapter.spec.parallel_fields if getattr(adapter.block_config, name, False)), None)
 
 
 def neuron_axis(module: Any, role: str) -> int:
