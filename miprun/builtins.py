@@ -289,6 +289,8 @@ def miprun_register_architectures(register):
              description="SmolLM3: model.layers, gated FFN, per-layer RoPE switch")
     register("stablelm", replace(_LLAMA_LIKE, parallel_fields=("use_parallel_residual",)),
              description="StableLM: model.layers, gated FFN (parallel attention and FFN where the config says so)")
+    register("granite", replace(_LLAMA_LIKE, residual_scale="residual_multiplier"),
+             description="Granite: model.layers, gated FFN, attention and FFN outputs scaled before the residual add")
     for model_type in ("arcee", "apertus"):
         register(model_type, replace(_LLAMA_LIKE, ffn=("mlp.up_proj", "mlp.down_proj")),
                  description="decoder blocks at model.layers, ungated FFN up_proj/down_proj")

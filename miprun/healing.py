@@ -72,7 +72,7 @@ from miprun.healing_fit import (
     wanted_update,
     with_ones,
 )
-from miprun.models.adapters import attention_output_modules, ffn_output_modules, parallel_field
+from miprun.models.adapters import attention_output_modules, ffn_output_modules, parallel_field, residual_scale
 from miprun.models.devices import input_device, input_embedding
 from miprun.models.forwards import hidden_argument, in_block_format, patched_forwards
 from miprun.models.layerwise import editable_block, layerwise_loader
@@ -330,7 +330,8 @@ class LinearHealer:
         loader = layerwise_loader(model)
         with ExitStack() as stack, torch.no_grad():
             stack.callback(_keep_input(adapter.blocks[after], entering.append).remove)
-            stack.enter_context(_module_hooks(adapter.blocks[after], output, norm, "projection", take))
+            stack.enter_context(_module_hooks(adapter.blocks[after], output, norm, "projection", take,
+                                              residual_scale(adapter)))
             if loader is not None:
                 sweep = BlockSweep(adapter, loader, input_ids, self.batch_size, input_device(model))
                 stream = Stream(frozenset(skipped), start, (lambda: list(entries)) if start else None)
@@ -414,7 +415,7 @@ class LinearHealer:
         handle = adapter.blocks[after].register_forward_pre_hook(take_input, with_kwargs=True)
         try:
             with _module_hooks(adapter.blocks[after], output, norm, "map",
-                               lambda rows: take((entering.pop() + rows["added"]).float().cpu())):
+                               lambda rows: take((entering.pop() + rows["added"]).float().cpu()), residual_scale(adapter)):
                 yield
         finally:
             handle.remove()
@@ -531,7 +532,7 @@ class LinearHealer:
         the rows of one batch once both have run: ``x``, ``z``, ``added`` and ``gain``
         (:func:`_module_hooks`)."""
         output, norm = ffn_output_modules(adapter, index)
-        with _module_hooks(adapter.blocks[index], output, norm, kind, take):
+        with _module_hooks(adapter.blocks[index], output, norm, kind, take, residual_scale(adapter)):
             yield
 
     def _accumulate(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, earlier: list[int],
@@ -568,12 +569,13 @@ class LinearHealer:
 
 
 @contextmanager
-def _module_hooks(block: Any, output: Any, norm: Any, kind: str, take: Any) -> Iterator[None]:
+def _module_hooks(block: Any, output: Any, norm: Any, kind: str, take: Any, scale: float = 1.0) -> Iterator[None]:
     """Hooks on ``output`` (a module whose output ``block`` adds to the stream) and its ``norm``
     (None without one) that hand ``take`` the rows of one batch once both have run: ``x`` what a fit
     of ``kind`` acts on (the module's input, with a column of ones for a bias, for a refit; its
-    output for a map), ``z`` its output, ``added`` what reaches the stream (``z`` after the norm)
-    and ``gain`` the norm's per-channel gain (None without one). Outputs flattened to tokens ×
+    output for a map), ``z`` its output, ``added`` what reaches the stream (``z`` after the norm,
+    times the block's residual ``scale``), ``scale`` and ``gain`` the norm's per-channel gain (None
+    without one). Outputs flattened to tokens ×
     features (OPT, experts) are read in the block's batch shape."""
     rows: dict[str, Any] = {}
     shape: list[int] = []
@@ -589,12 +591,12 @@ def _module_hooks(block: Any, output: Any, norm: Any, kind: str, take: Any) -> I
         x = z if kind == "map" else tokens(args[0])
         if kind != "map" and getattr(module, "bias", None) is not None:
             x = with_ones(x)
-        rows.update(x=x, z=z, gain=None)
+        rows.update(x=x, z=z, gain=None, scale=scale)
         if norm is None:
-            take({**rows, "added": z})
+            take({**rows, "added": z * scale})
 
     def on_norm(module, args, out):
-        take({**rows, "added": tokens(module_output(out)), "gain": _gain(module, rows["z"].shape[-1])})
+        take({**rows, "added": tokens(module_output(out)) * scale, "gain": _gain(module, rows["z"].shape[-1])})
 
     handles = [block.register_forward_pre_hook(on_block, with_kwargs=True), output.register_forward_hook(on_output)]
     if norm is not None:

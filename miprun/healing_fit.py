@@ -70,10 +70,13 @@ def with_ones(rows: torch.Tensor) -> torch.Tensor:
 
 def wanted_update(rows: dict[str, Any], target: torch.Tensor) -> torch.Tensor:
     """What the FFN output module before a cut should give so that the stream after it is the
-    dense ``target``: ``target − rest``, through the output norm where one follows
-    (:func:`through_norm`). ``rows`` as :meth:`miprun.healing.LinearHealer._captures` gives them."""
+    dense ``target``: ``target − rest``, divided by the block's residual scale (Granite's), through
+    the output norm where one follows (:func:`through_norm`). ``rows`` as
+    :meth:`miprun.healing.LinearHealer._captures` gives them."""
     x = rows["x"]
     y = target.to(x.device, x.dtype) - (rows["rest"] if rows["rest"] is not None else 0.0)
+    if rows.get("scale", 1.0) != 1.0:
+        y = y / rows["scale"]
     if rows["gain"] is not None:
         y = through_norm(y, rows["z"], rows["gain"].to(y.device, y.dtype))
     return y

@@ -205,7 +205,7 @@ class HealPreview:
                     self._prober.run_until(max(first - 1, 0))
             rows = {name: None if batches[0].get(name) is None else torch.cat([b[name] for b in batches])
                     for name in ("x", "z", "rest")}
-            rows["gain"] = batches[0]["gain"]
+            rows["gain"], rows["scale"] = batches[0]["gain"], batches[0].get("scale", 1.0)
             kind = self.healer.kind_of(self.adapter, (first, first))
             gram = gram_matrix(rows["x"]).double()  # float32 products: a preview; the ridge bounds the conditioning
             prior = self.healer.prior(self.adapter, (first, first), kind, gram)

@@ -74,10 +74,11 @@ def test_surgeon_rejects_bad_indices():
 def test_unsupported_architecture_is_named():
     from transformers import AutoConfig
 
-    config = AutoConfig.for_model("granite", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                  num_attention_heads=2, vocab_size=50)
+    config = AutoConfig.for_model("glm4", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=2, head_dim=8, vocab_size=50,
+                                  pad_token_id=0)
     model = AutoModelForCausalLM.from_config(config)
-    with pytest.raises(MiprunError, match=r"unsupported architecture 'granite'; miprun supports .*llama"):
+    with pytest.raises(MiprunError, match=r"unsupported architecture 'glm4'; miprun supports .*llama"):
         adapter_for(model)
 
 

@@ -17,7 +17,7 @@ FIT = torch.randint(4, 80, (12, 12), generator=torch.Generator().manual_seed(31)
 JUDGE = torch.randint(4, 80, (4, 12), generator=torch.Generator().manual_seed(32))
 
 
-@pytest.mark.parametrize("architecture", ["llama", "gemma2", "gpt2", "mixtral"])
+@pytest.mark.parametrize("architecture", ["llama", "gemma2", "gpt2", "mixtral", "granite", "olmo2"])
 def test_a_preview_heals_a_block_set_as_the_healer_does_with_independent_fits(architecture):
     """The preview's run-time fits give the pruned model the output the healer's own independent
     fits (``sequential=False``, folded nowhere; the preview does not refit the block after a cut)

@@ -38,6 +38,8 @@ class ArchitectureSpec:
     :param parallel_fields: config fields any of which, when true, makes a block parallel (attention
         and FFN read the same input, StableLM's ``use_parallel_residual``): the attention output is
         then not added on its own and is not refitted.
+    :param residual_scale: config field by which every block multiplies its attention and FFN
+        outputs before adding them to the stream (Granite's ``residual_multiplier``); empty for 1.
     """
 
     blocks: tuple[str, ...]
@@ -51,3 +53,4 @@ class ArchitectureSpec:
     attention_output: str = "self_attn.o_proj"
     attention_output_norm: str = ""
     parallel_fields: tuple[str, ...] = ()
+    residual_scale: str = ""

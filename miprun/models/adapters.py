@@ -148,6 +148,13 @@ def parallel_field(adapter: ArchitectureAdapter) -> str | None:
     return next((name for name in adapter.spec.parallel_fields if getattr(adapter.block_config, name, False)), None)
 
 
+def residual_scale(adapter: ArchitectureAdapter) -> float:
+    """The factor by which the model's blocks scale what their attention and FFN add to the stream
+    (:attr:`~ArchitectureSpec.residual_scale`; 1 for most families)."""
+    name = adapter.spec.residual_scale
+    return float(getattr(adapter.block_config, name, 1.0) or 1.0) if name else 1.0
+
+
 def neuron_axis(module: Any, role: str) -> int:
     """The weight axis that indexes FFN neurons: ``role="producer"`` (gate/up/c_fc/intermediate)
     or ``"down"``. ``nn.Linear`` stores (out × in), GPT-2's ``Conv1D`` the transpose (in × out)."""
