@@ -340,15 +340,16 @@ def miprun_register_architectures(register):
                          ffn_note="BLOOM's config fixes every FFN at 4 × hidden_size, so a narrower FFN would not load"),
         description="BLOOM: transformer.h (blocks only)",
     )
-    blocks_only = {  # model.layers like Llama, but an FFN that is not sliced neuron by neuron
-        "phi3": ("Phi-3 fuses its gate and up projections into one matrix (mlp.gate_up_proj)", "Phi-3", "mlp.down_proj"),
-        "mixtral": ("Mixtral's FFN is a mixture of experts (mlp.experts), one width per expert", "Mixtral (MoE)",
-                    "mlp.experts"),
-    }
-    for model_type, (why, family, output) in blocks_only.items():
-        register(model_type, ArchitectureSpec(blocks=("model.layers", "layers"), ffn=(), ffn_output=output,
-                                              ffn_note=f"{why}, which miprun does not prune neuron by neuron"),
-                 description=f"{family}: model.layers (blocks only)")
+    fused = ("mlp.gate_up_proj", "mlp.down_proj")  # gate and up stacked in one matrix, sliced chunk by chunk
+    for model_type, family in (("phi3", "Phi-3 / Phi-4-mini"), ("glm", "GLM-4 (glm)")):
+        register(model_type, replace(_LLAMA_LIKE, ffn=fused), description=f"{family}: model.layers, fused gate/up FFN")
+    register("glm4", replace(_LLAMA_LIKE, ffn=fused, ffn_output_norm="post_mlp_layernorm",
+                             attention_output_norm="post_self_attn_layernorm"),
+             description="GLM-4 (glm4): model.layers, fused gate/up FFN, outputs normalised before the residual add")
+    register("mixtral", ArchitectureSpec(blocks=("model.layers", "layers"), ffn=(), ffn_output="mlp.experts",
+                                         ffn_note="Mixtral's FFN is a mixture of experts (mlp.experts), one width per "
+                                                  "expert, which miprun does not prune neuron by neuron"),
+             description="Mixtral (MoE): model.layers (blocks only)")
     register(
         "gemma3",
         ArchitectureSpec(

@@ -63,7 +63,7 @@ def tiny_config(model_type: str, vocab_size: int, layers: int = 4):
         return AutoConfig.for_model("falcon", hidden_size=32, ffn_hidden_size=64, num_hidden_layers=layers,
                                     num_attention_heads=4, parallel_attn=False, alibi=True, **common)
     extra = {"head_dim": 8, "sliding_window": 16} if model_type in ("gemma2", "gemma3_text") else {}
-    if model_type in ("gemma", "olmo3", "exaone4", "seed_oss", "helium"):
+    if model_type in ("gemma", "olmo3", "exaone4", "seed_oss", "helium", "glm", "glm4"):
         extra = {"head_dim": 8}
     if model_type == "mixtral":
         extra = {"num_local_experts": 4, "num_experts_per_tok": 2}
@@ -115,10 +115,10 @@ def assert_healed_exactly(model, dense, at_run_time, ids, path: Path):
 
 
 ARCHITECTURES = ["llama", "qwen2", "mistral", "gemma2", "gemma3_text", "gpt2", "opt", "gpt_neox", "phi3", "mixtral",
-                 "gemma", "olmo2", "smollm3", "stablelm", "starcoder2", "phi", "cohere", "falcon", "gptj", "bloom", "granite"]
+                 "gemma", "olmo2", "smollm3", "stablelm", "starcoder2", "phi", "cohere", "falcon", "gptj", "bloom", "granite", "glm4"]
 # registered with a layout one of the above already tests (Llama's, or OLMo 2's post-norms, or Cohere's parallel
 # blocks, or an ungated FFN): checked by the surgery and healing tests only
-LAYOUT_TWINS = ["qwen3", "olmo", "helium", "seed_oss", "arcee", "apertus", "olmo3", "exaone4", "cohere2"]
+LAYOUT_TWINS = ["qwen3", "olmo", "helium", "seed_oss", "arcee", "apertus", "olmo3", "exaone4", "cohere2", "glm"]
 
 
 @pytest.fixture

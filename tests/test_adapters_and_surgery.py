@@ -74,15 +74,14 @@ def test_surgeon_rejects_bad_indices():
 def test_unsupported_architecture_is_named():
     from transformers import AutoConfig
 
-    config = AutoConfig.for_model("glm4", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                  num_attention_heads=2, num_key_value_heads=2, head_dim=8, vocab_size=50,
-                                  pad_token_id=0)
+    config = AutoConfig.for_model("codegen", n_embd=16, n_layer=1, n_head=2, rotary_dim=4, vocab_size=50)
     model = AutoModelForCausalLM.from_config(config)
-    with pytest.raises(MiprunError, match=r"unsupported architecture 'glm4'; miprun supports .*llama"):
+    with pytest.raises(MiprunError, match=r"unsupported architecture 'codegen'; miprun supports .*llama"):
         adapter_for(model)
 
 
-@pytest.mark.parametrize("arch, ffn", [("opt", "fc1"), ("gpt_neox", "mlp.dense_h_to_4h"), ("gemma2", "mlp.up_proj")])
+@pytest.mark.parametrize("arch, ffn", [("opt", "fc1"), ("gpt_neox", "mlp.dense_h_to_4h"), ("gemma2", "mlp.up_proj"),
+                                       ("phi3", "mlp.gate_up_proj")])
 def test_neuron_pruning_where_the_ffn_allows_it(arch, ffn, text_file):
     import miprun
     from miprun.models.adapters import ffn_widths
@@ -95,7 +94,7 @@ def test_neuron_pruning_where_the_ffn_allows_it(arch, ffn, text_file):
         assert torch.isfinite(loaded.model(torch.tensor([[1, 5, 9, 12]])).logits).all()
 
 
-@pytest.mark.parametrize("arch, reason", [("phi3", "fuses its gate and up projections"), ("mixtral", "mixture of experts")])
+@pytest.mark.parametrize("arch, reason", [("bloom", "fixes every FFN"), ("mixtral", "mixture of experts")])
 def test_neuron_pruning_is_refused_in_one_line_where_the_ffn_does_not_allow_it(arch, reason, text_file):
     import miprun
 
@@ -116,3 +115,22 @@ def test_per_layer_config_lists_follow_the_kept_blocks(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, loaded.model(ids).logits)
+
+
+def test_a_fused_gate_up_projection_is_sliced_and_weighed_chunk_by_chunk():
+    """Phi-3 stacks gate and up in one ``gate_up_proj`` (2 × 64 rows, split with ``chunk``): neuron j
+    is rows j and 64 + j. The magnitude baseline weighs both, and slicing keeps both."""
+    from miprun.contracts import NeuronSelection
+    from miprun.selectors.neuron_magnitude import neuron_weight_norms
+    from miprun.surgeons.slice_ffn import SliceFFNSurgeon
+
+    loaded = build_tiny("phi3", layers=1)
+    (fused,), down = loaded.adapter.ffn_modules(0)
+    assert fused.weight.shape[0] == 2 * down.weight.shape[1] == 128
+    expected = (fused.weight[:64].pow(2).sum(1) + fused.weight[64:].pow(2).sum(1) + down.weight.pow(2).sum(0)).sqrt()
+    torch.testing.assert_close(neuron_weight_norms(loaded.adapter, 0), expected.detach())
+    keep = [3, 10, 40]
+    rows = fused.weight.detach()[[3, 10, 40, 67, 74, 104]].clone()
+    SliceFFNSurgeon().apply(loaded.model, loaded.adapter, NeuronSelection({0: keep}))
+    assert torch.equal(loaded.adapter.ffn_modules(0)[0][0].weight, rows)
+    assert loaded.model.config.intermediate_size == 3

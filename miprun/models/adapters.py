@@ -166,6 +166,22 @@ def neuron_axis(module: Any, role: str) -> int:
     raise ValueError(f"role must be 'producer' or 'down', got {role!r}")
 
 
+def neuron_index(module: Any, role: str, width: int, neurons: Any) -> Any:
+    """Indices along ``module``'s neuron axis (:func:`neuron_axis`) that hold ``neurons`` (a long
+    tensor) of an FFN ``width`` neurons wide: the neurons themselves, or, for a fused producer whose
+    axis holds k × ``width`` entries (Phi-3's and GLM's ``gate_up_proj``: gate and up stacked, split
+    with ``chunk``), the same neurons in each of its k contiguous chunks."""
+    import torch
+
+    size = module.weight.shape[neuron_axis(module, role)]
+    if size == width:
+        return neurons
+    if role != "producer" or size % width:
+        raise MiprunError(f"an FFN projection has {size} entries along its neuron axis for {width} neurons; "
+                          f"register its layout (ArchitectureSpec.ffn)")
+    return torch.cat([neurons + chunk * width for chunk in range(size // width)])
+
+
 def ffn_in_features(module: Any) -> int:
     """Input size of a down projection: ``nn.Linear.in_features`` or GPT-2 ``Conv1D`` (weight in × out)."""
     if hasattr(module, "in_features"):

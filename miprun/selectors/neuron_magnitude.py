@@ -1,7 +1,8 @@
 """Selector ``neuron-magnitude``: remove the FFN neurons with the smallest weights (a baseline).
 
 The importance of neuron j is the L2 norm of every weight attached to it — its rows in the producers
-(gate and up, or ``c_fc`` / ``intermediate.dense``, with their bias entries) and its column in the down
+(gate and up — both halves of a fused ``gate_up_proj`` — or ``c_fc`` / ``intermediate.dense``,
+with their bias entries) and its column in the down
 projection — i.e. the group norm of the structure that slicing removes. Needs no activations and no
 forward pass. Requested as ``--selector magnitude`` at neuron granularity.
 """
@@ -14,13 +15,14 @@ import torch
 
 from miprun.contracts import NeuronScores, NeuronSelection
 from miprun.errors import MiprunError
-from miprun.models.adapters import neuron_axis
+from miprun.models.adapters import ffn_in_features, neuron_axis
 from miprun.selectors.neuron_ranking import keep_highest
 
 
 def neuron_weight_norms(adapter: Any, layer: int) -> torch.Tensor:
     """L2 norm of all weights (and producer biases) attached to each FFN neuron of ``layer``."""
     producers, down = adapter.ffn_modules(layer)
+    width = ffn_in_features(down)
     total = None
     for module, role in [(p, "producer") for p in producers] + [(down, "down")]:
         weight = module.weight.detach().float().cpu()
@@ -28,6 +30,7 @@ def neuron_weight_norms(adapter: Any, layer: int) -> torch.Tensor:
         part = weight.pow(2).sum(dim=1 - axis)
         if role == "producer" and getattr(module, "bias", None) is not None:
             part = part + module.bias.detach().float().cpu().pow(2)
+        part = part.reshape(-1, width).sum(dim=0)  # a fused gate_up_proj: both chunks of each neuron
         total = part if total is None else total + part
     return total.sqrt()
 

@@ -2,7 +2,8 @@
 
 Removing neuron j of a layer deletes row j of every producer (Llama-like ``gate_proj`` and
 ``up_proj``; BERT ``intermediate.dense``; GPT-2 ``c_fc``, whose ``Conv1D`` weight is stored
-transposed, so there it is column j) together with its bias entry, and column j of the down
+transposed, so there it is column j; rows j and I + j of a fused ``gate_up_proj`` I neurons wide,
+Phi-3's and GLM's) together with its bias entry, and column j of the down
 projection (row j of GPT-2's ``c_proj``). The down projection's bias stays. Every layer keeps the same
 number of neurons, so the config keeps one FFN width (``intermediate_size``; GPT-2 ``n_inner``) and
 ``from_pretrained`` rebuilds the same shapes.
@@ -25,7 +26,7 @@ import torch
 
 from miprun.contracts import NeuronSelection
 from miprun.errors import MiprunError
-from miprun.models.adapters import neuron_axis
+from miprun.models.adapters import neuron_axis, neuron_index
 from miprun.models.parameters import count_parameters
 
 
@@ -107,7 +108,8 @@ class SliceFFNSurgeon:
             producers, down = adapter.ffn_modules(layer)
             index = torch.tensor(sorted(kept), dtype=torch.long)
             for module in producers:
-                _slice(module, index, neuron_axis(module, "producer"), with_bias=True)
+                _slice(module, neuron_index(module, "producer", widths_before[layer], index),
+                       neuron_axis(module, "producer"), with_bias=True)
             _slice(down, index, neuron_axis(down, "down"), with_bias=False)
             for module in adapter.blocks[layer].modules():
                 if getattr(module, "intermediate_size", None) == widths_before[layer]:
