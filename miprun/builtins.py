@@ -346,10 +346,13 @@ def miprun_register_architectures(register):
     register("glm4", replace(_LLAMA_LIKE, ffn=fused, ffn_output_norm="post_mlp_layernorm",
                              attention_output_norm="post_self_attn_layernorm"),
              description="GLM-4 (glm4): model.layers, fused gate/up FFN, outputs normalised before the residual add")
-    register("mixtral", ArchitectureSpec(blocks=("model.layers", "layers"), ffn=(), ffn_output="mlp.experts",
-                                         ffn_note="Mixtral's FFN is a mixture of experts (mlp.experts), one width per "
-                                                  "expert, which miprun does not prune neuron by neuron"),
-             description="Mixtral (MoE): model.layers (blocks only)")
+    experts = ArchitectureSpec(blocks=("model.layers", "layers"), ffn=(), ffn_output="mlp.experts",
+                               ffn_note="its FFN is a mixture of experts (mlp.experts), one width per expert, which "
+                                        "miprun does not prune neuron by neuron")
+    register("mixtral", experts, description="Mixtral (MoE): model.layers (blocks only)")
+    register("olmoe", experts, description="OLMoE: model.layers (blocks only)")
+    register("qwen3_moe", replace(experts, layer_index_fields=("mlp_only_layers",)),
+             description="Qwen3-MoE: model.layers (blocks only; dense-layer indices renumbered)")
     register(
         "gemma3",
         ArchitectureSpec(

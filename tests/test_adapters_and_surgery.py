@@ -134,3 +134,31 @@ def test_a_fused_gate_up_projection_is_sliced_and_weighed_chunk_by_chunk():
     SliceFFNSurgeon().apply(loaded.model, loaded.adapter, NeuronSelection({0: keep}))
     assert torch.equal(loaded.adapter.ffn_modules(0)[0][0].weight, rows)
     assert loaded.model.config.intermediate_size == 3
+
+
+def test_layer_index_lists_are_renumbered_and_a_sparse_step_is_refused(tmp_path):
+    """Qwen3-MoE lists its dense (non-expert) layers by index (``mlp_only_layers``): removing block 1
+    of [dense 0, dense 2] leaves block 2 as the new block 1, still dense (the old list would make the
+    new block 2, an expert layer, dense), and the reloaded model computes the same. A model that
+    makes every k-th layer sparse is refused in one line."""
+    from conftest import build_tokenizer, tiny_config
+
+    vocab = len(build_tokenizer())
+    config = tiny_config("qwen3_moe", vocab)
+    config.mlp_only_layers = [0, 2]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    adapter = adapter_for(model)
+    ids = torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8]])
+    RemoveBlocksSurgeon().apply(model, adapter, Selection([1]))
+    assert model.config.mlp_only_layers == [0, 1]
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert [hasattr(layer.mlp, "experts") for layer in reloaded.model.layers] == [False, False, True]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
+    stepped = tiny_config("qwen3_moe", vocab)
+    stepped.decoder_sparse_step = 2
+    model = AutoModelForCausalLM.from_config(stepped)
+    with pytest.raises(MiprunError, match="decoder_sparse_step=2"):
+        RemoveBlocksSurgeon().apply(model, adapter_for(model), Selection([1]))

@@ -166,7 +166,7 @@ def test_the_width_default_reads_activations_and_heals_on_every_width_architectu
 
 
 def test_every_width_architecture_is_healed_or_says_why(text_file):
-    for architecture in ("mixtral", "bloom"):
+    for architecture in ("mixtral", "qwen3_moe", "olmoe", "bloom"):
         with pytest.raises(MiprunError, match="neuron pruning is not supported"):
             miprun.prune(build_tiny(architecture, layers=2), granularity="neuron", ratio=0.25, selector="random",
                          calib=str(text_file), num_samples=2, seq_len=16, heal_samples=2, save=False)

@@ -38,6 +38,8 @@ class ArchitectureSpec:
     :param parallel_fields: config fields any of which, when true, makes a block parallel (attention
         and FFN read the same input, StableLM's ``use_parallel_residual``): the attention output is
         then not added on its own and is not refitted.
+    :param layer_index_fields: config fields listing layer *indices* (Qwen3-MoE's
+        ``mlp_only_layers``), renumbered to the kept blocks on removal.
     :param residual_scale: config field by which every block multiplies its attention and FFN
         outputs before adding them to the stream (Granite's ``residual_multiplier``); empty for 1.
     """
@@ -54,3 +56,4 @@ class ArchitectureSpec:
     attention_output_norm: str = ""
     parallel_fields: tuple[str, ...] = ()
     residual_scale: str = ""
+    layer_index_fields: tuple[str, ...] = ()

@@ -61,8 +61,15 @@ class ArchitectureAdapter:
 
     def keep_blocks(self, keep: list[int]) -> None:
         """Keep only blocks ``keep`` (original indices, ascending) and make the model consistent:
-        re-index per-layer state (``layer_idx``), slice per-layer config lists, update the count."""
+        re-index per-layer state (``layer_idx``), slice per-layer config lists, renumber layer-index
+        lists, update the count."""
         import torch
+
+        config = self.block_config
+        step = getattr(config, "decoder_sparse_step", 1)
+        if step not in (None, 1):
+            raise MiprunError(f"'{self.model_type}' makes every {step}th layer sparse (decoder_sparse_step={step}): "
+                              f"removing blocks would move which layers are sparse; miprun removes blocks only when it is 1")
 
         kept = [self.blocks[i] for i in keep]
         owner_path, _, attr = self.blocks_path.rpartition(".")
@@ -73,7 +80,10 @@ class ArchitectureAdapter:
             for module in block.modules():
                 if hasattr(module, "layer_idx"):
                     module.layer_idx = new_index
-        config = self.block_config
+        for field_name in self.spec.layer_index_fields:
+            values = getattr(config, field_name, None)
+            if isinstance(values, (list, tuple)):
+                setattr(config, field_name, [keep.index(i) for i in values if i in keep])
         for field_name in self.spec.per_layer_fields:
             values = getattr(config, field_name, None)
             if isinstance(values, (list, tuple)) and len(values) >= max(keep, default=-1) + 1:
