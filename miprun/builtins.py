@@ -277,7 +277,7 @@ _LLAMA_LIKE = ArchitectureSpec(blocks=("model.layers", "layers"))
 _POST_NORMS = ArchitectureSpec(blocks=("model.layers", "layers"), ffn_output_norm="post_feedforward_layernorm",
                                attention_output_norm="post_attention_layernorm")
 _PARALLEL = ArchitectureSpec(blocks=("model.layers", "layers"), attention_output="")  # attention and FFN side by side
-_TRANSFORMER_H = ("transformer.h", "h")
+_TRANSFORMER_H = ArchitectureSpec(blocks=("transformer.h", "h"), per_layer_fields=())  # GPT-2's layout and its heirs
 
 
 @hookimpl
@@ -319,27 +319,16 @@ def miprun_register_architectures(register):
                          attention_output="attention.dense", parallel_fields=("use_parallel_residual",)),
         description="GPT-NeoX / Pythia: gpt_neox.layers, parallel attention and FFN (as most configs set)",
     )
-    register(
-        "falcon",
-        ArchitectureSpec(blocks=_TRANSFORMER_H, per_layer_fields=(), ffn=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
-                         ffn_size_field="ffn_hidden_size", ffn_output="mlp.dense_4h_to_h",
-                         attention_output="self_attention.dense",
-                         parallel_fields=("parallel_attn", "new_decoder_architecture")),
-        description="Falcon: transformer.h, dense_h_to_4h/dense_4h_to_h FFN",
-    )
-    register(
-        "gptj",
-        ArchitectureSpec(blocks=_TRANSFORMER_H, per_layer_fields=(), ffn=("mlp.fc_in", "mlp.fc_out"),
-                         ffn_size_field="n_inner", ffn_output="mlp.fc_out", attention_output=""),
-        description="GPT-J: transformer.h, parallel attention and fc_in/fc_out FFN",
-    )
-    register(
-        "bloom",
-        ArchitectureSpec(blocks=_TRANSFORMER_H, per_layer_fields=(), ffn=(), ffn_output="mlp.dense_4h_to_h",
-                         attention_output="self_attention.dense",
-                         ffn_note="BLOOM's config fixes every FFN at 4 × hidden_size, so a narrower FFN would not load"),
-        description="BLOOM: transformer.h (blocks only)",
-    )
+    register("falcon", replace(_TRANSFORMER_H, ffn=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"), ffn_size_field="ffn_hidden_size",
+                               ffn_output="mlp.dense_4h_to_h", attention_output="self_attention.dense",
+                               parallel_fields=("parallel_attn", "new_decoder_architecture")),
+             description="Falcon: transformer.h, dense_h_to_4h/dense_4h_to_h FFN")
+    register("gptj", replace(_TRANSFORMER_H, ffn=("mlp.fc_in", "mlp.fc_out"), ffn_size_field="n_inner",
+                             ffn_output="mlp.fc_out", attention_output=""),
+             description="GPT-J: transformer.h, parallel attention and fc_in/fc_out FFN")
+    register("bloom", replace(_TRANSFORMER_H, ffn=(), ffn_output="mlp.dense_4h_to_h", attention_output="self_attention.dense",
+                              ffn_note="BLOOM's config fixes every FFN at 4 × hidden_size, so a narrower FFN would not load"),
+             description="BLOOM: transformer.h (blocks only)")
     fused = ("mlp.gate_up_proj", "mlp.down_proj")  # gate and up stacked in one matrix, sliced chunk by chunk
     for model_type, family in (("phi3", "Phi-3 / Phi-4-mini"), ("glm", "GLM-4 (glm)")):
         register(model_type, replace(_LLAMA_LIKE, ffn=fused), description=f"{family}: model.layers, fused gate/up FFN")
@@ -362,12 +351,9 @@ def miprun_register_architectures(register):
         ),
         description="Gemma 3 multimodal: the language model's blocks, text_config",
     )
-    register(
-        "gpt2",
-        ArchitectureSpec(blocks=_TRANSFORMER_H, per_layer_fields=(), ffn=("mlp.c_fc", "mlp.c_proj"),
-                         ffn_size_field="n_inner", ffn_output="mlp.c_proj", attention_output="attn.c_proj"),
-        description="GPT-2: transformer.h, Conv1D FFN",
-    )
+    register("gpt2", replace(_TRANSFORMER_H, ffn=("mlp.c_fc", "mlp.c_proj"), ffn_size_field="n_inner",
+                             ffn_output="mlp.c_proj", attention_output="attn.c_proj"),
+             description="GPT-2: transformer.h, Conv1D FFN")
     register(
         "bert",
         ArchitectureSpec(blocks=("bert.encoder.layer", "encoder.layer"), per_layer_fields=(),

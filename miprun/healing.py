@@ -72,7 +72,12 @@ from miprun.healing_fit import (
     wanted_update,
     with_ones,
 )
-from miprun.models.adapters import attention_output_modules, ffn_output_modules, parallel_field, residual_scale
+from miprun.models.adapters import (
+    attention_output_modules,
+    ffn_output_modules,
+    parallel_field,
+    residual_scale,
+)
 from miprun.models.devices import input_device, input_embedding
 from miprun.models.forwards import hidden_argument, in_block_format, patched_forwards
 from miprun.models.layerwise import editable_block, layerwise_loader

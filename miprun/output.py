@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 from miprun.errors import MiprunError
 from miprun.model_card import model_card
 from miprun.models.layerwise import layerwise_loader
+from miprun.models.rebuild import check_rebuilds
 
 
 def check_output(path: Path, *, overwrite: bool) -> None:
@@ -145,7 +146,9 @@ REPORT_NAME = "miprun_report.json"
 def save_checkpoint(model: Any, tokenizer: Any, path: Path, report: dict[str, Any], *, overwrite: bool = False) -> Path:
     """Save ``model`` (a layer-wise one shard by shard) and ``tokenizer`` with ``save_pretrained``, ``report`` as
     ``miprun_report.json`` and the model card (:mod:`miprun.model_card`) as ``README.md``,
-    atomically, into ``path``."""
+    atomically, into ``path`` — after checking that the config saved with it rebuilds its
+    parameters (:func:`~miprun.models.rebuild.check_rebuilds`; nothing is written otherwise)."""
+    check_rebuilds(model)
 
     def fill(tmp: Path) -> None:
         start = time.perf_counter()

@@ -51,3 +51,31 @@ def test_overwrite_replaces_only_when_complete(tmp_path):
     write_atomically(target, lambda tmp: (tmp / "new.txt").write_text("new"), overwrite=True)
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_config_that_would_not_rebuild_the_model_is_refused_before_anything_is_written(tmp_path):
+    """A registration that misses a config field (here Qwen3-MoE's list of dense layers, left
+    unnumbered) would save a checkpoint that stock transformers loads with tensors missing and
+    freshly initialised: saving refuses it in one line, and writes nothing."""
+    from dataclasses import replace
+
+    from conftest import build_tokenizer, tiny_config
+    from transformers import AutoModelForCausalLM
+
+    from miprun.contracts import Selection
+    from miprun.models.adapters import adapter_for
+    from miprun.models.rebuild import check_rebuilds
+    from miprun.output import save_checkpoint
+    from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
+
+    config = tiny_config("qwen3_moe", len(build_tokenizer()))
+    config.mlp_only_layers = [0, 2]
+    model = AutoModelForCausalLM.from_config(config)
+    adapter = adapter_for(model)
+    check_rebuilds(model)
+    adapter.spec = replace(adapter.spec, layer_index_fields=())  # the field the registration needs
+    RemoveBlocksSurgeon().apply(model, adapter, Selection([1]))
+    with pytest.raises(MiprunError, match=r"config would not rebuild it — model\.layers\.1\.mlp\.down_proj\.weight "
+                                          r"\(32, 64\) here, absent from the config.*nothing was saved"):
+        save_checkpoint(model, None, tmp_path / "out", {})
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
