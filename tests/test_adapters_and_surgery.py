@@ -74,9 +74,29 @@ def test_surgeon_rejects_bad_indices():
 def test_unsupported_architecture_is_named():
     from transformers import AutoConfig
 
-    config = AutoConfig.for_model("codegen", n_embd=16, n_layer=1, n_head=2, rotary_dim=4, vocab_size=50)
+    config = AutoConfig.for_model("mamba", hidden_size=16, num_hidden_layers=2, state_size=4, vocab_size=50)
     model = AutoModelForCausalLM.from_config(config)
-    with pytest.raises(MiprunError, match=r"unsupported architecture 'codegen'; miprun supports .*llama"):
+    with pytest.raises(MiprunError, match=r"unsupported architecture 'mamba'; miprun supports .*llama") as refused:
+        adapter_for(model)
+    assert "laid out as registered" not in str(refused.value)  # no registered layout fits a state-space model
+
+
+def test_an_unsupported_type_laid_out_like_a_registered_one_is_told_which():
+    """ERNIE 4.5's blocks are Llama's, CodeGen's are GPT-J's: the refusal names the registered types
+    with that layout, most specific first (not Arcee's ungated FFN, whose names a gated one also has),
+    so that a plugin can register it with their spec."""
+    from transformers import AutoConfig
+
+    codegen = AutoModelForCausalLM.from_config(AutoConfig.for_model("codegen", n_embd=16, n_layer=1, n_head=2,
+                                                                    rotary_dim=4, vocab_size=50))
+    with pytest.raises(MiprunError, match=r"unsupported architecture 'codegen'.*laid out as registered for gptj: "):
+        adapter_for(codegen)
+
+    config = AutoConfig.for_model("ernie4_5", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=2, head_dim=8, vocab_size=50, pad_token_id=0)
+    model = AutoModelForCausalLM.from_config(config)
+    with pytest.raises(MiprunError, match=r"unsupported architecture 'ernie4_5'.*laid out as registered for "
+                                          r"llama, mistral, qwen2: if its blocks add"):
         adapter_for(model)
 
 

@@ -120,3 +120,21 @@ def test_the_run_option_turns_the_refit_after_the_cut_off(text_file):
     assert [a["refitted"].split()[1] for a in three.report["surgery"]["healing"]["cuts"][0]["after_cut"]] == \
         [str(b) for b in range(first + 1, min(first + 4, 6))]
     assert len(on.report["surgery"]["healing"]["cuts"][0]["after_cut"]) == min(2, 4 - on.selection.blocks[0])
+
+
+def test_a_config_that_makes_blocks_sequential_gets_the_refit_after_the_cut():
+    """GPT-NeoX registers ``use_parallel_residual`` as what makes its blocks parallel: with it false
+    (attention, then FFN) the attention output ``attention.dense`` of the block after the cut is
+    refitted, and the residual there drops."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from miprun.models.adapters import adapter_for
+
+    config = AutoConfig.for_model("gpt_neox", hidden_size=32, intermediate_size=64, num_hidden_layers=5,
+                                  num_attention_heads=4, max_position_embeddings=128, vocab_size=90,
+                                  use_parallel_residual=False)
+    torch.manual_seed(48)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    cut = LinearHealer().heal(model, adapter_for(model), [2], IDS)["cuts"][0]
+    assert [a["refitted"] for a in cut["after_cut"]] == ["block 3 attention.dense", "block 4 attention.dense"]
+    assert all(a["relative_residual_after"] < a["relative_residual_before"] for a in cut["after_cut"])

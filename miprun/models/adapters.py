@@ -209,4 +209,36 @@ def adapter_for(model: Any) -> ArchitectureAdapter:
     from miprun.registry import get_registry
 
     model_type = getattr(model.config, "model_type", None)
-    return ArchitectureAdapter(model, get_registry().architecture(model_type), model_type)
+    try:
+        spec = get_registry().architecture(model_type)
+    except MiprunError as exc:
+        alike = layout_matches(model)
+        if not alike:
+            raise
+        raise MiprunError(f"{exc}; its modules are laid out as registered for {', '.join(alike[:3])}: if its blocks "
+                          f"add their attention and FFN outputs to the stream as those do, a plugin registers it with "
+                          f"the same ArchitectureSpec") from None
+    return ArchitectureAdapter(model, spec, model_type)
+
+
+def layout_matches(model: Any) -> list[str]:
+    """The registered model types whose layout ``model``'s modules have in every block (block list,
+    FFN projections, the outputs and norms healing folds into), most specific first (more of the
+    registered names found; a residual scale, which no module shows, last), in registration order:
+    a hint for registering an unsupported type."""
+    from miprun.registry import get_registry
+
+    scored = []
+    for order, (name, entry) in enumerate(get_registry().architectures.items()):
+        spec = entry.spec
+        paths = [p for p in (*spec.ffn, spec.ffn_output, spec.ffn_output_norm, spec.attention_output,
+                             spec.attention_output_norm) if p]
+        try:
+            adapter = ArchitectureAdapter(model, spec, name)
+            for block in adapter.blocks:
+                for path in paths:
+                    _resolve(block, path)
+        except (MiprunError, AttributeError):
+            continue
+        scored.append((-len(paths) + (1 if spec.residual_scale else 0), order, name))
+    return [name for *_, name in sorted(scored)]
