@@ -340,7 +340,7 @@ def miprun_register_architectures(register):
                                         "miprun does not prune neuron by neuron")
     register("mixtral", experts, description="Mixtral (MoE): model.layers (blocks only)")
     register("olmoe", experts, description="OLMoE: model.layers (blocks only)")
-    register("qwen3_moe", replace(experts, layer_index_fields=("mlp_only_layers",)),
+    register("qwen3_moe", replace(experts, layer_index_fields=("mlp_only_layers",), period_fields=("decoder_sparse_step",)),
              description="Qwen3-MoE: model.layers (blocks only; dense-layer indices renumbered)")
     register(
         "gemma3",

@@ -265,8 +265,9 @@ class LinearHealer:
         """Why this architecture's attention output cannot be refitted after a cut, or None."""
         if not adapter.spec.attention_output:
             return f"'{adapter.model_type}' registers no attention output added to the stream on its own"
-        if parallel_field(adapter):
-            return (f"'{adapter.model_type}' runs attention and FFN in parallel ({parallel_field(adapter)}=True): "
+        parallel = parallel_field(adapter)
+        if parallel:
+            return (f"'{adapter.model_type}' runs attention and FFN in parallel ({parallel}=True): "
                     f"no attention output is added to the stream on its own")
         if getattr(adapter.block_config, "do_layer_norm_before", True) is False:
             return f"'{adapter.model_type}' normalises after the attention's residual add (post-norm)"

@@ -40,6 +40,9 @@ class ArchitectureSpec:
         then not added on its own and is not refitted.
     :param layer_index_fields: config fields listing layer *indices* (Qwen3-MoE's
         ``mlp_only_layers``), renumbered to the kept blocks on removal.
+    :param period_fields: config fields that give layers their kind by a period (Qwen3-MoE's
+        ``decoder_sparse_step``: every k-th layer sparse); removal, which would change the kept
+        layers' kinds, is refused unless they are 1.
     :param residual_scale: config field by which every block multiplies its attention and FFN
         outputs before adding them to the stream (Granite's ``residual_multiplier``); empty for 1.
     """
@@ -57,3 +60,4 @@ class ArchitectureSpec:
     parallel_fields: tuple[str, ...] = ()
     residual_scale: str = ""
     layer_index_fields: tuple[str, ...] = ()
+    period_fields: tuple[str, ...] = ()

@@ -66,10 +66,12 @@ class ArchitectureAdapter:
         import torch
 
         config = self.block_config
-        step = getattr(config, "decoder_sparse_step", 1)
-        if step not in (None, 1):
-            raise MiprunError(f"'{self.model_type}' makes every {step}th layer sparse (decoder_sparse_step={step}): "
-                              f"removing blocks would move which layers are sparse; miprun removes blocks only when it is 1")
+        for field_name in self.spec.period_fields:
+            period = getattr(config, field_name, 1)
+            if period not in (None, 1):
+                raise MiprunError(f"'{self.model_type}' gives its layers their kind every {period} layers "
+                                  f"({field_name}={period}): removing blocks would change the kind of the kept ones; "
+                                  f"miprun removes blocks only when it is 1")
 
         kept = [self.blocks[i] for i in keep]
         owner_path, _, attr = self.blocks_path.rpartition(".")
