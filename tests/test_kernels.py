@@ -135,3 +135,20 @@ def test_width_ema():
     assert ema.update(3.0) == 3.0
     with pytest.raises(ValueError):
         kernels.WidthEMA(beta=1.0)
+
+
+def test_ema_horizon_bounds_what_the_skipped_values_could_move():
+    values = torch.rand(200, generator=torch.Generator().manual_seed(0)).tolist()
+    for beta in (0.0, 0.5, 0.9):
+        keep = kernels.ema_horizon(beta, len(values))
+        full, tail = kernels.WidthEMA(beta), kernels.WidthEMA(beta)
+        for v in values:
+            full.update(v)
+        for v in values[len(values) - keep:]:
+            tail.update(v)
+        spread = max(values) - min(values)
+        assert abs(full.value - tail.value) <= kernels.EMA_TAIL * spread
+        if keep > 1:  # one value fewer would break the bound's guarantee
+            assert beta ** (keep - 2) > kernels.EMA_TAIL
+    assert kernels.ema_horizon(0.5, len(values)) == 11 and kernels.ema_horizon(0.0, 7) == 1
+    assert kernels.ema_horizon(0.5, 3) == 3 and kernels.ema_horizon(0.99, 0) == 0

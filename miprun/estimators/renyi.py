@@ -36,7 +36,8 @@ Choices made here (see ``/work/shared/notes/mi-estimation.md``):
   is 0.05. Tokens are split into consecutive batches of ``align_batch``; the aligned width of each
   batch, searched within a factor ``align_span`` (default 4) of Scott's width, is smoothed with an
   exponential moving average (factor ``align_ema``) as in Wickström et al. (2019) and Huang, Song &
-  Pao's neuron method, and the final width is used for the full Gram matrix. The bound matters: on
+  Pao's neuron method (batches too early to move it, :func:`~miprun.estimators.kernels.ema_horizon`,
+  are not searched), and the final width is used for the full Gram matrix. The bound matters: on
   structureless data (e.g. isotropic Gaussian noise at d = 576) the k-NN graph carries no local
   structure and the alignment keeps rising with σ, so an unbounded search drifts to an all-ones Gram
   matrix (MI → 0).
@@ -229,10 +230,11 @@ class RenyiEstimator:
             return scott
         ema = kernels.WidthEMA(self.align_ema)
         n = x.shape[0]
-        for start in range(0, n, self.align_batch):
+        starts = list(range(0, n, self.align_batch))
+        if len(starts) > 1 and n - starts[-1] < self.align_batch // 2:
+            starts.pop()  # a short tail batch would only add noise
+        for start in starts[len(starts) - kernels.ema_horizon(self.align_ema, len(starts)):]:
             stop = min(start + self.align_batch, n)
-            if stop - start < self.align_batch // 2 and ema.value is not None:
-                break  # a short tail batch would only add noise
             dist = sq_dists[start:stop, start:stop]
             target = kernels.knn_graph(dist, max(1, round(self.align_frac * (stop - start))))
             ema.update(kernels.aligned_width(None, target, scott, span=self.align_span, sq_dists=dist))
