@@ -59,6 +59,8 @@ class Outcome:
     :ivar collect_seconds: the collection's time (also when the inputs were shared).
     :ivar forward_passes: passes over the calibration tokens, the collection's included.
     :ivar timings: stage → seconds for the stages this execution ran.
+    :ivar plain_loss: the ``judge``'s loss of plain removal, measured before healing (None when
+        the run healed nothing or had no judge).
     """
 
     plan: Plan
@@ -71,6 +73,7 @@ class Outcome:
     collect_seconds: float
     forward_passes: int
     timings: dict[str, float]
+    plain_loss: float | None = None
 
     @property
     def seconds(self) -> float:
@@ -110,6 +113,7 @@ def execute(
     timings: dict[str, float] | None = None,
     heal_ids: Any = None,
     heal_candidates: int = 1,
+    judge: Any = None,
 ) -> Outcome:
     """Run ``plan`` on ``model`` (edited in place) with calibration ``input_ids`` (n × L).
 
@@ -125,6 +129,9 @@ def execute(
         sets the scores evaluated (up to this many in all) the one whose removal heals best on
         healing sequences the fit did not see (:func:`miprun.healing.heal_aware_choice`); 1 heals
         the selection as it is.
+    :param judge: ``judge(skip) -> loss`` on held-out tokens (the quality check's): with a healer,
+        plain removal of the selection is judged before healing (:attr:`Outcome.plain_loss`), so
+        that the run can keep the healing only where it helps (:mod:`miprun.heal_guard`).
     """
     registry = registry or get_registry()
     reporter = reporter or Reporter()
@@ -163,6 +170,11 @@ def execute(
     if healer is not None and heal_candidates > 1:
         selection = _heal_aware(selection, scores, count, heal_candidates, healer, model, adapter, ids_for_healing,
                                 timings, reporter)
+    plain_loss = None
+    if healer is not None and judge is not None:  # part of the quality check's cost
+        start = time.perf_counter()
+        plain_loss = granularity.plain_loss(judge, adapter, selection)
+        timings["check"] = round(timings.get("check", 0.0) + time.perf_counter() - start, 4)
     if healer is not None:
         with stage("heal", timings, reporter), finite_activations(adapter):
             healing = healer.heal(model, adapter, granularity.heal_target(selection), ids_for_healing,
@@ -176,7 +188,7 @@ def execute(
         plan=plan, count=count, size=size, scores=scores, selection=selection, surgery=surgery,
         collection=inputs.info if inputs is not None else None,
         collect_seconds=collected.seconds if collected is not None else 0.0,
-        forward_passes=context.forward_passes, timings=timings,
+        forward_passes=context.forward_passes, timings=timings, plain_loss=plain_loss,
     )
 
 

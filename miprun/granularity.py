@@ -117,6 +117,11 @@ class BlockGranularity:
         """The selection the surgeon carries out after healing: unchanged."""
         return selection
 
+    def plain_loss(self, judge: Any, adapter: Any, selection: Selection) -> float:
+        """``judge(skip)`` (a held-out loss) of the model as plain removal of ``selection`` would
+        leave it: the blocks skipped, nothing edited."""
+        return judge(self.heal_target(selection))
+
     def default_output(self, model: str, names: dict[str, str], count: int, adapter: Any) -> Path:
         """``pruned/<model>-<scorer>-<selector>-minus<N>`` (the selector alone when no scorer runs)."""
         method = "-".join(names[k] for k in ("scorer", "selector") if k in names)
@@ -186,6 +191,15 @@ class NeuronGranularity:
         if not selection.merges:
             return selection
         return replace(selection, merges=None, info={**selection.info, "merges_replaced_by_healing": True})
+
+    @staticmethod
+    def plain_loss(judge: Any, adapter: Any, selection: NeuronSelection) -> float:
+        """``judge(())`` (a held-out loss) of the model as plain removal of ``selection`` would
+        leave it: the removed neurons masked (merged where the selection merges), nothing edited."""
+        from miprun.models.neuron_masks import masked_neurons
+
+        with masked_neurons(adapter, selection.keep, selection.merges):
+            return judge(())
 
     def default_output(self, model: str, names: dict[str, str], count: int, adapter: Any) -> Path:
         """``pruned/<model>-<estimator or selector>-<selector>-ffn<kept width>``."""

@@ -82,6 +82,7 @@ from miprun.models.devices import input_device, input_embedding
 from miprun.models.forwards import hidden_argument, in_block_format, patched_forwards
 from miprun.models.layerwise import editable_block, layerwise_loader
 from miprun.models.sweep import BlockSweep, Stream
+from miprun.models.weight_undo import WeightUndo
 from miprun.probing import StopPass, forward_until, skipping
 
 POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
@@ -155,6 +156,7 @@ class LinearHealer:
         if self.after_cut < 0:
             raise MiprunError(f"after_cut must be ≥ 0 blocks, got {after_cut!r}")
         self.after_cut_ridge = after_cut_ridge
+        self._undo: WeightUndo | None = None
 
     def check(self, adapter: Any) -> None:
         """Refuse, in one line, an architecture no fit can be folded into (:func:`check_healable`)."""
@@ -169,7 +171,19 @@ class LinearHealer:
             ``input_ids`` (every block's, or None for a batch it lacks) — this healer's
             :meth:`preview`'s ``dense_outputs``: the dense pass replays them instead of recomputing
             (only the blocks whose internals a fit reads then run)."""
+        self._undo = WeightUndo() if layerwise_loader(model) is None else None
         return self._fit(model, adapter, blocks, input_ids, handles=None, known=known)
+
+    def undo(self) -> bool:
+        """Put back every weight the last :meth:`heal` folded into — before or after the surgeon
+        removed the blocks (the modules it changed belong to blocks that stay); a tied head it
+        untied is tied again. False when there is nothing to undo, or for a layer-wise model,
+        whose edited blocks are not held in memory."""
+        if self._undo is None:
+            return False
+        self._undo.restore()
+        self._undo = None
+        return True
 
     def preview(self, model: Any, adapter: Any, fit_ids: torch.Tensor, *, context: Any = None) -> Any:
         """A :class:`~miprun.healing_preview.HealPreview`: this healer's fits for any block set,
@@ -308,7 +322,9 @@ class LinearHealer:
             solution = ridge_solver(normal.gram, self.after_cut_ridge)(normal.cross, prior)
             if handles is None:
                 with torch.no_grad(), editable_block(adapter, after):
-                    _replace_projection(attention_output_modules(adapter, after)[0], solution)
+                    output = attention_output_modules(adapter, after)[0]
+                    self._keep(output, "weight", "bias")
+                    _replace_projection(output, solution)
             else:
                 handles.append(_refit_hook(attention_output_modules(adapter, after)[0], solution))
             error = fit_error(normal.energy, normal.gram, normal.cross, solution)
@@ -376,6 +392,11 @@ class LinearHealer:
             handles.extend(self.run_time_hooks(model, adapter, cut, record["fit"], solution))
             record = {"applied_at_run_time": True, **record}
         summary["cuts"].append(record)
+
+    def _keep(self, module: Any, *names: str) -> None:
+        """Record ``module``'s tensors for :meth:`undo` before a fold changes them."""
+        if self._undo is not None:
+            self._undo.keep(module, *names)
 
     def run_time_hooks(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, solution: torch.Tensor) -> list[Any]:
         """Forward hooks giving the modules the fit would be folded into (the FFN output module
@@ -555,6 +576,7 @@ class LinearHealer:
             if cut[0] > 0:
                 with editable_block(adapter, cut[0] - 1):
                     down, _ = ffn_output_modules(adapter, cut[0] - 1)
+                    self._keep(down, "weight", "bias", "down_proj")  # down_proj: stacked experts
                     if kind == "projection":
                         _replace_projection(down, solution)
                     else:
@@ -564,11 +586,15 @@ class LinearHealer:
             untied = False
             head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
             if head is not None and head.weight is embedding.weight:
+                if self._undo is not None:
+                    self._undo.point(head, "weight")
+                    self._undo.point(model.config, "tie_word_embeddings")
                 head.weight = torch.nn.Parameter(embedding.weight.detach().clone())
                 model.config.tie_word_embeddings = False
                 untied = True
             tables = _embedding_tables(model)
             for table in tables:
+                self._keep(table, "weight")
                 table.weight.copy_((table.weight.double() @ solution.to(table.weight.device)).to(table.weight.dtype))
             names = ", ".join(name for name, module in model.named_modules() if any(module is t for t in tables))
             return {"folded_into": names, "untied_head": untied}

@@ -110,6 +110,11 @@ def model_card(report: dict[str, Any]) -> ModelCard:
                   f"with seed {report.get('seed', 0) + 1}, which neither selection nor healing read).", ""]
         if "warning" in quality:
             lines += [f"**Warning:** {quality['warning']}.", ""]
+        from miprun.heal_guard import held_out_line
+
+        healing_check = held_out_line(report.get("surgery", {}).get("healing") or {})
+        if healing_check:
+            lines += [f"Healing, on the same windows: {healing_check}.", ""]
     evaluation = _evaluation_lines(report)
     if evaluation:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---|", *evaluation, ""]

@@ -206,7 +206,8 @@ def prune(
                                      reporter=reporter) if check else None
         outcome = execute(plan, loaded.model, loaded.adapter, calibration.input_ids, count=count,
                           tokenizer=loaded.tokenizer, seed=seed, strategies=strategies, registry=registry,
-                          reporter=reporter, timings=timings, heal_ids=heal_ids, heal_candidates=heal_candidates)
+                          reporter=reporter, timings=timings, heal_ids=heal_ids, heal_candidates=heal_candidates,
+                          judge=_judge(loaded, reference) if reference is not None else None)
         report = {
             "miprun_report_version": 1,
             "model": loaded.source,
@@ -229,6 +230,13 @@ def prune(
         if reference is not None:
             named = any(value is not None for value in (method, collector, estimator, scorer, selector, surgeon))
             report["quality"] = _check(loaded, reference, named=named, count=count, timings=timings, reporter=reporter)
+            if outcome.plain_loss is not None:
+                from miprun.heal_guard import settle_healing
+
+                settle_healing(report, strategies["healer"], outcome.plain_loss,
+                               named=plan.reasons.get("healer") == "named", note=reporter.note,
+                               recheck=lambda: _check(loaded, reference, named=named, count=count, timings=timings,
+                                                      reporter=reporter))
         result = PruneResult(loaded.model, loaded.tokenizer, loaded.adapter, outcome.selection, outcome.scores, report,
                              timings=timings)
         return _finish(result, evaluate=evaluate, save=save, out_path=out_path, overwrite=overwrite, reporter=reporter)
@@ -246,6 +254,14 @@ def _dense_reference(loaded: Any, *, calib: str, seq_len: int, seed: int, timing
     reference = dense_reference(loaded.model, loaded.adapter, windows.input_ids, windows.source)
     timings["check"] = round(time.perf_counter() - start, 4)
     return reference
+
+
+def _judge(loaded: Any, reference: Any) -> Any:
+    """``judge(skip)``: the model's mean loss on the quality check's held-out windows with the
+    blocks ``skip`` skipped (the engine's measure of plain removal before healing)."""
+    from miprun.probing import Prober
+
+    return lambda skip: Prober(loaded.model, loaded.adapter, reference.input_ids).loss(skip)
 
 
 def _check(loaded: Any, reference: Any, *, named: bool, count: int, timings: dict[str, float],

@@ -42,6 +42,9 @@ def test_run_with_no_arguments_prunes_the_default_model(tmp_path):
     assert cuts and all(c["relative_residual_after"] < c["relative_residual_before"] for c in cuts)
     quality = report["quality"]
     assert quality["windows"] == 8 and 1 < quality["ratio"] < 2.7 and "warning" not in quality
+    held_out = report["surgery"]["healing"]["held_out"]  # healing kept: it beats plain removal there
+    assert held_out["kept"] == "healed" and held_out["healed_perplexity"] < 0.9 * held_out["plain_perplexity"]
+    assert held_out["healed_perplexity"] == quality["pruned_perplexity"]
 
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert reloaded.config.num_hidden_layers == 24 and len(reloaded.model.layers) == 24

@@ -29,7 +29,7 @@ def test_a_saved_checkpoint_has_a_model_card_with_front_matter_and_the_run(tmp_p
 def test_the_card_says_what_was_healed_and_that_the_selection_judged_the_healed_model(tmp_path, text_file):
     out = tmp_path / "out"
     result = miprun.prune(build_tiny("llama", layers=5), n=2, calib=str(text_file), num_samples=2, seq_len=16,
-                          heal_samples=6, output=out)
+                          heal_samples=6, heal="linear", output=out)  # named: kept even where it loses
     text = ModelCard.load(out / "README.md").text
     cuts = result.report["surgery"]["healing"]["cuts"]
     afters = [after["refitted"] for c in cuts for after in c.get("after_cut", [])]

@@ -160,7 +160,9 @@ def test_the_width_default_reads_activations_and_heals_on_every_width_architectu
     assert result.report["strategies"]["selector"]["name"] == "neuron-flap"
     assert result.report["collection"]["tokens"] > 0
     assert result.report["surgery"]["width_after"] == width - width // 4
-    assert result.report["surgery"]["healing"]["sink"] == "average"
+    healing = result.report["surgery"]["healing"]  # on 4 × 16 tokens the refit may lose to plain removal: undone
+    assert healing["held_out"]["kept"] in ("healed", "plain removal")
+    assert healing.get("undone", healing)["sink"] == "average"
     with torch.no_grad():
         assert torch.isfinite(loaded.model(IDS).logits).all()
 

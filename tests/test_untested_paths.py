@@ -4,6 +4,7 @@ plain-text run table of a healed run."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -96,8 +97,12 @@ def test_the_plain_text_run_table_of_a_healed_run(tiny_dir, text_file, tmp_path)
     assert healed.returncode == 0, healed.stderr[-2000:]
     text = healed.stdout
     assert "healer" in text and "linear  (block default)" in text
-    assert "healed" in text and "mlp.down_proj refitted" in text or "map folded into" in text
     assert "quality check" in text and "held-out" in text
+    healing = json.loads((tmp_path / "h" / "miprun_report.json").read_text())["surgery"]["healing"]
+    if healing["held_out"]["kept"] == "healed":  # the cut healed and where, and the healing check
+        assert "mlp.down_proj refitted" in text and "healing check" in text
+    else:  # 4 × 16 healing tokens may lose to plain removal on the check's windows: said in one line
+        assert "not healed: healing made the result worse" in text and healing["undone"]["cuts"]
     plain = subprocess.run([sys.executable, "-m", "miprun.cli.main", "run", *common, "--heal", "none",
                             "--output", str(tmp_path / "p")], capture_output=True, text=True, timeout=600)
     assert plain.returncode == 0 and "--heal none: plain removal" in plain.stdout

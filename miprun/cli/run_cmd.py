@@ -118,11 +118,15 @@ def run(
 
 
 def _add_quality(table: Table, report: dict) -> None:
-    """The quality check's row (and its warning after the table, once)."""
+    """The quality check's row, and the healed model against plain removal on the same windows."""
+    from miprun.heal_guard import held_out_line
     from miprun.quality import summary_line
 
     if "quality" in report:
         table.add_row("quality check", summary_line(report["quality"]))
+    healing = report["surgery"].get("healing") or {}
+    if not healing.get("skipped") and held_out_line(healing):
+        table.add_row("healing check", held_out_line(healing))
 
 
 def rerun_arguments(path: Path, conflicting: list[str]) -> dict:

@@ -138,6 +138,10 @@ class Healer(Protocol):
         """A context manager within which the healing :meth:`heal` would fold acts at run time
         (weights untouched), yielding the same summary — for judging candidate sets."""
 
+    # optional: ``undo() -> bool`` — put back what the last ``heal`` changed (before or after the
+    # surgeon; True when it could): a default healer whose healed model loses to plain removal on
+    # the quality check's held-out windows is undone (:mod:`miprun.heal_guard`).
+
 
 @runtime_checkable
 class HealingPreview(Protocol):

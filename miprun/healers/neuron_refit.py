@@ -45,6 +45,7 @@ import torch
 
 from miprun.healing_fit import fit_error, gram_matrix, ridge_solver, with_ones
 from miprun.models.devices import input_device
+from miprun.models.weight_undo import WeightUndo
 from miprun.probing import forward_until
 
 SINK_RULES = ("average", "skip")
@@ -101,6 +102,7 @@ class NeuronRefitHealer:
         self.ridge = float(ridge)
         self.batch_size = int(batch_size)
         self.max_bytes = int(max_bytes)
+        self._undo: WeightUndo | None = None
 
     def check(self, adapter: Any) -> None:
         """Refuse, in one line, an architecture whose FFN is not sliced neuron by neuron."""
@@ -110,10 +112,14 @@ class NeuronRefitHealer:
         """Overwrite the kept columns (and bias) of every layer's down projection with the refit;
         ``selection`` is a :class:`~miprun.contracts.NeuronSelection` (neurons still in place)."""
         fits, summary = self._fit(model, adapter, selection, input_ids)
+        self._undo = WeightUndo()
         with torch.no_grad():
             for layer, solution in fits.items():
                 _, down = adapter.ffn_modules(layer)
                 kept = torch.tensor(selection.keep[layer], device=down.weight.device)
+                self._undo.keep(down, "bias")
+                self._undo.keep(down, "weight", index=torch.tensor(sorted(selection.keep[layer])),  # the surgeon's order
+                                axis=1 if isinstance(down, torch.nn.Linear) else 0)
                 t = solution.to(down.weight.device)
                 weight = t[: len(kept)]
                 if getattr(down, "bias", None) is not None:
@@ -123,6 +129,16 @@ class NeuronRefitHealer:
                 else:  # GPT-2 Conv1D (in × out): rows are neurons
                     down.weight[kept, :] = weight.to(down.weight.dtype)
         return summary
+
+    def undo(self) -> bool:
+        """Put back the kept columns (and bias) of every down projection the last :meth:`heal`
+        refitted, before or after the surgeon sliced the removed neurons away; False when there is
+        nothing to undo."""
+        if self._undo is None:
+            return False
+        self._undo.restore()
+        self._undo = None
+        return True
 
     @contextmanager
     def applied(self, model: Any, adapter: Any, selection: Any, input_ids: torch.Tensor) -> Iterator[dict[str, Any]]:

@@ -1,0 +1,64 @@
+"""Putting back weights a strategy is about to change in place.
+
+A healer folds its fits into weights the model keeps. Where the run finds the healed model worse
+than plain removal (:mod:`miprun.heal_guard`), it asks the healer to undo them; the healer records,
+just before each in-place change, what it overwrites in a :class:`WeightUndo`. The copies live on
+the CPU, and only the tensors (or, for width pruning, the kept columns) that change are copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+class WeightUndo:
+    """The original values of weights about to be overwritten, restored by :meth:`restore` (last
+    change first)."""
+
+    def __init__(self) -> None:
+        self._steps: list[Callable[[], None]] = []
+
+    def keep(self, module: Any, *names: str, index: torch.Tensor | None = None, axis: int = 0) -> None:
+        """Keep the tensors ``module.<name>`` as they are now (absent or None ones are skipped).
+
+        With ``index``, only those entries along ``axis`` (the neurons a width surgeon keeps): the
+        restore writes them back into that slice while the tensor is whole, or over the whole
+        tensor once a surgeon has sliced it down to them (in the same order)."""
+        for name in names:
+            value = getattr(module, name, None)
+            if value is None:
+                continue
+            data = value.detach()
+            if index is not None:
+                data = data.index_select(axis, index.to(data.device))
+            self._steps.append(_restorer(module, name, data.to("cpu", copy=True), index, axis))
+
+    def point(self, owner: Any, name: str) -> None:
+        """Keep the object ``owner.<name>`` refers to now (a tied head's weight, a config flag), so
+        that :meth:`restore` points the attribute back to it."""
+        value = getattr(owner, name)
+        self._steps.append(lambda: setattr(owner, name, value))
+
+    def restore(self) -> None:
+        """Put everything kept back, the last change first; the record is then empty."""
+        for step in reversed(self._steps):
+            step()
+        self._steps.clear()
+
+
+def _restorer(module: Any, name: str, saved: torch.Tensor, index: torch.Tensor | None, axis: int) -> Callable[[], None]:
+    """The step writing ``saved`` back into ``module.<name>`` (whatever tensor holds it then)."""
+
+    def restore() -> None:
+        current = getattr(module, name)
+        value = saved.to(current.device, current.dtype)
+        with torch.no_grad():
+            if index is not None and current.shape != saved.shape:
+                current.index_copy_(axis, index.to(current.device), value)
+            else:
+                current.copy_(value)
+
+    return restore
