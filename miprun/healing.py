@@ -177,13 +177,14 @@ class LinearHealer:
     def undo(self) -> bool:
         """Put back every weight the last :meth:`heal` folded into — before or after the surgeon
         removed the blocks (the modules it changed belong to blocks that stay); a tied head it
-        untied is tied again. False when there is nothing to undo, or for a layer-wise model,
-        whose edited blocks are not held in memory."""
+        untied is tied again. False when there is nothing to undo, the copies outgrew their budget
+        (:class:`~miprun.models.weight_undo.WeightUndo`), or for a layer-wise model, whose edited
+        blocks are not held in memory."""
         if self._undo is None:
             return False
-        self._undo.restore()
+        done = self._undo.restore()
         self._undo = None
-        return True
+        return done
 
     def preview(self, model: Any, adapter: Any, fit_ids: torch.Tensor, *, context: Any = None) -> Any:
         """A :class:`~miprun.healing_preview.HealPreview`: this healer's fits for any block set,

@@ -23,6 +23,14 @@ def rss_bytes() -> int | None:
             return None
 
 
+def physical_bytes() -> int | None:
+    """The machine's physical memory in bytes (None where the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def release_freed_memory() -> None:
     """Hand memory freed by the previous method back to the OS (glibc), so RSS peaks mean something.
 

@@ -15,7 +15,7 @@ from miprun.healing import LinearHealer
 from miprun.models.weight_undo import WeightUndo
 from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
 from miprun.surgeons.slice_ffn import SliceFFNSurgeon
-from tests.conftest import build_tiny
+from conftest import build_tiny
 
 IDS = torch.randint(0, 40, (8, 24), generator=torch.Generator().manual_seed(5))
 
@@ -42,8 +42,13 @@ def test_weight_undo_restores_values_slices_and_references():
     holder.shared = original.weight
     undo.point(holder, "shared")
     holder.shared = torch.nn.Parameter(torch.zeros(1))
-    undo.restore()
-    assert holder.shared is original.weight
+    assert undo.restore() and holder.shared is original.weight
+    small = WeightUndo(max_bytes=layer.bias.numel() * 4 + 1)  # room for the bias, not for the weight too
+    small.keep(layer, "bias", "weight")
+    before = layer.bias.detach().clone()
+    with torch.no_grad():
+        layer.bias.add_(1.0)
+    assert not small.complete and not small.restore() and torch.equal(layer.bias, before + 1.0)
 
 
 @pytest.mark.parametrize("blocks", [[1, 2], [0, 3]])

@@ -133,12 +133,12 @@ class NeuronRefitHealer:
     def undo(self) -> bool:
         """Put back the kept columns (and bias) of every down projection the last :meth:`heal`
         refitted, before or after the surgeon sliced the removed neurons away; False when there is
-        nothing to undo."""
+        nothing to undo, or the copies outgrew their budget (:class:`~miprun.models.weight_undo.WeightUndo`)."""
         if self._undo is None:
             return False
-        self._undo.restore()
+        done = self._undo.restore()
         self._undo = None
-        return True
+        return done
 
     @contextmanager
     def applied(self, model: Any, adapter: Any, selection: Any, input_ids: torch.Tensor) -> Iterator[dict[str, Any]]:

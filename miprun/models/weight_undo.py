@@ -3,7 +3,9 @@
 A healer folds its fits into weights the model keeps. Where the run finds the healed model worse
 than plain removal (:mod:`miprun.heal_guard`), it asks the healer to undo them; the healer records,
 just before each in-place change, what it overwrites in a :class:`WeightUndo`. The copies live on
-the CPU, and only the tensors (or, for width pruning, the kept columns) that change are copied.
+the CPU, and only the tensors (or, for width pruning, the kept columns) that change are copied —
+up to a budget (a quarter of the machine's memory by default): a healing that changes more (the
+width refit of a model of tens of billions of parameters) keeps no copies, and cannot be undone.
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ import torch
 
 class WeightUndo:
     """The original values of weights about to be overwritten, restored by :meth:`restore` (last
-    change first)."""
+    change first).
 
-    def __init__(self) -> None:
+    :param max_bytes: most bytes of copies kept (None: a quarter of the machine's memory, 4 GiB
+        where it is unknown); past it every copy is dropped and :meth:`restore` refuses.
+    """
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        from miprun.memory import physical_bytes
+
         self._steps: list[Callable[[], None]] = []
+        self.max_bytes = max_bytes if max_bytes is not None else (physical_bytes() or 16 << 30) // 4
+        self.held = 0
+        self.complete = True
 
     def keep(self, module: Any, *names: str, index: torch.Tensor | None = None, axis: int = 0) -> None:
         """Keep the tensors ``module.<name>`` as they are now (absent or None ones are skipped).
@@ -29,11 +40,17 @@ class WeightUndo:
         tensor once a surgeon has sliced it down to them (in the same order)."""
         for name in names:
             value = getattr(module, name, None)
-            if value is None:
+            if value is None or not self.complete:
+                continue
+            size = value.element_size() * (value.numel() if index is None else value.numel() // value.shape[axis] * len(index))
+            if self.held + size > self.max_bytes:
+                self._steps.clear()
+                self.complete = False
                 continue
             data = value.detach()
             if index is not None:
                 data = data.index_select(axis, index.to(data.device))
+            self.held += size
             self._steps.append(_restorer(module, name, data.to("cpu", copy=True), index, axis))
 
     def point(self, owner: Any, name: str) -> None:
@@ -42,11 +59,15 @@ class WeightUndo:
         value = getattr(owner, name)
         self._steps.append(lambda: setattr(owner, name, value))
 
-    def restore(self) -> None:
-        """Put everything kept back, the last change first; the record is then empty."""
+    def restore(self) -> bool:
+        """Put everything kept back, the last change first, and empty the record; False (nothing
+        changed) when the copies outgrew ``max_bytes``."""
+        if not self.complete:
+            return False
         for step in reversed(self._steps):
             step()
         self._steps.clear()
+        return True
 
 
 def _restorer(module: Any, name: str, saved: torch.Tensor, index: torch.Tensor | None, axis: int) -> Callable[[], None]:
