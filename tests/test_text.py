@@ -30,3 +30,25 @@ def test_bad_lines_and_missing_files_are_one_clear_line(tmp_path):
         read_text_file(numbers)
     with pytest.raises(MiprunError, match="calibration file .*missing.txt' does not exist"):
         read_text_file(tmp_path / "missing.txt", what="calibration file")
+
+
+def test_chat_instruction_and_array_files_give_all_their_text(tmp_path):
+    """Conversations (OpenAI messages with text parts, ShareGPT), Alpaca's instruction fields, and a
+    .json file holding one array (alpaca_data.json) are read whole, not refused or cut to one field."""
+    rows = [
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": [{"type": "text", "text": "hello"}, {"type": "image"}]}]},
+        {"conversations": [{"from": "human", "value": "why"}, {"from": "gpt", "value": "because"}]},
+        {"instruction": "add", "input": "", "output": "4", "id": "a1"},
+    ]
+    lines = tmp_path / "chat.jsonl"
+    lines.write_text("\n".join(json.dumps(r) for r in rows))
+    expected = "be brief\n\nhi\n\nhello\n\nwhy\n\nbecause\n\nadd\n\n4"
+    assert read_text_file(lines) == expected
+    array = tmp_path / "alpaca_data.json"
+    array.write_text(json.dumps(rows, indent=2))
+    assert read_text_file(array) == expected and read_jsonl(array, max_rows=1) == "be brief\n\nhi\n\nhello"
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"text": "a"},\n')
+    with pytest.raises(MiprunError, match=r"broken.json is not valid JSON"):
+        read_text_file(broken)

@@ -39,7 +39,7 @@ def _write_json(path: Path, report: dict) -> None:
 
 def eval_command(
     model: str = typer.Argument("smollm2-135m", help="Embedded name, checkpoint directory, .gguf file or hub id."),
-    ppl: str = typer.Option("wikitext2", "--ppl", help="Perplexity data: comma list of wikitext2, wikitext2-tokenized, c4, ptb or .txt/.jsonl paths; 'none' to skip."),
+    ppl: str = typer.Option("wikitext2", "--ppl", help="Perplexity data: comma list of wikitext2, wikitext2-tokenized, c4, ptb or .txt/.jsonl/.json paths; 'none' to skip."),
     tasks: str = typer.Option("", "--tasks", help="lm-eval tasks: comma list, or 'paper' for the paper's ten."),
     limit: Optional[float] = typer.Option(None, "--limit", help="Score only the first N documents of each task (quick runs)."),
     latency: bool = typer.Option(False, "--latency", help="Measure prefill latency and decode throughput."),

@@ -105,11 +105,11 @@ def check_calibration(source: str, *, num_samples: int, seq_len: int) -> None:
     if source in NAMED_SOURCES or source == "self":
         return
     path = Path(source).expanduser()
-    if path.suffix not in (".txt", ".jsonl") and not path.exists():
+    if path.suffix not in (".txt", ".jsonl", ".json") and not path.exists():
         choices = [*NAMED_SOURCES, "self"]
         raise MiprunError(
             f"unknown calibration source '{source}'{did_you_mean(source, choices)}; "
-            f"use one of {', '.join(choices)} or a .txt/.jsonl file"
+            f"use one of {', '.join(choices)} or a .txt/.jsonl/.json file"
         )
     check_text_file(path, what="calibration file")
 

@@ -14,7 +14,17 @@ from typing import Any, Iterable
 from miprun.errors import MiprunError
 
 TEXT_FIELDS = ("text", "page", "content", "sentence")
-"""JSON fields tried in turn for a line's text (then the first string field)."""
+"""JSON fields tried in turn for a row's text."""
+
+CHAT_FIELDS = ("messages", "conversations", "conversation")
+"""Fields holding a conversation: a list of turns, each a string or an object whose ``content``
+(OpenAI-style; a string or a list of ``{"type": "text", "text": …}`` parts), ``value`` (ShareGPT)
+or ``text`` is its text."""
+
+PROMPT_FIELDS = ("instruction", "input", "output", "prompt", "response", "completion", "question", "answer",
+                 "context", "chosen")
+"""Fields of instruction data (Alpaca's instruction/input/output, prompt/response pairs): a row's
+text is all of those it has, in the row's order."""
 
 
 def hf_text(
@@ -63,26 +73,73 @@ def hf_text(
     return joiner.join(pieces)
 
 
+def _turn_text(turn: Any) -> str:
+    """The text of one conversation turn (see :data:`CHAT_FIELDS`); '' when it has none."""
+    if isinstance(turn, str):
+        return turn
+    if not isinstance(turn, dict):
+        return ""
+    content = next((turn[k] for k in ("content", "value", "text") if k in turn), "")
+    if isinstance(content, list):  # multimodal parts: their text only
+        content = "\n".join(part.get("text", "") for part in content if isinstance(part, dict)
+                            and isinstance(part.get("text"), str))
+    return content if isinstance(content, str) else ""
+
+
 def _line_text(row: Any, where: str) -> str:
+    """A row's text: a string as it is; an object's first :data:`TEXT_FIELDS` string, else its
+    conversation's turns (:data:`CHAT_FIELDS`), else its instruction fields (:data:`PROMPT_FIELDS`),
+    each joined by blank lines, else its first string field."""
     if isinstance(row, str):
         return row
     if not isinstance(row, dict):
         raise MiprunError(f"{where}: expected a JSON object or string per line")
     field = next((k for k in TEXT_FIELDS if isinstance(row.get(k), str)), None)
+    if field is not None:
+        return row[field]
+    chat = next((row[k] for k in CHAT_FIELDS if isinstance(row.get(k), list)), None)
+    if chat is not None:
+        return "\n\n".join(text for text in map(_turn_text, chat) if text)
+    prompt = [v for k, v in row.items() if k in PROMPT_FIELDS and isinstance(v, str) and v]
+    if prompt:
+        return "\n\n".join(prompt)
+    field = next((k for k, v in row.items() if isinstance(v, str)), None)
     if field is None:
-        field = next((k for k, v in row.items() if isinstance(v, str)), None)
-    if field is None:
-        raise MiprunError(f"{where}: the line has no text field (expected one of {', '.join(TEXT_FIELDS)})")
+        raise MiprunError(f"{where}: the line has no text field (expected one of {', '.join(TEXT_FIELDS)}, "
+                          f"a conversation under {' or '.join(CHAT_FIELDS)}, or instruction fields such as "
+                          f"{', '.join(PROMPT_FIELDS[:3])})")
     return row[field]
 
 
-def read_jsonl(path: Path, *, max_rows: int | None = None) -> str:
-    """The text of every line of a ``.jsonl`` / ``.json`` (or ``.gz``) file, joined by blank lines.
+def _json_array(path: Path, opener: Any) -> list[Any] | None:
+    """The rows of a ``.json`` file holding one JSON array (Alpaca's ``alpaca_data.json``), or
+    None when the file is JSON lines (or anything else)."""
+    if [s for s in path.suffixes if s != ".gz"][-1:] != [".json"]:
+        return None
+    with opener(path, "rt", encoding="utf-8") as handle:
+        start = handle.read(4096).lstrip()
+    if not start.startswith("["):
+        return None
+    with opener(path, "rt", encoding="utf-8") as handle:
+        try:
+            rows = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise MiprunError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    return rows if isinstance(rows, list) else None
 
-    Each line is a string or an object whose text is the first of :data:`TEXT_FIELDS` present, else
-    its first string field. Bad lines raise :class:`MiprunError` naming the file and line.
+
+def read_jsonl(path: Path, *, max_rows: int | None = None) -> str:
+    """The text of every line of a ``.jsonl`` / ``.json`` (or ``.gz``) file, joined by blank lines;
+    a ``.json`` file may also hold one array of rows.
+
+    Each row is a string or an object (its text: :func:`_line_text` — a text field, a
+    conversation, instruction fields). Bad lines raise :class:`MiprunError` naming the file and line.
     """
     opener = gzip.open if path.suffix == ".gz" else open
+    rows = _json_array(path, opener)
+    if rows is not None:
+        texts = (_line_text(row, f"{path}[{number}]") for number, row in enumerate(rows))
+        return "\n\n".join([text for text in texts if text][:max_rows])
     pieces = []
     with opener(path, "rt", encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):

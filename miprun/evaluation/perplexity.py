@@ -82,7 +82,7 @@ def check_dataset(dataset: str) -> None:
         raise MiprunError(f"perplexity file '{dataset}' does not exist")
     raise MiprunError(
         f"unknown perplexity data set '{dataset}'{did_you_mean(dataset, list(DATASETS))}; "
-        f"use one of {', '.join(DATASETS)} or a path to a .txt/.jsonl file"
+        f"use one of {', '.join(DATASETS)} or a path to a .txt/.jsonl/.json file"
     )
 
 
