@@ -52,3 +52,23 @@ def test_chat_instruction_and_array_files_give_all_their_text(tmp_path):
     broken.write_text('[{"text": "a"},\n')
     with pytest.raises(MiprunError, match=r"broken.json is not valid JSON"):
         read_text_file(broken)
+
+
+def test_tables_are_read_row_by_row_like_json_objects(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = tmp_path / "data.csv"
+    table.write_text('id,text\n1,"first, with a comma"\n2,second\n')
+    assert read_text_file(table) == "first, with a comma\n\nsecond"
+    tab = tmp_path / "pairs.tsv"
+    tab.write_text("prompt\tresponse\nwhy\tbecause\n")
+    assert read_text_file(tab) == "why\n\nbecause"
+    parquet = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist([{"messages": [{"role": "user", "content": "hi"},
+                                                        {"role": "assistant", "content": "hello"}]}]), parquet)
+    assert read_text_file(parquet) == "hi\n\nhello"
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("not parquet")
+    with pytest.raises(MiprunError, match="cannot read .*fake.parquet' as Parquet"):
+        read_text_file(fake)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from miprun.data.datadir import local_file
-from miprun.data.text import check_text_file, hf_text, read_text_file
+from miprun.data.text import TABLE_SUFFIXES, check_text_file, hf_text, read_text_file
 from miprun.models.context import context_length
 from miprun.errors import MiprunError, did_you_mean
 from miprun.models.devices import check_token_ids, input_device
@@ -105,11 +105,11 @@ def check_calibration(source: str, *, num_samples: int, seq_len: int) -> None:
     if source in NAMED_SOURCES or source == "self":
         return
     path = Path(source).expanduser()
-    if path.suffix not in (".txt", ".jsonl", ".json") and not path.exists():
+    if path.suffix not in (".txt", ".jsonl", ".json", *TABLE_SUFFIXES) and not path.exists():
         choices = [*NAMED_SOURCES, "self"]
         raise MiprunError(
             f"unknown calibration source '{source}'{did_you_mean(source, choices)}; "
-            f"use one of {', '.join(choices)} or a .txt/.jsonl/.json file"
+            f"use one of {', '.join(choices)} or a .txt, .jsonl, .json, .csv, .tsv or .parquet file"
         )
     check_text_file(path, what="calibration file")
 

@@ -157,6 +157,32 @@ def read_jsonl(path: Path, *, max_rows: int | None = None) -> str:
     return "\n\n".join(pieces)
 
 
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+"""Tabular files whose rows are read as JSON objects are (:func:`read_table`)."""
+
+
+def read_table(path: Path) -> str:
+    """The text of every row of a ``.csv`` / ``.tsv`` (header row first) or ``.parquet`` file (a
+    data set's files as the Hugging Face hub stores them), each row's text found as for a JSON
+    object (:func:`_line_text`), joined by blank lines."""
+    if path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:  # pragma: no cover - pyarrow comes with datasets
+            raise MiprunError(f"reading '{path}' needs pyarrow (pip install pyarrow)") from None
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow's errors for a file that is not Parquet
+            raise MiprunError(f"cannot read '{path}' as Parquet: {exc}") from None
+    else:
+        import csv
+
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ","))
+    texts = (_line_text(row, f"{path} row {number}") for number, row in enumerate(rows, 1))
+    return "\n\n".join(text for text in texts if text)
+
+
 def is_jsonl(path: Path) -> bool:
     """Whether ``path`` names a JSON-lines file (``.jsonl``, ``.json``, either gzipped)."""
     suffixes = [s for s in path.suffixes if s != ".gz"]
@@ -170,13 +196,17 @@ def check_text_file(path: Path, *, what: str = "text file") -> None:
 
 
 def read_text_file(path: Path, *, what: str = "text file") -> str:
-    """Text of a plain text file or of a JSON-lines file (see :func:`read_jsonl`).
+    """Text of a plain text file, a JSON-lines / JSON file (:func:`read_jsonl`) or a table
+    (:func:`read_table`).
 
     :raises MiprunError: when the file does not exist (``what`` names it in the message).
     """
     check_text_file(path, what=what)
     try:
-        text = read_jsonl(path) if is_jsonl(path) else path.read_text(encoding="utf-8")
+        if path.suffix in TABLE_SUFFIXES:
+            text = read_table(path)
+        else:
+            text = read_jsonl(path) if is_jsonl(path) else path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise MiprunError(f"{what} '{path}' is not UTF-8 text (byte {exc.start} cannot be decoded); "
                           f"pass a text or JSON-lines file") from None

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from miprun.data.datadir import local_file
-from miprun.data.text import hf_text, read_jsonl, read_text_file
+from miprun.data.text import TABLE_SUFFIXES, hf_text, read_jsonl, read_text_file
 from miprun.models.context import context_length
 from miprun.errors import MiprunError, did_you_mean
 from miprun.models.devices import input_device
@@ -78,11 +78,11 @@ def check_dataset(dataset: str) -> None:
     path = Path(dataset).expanduser()
     if path.is_file():
         return
-    if path.suffix in (".txt", ".raw", ".jsonl", ".json") or "/" in dataset:
+    if path.suffix in (".txt", ".raw", ".jsonl", ".json", *TABLE_SUFFIXES) or "/" in dataset:
         raise MiprunError(f"perplexity file '{dataset}' does not exist")
     raise MiprunError(
         f"unknown perplexity data set '{dataset}'{did_you_mean(dataset, list(DATASETS))}; "
-        f"use one of {', '.join(DATASETS)} or a path to a .txt/.jsonl/.json file"
+        f"use one of {', '.join(DATASETS)} or a path to a .txt, .jsonl, .json, .csv, .tsv or .parquet file"
     )
 
 
