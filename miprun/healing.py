@@ -82,7 +82,7 @@ from miprun.models.devices import input_device, input_embedding
 from miprun.models.forwards import hidden_argument, in_block_format, patched_forwards
 from miprun.models.layerwise import editable_block, layerwise_loader
 from miprun.models.sweep import BlockSweep, Stream
-from miprun.models.weight_undo import WeightUndo
+from miprun.models.weight_undo import UndoableEdits, WeightUndo
 from miprun.probing import StopPass, forward_until, skipping
 
 POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")
@@ -123,8 +123,9 @@ AFTER_CUT = 2
 healing text's domain and cost a block run each)."""
 
 
-class LinearHealer:
-    """Fit and fold one linear correction per cut (module docstring).
+class LinearHealer(UndoableEdits):
+    """Fit and fold one linear correction per cut (module docstring); :meth:`undo` puts back what
+    :meth:`heal` folded (a head untied for a block-0 cut is tied again).
 
     :param fit: ``"projection"`` (refit the down projection before the cut from the FFN's hidden
         activations) or ``"map"`` (ReplaceMe: a hidden × hidden map on the FFN output).
@@ -156,7 +157,6 @@ class LinearHealer:
         if self.after_cut < 0:
             raise MiprunError(f"after_cut must be ≥ 0 blocks, got {after_cut!r}")
         self.after_cut_ridge = after_cut_ridge
-        self._undo: WeightUndo | None = None
 
     def check(self, adapter: Any) -> None:
         """Refuse, in one line, an architecture no fit can be folded into (:func:`check_healable`)."""
@@ -173,18 +173,6 @@ class LinearHealer:
             (only the blocks whose internals a fit reads then run)."""
         self._undo = WeightUndo() if layerwise_loader(model) is None else None
         return self._fit(model, adapter, blocks, input_ids, handles=None, known=known)
-
-    def undo(self) -> bool:
-        """Put back every weight the last :meth:`heal` folded into — before or after the surgeon
-        removed the blocks (the modules it changed belong to blocks that stay); a tied head it
-        untied is tied again. False when there is nothing to undo, the copies outgrew their budget
-        (:class:`~miprun.models.weight_undo.WeightUndo`), or for a layer-wise model, whose edited
-        blocks are not held in memory."""
-        if self._undo is None:
-            return False
-        done = self._undo.restore()
-        self._undo = None
-        return done
 
     def preview(self, model: Any, adapter: Any, fit_ids: torch.Tensor, *, context: Any = None) -> Any:
         """A :class:`~miprun.healing_preview.HealPreview`: this healer's fits for any block set,

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from conftest import build_tiny
 
 import miprun
 from miprun.contracts import NeuronSelection, Selection
@@ -15,7 +16,6 @@ from miprun.healing import LinearHealer
 from miprun.models.weight_undo import WeightUndo
 from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
 from miprun.surgeons.slice_ffn import SliceFFNSurgeon
-from conftest import build_tiny
 
 IDS = torch.randint(0, 40, (8, 24), generator=torch.Generator().manual_seed(5))
 
@@ -85,7 +85,7 @@ def test_width_healing_is_undone_exactly_after_the_neurons_are_sliced():
 def test_the_default_saves_plain_removal_when_healing_loses_on_held_out_windows(text_file):
     """Four 16-token healing sequences over-fit a tiny random model: the named healer keeps the
     loss (and warns), the default undoes it and saves exactly what --heal none saves."""
-    common = dict(n=2, calib=str(text_file), num_samples=2, seq_len=16, heal_samples=4, save=False)
+    common = {"n": 2, "calib": str(text_file), "num_samples": 2, "seq_len": 16, "heal_samples": 4, "save": False}
     named = miprun.prune(build_tiny("llama", layers=5, seed=0), heal="linear", **common)
     record = named.report["surgery"]["healing"]["held_out"]
     assert record["kept"] == "healed" and record["healed_perplexity"] > record["plain_perplexity"]

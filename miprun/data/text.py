@@ -172,7 +172,7 @@ def read_table(path: Path) -> str:
             raise MiprunError(f"reading '{path}' needs pyarrow (pip install pyarrow)") from None
         try:
             rows = pq.read_table(path).to_pylist()
-        except Exception as exc:  # pyarrow's errors for a file that is not Parquet
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise MiprunError(f"cannot read '{path}' as Parquet: {exc}") from None
     else:
         import csv

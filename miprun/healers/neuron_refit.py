@@ -45,7 +45,7 @@ import torch
 
 from miprun.healing_fit import fit_error, gram_matrix, ridge_solver, with_ones
 from miprun.models.devices import input_device
-from miprun.models.weight_undo import WeightUndo
+from miprun.models.weight_undo import UndoableEdits, WeightUndo
 from miprun.probing import forward_until
 
 SINK_RULES = ("average", "skip")
@@ -78,8 +78,9 @@ def weighted_rows(x: torch.Tensor, y: torch.Tensor, shape: list[int], dtype: tor
     return torch.cat([xb, xs * scale]), torch.cat([yb, ys * scale])
 
 
-class NeuronRefitHealer:
-    """Refit each FFN's down projection on its kept neurons (module docstring).
+class NeuronRefitHealer(UndoableEdits):
+    """Refit each FFN's down projection on its kept neurons (module docstring); :meth:`undo` puts
+    back the kept columns (and bias) :meth:`heal` overwrote, before or after the surgeon slices.
 
     :param ridge: ridge relative to each Gram's mean diagonal, shrinking toward the kept columns.
     :param sink: ``average`` (default): each sequence's first token is fitted as one token of the
@@ -102,7 +103,6 @@ class NeuronRefitHealer:
         self.ridge = float(ridge)
         self.batch_size = int(batch_size)
         self.max_bytes = int(max_bytes)
-        self._undo: WeightUndo | None = None
 
     def check(self, adapter: Any) -> None:
         """Refuse, in one line, an architecture whose FFN is not sliced neuron by neuron."""
@@ -129,16 +129,6 @@ class NeuronRefitHealer:
                 else:  # GPT-2 Conv1D (in × out): rows are neurons
                     down.weight[kept, :] = weight.to(down.weight.dtype)
         return summary
-
-    def undo(self) -> bool:
-        """Put back the kept columns (and bias) of every down projection the last :meth:`heal`
-        refitted, before or after the surgeon sliced the removed neurons away; False when there is
-        nothing to undo, or the copies outgrew their budget (:class:`~miprun.models.weight_undo.WeightUndo`)."""
-        if self._undo is None:
-            return False
-        done = self._undo.restore()
-        self._undo = None
-        return done
 
     @contextmanager
     def applied(self, model: Any, adapter: Any, selection: Any, input_ids: torch.Tensor) -> Iterator[dict[str, Any]]:

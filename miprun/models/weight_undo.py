@@ -83,3 +83,20 @@ def _restorer(module: Any, name: str, saved: torch.Tensor, index: torch.Tensor |
                 current.copy_(value)
 
     return restore
+
+
+class UndoableEdits:
+    """For a strategy that edits weights in place (a healer): it keeps the record of its last
+    edit in ``_undo`` (a :class:`WeightUndo`, or None where it cannot undo), and :meth:`undo`
+    plays it back."""
+
+    _undo: WeightUndo | None = None
+
+    def undo(self) -> bool:
+        """Put back every weight the last edit changed (before or after a surgeon removed what it
+        selected: the modules edited stay); True when done, False when there is nothing to undo or
+        the record could not be kept (its copies outgrew :attr:`WeightUndo.max_bytes`, or the
+        model runs layer-wise, its edited blocks not held in memory)."""
+        record, self._undo = self._undo, None
+        return record.restore() if record is not None else False
+
