@@ -72,3 +72,30 @@ def test_tables_are_read_row_by_row_like_json_objects(tmp_path):
     fake.write_text("not parquet")
     with pytest.raises(MiprunError, match="cannot read .*fake.parquet' as Parquet"):
         read_text_file(fake)
+
+
+def test_conversations_are_rendered_with_the_models_chat_template(tmp_path, text_file):
+    """Where the tokenizer has a chat template, OpenAI-style conversations are calibrated on as the
+    model reads them; a conversation the template refuses, and ShareGPT turns, as their texts."""
+    from conftest import WORDS, build_tokenizer
+
+    from miprun.data.calibration import load_calibration
+    from miprun.data.chat import ChatTemplate
+
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = ("{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}"
+                               "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+    words = " ".join(WORDS[:6])
+    rows = [{"messages": [{"role": "user", "content": words}, {"role": "assistant", "content": words}]},
+            {"messages": [{"role": "system", "content": "rules"}, {"role": "user", "content": "hi"}]},
+            {"conversations": [{"from": "human", "value": "why"}]}]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    chat = ChatTemplate(tokenizer)
+    assert read_text_file(path, chat=chat) == f"[user] {words}\n[assistant] {words}\n\n\nrules\n\nhi\n\nwhy"
+    assert chat.record() == {"rendered": 1, "not_rendered": 1}
+    assert read_text_file(path) == f"{words}\n\n{words}\n\nrules\n\nhi\n\nwhy"  # no template: the texts
+    calibration = load_calibration(str(path), tokenizer, num_samples=2, seq_len=4, seed=0)
+    assert calibration.source["chat_template"] == {"rendered": 1, "not_rendered": 1}
+    plain = load_calibration(str(text_file), tokenizer, num_samples=2, seq_len=4, seed=0)
+    assert "chat_template" not in plain.source

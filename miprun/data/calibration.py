@@ -147,9 +147,14 @@ def load_calibration(
         if local is not None:
             info["path"] = str(local)
     else:
+        from miprun.data.chat import chat_template
+
         path = Path(source).expanduser()
-        text = read_text_file(path, what="calibration file")
+        chat = chat_template(tokenizer)
+        text = read_text_file(path, what="calibration file", chat=chat)
         info.update(kind="file", path=str(path.resolve()))
+        if chat is not None and chat.record() is not None:
+            info["chat_template"] = chat.record()
     ids = _token_ids(tokenizer, text[:_MAX_CHARS])
     windows = _windows(ids, num_samples, seq_len, seed, source)
     check_token_ids(windows, model, f"calibration source '{source}'")

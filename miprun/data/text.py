@@ -86,10 +86,11 @@ def _turn_text(turn: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-def _line_text(row: Any, where: str) -> str:
+def _line_text(row: Any, where: str, chat: Any = None) -> str:
     """A row's text: a string as it is; an object's first :data:`TEXT_FIELDS` string, else its
-    conversation's turns (:data:`CHAT_FIELDS`), else its instruction fields (:data:`PROMPT_FIELDS`),
-    each joined by blank lines, else its first string field."""
+    conversation (:data:`CHAT_FIELDS`) as ``chat`` renders it (a chat template; None or a refusal:
+    its turns' texts), else its instruction fields (:data:`PROMPT_FIELDS`), each joined by blank
+    lines, else its first string field."""
     if isinstance(row, str):
         return row
     if not isinstance(row, dict):
@@ -97,9 +98,10 @@ def _line_text(row: Any, where: str) -> str:
     field = next((k for k in TEXT_FIELDS if isinstance(row.get(k), str)), None)
     if field is not None:
         return row[field]
-    chat = next((row[k] for k in CHAT_FIELDS if isinstance(row.get(k), list)), None)
-    if chat is not None:
-        return "\n\n".join(text for text in map(_turn_text, chat) if text)
+    turns = next((row[k] for k in CHAT_FIELDS if isinstance(row.get(k), list)), None)
+    if turns is not None:
+        rendered = chat(turns) if chat is not None else None
+        return rendered if rendered is not None else "\n\n".join(text for text in map(_turn_text, turns) if text)
     prompt = [v for k, v in row.items() if k in PROMPT_FIELDS and isinstance(v, str) and v]
     if prompt:
         return "\n\n".join(prompt)
@@ -128,17 +130,18 @@ def _json_array(path: Path, opener: Any) -> list[Any] | None:
     return rows if isinstance(rows, list) else None
 
 
-def read_jsonl(path: Path, *, max_rows: int | None = None) -> str:
+def read_jsonl(path: Path, *, max_rows: int | None = None, chat: Any = None) -> str:
     """The text of every line of a ``.jsonl`` / ``.json`` (or ``.gz``) file, joined by blank lines;
     a ``.json`` file may also hold one array of rows.
 
     Each row is a string or an object (its text: :func:`_line_text` — a text field, a
-    conversation, instruction fields). Bad lines raise :class:`MiprunError` naming the file and line.
+    conversation, rendered by ``chat`` where given, instruction fields). Bad lines raise
+    :class:`MiprunError` naming the file and line.
     """
     opener = gzip.open if path.suffix == ".gz" else open
     rows = _json_array(path, opener)
     if rows is not None:
-        texts = (_line_text(row, f"{path}[{number}]") for number, row in enumerate(rows))
+        texts = (_line_text(row, f"{path}[{number}]", chat) for number, row in enumerate(rows))
         return "\n\n".join([text for text in texts if text][:max_rows])
     pieces = []
     with opener(path, "rt", encoding="utf-8") as handle:
@@ -149,7 +152,7 @@ def read_jsonl(path: Path, *, max_rows: int | None = None) -> str:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise MiprunError(f"{path}:{number} is not valid JSON ({exc.msg})") from exc
-            text = _line_text(row, f"{path}:{number}")
+            text = _line_text(row, f"{path}:{number}", chat)
             if text:
                 pieces.append(text)
             if max_rows is not None and len(pieces) >= max_rows:
@@ -161,7 +164,7 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 """Tabular files whose rows are read as JSON objects are (:func:`read_table`)."""
 
 
-def read_table(path: Path) -> str:
+def read_table(path: Path, *, chat: Any = None) -> str:
     """The text of every row of a ``.csv`` / ``.tsv`` (header row first) or ``.parquet`` file (a
     data set's files as the Hugging Face hub stores them), each row's text found as for a JSON
     object (:func:`_line_text`), joined by blank lines."""
@@ -179,7 +182,7 @@ def read_table(path: Path) -> str:
 
         with open(path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ","))
-    texts = (_line_text(row, f"{path} row {number}") for number, row in enumerate(rows, 1))
+    texts = (_line_text(row, f"{path} row {number}", chat) for number, row in enumerate(rows, 1))
     return "\n\n".join(text for text in texts if text)
 
 
@@ -195,18 +198,18 @@ def check_text_file(path: Path, *, what: str = "text file") -> None:
         raise MiprunError(f"{what} '{path}' does not exist")
 
 
-def read_text_file(path: Path, *, what: str = "text file") -> str:
+def read_text_file(path: Path, *, what: str = "text file", chat: Any = None) -> str:
     """Text of a plain text file, a JSON-lines / JSON file (:func:`read_jsonl`) or a table
-    (:func:`read_table`).
+    (:func:`read_table`); ``chat`` renders conversations (:class:`miprun.data.chat.ChatTemplate`).
 
     :raises MiprunError: when the file does not exist (``what`` names it in the message).
     """
     check_text_file(path, what=what)
     try:
         if path.suffix in TABLE_SUFFIXES:
-            text = read_table(path)
+            text = read_table(path, chat=chat)
         else:
-            text = read_jsonl(path) if is_jsonl(path) else path.read_text(encoding="utf-8")
+            text = read_jsonl(path, chat=chat) if is_jsonl(path) else path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise MiprunError(f"{what} '{path}' is not UTF-8 text (byte {exc.start} cannot be decoded); "
                           f"pass a text or JSON-lines file") from None
