@@ -38,7 +38,8 @@ def settle_healing(report: dict[str, Any], healer: Any, plain_loss: float, *, na
                 "windows": quality["windows"], "seq_len": quality["seq_len"]}
     worse = not healed_ppl <= plain_ppl  # a non-finite healed loss is worse
     comparison = f"held-out perplexity {_figure(healed_ppl)} healed vs {_figure(plain_ppl)} plain removal"
-    if not worse or named or not callable(getattr(healer, "undo", None)) or not healer.undo():
+    undone = worse and not named and callable(getattr(healer, "undo", None)) and healer.undo()
+    if not undone:
         healing["held_out"] = {**held_out, "kept": "healed"}
         if worse:
             fix = "compare with --heal none" if named else "rerun with --heal none"
