@@ -125,8 +125,9 @@ def _add_quality(table: Table, report: dict) -> None:
     if "quality" in report:
         table.add_row("quality check", summary_line(report["quality"]))
     healing = report["surgery"].get("healing") or {}
-    if not healing.get("skipped") and held_out_line(healing):
-        table.add_row("healing check", held_out_line(healing))
+    line = held_out_line(healing)
+    if line and not healing.get("skipped"):  # an undone healing says both figures in its own row
+        table.add_row("healing check", line)
 
 
 def rerun_arguments(path: Path, conflicting: list[str]) -> dict:

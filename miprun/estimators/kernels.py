@@ -225,4 +225,3 @@ def ema_horizon(beta: float, count: int, tail: float = EMA_TAIL) -> int:
     if count <= 1 or beta <= 0.0:
         return min(count, 1)
     return min(count, 1 + math.ceil(math.log(tail) / math.log(beta) - 1e-9))
-
