@@ -283,15 +283,25 @@ _TRANSFORMER_H = ArchitectureSpec(blocks=("transformer.h", "h"), per_layer_field
 @hookimpl
 def miprun_register_architectures(register):
     """Register the built-in architectures."""
-    for model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "helium", "seed_oss"):
+    for model_type in ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "helium", "seed_oss", "ministral",
+                       "ministral3", "ernie4_5", "hunyuan_v1_dense", "cwm", "vaultgemma",
+                       "internlm3", "exaone", "iquestcoder"):
         register(model_type, _LLAMA_LIKE, description="decoder blocks at model.layers, gated FFN")
+    register("qwen3_5_text", replace(_LLAMA_LIKE, attention_output="self_attn.o_proj|linear_attn.out_proj"),
+             description="Qwen3.5: model.layers, gated FFN, full and linear (Gated DeltaNet) attention blocks")
     register("smollm3", replace(_LLAMA_LIKE, per_layer_fields=("layer_types", "no_rope_layers")),
              description="SmolLM3: model.layers, gated FFN, per-layer RoPE switch")
     register("stablelm", replace(_LLAMA_LIKE, parallel_fields=("use_parallel_residual",)),
              description="StableLM: model.layers, gated FFN (parallel attention and FFN where the config says so)")
     register("granite", replace(_LLAMA_LIKE, residual_scale="residual_multiplier"),
              description="Granite: model.layers, gated FFN, attention and FFN outputs scaled before the residual add")
-    for model_type in ("arcee", "apertus"):
+    register("granite_swa", replace(_LLAMA_LIKE, residual_scale="residual_multiplier",
+                                    per_layer_fields=("layer_types", "layer_rope_theta")),
+             description="Granite SWA: as Granite, with per-layer sliding-window and RoPE settings")
+    register("hyperclovax", replace(_LLAMA_LIKE, residual_scale="residual_multiplier", ffn_output_norm="post_norm2",
+                                    attention_output_norm="post_norm1"),
+             description="HyperCLOVA X: model.layers, gated FFN, optional output norms, outputs scaled before the add")
+    for model_type in ("arcee", "apertus", "apertus1p5_text", "nemotron", "jais2"):
         register(model_type, replace(_LLAMA_LIKE, ffn=("mlp.up_proj", "mlp.down_proj")),
                  description="decoder blocks at model.layers, ungated FFN up_proj/down_proj")
     register("starcoder2", replace(_LLAMA_LIKE, ffn=("mlp.c_fc", "mlp.c_proj"), ffn_output="mlp.c_proj"),

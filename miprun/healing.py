@@ -74,6 +74,7 @@ from miprun.healing_fit import (
 )
 from miprun.models.adapters import (
     attention_output_modules,
+    attention_output_name,
     ffn_output_modules,
     parallel_field,
     residual_scale,
@@ -282,7 +283,8 @@ class LinearHealer(UndoableEdits):
         if refusal is not None:
             return {"skipped": f"{refusal}: only the projection before each cut is refitted"}
         record = {"module": adapter.spec.attention_output, "blocks": self.after_cut, "ridge": self.after_cut_ridge}
-        if adapter.spec.attention_output_norm:
+        outputs = (attention_output_modules(adapter, index) for index in range(adapter.num_blocks))
+        if any(found is not None and found[1] is not None for found in outputs):
             record["through_norm"] = adapter.spec.attention_output_norm
         return record
 
@@ -318,7 +320,7 @@ class LinearHealer(UndoableEdits):
                 handles.append(_refit_hook(attention_output_modules(adapter, after)[0], solution))
             error = fit_error(normal.energy, normal.gram, normal.cross, solution)
             record.setdefault("after_cut", []).append({
-                "refitted": f"block {after} {adapter.spec.attention_output}",
+                "refitted": f"block {after} {attention_output_name(adapter, after)}",
                 "relative_residual_before": (normal.before / normal.energy) ** 0.5,
                 "relative_residual_after": (error / normal.energy) ** 0.5,
                 "seconds": round(time.perf_counter() - start, 3)})

@@ -63,8 +63,15 @@ def tiny_config(model_type: str, vocab_size: int, layers: int = 4):
         return AutoConfig.for_model("falcon", hidden_size=32, ffn_hidden_size=64, num_hidden_layers=layers,
                                     num_attention_heads=4, parallel_attn=False, alibi=True, **common)
     extra = {"head_dim": 8, "sliding_window": 16} if model_type in ("gemma2", "gemma3_text") else {}
-    if model_type in ("gemma", "olmo3", "exaone4", "seed_oss", "helium", "glm", "glm4"):
+    if model_type in ("gemma", "olmo3", "exaone4", "seed_oss", "helium", "glm", "glm4", "ministral3", "cwm", "vaultgemma", "ministral",
+                      "hunyuan_v1_dense"):
         extra = {"head_dim": 8}
+    if model_type == "qwen3_5_text":  # Gated DeltaNet blocks (linear attention) beside full attention
+        extra = {"head_dim": 8, "linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 8,
+                 "linear_value_head_dim": 8, "layer_types": ["full_attention", "linear_attention"] * (layers // 2)
+                 + ["full_attention"] * (layers % 2)}
+    if model_type == "hyperclovax":  # peri-layer norms on, multiplied updates
+        extra = {"use_post_norm": True, "residual_multiplier": 0.5}
     if model_type == "mixtral":
         extra = {"num_local_experts": 4, "num_experts_per_tok": 2}
     if model_type in ("qwen3_moe", "olmoe"):
@@ -123,7 +130,11 @@ ARCHITECTURES = ["llama", "qwen2", "mistral", "gemma2", "gemma3_text", "gpt2", "
 EXPERTS = ["mixtral", "qwen3_moe", "olmoe"]  # FFN output: stacked experts (healed by a map folded into each)
 # registered with a layout one of the above already tests (Llama's, or OLMo 2's post-norms, or Cohere's parallel
 # blocks, or an ungated FFN): checked by the surgery and healing tests only
-LAYOUT_TWINS = ["qwen3", "olmo", "helium", "seed_oss", "arcee", "apertus", "olmo3", "exaone4", "cohere2", "glm"]
+LAYOUT_TWINS = ["qwen3", "olmo", "helium", "seed_oss", "arcee", "apertus", "olmo3", "exaone4", "cohere2", "glm",
+                "ministral", "ministral3", "ernie4_5", "hunyuan_v1_dense", "cwm", "vaultgemma",
+                "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nemotron", "jais2", "granite_swa"]
+# registered with a layout no other family has: every test that runs ARCHITECTURES runs them too
+ARCHITECTURES += ["qwen3_5_text", "hyperclovax"]
 
 
 @pytest.fixture

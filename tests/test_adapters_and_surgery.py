@@ -63,6 +63,51 @@ def test_removing_a_block_equals_skipping_it_in_the_forward_pass(arch):
         torch.testing.assert_close(loaded.model(ids, use_cache=False).logits, skipped["logits"])
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES + LAYOUT_TWINS)
+def test_a_block_adds_exactly_the_outputs_its_family_registers(arch):
+    """What healing folds into is where the spec says: a block's output is its input plus its
+    registered attention output and FFN output (each through its registered norm, times the
+    family's residual scale), checked against the model's own forward pass."""
+    from miprun.models.adapters import attention_output_modules, ffn_output_modules, residual_scale
+
+    loaded = build_tiny(arch, layers=4)
+    adapter = loaded.adapter
+    attention = attention_output_modules(adapter, 3)
+    if attention is None:
+        pytest.skip(f"'{arch}' registers no attention output added on its own (parallel blocks)")
+    seen = {}
+
+    def take(name):
+        return lambda module, args, out: seen.__setitem__(name, out[0] if isinstance(out, tuple) else out)
+
+    def ends(module, args, kwargs, out):
+        seen.update(entry=args[0] if args else kwargs["hidden_states"], exit=out[0] if isinstance(out, tuple) else out)
+
+    output, norm = ffn_output_modules(adapter, 3)
+    handles = [adapter.blocks[3].register_forward_hook(ends, with_kwargs=True),
+               (norm if norm is not None else output).register_forward_hook(take("ffn")),
+               (attention[1] if attention[1] is not None else attention[0]).register_forward_hook(take("attention"))]
+    with torch.no_grad():
+        loaded.model(torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8]]), use_cache=False)
+    for handle in handles:
+        handle.remove()
+    added = seen["exit"] - seen["entry"]
+    registered = (seen["ffn"].reshape(added.shape) + seen["attention"].reshape(added.shape)) * residual_scale(adapter)
+    assert added.abs().max() > 1e-3
+    torch.testing.assert_close(registered, added, rtol=1e-4, atol=1e-5)
+
+
+def test_a_hybrid_model_keeps_a_full_attention_block():
+    """Qwen3.5 mixes linear-attention (Gated DeltaNet) and full-attention blocks; transformers cannot
+    run a cache over linear-attention blocks alone, so removing every full-attention block is refused
+    in one line, and removing one of them is not."""
+    loaded = build_tiny("qwen3_5_text", layers=4)  # blocks 0 and 2 full attention
+    with pytest.raises(MiprunError, match=r"linear-attention blocks only.*\(blocks 0, 2\)"):
+        RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([0, 2]))
+    RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([0, 1]))
+    assert loaded.model.config.layer_types == ["full_attention", "linear_attention"]
+
+
 def test_surgeon_rejects_bad_indices():
     loaded = build_tiny("llama", layers=3)
     with pytest.raises(MiprunError, match="distinct indices in 0..2"):
@@ -82,9 +127,10 @@ def test_unsupported_architecture_is_named():
 
 
 def test_an_unsupported_type_laid_out_like_a_registered_one_is_told_which():
-    """ERNIE 4.5's blocks are Llama's, CodeGen's are GPT-J's: the refusal names the registered types
-    with that layout, most specific first (not Arcee's ungated FFN, whose names a gated one also has),
-    so that a plugin can register it with their spec."""
+    """BitNet's blocks are laid out as Llama's (its ternary weights are why it is not registered),
+    CodeGen's as GPT-J's: the refusal names the registered types with that layout, most specific
+    first (not Arcee's ungated FFN, whose names a gated one also has), so that a plugin can register
+    it with their spec."""
     from transformers import AutoConfig
 
     codegen = AutoModelForCausalLM.from_config(AutoConfig.for_model("codegen", n_embd=16, n_layer=1, n_head=2,
@@ -92,10 +138,10 @@ def test_an_unsupported_type_laid_out_like_a_registered_one_is_told_which():
     with pytest.raises(MiprunError, match=r"unsupported architecture 'codegen'.*laid out as registered for gptj: "):
         adapter_for(codegen)
 
-    config = AutoConfig.for_model("ernie4_5", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, num_key_value_heads=2, head_dim=8, vocab_size=50, pad_token_id=0)
+    config = AutoConfig.for_model("bitnet", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=2, vocab_size=50, pad_token_id=0)
     model = AutoModelForCausalLM.from_config(config)
-    with pytest.raises(MiprunError, match=r"unsupported architecture 'ernie4_5'.*laid out as registered for "
+    with pytest.raises(MiprunError, match=r"unsupported architecture 'bitnet'.*laid out as registered for "
                                           r"llama, mistral, qwen2: if its blocks add"):
         adapter_for(model)
 

@@ -145,8 +145,10 @@ def _compensable(loaded, removed: int):
     """Make block ``removed`` add exactly a linear function of what block ``removed − 1``'s FFN
     added: its output becomes ``input + added·(Q − I)``, ``Q`` orthogonal (so the stream after it
     is ``rest + added·Q``, which a refit — or a map, or for Gemma a refit through the norm whose
-    gain is made uniform — reproduces exactly). Returns the hooks."""
-    from miprun.models.adapters import ffn_output_modules
+    gain is made uniform — reproduces exactly; through a norm only a length-preserving update is
+    compensable, so there ``added`` includes the family's residual scale).
+    Returns the hooks."""
+    from miprun.models.adapters import ffn_output_modules, residual_scale
 
     output, norm = ffn_output_modules(loaded.adapter, removed - 1)
     if norm is not None:
@@ -158,7 +160,9 @@ def _compensable(loaded, removed: int):
     q, _ = torch.linalg.qr(torch.randn(width, width, generator=torch.Generator().manual_seed(3)))
     added = {}
     source = norm if norm is not None else output
-    take = source.register_forward_hook(lambda m, a, out: added.update(value=out[0] if isinstance(out, tuple) else out))
+    scale = residual_scale(loaded.adapter) if norm is not None else 1.0
+    take = source.register_forward_hook(
+        lambda m, a, out: added.update(value=(out[0] if isinstance(out, tuple) else out) * scale))
 
     def replace_output(module, args, kwargs, out):
         hidden = args[0] if args else kwargs["hidden_states"]

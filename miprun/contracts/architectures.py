@@ -28,11 +28,14 @@ class ArchitectureSpec:
         (the down projection; Mixtral's ``mlp.experts``): where healing folds its fit. Empty when
         no fit can be folded (post-norm blocks such as BERT's, which normalise after the residual add).
     :param ffn_output_norm: name inside a block of a norm applied to that output before the
-        residual add (Gemma's ``post_feedforward_layernorm``); empty when there is none.
+        residual add (Gemma's ``post_feedforward_layernorm``); empty when there is none A norm the config
+        switches off (an ``nn.Identity`` in its place, HyperCLOVA X without ``use_post_norm``) counts as none.
     :param attention_output: name inside a block of the linear layer whose output the attention adds
         to the stream (``self_attn.o_proj``; GPT-2 ``attn.c_proj``): healing refits it in the block
         after each cut. Empty where the attention output is not added on its own (parallel
-        attention and FFN, post-norm blocks).
+        attention and FFN, post-norm blocks). Hybrid families whose blocks mix attention kinds name
+        alternatives separated by ``|`` (Qwen3.5: ``self_attn.o_proj|linear_attn.out_proj``); each
+        block uses the first it has.
     :param attention_output_norm: name inside a block of a norm applied to the attention output
         before the residual add (Gemma's ``post_attention_layernorm``); empty when there is none.
     :param parallel_fields: config fields any of which, when true, makes a block parallel (attention

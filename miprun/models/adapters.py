@@ -22,6 +22,28 @@ def _resolve(root: Any, path: str) -> Any:
     return obj
 
 
+def _resolve_first(block: Any, names: str) -> tuple[str, Any]:
+    """``(name, module)`` for the first of ``names`` (alternatives separated by ``|``, for hybrid
+    families whose blocks differ) that ``block`` has; AttributeError when it has none."""
+    for name in names.split("|"):
+        try:
+            return name, _resolve(block, name)
+        except AttributeError:
+            continue
+    raise AttributeError(f"block has none of {names}")
+
+
+def _norm(block: Any, names: str) -> Any:
+    """The norm at ``names`` in ``block``, or None where none is registered or the config switched
+    it off (an ``nn.Identity`` in its place)."""
+    if not names:
+        return None
+    import torch
+
+    module = _resolve_first(block, names)[1]
+    return None if isinstance(module, torch.nn.Identity) else module
+
+
 class ArchitectureAdapter:
     """Gives uniform access to a model's blocks and the config fields that describe them."""
 
@@ -73,6 +95,12 @@ class ArchitectureAdapter:
                                   f"({field_name}={period}): removing blocks would change the kind of the kept ones; "
                                   f"miprun removes blocks only when it is 1")
 
+        kinds = getattr(config, "layer_types", None)
+        if isinstance(kinds, (list, tuple)) and "linear_attention" in kinds and len(kinds) == self.num_blocks \
+                and all(kinds[i] == "linear_attention" for i in keep):
+            raise MiprunError(f"removing these blocks would leave '{self.model_type}' with linear-attention blocks only, "
+                              f"which transformers cannot run with a cache; keep at least one full-attention block "
+                              f"(blocks {', '.join(str(i) for i, kind in enumerate(kinds) if kind != 'linear_attention')})")
         kept = [self.blocks[i] for i in keep]
         owner_path, _, attr = self.blocks_path.rpartition(".")
         owner = _resolve(self.model, owner_path) if owner_path else self.model
@@ -130,12 +158,11 @@ def ffn_output_modules(adapter: ArchitectureAdapter, index: int) -> tuple[Any, A
         raise MiprunError(f"'{adapter.model_type}' registers no FFN output to fold a healing fit into (its blocks "
                           f"normalise after the residual add); run with --heal none")
     try:
-        output = _resolve(block, adapter.spec.ffn_output)
+        output = _resolve_first(block, adapter.spec.ffn_output)[1]
     except AttributeError:
         raise MiprunError(f"block {index} of '{adapter.model_type}' has no FFN output module "
                           f"'{adapter.spec.ffn_output}'; register its layout (ArchitectureSpec.ffn_output)") from None
-    norm = _resolve(block, adapter.spec.ffn_output_norm) if adapter.spec.ffn_output_norm else None
-    return output, norm
+    return output, _norm(block, adapter.spec.ffn_output_norm)
 
 
 def attention_output_modules(adapter: ArchitectureAdapter, index: int) -> tuple[Any, Any] | None:
@@ -143,15 +170,25 @@ def attention_output_modules(adapter: ArchitectureAdapter, index: int) -> tuple[
     stream (:attr:`ArchitectureSpec.attention_output`) and the norm applied to it first, or None;
     None when the family registers no attention output, the config makes the blocks parallel
     (:attr:`ArchitectureSpec.parallel_fields`) or the block lacks it."""
-    if not adapter.spec.attention_output or parallel_field(adapter):
+    named = attention_output_name(adapter, index)
+    if named is None:
         return None
     block = adapter.blocks[index]
     try:
-        output = _resolve(block, adapter.spec.attention_output)
-        norm = _resolve(block, adapter.spec.attention_output_norm) if adapter.spec.attention_output_norm else None
+        return _resolve(block, named), _norm(block, adapter.spec.attention_output_norm)
     except AttributeError:
         return None
-    return output, norm
+
+
+def attention_output_name(adapter: ArchitectureAdapter, index: int) -> str | None:
+    """The name, inside block ``index``, of its attention output (the alternative it has, for hybrid
+    families), or None where :func:`attention_output_modules` gives None."""
+    if not adapter.spec.attention_output or parallel_field(adapter):
+        return None
+    try:
+        return _resolve_first(adapter.blocks[index], adapter.spec.attention_output)[0]
+    except AttributeError:
+        return None
 
 
 def parallel_field(adapter: ArchitectureAdapter) -> str | None:
@@ -239,7 +276,7 @@ def layout_matches(model: Any) -> list[str]:
             adapter = ArchitectureAdapter(model, spec, name)
             for block in adapter.blocks:
                 for path in paths:
-                    _resolve(block, path)
+                    _resolve_first(block, path)
         except (MiprunError, AttributeError):
             continue
         scored.append((-len(paths) + (1 if spec.residual_scale else 0), order, name))
