@@ -352,6 +352,10 @@ def miprun_register_architectures(register):
     register("olmoe", experts, description="OLMoE: model.layers (blocks only)")
     register("qwen3_moe", replace(experts, layer_index_fields=("mlp_only_layers",), period_fields=("decoder_sparse_step",)),
              description="Qwen3-MoE: model.layers (blocks only; dense-layer indices renumbered)")
+    register("qwen2_moe", replace(experts, ffn_output="mlp", ffn_output_parts=("experts", "shared_expert.down_proj", "down_proj"),
+                                  layer_index_fields=("mlp_only_layers",), period_fields=("decoder_sparse_step",)),
+             description="Qwen2-MoE / Qwen1.5-MoE: model.layers (blocks only; routed and shared experts healed together)")
+    register("gpt_oss", experts, description="gpt-oss: model.layers (blocks only; experts with biases, stored in × out)")
     register(
         "gemma3",
         ArchitectureSpec(

@@ -76,6 +76,7 @@ from miprun.models.adapters import (
     attention_output_modules,
     attention_output_name,
     ffn_output_modules,
+    ffn_output_parts,
     parallel_field,
     residual_scale,
 )
@@ -98,18 +99,20 @@ def refittable(module: Any) -> bool:
 
 def foldable(module: Any) -> bool:
     """Whether a hidden × hidden map on ``module``'s output can be folded into its weights: a linear
-    layer, or experts whose stacked down projections (experts × out × in) are summed."""
+    layer, or experts whose stacked down projections (experts × out × in, or × in × out where the
+    experts declare ``is_transposed``) are summed with no norm after each expert."""
     weight = getattr(module, "down_proj", None)
-    return refittable(module) or (isinstance(weight, torch.nn.Parameter) and weight.dim() == 3)
+    stacked = isinstance(weight, torch.nn.Parameter) and weight.dim() == 3
+    return refittable(module) or (stacked and not getattr(module, "has_post_expert_norm", False))
 
 
 def check_healable(adapter: Any) -> None:
     """Refuse architectures where no fit can be folded: no FFN output module registered, or one
-    that is neither a linear layer nor stacked experts. The reason is one line."""
-    output, _ = ffn_output_modules(adapter, 0)
-    if not foldable(output):
-        raise MiprunError(f"'{adapter.model_type}' adds its FFN output through {type(output).__name__}, into which "
-                          f"no linear fit can be folded; run with --heal none")
+    whose parts are not all linear layers or stacked experts. The reason is one line."""
+    for part in ffn_output_parts(adapter, 0):
+        if not foldable(part):
+            raise MiprunError(f"'{adapter.model_type}' adds its FFN output through {type(part).__name__}, into which "
+                              f"no linear fit can be folded; run with --heal none")
 
 
 FITS = ("projection", "map")
@@ -566,12 +569,14 @@ class LinearHealer(UndoableEdits):
         with torch.no_grad():
             if cut[0] > 0:
                 with editable_block(adapter, cut[0] - 1):
-                    down, _ = ffn_output_modules(adapter, cut[0] - 1)
-                    self._keep(down, "weight", "bias", "down_proj")  # down_proj: stacked experts
                     if kind == "projection":
+                        down, _ = ffn_output_modules(adapter, cut[0] - 1)
+                        self._keep(down, "weight", "bias")
                         _replace_projection(down, solution)
                     else:
-                        _fold_map(down, solution)
+                        for part in ffn_output_parts(adapter, cut[0] - 1):
+                            self._keep(part, "weight", "bias", "down_proj", "down_proj_bias")  # stacked experts
+                            _fold_map(part, solution)
                 return {"folded_into": f"block {cut[0] - 1} {adapter.spec.ffn_output}", "untied_head": False}
             embedding = input_embedding(model)
             untied = False
@@ -737,8 +742,12 @@ def _fold_map(module: Any, solution: torch.Tensor) -> None:
         module.weight.copy_((t.T @ module.weight.double()).to(module.weight.dtype))
     elif refittable(module):  # Conv1D: W (in × out) → W·T
         module.weight.copy_((module.weight.double() @ t).to(module.weight.dtype))
-    else:  # experts: stacked down projections (experts × out × in), each → Tᵀ·W
-        module.down_proj.copy_((t.T @ module.down_proj.double()).to(module.down_proj.dtype))
+    else:  # experts: stacked down projections, each → Tᵀ·W (experts × out × in) or W·T (× in × out)
+        down = module.down_proj.double()
+        module.down_proj.copy_((down @ t if getattr(module, "is_transposed", False) else t.T @ down).to(module.down_proj.dtype))
+        expert_bias = getattr(module, "down_proj_bias", None)  # experts × out
+        if expert_bias is not None:
+            expert_bias.copy_((expert_bias.double() @ t).to(expert_bias.dtype))
 
 
 def _embedding_tables(model: Any) -> list[Any]:

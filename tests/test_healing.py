@@ -151,6 +151,10 @@ def _compensable(loaded, removed: int):
     from miprun.models.adapters import ffn_output_modules, residual_scale
 
     output, norm = ffn_output_modules(loaded.adapter, removed - 1)
+    with torch.no_grad():
+        for name, parameter in loaded.model.named_parameters():
+            if name.endswith("down_proj_bias"):  # gpt-oss's expert biases start at zero: give the fold one to carry
+                parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(5)) * 0.1)
     if norm is not None:
         with torch.no_grad():
             norm.weight.zero_()  # Gemma's (1 + w) gain: uniform 1
@@ -204,6 +208,36 @@ def test_every_architecture_heals_an_exactly_compensable_cut_and_reloads(archite
     assert cut["relative_residual_after"] < 1e-5 < cut["relative_residual_before"]
     reloaded = assert_healed_exactly(loaded.model, dense, at_run_time, IDS, tmp_path)
     assert reloaded.config.num_hidden_layers == 3
+
+
+def test_a_dense_layer_among_expert_layers_is_healed_through_its_own_down_projection(tmp_path):
+    """Qwen2-MoE's dense layers (``mlp_only_layers``) have a plain MLP where the others have routed
+    and shared experts: a cut after one folds the map into that MLP's down projection, exactly."""
+    from conftest import build_tokenizer, tiny_config
+
+    from miprun.models.adapters import adapter_for
+    from miprun.models.loading import LoadedModel
+
+    config = tiny_config("qwen2_moe", len(build_tokenizer()))
+    config.mlp_only_layers = [1]
+    torch.manual_seed(21)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    loaded = LoadedModel(model, build_tokenizer(), adapter_for(model), {"spec": "tiny-qwen2_moe", "kind": "memory"})
+    assert not hasattr(model.model.layers[1].mlp, "experts") and hasattr(model.model.layers[2].mlp, "shared_expert")
+    hooks = _compensable(loaded, 2)
+    with torch.no_grad():
+        dense = model(IDS).logits
+    ids = torch.randint(4, 80, (16, 12), generator=torch.Generator().manual_seed(22))
+    before = model.model.layers[1].mlp.down_proj.weight.clone()
+    summary = get_healer().heal(model, loaded.adapter, [2], ids)
+    for hook in hooks:
+        hook.remove()
+    RemoveBlocksSurgeon().apply(model, loaded.adapter, Selection([2]))
+    cut = summary["cuts"][0]
+    assert cut["fit"] == "map" and cut["relative_residual_after"] < 1e-5 < cut["relative_residual_before"]
+    assert not torch.equal(model.model.layers[1].mlp.down_proj.weight, before)
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS).logits, dense, atol=1e-5, rtol=1e-5)
 
 
 def get_healer():

@@ -27,6 +27,10 @@ class ArchitectureSpec:
     :param ffn_output: name inside a block of the module whose output the FFN adds to the stream
         (the down projection; Mixtral's ``mlp.experts``): where healing folds its fit. Empty when
         no fit can be folded (post-norm blocks such as BERT's, which normalise after the residual add).
+    :param ffn_output_parts: names inside ``ffn_output`` of the modules whose outputs it sums
+        (Qwen2-MoE: the routed ``experts`` and the gated ``shared_expert.down_proj``), into each of
+        which a map on its output is folded; a part a block lacks is passed over (a dense layer's
+        ``down_proj`` beside the expert layers'). Empty when ``ffn_output`` is itself the one to fold into.
     :param ffn_output_norm: name inside a block of a norm applied to that output before the
         residual add (Gemma's ``post_feedforward_layernorm``); empty when there is none A norm the config
         switches off (an ``nn.Identity`` in its place, HyperCLOVA X without ``use_post_norm``) counts as none.
@@ -57,6 +61,7 @@ class ArchitectureSpec:
     ffn_size_field: str = "intermediate_size"
     ffn_note: str = ""
     ffn_output: str = "mlp.down_proj"
+    ffn_output_parts: tuple[str, ...] = ()
     ffn_output_norm: str = ""
     attention_output: str = "self_attn.o_proj"
     attention_output_norm: str = ""

@@ -165,6 +165,22 @@ def ffn_output_modules(adapter: ArchitectureAdapter, index: int) -> tuple[Any, A
     return output, _norm(block, adapter.spec.ffn_output_norm)
 
 
+def ffn_output_parts(adapter: ArchitectureAdapter, index: int) -> list[Any]:
+    """The modules a map on block ``index``'s FFN output is folded into: the parts of the output
+    module that the block has (:attr:`ArchitectureSpec.ffn_output_parts`), or the module itself."""
+    output, _ = ffn_output_modules(adapter, index)
+    parts = []
+    for name in adapter.spec.ffn_output_parts:
+        try:
+            parts.append(_resolve(output, name))
+        except AttributeError:
+            continue
+    if adapter.spec.ffn_output_parts and not parts:
+        raise MiprunError(f"block {index} of '{adapter.model_type}' has none of the FFN output parts "
+                          f"{', '.join(adapter.spec.ffn_output_parts)}; register its layout (ArchitectureSpec.ffn_output_parts)")
+    return parts or [output]
+
+
 def attention_output_modules(adapter: ArchitectureAdapter, index: int) -> tuple[Any, Any] | None:
     """``(output, norm)`` of block ``index``: the linear layer whose output the attention adds to the
     stream (:attr:`ArchitectureSpec.attention_output`) and the norm applied to it first, or None;
