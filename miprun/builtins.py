@@ -355,6 +355,8 @@ def miprun_register_architectures(register):
     register("qwen2_moe", replace(experts, ffn_output="mlp", ffn_output_parts=("experts", "shared_expert.down_proj", "down_proj"),
                                   layer_index_fields=("mlp_only_layers",), period_fields=("decoder_sparse_step",)),
              description="Qwen2-MoE / Qwen1.5-MoE: model.layers (blocks only; routed and shared experts healed together)")
+    register("granitemoe", replace(experts, ffn_output="block_sparse_moe.experts", residual_scale="residual_multiplier"),
+             description="Granite-MoE: model.layers (blocks only; updates scaled by residual_multiplier)")
     register("gpt_oss", experts, description="gpt-oss: model.layers (blocks only; experts with biases, stored in × out)")
     register(
         "gemma3",

@@ -78,6 +78,8 @@ def tiny_config(model_type: str, vocab_size: int, layers: int = 4):
         extra = {"num_experts": 4, "num_experts_per_tok": 2, "head_dim": 8}
         extra.update({"moe_intermediate_size": 32} if model_type != "olmoe" else {})
         extra.update({"shared_expert_intermediate_size": 48} if model_type == "qwen2_moe" else {})
+    if model_type == "granitemoe":  # Granite 3 MoE's multipliers
+        extra = {"num_local_experts": 4, "num_experts_per_tok": 2, "residual_multiplier": 0.22, "embedding_multiplier": 12.0}
     if model_type == "gpt_oss":  # experts stored in × out, with biases; attention sinks; sliding and full layers
         extra = {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 8, "sliding_window": 16,
                  "layer_types": ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2)}
@@ -131,14 +133,14 @@ def assert_healed_exactly(model, dense, at_run_time, ids, path: Path):
 ARCHITECTURES = ["llama", "qwen2", "mistral", "gemma2", "gemma3_text", "gpt2", "opt", "gpt_neox", "phi3", "mixtral",
                  "gemma", "olmo2", "smollm3", "stablelm", "starcoder2", "phi", "cohere", "falcon", "gptj", "bloom", "granite", "glm4",
                  "qwen3_moe", "olmoe"]
-EXPERTS = ["mixtral", "qwen3_moe", "olmoe", "qwen2_moe", "gpt_oss"]  # FFN output: stacked experts (healed by a map folded into each)
+EXPERTS = ["mixtral", "qwen3_moe", "olmoe", "qwen2_moe", "gpt_oss", "granitemoe"]  # FFN output: stacked experts (healed by a map folded into each)
 # registered with a layout one of the above already tests (Llama's, or OLMo 2's post-norms, or Cohere's parallel
 # blocks, or an ungated FFN): checked by the surgery and healing tests only
 LAYOUT_TWINS = ["qwen3", "olmo", "helium", "seed_oss", "arcee", "apertus", "olmo3", "exaone4", "cohere2", "glm",
                 "ministral", "ministral3", "ernie4_5", "hunyuan_v1_dense", "cwm", "vaultgemma",
                 "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nemotron", "jais2", "granite_swa"]
 # registered with a layout no other family has: every test that runs ARCHITECTURES runs them too
-ARCHITECTURES += ["qwen3_5_text", "hyperclovax", "qwen2_moe", "gpt_oss"]
+ARCHITECTURES += ["qwen3_5_text", "hyperclovax", "qwen2_moe", "gpt_oss", "granitemoe"]
 
 
 @pytest.fixture
