@@ -52,9 +52,13 @@ def load_stage(model: Any, *, dtype: str, device_map: str | None, timings: dict[
     with stage("load", timings, reporter):
         if isinstance(model, LoadedModel):
             return model
-        if layerwise:
-            return load_layerwise(str(model), dtype=dtype, device=device)
-        return load_model(str(model), dtype=dtype, device_map=device_map)
+        loaded = load_layerwise(str(model), dtype=dtype, device=device) if layerwise else \
+            load_model(str(model), dtype=dtype, device_map=device_map)
+    if loaded.source.get("not_loaded"):
+        reporter.note(f"'{model}' is a multimodal checkpoint; {type(loaded.model).__name__} loads its language model "
+                      f"alone, without {', '.join(loaded.source['not_loaded'])}: the pruned checkpoint is text-only "
+                      f"({loaded.model.config.model_type})")
+    return loaded
 
 
 def calibrate_stage(

@@ -75,3 +75,30 @@ def test_seq_len_beyond_the_models_context_is_refused(text_file):
     limit = loaded.model.config.max_position_embeddings
     with pytest.raises(MiprunError, match=rf"--seq-len {limit + 1} is longer than the model's context \({limit} tokens\)"):
         miprun.prune(loaded, n=1, calib=str(text_file), seq_len=limit + 1, save=False)
+
+
+def test_a_multimodal_checkpoint_is_pruned_as_its_language_model_and_the_run_says_so(tmp_path, tiny_dir, text_file):
+    """A Qwen3.5 checkpoint holds a vision tower beside its language model; AutoModelForCausalLM
+    loads the language model alone, so the run says the pruned checkpoint is text-only (a
+    checkpoint of one model says nothing)."""
+    from conftest import build_tokenizer, tiny_config
+    from transformers import AutoConfig, Qwen3_5ForConditionalGeneration
+
+    from miprun.models.loading import load_model
+
+    tokenizer = build_tokenizer()
+    config = AutoConfig.for_model("qwen3_5", text_config=tiny_config("qwen3_5_text", len(tokenizer)).to_dict(),
+                                  vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                                                 "out_hidden_size": 32})
+    torch.manual_seed(0)
+    Qwen3_5ForConditionalGeneration(config).save_pretrained(tmp_path / "mm")
+    tokenizer.save_pretrained(tmp_path / "mm")
+    loaded = load_model(str(tmp_path / "mm"))
+    assert loaded.model.config.model_type == "qwen3_5_text" and loaded.source["not_loaded"] == ["vision_config"]
+    assert "not_loaded" not in load_model(str(tiny_dir)).source
+    result = CliRunner().invoke(app, ["run", "--model", str(tmp_path / "mm"), "--calib", str(text_file), "--prune", "1",
+                                      "--seq-len", "16", "--num-samples", "4", "--heal", "none", "--output",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "is a multimodal checkpoint; Qwen3_5ForCausalLM loads its language model alone, without vision_config: " \
+           "the pruned checkpoint is text-only (qwen3_5_text)" in " ".join(result.output.split())

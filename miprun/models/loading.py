@@ -132,5 +132,26 @@ def load_model(
         first = str(exc).strip().splitlines()[0]
         raise MiprunError(f"cannot load model '{spec}': {first}") from exc
     model.eval()
+    left_out = parts_not_loaded(location, model)
+    if left_out:
+        source["not_loaded"] = left_out
     source["load_seconds"] = round(time.perf_counter() - start, 3)
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), source=source)
+
+
+def parts_not_loaded(location: str | Path, model: Any) -> list[str]:
+    """The sub-models (``vision_config``, ``audio_config``, …) of a multimodal checkpoint at
+    ``location`` that the causal-LM class did not load: transformers loads a Qwen3.5 checkpoint's
+    language model alone, so the pruned checkpoint has no vision tower. Empty where the loaded
+    model is the checkpoint's own type (Gemma 3's multimodal class keeps every part)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(location)
+    except (OSError, ValueError):
+        return []
+    if config.model_type == model.config.model_type:
+        return []
+    loaded = type(model.config)
+    return sorted(name for name, kind in (getattr(config, "sub_configs", None) or {}).items()
+                  if getattr(config, name, None) is not None and kind is not loaded)
