@@ -355,6 +355,20 @@ def miprun_register_architectures(register):
     register("qwen2_moe", replace(experts, ffn_output="mlp", ffn_output_parts=("experts", "shared_expert.down_proj", "down_proj"),
                                   layer_index_fields=("mlp_only_layers",), period_fields=("decoder_sparse_step",)),
              description="Qwen2-MoE / Qwen1.5-MoE: model.layers (blocks only; routed and shared experts healed together)")
+    summed = replace(experts, ffn_output="mlp",  # routed experts and shared ones summed in one module
+                     ffn_output_parts=("experts", "shared_experts.down_proj", "shared_expert.down_proj",
+                                       "shared_mlp.down_proj", "down_proj"))
+    register("qwen3_5_moe_text", replace(summed, attention_output="self_attn.o_proj|linear_attn.out_proj"),
+             description="Qwen3.5-MoE: model.layers (blocks only; full and linear attention, routed and shared experts)")
+    for model_type, family in (("glm4_moe", "GLM-4.5 / GLM-4.6"), ("deepseek_v3", "DeepSeek-V3 / Kimi K2"),
+                               ("exaone_moe", "EXAONE MoE")):
+        register(model_type, replace(summed, prefix_count_fields=("first_k_dense_replace",),
+                                     per_layer_fields=("layer_types", "mlp_layer_types")),
+                 description=f"{family}: model.layers (blocks only; first dense blocks recounted, shared experts)")
+    for model_type, family in (("solar_open", "Solar Open"), ("hunyuan_v1_moe", "Hunyuan MoE"), ("phimoe", "Phi-3.5-MoE"),
+                               ("minimax_m2", "MiniMax-M2"), ("mellum", "Mellum")):
+        register(model_type, replace(summed, per_layer_fields=("layer_types", "mlp_layer_types", "num_experts", "moe_topk")),
+                 description=f"{family}: model.layers (blocks only; mixture of experts)")
     register("granitemoe", replace(experts, ffn_output="block_sparse_moe.experts", residual_scale="residual_multiplier"),
              description="Granite-MoE: model.layers (blocks only; updates scaled by residual_multiplier)")
     register("gpt_oss", experts, description="gpt-oss: model.layers (blocks only; experts with biases, stored in × out)")

@@ -66,8 +66,10 @@ def tiny_config(model_type: str, vocab_size: int, layers: int = 4):
     if model_type in ("gemma", "olmo3", "exaone4", "seed_oss", "helium", "glm", "glm4", "ministral3", "cwm", "vaultgemma", "ministral",
                       "hunyuan_v1_dense"):
         extra = {"head_dim": 8}
-    if model_type == "qwen3_5_text":  # Gated DeltaNet blocks (linear attention) beside full attention
-        extra = {"head_dim": 8, "linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 8,
+    if model_type in MOE_EXTRA:
+        extra = {"num_experts_per_tok": 2, "moe_intermediate_size": 32, "head_dim": 8, **MOE_EXTRA[model_type]}
+    if model_type.startswith("qwen3_5"):  # Gated DeltaNet blocks (linear attention) beside full attention
+        extra = {**extra, "head_dim": 8, "linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 8,
                  "linear_value_head_dim": 8, "layer_types": ["full_attention", "linear_attention"] * (layers // 2)
                  + ["full_attention"] * (layers % 2)}
     if model_type == "hyperclovax":  # peri-layer norms on, multiplied updates
@@ -89,6 +91,21 @@ def tiny_config(model_type: str, vocab_size: int, layers: int = 4):
         model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, **extra, **common,
     )
+
+
+MOE_EXTRA = {  # expert counts and shapes of the mixture-of-experts families beyond Mixtral's layout
+    "qwen3_5_moe_text": {"num_experts": 4, "shared_expert_intermediate_size": 48},
+    "glm4_moe": {"n_routed_experts": 4, "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1},
+    "deepseek_v3": {"n_routed_experts": 4, "n_shared_experts": 1, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1,
+                    "q_lora_rank": 16, "kv_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 4, "v_head_dim": 8,
+                    "head_dim": 4},
+    "exaone_moe": {"num_experts": 4, "num_shared_experts": 1, "first_k_dense_replace": 1},
+    "solar_open": {"n_routed_experts": 4, "n_shared_experts": 1, "n_group": 1, "topk_group": 1},
+    "hunyuan_v1_moe": {"num_experts": 4, "moe_topk": 2},
+    "phimoe": {"num_local_experts": 4},
+    "minimax_m2": {"num_local_experts": 4},
+    "mellum": {"num_local_experts": 4},
+}
 
 
 def build_tiny(model_type: str, layers: int = 4, seed: int = 0):
@@ -133,14 +150,14 @@ def assert_healed_exactly(model, dense, at_run_time, ids, path: Path):
 ARCHITECTURES = ["llama", "qwen2", "mistral", "gemma2", "gemma3_text", "gpt2", "opt", "gpt_neox", "phi3", "mixtral",
                  "gemma", "olmo2", "smollm3", "stablelm", "starcoder2", "phi", "cohere", "falcon", "gptj", "bloom", "granite", "glm4",
                  "qwen3_moe", "olmoe"]
-EXPERTS = ["mixtral", "qwen3_moe", "olmoe", "qwen2_moe", "gpt_oss", "granitemoe"]  # FFN output: stacked experts (healed by a map folded into each)
+EXPERTS = ["mixtral", "qwen3_moe", "olmoe", "qwen2_moe", "gpt_oss", "granitemoe", *MOE_EXTRA]  # FFN output: stacked experts (healed by a map folded into each)
 # registered with a layout one of the above already tests (Llama's, or OLMo 2's post-norms, or Cohere's parallel
 # blocks, or an ungated FFN): checked by the surgery and healing tests only
 LAYOUT_TWINS = ["qwen3", "olmo", "helium", "seed_oss", "arcee", "apertus", "olmo3", "exaone4", "cohere2", "glm",
                 "ministral", "ministral3", "ernie4_5", "hunyuan_v1_dense", "cwm", "vaultgemma",
                 "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nemotron", "jais2", "granite_swa"]
 # registered with a layout no other family has: every test that runs ARCHITECTURES runs them too
-ARCHITECTURES += ["qwen3_5_text", "hyperclovax", "qwen2_moe", "gpt_oss", "granitemoe"]
+ARCHITECTURES += ["qwen3_5_text", "hyperclovax", "qwen2_moe", "gpt_oss", "granitemoe", *MOE_EXTRA]
 
 
 @pytest.fixture

@@ -97,6 +97,24 @@ def test_a_block_adds_exactly_the_outputs_its_family_registers(arch):
     torch.testing.assert_close(registered, added, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["glm4_moe", "deepseek_v3", "exaone_moe"])
+def test_a_count_of_first_dense_blocks_is_recounted_over_the_kept_blocks(arch, tmp_path):
+    """GLM-4.5, DeepSeek-V3 and EXAONE-MoE make their first k blocks dense (``first_k_dense_replace``):
+    removing dense block 0 leaves no dense block, so k becomes 0 and the reloaded model is built
+    with experts where the kept blocks have them, computing the same."""
+    loaded = build_tiny(arch, layers=4)  # block 0 dense
+    model = loaded.model
+    assert model.config.first_k_dense_replace == 1 and not hasattr(model.model.layers[0].mlp, "experts")
+    ids = torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8]])
+    RemoveBlocksSurgeon().apply(model, loaded.adapter, Selection([0]))
+    assert model.config.first_k_dense_replace == 0
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert all(hasattr(layer.mlp, "experts") for layer in reloaded.model.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
+
+
 def test_a_hybrid_model_keeps_a_full_attention_block():
     """Qwen3.5 mixes linear-attention (Gated DeltaNet) and full-attention blocks; transformers cannot
     run a cache over linear-attention blocks alone, so removing every full-attention block is refused

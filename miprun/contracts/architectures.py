@@ -50,6 +50,9 @@ class ArchitectureSpec:
     :param period_fields: config fields that give layers their kind by a period (Qwen3-MoE's
         ``decoder_sparse_step``: every k-th layer sparse); removal, which would change the kept
         layers' kinds, is refused unless they are 1.
+    :param prefix_count_fields: config fields counting the first blocks, which are of another kind
+        (DeepSeek-V3's and GLM-4.5's ``first_k_dense_replace``: the first k blocks dense, the rest
+        experts), recounted over the kept blocks on removal.
     :param residual_scale: config field by which every block multiplies its attention and FFN
         outputs before adding them to the stream (Granite's ``residual_multiplier``); empty for 1.
     """
@@ -69,3 +72,4 @@ class ArchitectureSpec:
     residual_scale: str = ""
     layer_index_fields: tuple[str, ...] = ()
     period_fields: tuple[str, ...] = ()
+    prefix_count_fields: tuple[str, ...] = ()

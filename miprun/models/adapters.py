@@ -114,6 +114,10 @@ class ArchitectureAdapter:
             values = getattr(config, field_name, None)
             if isinstance(values, (list, tuple)):
                 setattr(config, field_name, [keep.index(i) for i in values if i in keep])
+        for field_name in self.spec.prefix_count_fields:
+            count = getattr(config, field_name, None)
+            if isinstance(count, int):
+                setattr(config, field_name, sum(1 for i in keep if i < count))
         for field_name in self.spec.per_layer_fields:
             values = getattr(config, field_name, None)
             if isinstance(values, (list, tuple)) and len(values) >= max(keep, default=-1) + 1:
