@@ -106,8 +106,13 @@ def model_card(report: dict[str, Any]) -> ModelCard:
     if quality:
         from miprun.quality import summary_line
 
+        held_out = quality.get("data", {}).get("held_out")
+        apart = ("which share no token with the text selection and healing read" if held_out is None
+                 or held_out["disjoint"] == held_out["windows"] else
+                 f"only {held_out['disjoint']} of which share no token with the text selection and healing read: "
+                 f"the source is small, so the check is optimistic")
         lines += ["## Quality check", "", f"{summary_line(quality)} (windows drawn from the calibration source "
-                  f"with seed {report.get('seed', 0) + 1}, which neither selection nor healing read).", ""]
+                  f"with seed {report.get('seed', 0) + 1}, {apart}).", ""]
         if "warning" in quality:
             lines += [f"**Warning:** {quality['warning']}.", ""]
         from miprun.heal_guard import held_out_line

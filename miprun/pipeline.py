@@ -202,12 +202,13 @@ def prune(
             check_output(out_path, overwrite=overwrite)
         calibration = calibrate_stage(loaded, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
                                       timings=timings, reporter=reporter)
-        heal_ids = None
+        heal_ids, read = None, [calibration]
         if healed:
-            heal_ids = calibrate_stage(loaded, calib=calib, num_samples=heal_samples, seq_len=seq_len, seed=seed,
-                                       timings={}, reporter=reporter).input_ids
+            read.append(calibrate_stage(loaded, calib=calib, num_samples=heal_samples, seq_len=seq_len, seed=seed,
+                                        timings={}, reporter=reporter))
+            heal_ids = read[-1].input_ids
         reference = _dense_reference(loaded, calib=calib, seq_len=seq_len, seed=seed, timings=timings,
-                                     reporter=reporter) if check else None
+                                     reporter=reporter, read=read) if check else None
         outcome = execute(plan, loaded.model, loaded.adapter, calibration.input_ids, count=count,
                           tokenizer=loaded.tokenizer, seed=seed, strategies=strategies, registry=registry,
                           reporter=reporter, timings=timings, heal_ids=heal_ids, heal_candidates=heal_candidates,
@@ -247,14 +248,20 @@ def prune(
 
 
 def _dense_reference(loaded: Any, *, calib: str, seq_len: int, seed: int, timings: dict[str, float],
-                     reporter: Reporter) -> Any:
-    """The quality check's held-out windows (seed + 1) and the dense model's loss on them."""
+                     reporter: Reporter, read: list[Any]) -> Any:
+    """The quality check's held-out windows (seed + 1; no token shared with the windows ``read``
+    by selection and healing) and the dense model's loss on them."""
     from miprun.data.calibration import load_calibration
     from miprun.quality import WINDOWS, dense_reference
 
     start = time.perf_counter()
     windows = load_calibration(calib, loaded.tokenizer, num_samples=WINDOWS, seq_len=seq_len, seed=seed + 1,
-                               model=loaded.model)
+                               model=loaded.model, held_out_from=read)
+    held_out = windows.source.get("held_out")
+    if held_out is not None and held_out["disjoint"] < held_out["windows"]:
+        reporter.note(f"only {held_out['disjoint']} of the quality check's {held_out['windows']} windows share no token "
+                      f"with the text selection and healing read (the source has {held_out['source_tokens']} tokens): "
+                      f"the check is optimistic; pass a larger --calib or fewer --num-samples/--heal-samples")
     reference = dense_reference(loaded.model, loaded.adapter, windows.input_ids, windows.source)
     timings["check"] = round(time.perf_counter() - start, 4)
     return reference

@@ -1,8 +1,9 @@
 """The quality check every run ends with: the pruned model beside the dense one on held-out windows.
 
 A run's selection (and healing) sees its calibration windows; the check reads
-:data:`WINDOWS` windows of the same source drawn with another seed (``seed + 1``), which neither
-saw, and reports the perplexity of the dense model (measured before any edit) and of the pruned
+:data:`WINDOWS` windows of the same source drawn with another seed (``seed + 1``) where no
+calibration or healing window reaches (``load_calibration(..., held_out_from=...)``; a source too
+small for that says so in one line), and reports the perplexity of the dense model (measured before any edit) and of the pruned
 one, and their ratio. A pruned model whose mean next-token loss is more than :data:`RUINED_NATS`
 above dense (perplexity more than e ≈ 2.7 × dense) is called ruined: the run warns in one line
 and names what to try instead. The check costs one dense and one pruned pass over those windows.

@@ -46,3 +46,44 @@ def test_every_run_reports_the_check_and_warns_when_the_result_is_ruined(tmp_pat
     assert len(warnings) == 1 and "far worse than dense" in warnings[0] and "miprun's default" in warnings[0]
     assert "**Warning:**" in (tmp_path / "bad" / "README.md").read_text()
 
+
+
+def _covered(starts, seq_len):
+    return {token for start in starts for token in range(start, start + seq_len)}
+
+
+def test_the_check_windows_share_no_token_with_what_selection_and_healing_read(tmp_path):
+    """The check's windows are held out for real: drawn where no calibration or healing window
+    reaches, and apart from each other; where the source has no room left (a small file read whole
+    by the healing windows), the rest are drawn as before and the record says how many are disjoint."""
+    from conftest import WORDS, build_tokenizer
+
+    from miprun.data.calibration import load_calibration
+
+    tokenizer = build_tokenizer()
+    generator = torch.Generator().manual_seed(7)
+    large = tmp_path / "large.txt"
+    large.write_text(" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (6000,), generator=generator).tolist()))
+    fit = load_calibration(str(large), tokenizer, num_samples=40, seq_len=32, seed=0)
+    heal = load_calibration(str(large), tokenizer, num_samples=80, seq_len=32, seed=0)
+    check = load_calibration(str(large), tokenizer, num_samples=8, seq_len=32, seed=1, held_out_from=[fit, heal])
+    assert check.source["held_out"] == {"windows": 8, "disjoint": 8, "source_tokens": 6000, "tokens_read_before": 3840}
+    assert not _covered(check.starts, 32) & _covered(fit.starts + heal.starts, 32)
+    assert len(_covered(check.starts, 32)) == 8 * 32  # no two check windows overlap
+    for row, start in zip(check.input_ids.tolist(), check.starts):
+        assert row == tokenizer(large.read_text(), add_special_tokens=False).input_ids[start:start + 32]
+    small = tmp_path / "small.txt"
+    small.write_text(" ".join(WORDS[:100]) * 3)
+    read = load_calibration(str(small), tokenizer, num_samples=64, seq_len=16, seed=0)
+    crowded = load_calibration(str(small), tokenizer, num_samples=8, seq_len=16, seed=1, held_out_from=[read])
+    assert crowded.source["held_out"]["disjoint"] < 8 and crowded.input_ids.shape == (8, 16)
+
+
+def test_a_run_on_a_source_its_fits_read_whole_says_its_check_is_optimistic(tmp_path, text_file):
+    result = CliRunner().invoke(app, ["run", "--model", str(save_tiny(tmp_path / "tiny", "llama")), "--calib",
+                                      str(text_file), "--prune", "1", "--seq-len", "16", "--num-samples", "4",
+                                      "--heal-samples", "400", "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "of the quality check's 8 windows share no token with the text selection and healing read" in output
+    assert "the check is optimistic; pass a larger --calib" in output

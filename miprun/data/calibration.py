@@ -23,10 +23,12 @@ _MAX_CHARS = 8_000_000
 
 @dataclass
 class Calibration:
-    """Token windows ``input_ids`` (num_samples × seq_len) and a description of where they came from."""
+    """Token windows ``input_ids`` (num_samples × seq_len) and a description of where they came from;
+    ``starts``: where each window starts in the source's token stream (None for generated text)."""
 
     input_ids: Any
     source: dict[str, Any] = field(default_factory=dict)
+    starts: list[int] | None = None
 
 
 def _wikitext2() -> str:
@@ -64,18 +66,39 @@ def _token_ids(tokenizer: Any, text: str) -> Any:
     return ids
 
 
-def _windows(ids: Any, num_samples: int, seq_len: int, seed: int, label: str) -> Any:
+def _starts(total: int, num_samples: int, seq_len: int, seed: int, label: str) -> list[int]:
+    """Where ``num_samples`` windows of ``seq_len`` tokens start in a stream of ``total`` (seeded)."""
     import torch
 
-    total = ids.numel()
     if total < seq_len + 1:
         raise MiprunError(
             f"calibration source '{label}' has {total} tokens, fewer than --seq-len {seq_len}; "
             f"use a larger source or a shorter --seq-len"
         )
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, total - seq_len, (num_samples,), generator=generator)
-    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+    return torch.randint(0, total - seq_len, (num_samples,), generator=generator).tolist()
+
+
+def _held_out_starts(total: int, num_samples: int, seq_len: int, seed: int, read: list[int]) -> list[int]:
+    """Up to ``num_samples`` window starts (seeded) whose windows share no token with each other
+    nor with the windows starting at ``read``; fewer where the stream has no room for more."""
+    import torch
+
+    edges = torch.zeros(total + 1, dtype=torch.int64)
+    for start in read:
+        edges[start] += 1
+        edges[start + seq_len] -= 1
+    taken = torch.cumsum(edges, 0)[:total] > 0
+    before = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(taken.long(), 0)])
+    free = (before[seq_len:total] - before[: total - seq_len] == 0).nonzero().flatten()  # starts < total − seq_len
+    generator = torch.Generator().manual_seed(seed)
+    chosen: list[int] = []
+    for candidate in free[torch.randperm(free.numel(), generator=generator)].tolist():
+        if all(abs(candidate - other) >= seq_len for other in chosen):
+            chosen.append(candidate)
+            if len(chosen) == num_samples:
+                break
+    return chosen
 
 
 def _self_generated(model: Any, tokenizer: Any, num_samples: int, seq_len: int, seed: int) -> Any:
@@ -122,8 +145,16 @@ def load_calibration(
     seq_len: int,
     seed: int,
     model: Any = None,
+    held_out_from: list[Calibration] = (),
 ) -> Calibration:
-    """Draw ``num_samples`` windows of ``seq_len`` tokens from ``source`` with ``seed``."""
+    """Draw ``num_samples`` windows of ``seq_len`` tokens from ``source`` with ``seed``.
+
+    :param held_out_from: windows already drawn from the same source (the run's calibration and
+        healing windows): the new windows share no token with them nor with each other, as far as
+        the source has room; where it has not, the rest are drawn as usual and ``source["held_out"]``
+        says how many of the windows are disjoint (text sampled from the model is always new)."""
+    import torch
+
     check_calibration(source, num_samples=num_samples, seq_len=seq_len)
     limit = context_length(model)
     if limit is not None and seq_len > limit:
@@ -156,6 +187,13 @@ def load_calibration(
         if chat is not None and chat.record() is not None:
             info["chat_template"] = chat.record()
     ids = _token_ids(tokenizer, text[:_MAX_CHARS])
-    windows = _windows(ids, num_samples, seq_len, seed, source)
+    starts = _starts(ids.numel(), num_samples, seq_len, seed, source)
+    if held_out_from:
+        read = [start for drawn in held_out_from for start in drawn.starts or []]
+        disjoint = _held_out_starts(ids.numel(), num_samples, seq_len, seed, read)
+        starts = disjoint + starts[: num_samples - len(disjoint)]
+        info["held_out"] = {"windows": num_samples, "disjoint": len(disjoint), "source_tokens": int(ids.numel()),
+                            "tokens_read_before": len(read) * seq_len}
+    windows = torch.stack([ids[start : start + seq_len] for start in starts])
     check_token_ids(windows, model, f"calibration source '{source}'")
-    return Calibration(windows, info)
+    return Calibration(windows, info, starts)
