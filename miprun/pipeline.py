@@ -202,11 +202,12 @@ def prune(
             check_output(out_path, overwrite=overwrite)
         calibration = calibrate_stage(loaded, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
                                       timings=timings, reporter=reporter)
-        heal_ids, read = None, [calibration]
-        if healed:
+        read = [calibration]
+        if healed or (check and calib != "self"):  # the check avoids the healing windows even where the run does
+            # not heal, so that --heal none is judged on the windows the healed run is (generated text is new anyway)
             read.append(calibrate_stage(loaded, calib=calib, num_samples=heal_samples, seq_len=seq_len, seed=seed,
                                         timings={}, reporter=reporter))
-            heal_ids = read[-1].input_ids
+        heal_ids = read[-1].input_ids if healed else None
         reference = _dense_reference(loaded, calib=calib, seq_len=seq_len, seed=seed, timings=timings,
                                      reporter=reporter, read=read) if check else None
         outcome = execute(plan, loaded.model, loaded.adapter, calibration.input_ids, count=count,

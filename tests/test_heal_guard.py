@@ -97,8 +97,10 @@ def test_the_default_saves_plain_removal_when_healing_loses_on_held_out_windows(
     assert healing["held_out"]["kept"] == "plain removal" and healing["undone"]["cuts"]
     assert healing["skipped"].startswith("not healed: healing made the result worse")
     assert default.report["quality"]["pruned_perplexity"] == pytest.approx(record["plain_perplexity"], rel=1e-5)
+    assert plain.report["quality"]["data"] == default.report["quality"]["data"]  # --heal none: the same check windows
     if plain.selection.blocks == default.selection.blocks:  # plain removal of the same blocks: the same weights
         assert _same_weights(default.model, plain.model)
+        assert plain.report["quality"]["pruned_perplexity"] == pytest.approx(record["plain_perplexity"], rel=1e-5)
 
 
 def test_the_healing_check_is_reported_where_healing_helps(text_file, tmp_path):

@@ -102,3 +102,12 @@ def test_a_multimodal_checkpoint_is_pruned_as_its_language_model_and_the_run_say
     assert result.exit_code == 0, result.output
     assert "is a multimodal checkpoint; Qwen3_5ForCausalLM loads its language model alone, without vision_config: " \
            "the pruned checkpoint is text-only (qwen3_5_text)" in " ".join(result.output.split())
+
+
+def test_a_misspelt_embedded_model_name_gets_a_did_you_mean():
+    """A name without an organisation is not a hub id anyone publishes: where it is close to an
+    embedded name, the one-line error names it (loading it is tried first: it may be cached)."""
+    from miprun.models.loading import load_model
+
+    with pytest.raises(MiprunError, match=r"cannot load model 'smollm2-135' \(did you mean 'smollm2-135m'\?\): "):
+        load_model("smollm2-135")

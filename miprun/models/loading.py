@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from miprun.errors import MiprunError
+from miprun.errors import MiprunError, did_you_mean
 from miprun.models.adapters import ArchitectureAdapter, adapter_for
 from miprun.models.embedded import EMBEDDED, embedded_checkpoint
 
@@ -125,12 +125,10 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MiprunError(f"cannot load model '{spec}': {first}") from exc
-    except ValueError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise MiprunError(f"cannot load model '{spec}': {first}") from exc
+        hint = did_you_mean(spec, list(EMBEDDED)) if source["kind"] == "hub" and "/" not in spec else ""
+        raise MiprunError(f"cannot load model '{spec}'{hint}: {first}") from exc
     model.eval()
     left_out = parts_not_loaded(location, model)
     if left_out:
