@@ -99,3 +99,19 @@ def test_conversations_are_rendered_with_the_models_chat_template(tmp_path, text
     assert calibration.source["chat_template"] == {"rendered": 1, "not_rendered": 1}
     plain = load_calibration(str(text_file), tokenizer, num_samples=2, seq_len=4, seed=0)
     assert "chat_template" not in plain.source
+
+
+def test_rows_of_unknown_fields_give_their_sentences_not_their_ids_or_labels(tmp_path):
+    """A task's dev file passed as calibration (ARC's nested question and choices, PIQA's goal and
+    solutions, an NLI pair with its label): the text is every sentence in the row, nested ones
+    included, in order — not the id its first field holds, nor the one-word label."""
+    arc = {"id": "Mercury_7057260", "question": {"stem": "Which gas do plants take in?",
+                                                 "choices": [{"text": "carbon dioxide", "label": "A"},
+                                                             {"text": "helium", "label": "B"}]}, "answerKey": "A"}
+    piqa = {"goal": "How do I open a jar?", "sol1": "Twist the lid to the left.", "sol2": "Hit it with a hammer."}
+    nli = {"idx": 7, "premise": "The cat sat on the mat.", "hypothesis": "A cat sat.", "label": "entailment"}
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in (arc, piqa, nli)))
+    assert read_text_file(path) == ("Which gas do plants take in?\n\ncarbon dioxide\n\n"
+                                    "How do I open a jar?\n\nTwist the lid to the left.\n\nHit it with a hammer.\n\n"
+                                    "The cat sat on the mat.\n\nA cat sat.")

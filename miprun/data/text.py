@@ -9,7 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from miprun.errors import MiprunError
 
@@ -90,7 +90,8 @@ def _line_text(row: Any, where: str, chat: Any = None) -> str:
     """A row's text: a string as it is; an object's first :data:`TEXT_FIELDS` string, else its
     conversation (:data:`CHAT_FIELDS`) as ``chat`` renders it (a chat template; None or a refusal:
     its turns' texts), else its instruction fields (:data:`PROMPT_FIELDS`), each joined by blank
-    lines, else its first string field."""
+    lines, else its prose (:func:`_prose`: ARC's question and choices, PIQA's goal and solutions —
+    not their ids or labels), else its first string field."""
     if isinstance(row, str):
         return row
     if not isinstance(row, dict):
@@ -105,6 +106,9 @@ def _line_text(row: Any, where: str, chat: Any = None) -> str:
     prompt = [v for k, v in row.items() if k in PROMPT_FIELDS and isinstance(v, str) and v]
     if prompt:
         return "\n\n".join(prompt)
+    prose = list(_prose(row))
+    if prose:
+        return "\n\n".join(prose)
     field = next((k for k, v in row.items() if isinstance(v, str)), None)
     if field is None:
         raise MiprunError(f"{where}: the line has no text field (expected one of {', '.join(TEXT_FIELDS)}, "
@@ -162,6 +166,21 @@ def read_jsonl(path: Path, *, max_rows: int | None = None, chat: Any = None) -> 
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
 """Tabular files whose rows are read as JSON objects are (:func:`read_table`)."""
+
+
+def _prose(value: Any) -> Iterator[str]:
+    """Every string in ``value`` (nested objects and lists included, in order) that contains a
+    space: the sentences of a row whose fields miprun does not know by name, without its ids,
+    labels and keys (single tokens)."""
+    if isinstance(value, str):
+        if " " in value.strip():
+            yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _prose(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _prose(item)
 
 
 def read_table(path: Path, *, chat: Any = None) -> str:
