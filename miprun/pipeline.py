@@ -180,6 +180,11 @@ def prune(
                           f"--heal-samples {heal_samples} leaves none to judge on: pass 2 or more")
     check_count(n, ratio)  # what needs no model is refused before it loads
     check_calibration(calib, num_samples=num_samples, seq_len=seq_len)
+    if evaluate:
+        from miprun.evaluation.perplexity import check_dataset
+
+        for dataset in evaluate.get("ppl", ()):
+            check_dataset(dataset)
     if output is not None and save:
         check_output(Path(output), overwrite=overwrite)
     timings: dict[str, float] = {}

@@ -130,6 +130,7 @@ def test_control_characters_in_a_value_stay_on_the_one_error_line(tiny_dir, valu
     (["--calib", "wikitxt2"], "did you mean 'wikitext2'?"),
     (["--calib", "missing-file.txt"], "calibration file 'missing-file.txt' does not exist"),
     (["--num-samples", "0"], "need --num-samples ≥ 1 and --seq-len ≥ 2"),
+    (["--prune", "1", "--eval", "wikitxt2"], "unknown perplexity data set 'wikitxt2' (did you mean 'wikitext2'?)"),
 ])
 def test_what_needs_no_model_is_refused_before_the_model_loads(tmp_path, args, message):
     """A model that does not exist is never reached: the arguments are refused first (on a 70B
