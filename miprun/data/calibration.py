@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from miprun.data.datadir import local_file
 from miprun.data.text import TABLE_SUFFIXES, check_text_file, hf_text, read_text_file
@@ -145,7 +145,7 @@ def load_calibration(
     seq_len: int,
     seed: int,
     model: Any = None,
-    held_out_from: list[Calibration] = (),
+    held_out_from: Sequence[Calibration] = (),
 ) -> Calibration:
     """Draw ``num_samples`` windows of ``seq_len`` tokens from ``source`` with ``seed``.
 
