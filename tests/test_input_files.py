@@ -111,3 +111,26 @@ def test_a_misspelt_embedded_model_name_gets_a_did_you_mean():
 
     with pytest.raises(MiprunError, match=r"cannot load model 'smollm2-135' \(did you mean 'smollm2-135m'\?\): "):
         load_model("smollm2-135")
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_what_to_fix(tmp_path, tiny_dir, text_file):
+    """A truncated weights file (a download cut short), in memory and layer-wise, and a checkpoint
+    without its tokenizer files: one line each, no traceback, nothing written."""
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_dir, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    common = ["--calib", str(text_file), "--prune", "1", "--seq-len", "16", "--output", str(tmp_path / "out")]
+    code, line = cli("run", "--model", str(damaged), *common)
+    assert code == 2 and line.endswith("a weights file is damaged: re-save or re-download the checkpoint")
+    code, line = cli("run", "--model", str(damaged), "--layerwise", *common)
+    assert code == 2 and line.startswith(f"miprun: error: weights file '{weights}' cannot be read (")
+    untokenized = tmp_path / "untokenized"
+    shutil.copytree(tiny_dir, untokenized)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (untokenized / name).unlink()
+    code, line = cli("run", "--model", str(untokenized), *common)
+    assert code == 2 and line.endswith("its tokenizer files are missing or unreadable")
+    assert not (tmp_path / "out").exists()

@@ -15,8 +15,9 @@ import json
 import math
 import re
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -24,6 +25,18 @@ from miprun.errors import MiprunError
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
+
+
+@contextmanager
+def _opened(file: Path) -> Iterator[Any]:
+    """``safe_open(file)``; a damaged or unreadable weights file is a one-line error naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, framework="pt") as handle:
+            yield handle
+    except (SafetensorError, OSError) as exc:
+        raise MiprunError(f"weights file '{file}' cannot be read ({exc}); re-save or re-download the checkpoint") from None
 
 
 class CheckpointTensors:
@@ -35,8 +48,6 @@ class CheckpointTensors:
     """
 
     def __init__(self, directory: Path, renames: Iterable[tuple[str, str]] = ()) -> None:
-        from safetensors import safe_open
-
         self.directory = Path(directory)
         index = self.directory / INDEX
         if index.is_file():
@@ -46,7 +57,7 @@ class CheckpointTensors:
                 raise MiprunError(f"'{index}' is not a safetensors index ({exc}); re-save the checkpoint") from None
             self.files = {name: self.directory / file for name, file in weight_map.items()}
         elif (self.directory / SINGLE).is_file():
-            with safe_open(self.directory / SINGLE, framework="pt") as handle:
+            with _opened(self.directory / SINGLE) as handle:
                 self.files = {name: self.directory / SINGLE for name in handle.keys()}
         else:
             raise MiprunError(f"'{self.directory}' has no {SINGLE} or {INDEX}; layer-wise execution reads "
@@ -69,8 +80,6 @@ class CheckpointTensors:
 
     def read(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
         """The tensors ``names`` (CPU, the checkpoint's dtype), each file mapped for this read only."""
-        from safetensors import safe_open
-
         by_file: dict[Path, list[str]] = defaultdict(list)
         for name in names:
             if name not in self.files:
@@ -78,7 +87,7 @@ class CheckpointTensors:
             by_file[self.files[name]].append(name)
         tensors: dict[str, torch.Tensor] = {}
         for file, group in by_file.items():
-            with safe_open(file, framework="pt") as handle:
+            with _opened(file) as handle:
                 for name in group:
                     tensors[name] = handle.get_tensor(self.stored[name])
         return tensors
@@ -89,9 +98,13 @@ class CheckpointTensors:
             model_name = {stored: name for name, stored in self.stored.items()}
             elements: dict[str, int] = {}
             for file in sorted(set(self.files.values())):
-                with open(file, "rb") as handle:
-                    length = int.from_bytes(handle.read(8), "little")
-                    header = json.loads(handle.read(length))
+                try:
+                    with open(file, "rb") as handle:
+                        length = int.from_bytes(handle.read(8), "little")
+                        header = json.loads(handle.read(length))
+                except (OSError, ValueError) as exc:
+                    raise MiprunError(f"weights file '{file}' has no readable header ({exc}); re-save or re-download "
+                                      f"the checkpoint") from None
                 for name, entry in header.items():
                     if name in model_name:
                         elements[model_name[name]] = math.prod(entry["shape"])

@@ -83,7 +83,7 @@ def load_model(
     :param device_map: passed to ``from_pretrained`` (accelerate), e.g. ``"auto"`` to spread a model
         larger than one device across GPUs, CPU and disk.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from miprun.options import check_dtype
 
@@ -122,32 +122,44 @@ def load_model(
     else:
         location = spec
         source.update(kind="hub")
+    from safetensors import SafetensorError
+
+    local = source["kind"] != "hub"
+    try:
+        config = AutoConfig.from_pretrained(location)
+    except (OSError, ValueError) as exc:
+        raise _load_error(spec, source, exc, "") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = did_you_mean(spec, list(EMBEDDED)) if source["kind"] == "hub" and "/" not in spec else ""
-        raise MiprunError(f"cannot load model '{spec}'{hint}: {first}") from exc
+        raise _load_error(spec, source, exc, "; its tokenizer files are missing or unreadable" if local else "") from exc
+    try:
+        model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+    except (OSError, ValueError, SafetensorError) as exc:  # a damaged weights file raises SafetensorError
+        damaged = isinstance(exc, SafetensorError)
+        raise _load_error(spec, source, exc, "; a weights file is damaged: re-save or re-download the checkpoint"
+                          if damaged else "") from exc
     model.eval()
-    left_out = parts_not_loaded(location, model)
+    left_out = parts_not_loaded(config, model)
     if left_out:
         source["not_loaded"] = left_out
     source["load_seconds"] = round(time.perf_counter() - start, 3)
     return LoadedModel(model=model, tokenizer=tokenizer, adapter=adapter_for(model), source=source)
 
 
-def parts_not_loaded(location: str | Path, model: Any) -> list[str]:
-    """The sub-models (``vision_config``, ``audio_config``, …) of a multimodal checkpoint at
-    ``location`` that the causal-LM class did not load: transformers loads a Qwen3.5 checkpoint's
-    language model alone, so the pruned checkpoint has no vision tower. Empty where the loaded
-    model is the checkpoint's own type (Gemma 3's multimodal class keeps every part)."""
-    from transformers import AutoConfig
+def _load_error(spec: str, source: dict[str, Any], exc: Exception, fix: str) -> MiprunError:
+    """The one-line error for a checkpoint transformers could not load: the first line of its
+    message, a did-you-mean for a misspelt embedded name, and ``fix``."""
+    first = str(exc).strip().splitlines()[0].rstrip(": ") if str(exc).strip() else type(exc).__name__
+    hint = did_you_mean(spec, list(EMBEDDED)) if source["kind"] == "hub" and "/" not in spec else ""
+    return MiprunError(f"cannot load model '{spec}'{hint}: {first}{fix}")
 
-    try:
-        config = AutoConfig.from_pretrained(location)
-    except (OSError, ValueError):
-        return []
+
+def parts_not_loaded(config: Any, model: Any) -> list[str]:
+    """The sub-models (``vision_config``, ``audio_config``, …) of a multimodal checkpoint whose
+    ``config`` says it has them that the causal-LM class did not load: transformers loads a Qwen3.5
+    checkpoint's language model alone, so the pruned checkpoint has no vision tower. Empty where the
+    loaded model is the checkpoint's own type (Gemma 3's multimodal class keeps every part)."""
     if config.model_type == model.config.model_type:
         return []
     loaded = type(model.config)
