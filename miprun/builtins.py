@@ -352,12 +352,11 @@ def miprun_register_architectures(register):
     register("olmoe", experts, description="OLMoE: model.layers (blocks only)")
     register("qwen3_moe", replace(experts, layer_index_fields=("mlp_only_layers",), period_fields=("decoder_sparse_step",)),
              description="Qwen3-MoE: model.layers (blocks only; dense-layer indices renumbered)")
-    register("qwen2_moe", replace(experts, ffn_output="mlp", ffn_output_parts=("experts", "shared_expert.down_proj", "down_proj"),
-                                  layer_index_fields=("mlp_only_layers",), period_fields=("decoder_sparse_step",)),
-             description="Qwen2-MoE / Qwen1.5-MoE: model.layers (blocks only; routed and shared experts healed together)")
     summed = replace(experts, ffn_output="mlp",  # routed experts and shared ones summed in one module
                      ffn_output_parts=("experts", "shared_experts.down_proj", "shared_expert.down_proj",
                                        "shared_mlp.down_proj", "down_proj"))
+    register("qwen2_moe", replace(summed, layer_index_fields=("mlp_only_layers",), period_fields=("decoder_sparse_step",)),
+             description="Qwen2-MoE / Qwen1.5-MoE: model.layers (blocks only; routed and shared experts healed together)")
     register("qwen3_5_moe_text", replace(summed, attention_output="self_attn.o_proj|linear_attn.out_proj"),
              description="Qwen3.5-MoE: model.layers (blocks only; full and linear attention, routed and shared experts)")
     for model_type, family in (("glm4_moe", "GLM-4.5 / GLM-4.6"), ("deepseek_v3", "DeepSeek-V3 / Kimi K2"),
