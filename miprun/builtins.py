@@ -185,6 +185,12 @@ def miprun_register_selectors(register):
         needs_scores=False,
     )
     register(
+        "given",
+        "miprun.selectors.given_blocks:GivenSelector",
+        description="The blocks named by -o selector.blocks=13-18,25 (a paper's or an earlier run's set)",
+        needs_scores=False,
+    )
+    register(
         "mds-cluster",
         "miprun.selectors.mds_cluster:MDSClusterSelector",
         description="(neuron) MDS of d=A·exp(−MI), k-means, keep the neuron nearest each centroid; best of M seeds by KL",

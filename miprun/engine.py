@@ -165,7 +165,9 @@ def execute(
             selection = strategies["selector"].select(scores, count, context=context)
     granularity.check(selection, adapter, count)
     if context.healing is not None and getattr(selection, "info", None) is not None:
-        selection.info["heal_preview"] = context.healing.info()
+        preview = context.healing.info()
+        if preview["cuts_fitted"] or preview["passes"]:  # consulted: a selector that judges no sets never asks
+            selection.info["heal_preview"] = preview
     size = granularity.size(adapter)
     if healer is not None and heal_candidates > 1:
         selection = _heal_aware(selection, scores, count, heal_candidates, healer, model, adapter, ids_for_healing,

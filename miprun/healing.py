@@ -30,8 +30,11 @@ batch's products in float32 under a ridge, in float64 without one); the ridge ``
 the Gram's mean diagonal and shrinks toward the weights the model already has (plain removal is
 the prior). A cut starting at block 0 has no block before it: the
 embedding output is mapped instead (``E ← E·T``, the ``"map"`` fit with the healer's ridge; learned
-position tables, added to it, get the same map), a tied output head untied first (its weights stay
-the original embedding; the summary says so).
+position tables, added to it, get the same map) — except where the output head shares the
+embedding's weights (most small models): a map would untie the head and add the embedding's
+parameters, so that cut's own fit is left out (the summary says why; ``untie_head=True`` unties
+the head instead, its weights staying the original embedding), as it is where the embedding is
+projected before the stream (OPT-350m); the blocks after the cut are refitted either way.
 Cuts are fitted left to right, each on the states of the model already healed before it (the
 earlier cuts skipped and their fits folded); the targets ``h`` are always the dense model's.
 
@@ -46,8 +49,8 @@ each capture replays a kept stream (block ``a − 1``'s input from the cut's own
 input of the block just refitted), so only a block or two run per fit. Families whose attention
 output is not added on its own (GPT-NeoX's parallel blocks) skip them, and the summary says so.
 
-The checkpoint keeps the architecture and the parameter count of plain removal (the head untied
-adds the embedding's size once, and only for a cut at block 0 of a tied model).
+The checkpoint keeps the architecture and the parameter count of plain removal (unless
+``untie_head`` lets a cut at block 0 of a tied model untie the head: the embedding's size once).
 """
 
 from __future__ import annotations
@@ -61,8 +64,8 @@ import torch
 
 from miprun.errors import MiprunError
 from miprun.healing_fit import (
-    check_embedding,
     cuts_of,
+    embedding_refusal,
     embedding_rows,
     fit_error,
     fit_rows,
@@ -142,11 +145,14 @@ class LinearHealer(UndoableEdits):
         refitted, on the healed model (module docstring); None: :data:`AFTER_CUT` for the refit,
         0 (off) for ReplaceMe's map; True/False mean 1/0.
     :param after_cut_ridge: the relative ridge of that refit, toward the projection as it is.
+    :param untie_head: let a cut at block 0 of a model whose output head shares the token embedding
+        untie the head to map the embedding (adds the embedding's parameters); by default that
+        cut's own fit is left out (:func:`~miprun.healing_fit.embedding_refusal`).
     """
 
     def __init__(self, fit: str = "projection", ridge: float | None = None, batch_size: int = 4,
                  sequential: bool = True, after_cut: int | bool | None = None,
-                 after_cut_ridge: float = DEFAULT_RIDGE["projection"]) -> None:
+                 after_cut_ridge: float = DEFAULT_RIDGE["projection"], untie_head: bool = False) -> None:
         if fit not in FITS:
             raise MiprunError(f"unknown healing fit '{fit}'; choose: {', '.join(FITS)}")
         ridge = DEFAULT_RIDGE[fit] if ridge is None else ridge
@@ -161,10 +167,16 @@ class LinearHealer(UndoableEdits):
         if self.after_cut < 0:
             raise MiprunError(f"after_cut must be ≥ 0 blocks, got {after_cut!r}")
         self.after_cut_ridge = after_cut_ridge
+        self.untie_head = bool(untie_head)
 
     def check(self, adapter: Any) -> None:
         """Refuse, in one line, an architecture no fit can be folded into (:func:`check_healable`)."""
         check_healable(adapter)
+
+    def embedding_refusal(self, model: Any) -> str | None:
+        """Why a cut at block 0 of ``model`` gets no fit of its own (its blocks after are still
+        refitted), or None (:func:`~miprun.healing_fit.embedding_refusal`)."""
+        return embedding_refusal(model, untie_head=self.untie_head)
 
     def heal(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor, *,
              known: Callable[[torch.Tensor], list[torch.Tensor] | None] | None = None) -> dict[str, Any]:
@@ -203,8 +215,7 @@ class LinearHealer(UndoableEdits):
         """Fit the cuts of ``blocks`` in order; fold each fit (``handles`` None) or hook it in."""
         check_healable(adapter)
         cuts = cuts_of(blocks)
-        if cuts and cuts[0][0] == 0:
-            check_embedding(model)
+        unmapped = self.embedding_refusal(model) if cuts and cuts[0][0] == 0 else None
         summary: dict[str, Any] = {"fit": self.fit, "ridge": self.ridge, "tokens": 0, "cuts": []}
         afters = {cut: self.blocks_after(adapter, cut, cuts) for cut in cuts}
         if self.after_cut:
@@ -225,10 +236,13 @@ class LinearHealer(UndoableEdits):
             normal = first if index == 0 and first is not None else \
                 self._accumulate(model, adapter, cut, kind, earlier, input_ids, targets[cut])
             gram, cross, before, energy, tokens = normal.gram, normal.cross, normal.before, normal.energy, normal.tokens
-            solution = ridge_solver(gram, self.ridge)(cross, self.prior(adapter, cut, kind, gram))
-            after = fit_error(energy, gram, cross, solution)
+            prior = self.prior(adapter, cut, kind, gram)
+            left_out = unmapped if cut[0] == 0 else None
+            solution = prior if left_out else ridge_solver(gram, self.ridge)(cross, prior)
+            after = before if left_out else fit_error(energy, gram, cross, solution)
             record = {"blocks": list(range(cut[0], cut[1] + 1)),
                       "fit": kind,
+                      **({"not_fitted": left_out} if left_out else {}),
                       "relative_residual_before": (before / energy) ** 0.5,
                       "relative_residual_after": (after / energy) ** 0.5,
                       "seconds": round(time.perf_counter() - start, 3)}
@@ -380,7 +394,9 @@ class LinearHealer(UndoableEdits):
     def _apply(self, model: Any, adapter: Any, item: tuple, handles: list[Any] | None, summary: dict[str, Any]) -> None:
         """Fold the fit of ``item`` (``handles`` None) or hook it in, and record the cut."""
         cut, solution, record = item
-        if handles is None:
+        if "not_fitted" in record:  # plain removal for this cut (the identity map): nothing to fold
+            record = {"folded_into": None, "untied_head": False, **record}
+        elif handles is None:
             record = {**self._fold(model, adapter, cut, record["fit"], solution), **record}
         else:
             handles.extend(self.run_time_hooks(model, adapter, cut, record["fit"], solution))

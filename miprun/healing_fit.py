@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from miprun.errors import MiprunError
 from miprun.models.devices import input_embedding
 from miprun.models.forwards import hidden_argument
 
@@ -116,10 +115,20 @@ def through_norm(y: torch.Tensor, z: torch.Tensor, gain: torch.Tensor) -> torch.
     return direction * scale
 
 
-def check_embedding(model: Any) -> None:
-    """Refuse a cut at block 0 when the embedding tables do not produce the stream directly."""
+def embedding_refusal(model: Any, *, untie_head: bool) -> str | None:
+    """Why a cut at block 0 gets no map on the token embedding, or None when it can have one.
+
+    A map acts on the embedding output, so the embedding must produce the stream directly (OPT's
+    projected embedding does not). And where the output head shares the embedding's weights, mapping
+    the embedding would untie the head and add the embedding's parameters back to a model pruning
+    was meant to shrink (SmolLM2-135M: 28 M, more than six of its blocks) — refused unless
+    ``untie_head``. The blocks after the cut are still refitted either way."""
     embedding = input_embedding(model)
     width = getattr(model.config, "hidden_size", None)
     if embedding is None or (width is not None and embedding.weight.shape[-1] != width):
-        raise MiprunError("the cut starts at block 0 and the token embedding does not produce the stream directly "
-                          "(it is projected first), so no map can be folded into it; keep block 0 or run with --heal none")
+        return "the token embedding does not produce the stream directly (it is projected first), so no map can be folded into it"
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not untie_head and head is not None and head.weight is embedding.weight:
+        return (f"the output head shares the token embedding: a map on it would untie the head and add "
+                f"{embedding.weight.numel():,} parameters (-o healer.untie_head=true allows it)")
+    return None

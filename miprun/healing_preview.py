@@ -31,9 +31,7 @@ from typing import Any, Iterator
 
 import torch
 
-from miprun.errors import MiprunError
 from miprun.healing_fit import (
-    check_embedding,
     cuts_of,
     embedding_rows,
     fit_rows,
@@ -87,7 +85,7 @@ class HealPreview:
         try:
             for cut in cuts:
                 if cut[0] == 0 and not self._embedding_mappable():
-                    continue  # the healer refuses this cut (one line, at healing): judged as plain removal
+                    continue  # the healer leaves this cut's own fit out (its summary says why): judged as plain removal
                 kind, solution = self._fit(cut)
                 handles.extend(self.healer.run_time_hooks(self.model, self.adapter, cut, kind, solution))
             yield max(cuts[0][0] - 1, 0) if cuts else None
@@ -109,13 +107,9 @@ class HealPreview:
         return None
 
     def _embedding_mappable(self) -> bool:
-        """Whether a cut at block 0 can be healed (the embedding produces the stream directly)."""
+        """Whether the healer fits a cut at block 0 (:meth:`~miprun.healing.LinearHealer.embedding_refusal`)."""
         if self._mappable is None:
-            try:
-                check_embedding(self.model)
-                self._mappable = True
-            except MiprunError:
-                self._mappable = False
+            self._mappable = self.healer.embedding_refusal(self.model) is None
         return self._mappable
 
     def _fit(self, cut: tuple[int, int]) -> tuple[str, torch.Tensor]:

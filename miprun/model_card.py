@@ -80,10 +80,13 @@ def model_card(report: dict[str, Any]) -> ModelCard:
         lines.append(f"- parameters: {surgery['parameters_before']:,} → {surgery['parameters_after']:,}")
     healing = surgery.get("healing") or {}
     if healing.get("cuts"):
-        modules = [c.get("folded_into", "") for c in healing["cuts"]]
+        modules = [c["folded_into"] for c in healing["cuts"] if c.get("folded_into")]
         modules += [after["refitted"] for c in healing["cuts"] for after in c.get("after_cut", [])]
-        lines.append(f"- healed without training: {len(modules)} closed-form fit(s) "
-                     f"({', '.join(modules)}) on {healing.get('tokens')} tokens")
+        if modules:
+            lines.append(f"- healed without training: {len(modules)} closed-form fit(s) "
+                         f"({', '.join(modules)}) on {healing.get('tokens')} tokens")
+        lines += [f"- blocks {c['blocks'][0]}–{c['blocks'][-1]}: no fit of their own ({c['not_fitted']})"
+                  for c in healing["cuts"] if c.get("not_fitted")]
     elif healing.get("layers"):
         lines.append(f"- healed without training: the down projection of {len(healing['layers'])} FFN layer(s) "
                      f"refitted in closed form on the neurons each keeps, on {healing.get('tokens')} tokens")

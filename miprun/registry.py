@@ -75,8 +75,13 @@ class Entry:
 
     def check_options(self, options: dict[str, Any]) -> dict[str, Any]:
         """``options`` converted to the types the factory's signature declares; an option the
-        factory does not take (with a did-you-mean) or a value of the wrong type is a
-        :class:`MiprunError` — before any model is loaded."""
+        factory does not take (with a did-you-mean), one it requires and was not given, or a value
+        of the wrong type is a :class:`MiprunError` — before any model is loaded."""
+        missing = [p.name for p in self.parameters() if p.default is p.empty and p.kind is not p.VAR_KEYWORD
+                   and p.name not in options]
+        if missing:
+            raise MiprunError(f"{self.kind} '{self.name}' needs option {', '.join(missing)}: "
+                              f"pass -o {self.kind}.{missing[0]}=VALUE")
         if not any(p.kind is p.VAR_KEYWORD for p in self.parameters()):
             known = self.options()
             for key in options:

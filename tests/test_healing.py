@@ -37,7 +37,7 @@ def test_a_linear_cut_at_block_0_is_healed_exactly(monkeypatch):
     with torch.no_grad():
         dense = loaded.model(IDS).logits
     ids = torch.randint(4, 80, (8, 12), generator=generator)
-    summary = LinearHealer(ridge=0.0).heal(loaded.model, loaded.adapter, [0, 1], ids)
+    summary = LinearHealer(ridge=0.0, untie_head=True).heal(loaded.model, loaded.adapter, [0, 1], ids)
     RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([0, 1]))
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(IDS).logits, dense, atol=1e-5, rtol=1e-5)
@@ -45,6 +45,36 @@ def test_a_linear_cut_at_block_0_is_healed_exactly(monkeypatch):
     assert cut["folded_into"] == "model.embed_tokens" and cut["untied_head"]  # tiny llama ties its head
     assert cut["relative_residual_after"] < 1e-6 < cut["relative_residual_before"]
     assert not loaded.model.config.tie_word_embeddings
+
+
+def test_a_cut_at_block_0_of_a_tied_model_keeps_the_head_tied_and_refits_the_blocks_after():
+    """By default a map on a tied embedding is refused (it would untie the head and add the
+    embedding's parameters): the cut's own fit is left out, named in the summary, the embedding and
+    the tie are untouched, the parameter count is plain removal's, and the blocks after the cut are
+    still refitted — the healed model's stream after them is closer to the dense one than plain
+    removal's."""
+    from miprun.models.parameters import count_parameters
+    from miprun.probing import Prober
+
+    healed, plain = build_tiny("llama", layers=6, seed=4), build_tiny("llama", layers=6, seed=4)
+    ids = torch.randint(4, 80, (8, 12), generator=torch.Generator().manual_seed(4))
+    embedding = healed.model.get_input_embeddings().weight.detach().clone()
+    dense = Prober(plain.model, plain.adapter, ids).output_states([])
+    summary = LinearHealer().heal(healed.model, healed.adapter, [0, 1], ids)
+    cut = summary["cuts"][0]
+    assert "shares the token embedding" in cut["not_fitted"] and "untie_head" in cut["not_fitted"]
+    assert cut["folded_into"] is None and not cut["untied_head"]
+    assert cut["relative_residual_after"] == cut["relative_residual_before"]  # plain removal for the cut itself
+    assert [after["refitted"] for after in cut["after_cut"]] == ["block 2 self_attn.o_proj", "block 3 self_attn.o_proj"]
+    assert all(a["relative_residual_after"] < a["relative_residual_before"] for a in cut["after_cut"])
+    assert torch.equal(healed.model.get_input_embeddings().weight, embedding)
+    assert healed.model.get_output_embeddings().weight is healed.model.get_input_embeddings().weight
+    for loaded in (healed, plain):
+        RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([0, 1]))
+    assert count_parameters(healed.model) == count_parameters(plain.model)
+    got = Prober(healed.model, healed.adapter, ids).output_states([])
+    removed = Prober(plain.model, plain.adapter, ids).output_states([])
+    assert float((got - dense).norm()) < float((removed - dense).norm())
 
 
 def test_folding_equals_applying_the_map_at_run_time_and_reloads(tmp_path, text_file):
@@ -85,16 +115,16 @@ def test_heal_linear_through_prune_keeps_the_parameter_count_of_plain_removal(tm
     assert healed.selection.blocks == plain.selection.blocks
     healing = healed.report["surgery"]["healing"]
     assert healing["tokens"] == 8 * 15 and len(healing["cuts"]) >= 1 and "heal" in healed.report["timings"]
-    # the same parameters as plain removal, plus the embedding's once when a cut at block 0 untied the head
-    untied = any(cut["untied_head"] for cut in healing["cuts"])
-    embedding = build_tiny("llama", layers=6, seed=3).model.get_input_embeddings().weight.numel()
-    assert healed.report["surgery"]["parameters_after"] == plain.report["surgery"]["parameters_after"] + untied * embedding
-    # a cut at block 0 of a tied model: exactly one embedding more than plain removal (the untied head)
+    # the same parameters as plain removal (a head is never untied by default)
+    assert not any(cut["untied_head"] for cut in healing["cuts"])
+    assert healed.report["surgery"]["parameters_after"] == plain.report["surgery"]["parameters_after"]
+    # a cut at block 0 of a tied model with untie_head: exactly one embedding more than plain removal
     from miprun.models.parameters import count_parameters
 
+    embedding = build_tiny("llama", layers=6, seed=3).model.get_input_embeddings().weight.numel()
     tied, reference = build_tiny("llama", layers=6, seed=3), build_tiny("llama", layers=6, seed=3)
     ids = torch.randint(4, 80, (4, 12), generator=torch.Generator().manual_seed(3))
-    assert LinearHealer().heal(tied.model, tied.adapter, [0, 1], ids)["cuts"][0]["untied_head"]
+    assert LinearHealer(untie_head=True).heal(tied.model, tied.adapter, [0, 1], ids)["cuts"][0]["untied_head"]
     for loaded in (tied, reference):
         RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([0, 1]))
     assert count_parameters(tied.model) == count_parameters(reference.model) + embedding
@@ -249,15 +279,15 @@ def get_healer():
 
 @pytest.mark.parametrize("architecture", ["gpt2", "opt"])
 def test_a_cut_at_block_0_with_learned_positions_maps_both_tables(architecture):
-    """GPT-2 and OPT add learned positions to the token embedding: the map goes into both tables,
-    and folding equals applying it at run time."""
+    """GPT-2 and OPT add learned positions to the token embedding: the map goes into both tables
+    (their tiny models tie the head, so ``untie_head``), and folding equals applying it at run time."""
     from miprun.probing import skipping
 
     ids = torch.randint(4, 80, (8, 12), generator=torch.Generator().manual_seed(23))
     folded, hooked = build_tiny(architecture, layers=4, seed=24), build_tiny(architecture, layers=4, seed=24)
-    summary = LinearHealer().heal(folded.model, folded.adapter, [0, 1], ids)
+    summary = LinearHealer(untie_head=True).heal(folded.model, folded.adapter, [0, 1], ids)
     assert summary["cuts"][0]["fit"] == "map" and "," in summary["cuts"][0]["folded_into"]
-    with LinearHealer().applied(hooked.model, hooked.adapter, [0, 1], ids), torch.no_grad():
+    with LinearHealer(untie_head=True).applied(hooked.model, hooked.adapter, [0, 1], ids), torch.no_grad():
         with skipping(hooked.adapter, [0, 1]), skipping(folded.adapter, [0, 1]):
             torch.testing.assert_close(hooked.model(IDS).logits, folded.model(IDS).logits, atol=1e-4, rtol=1e-4)
     assert summary["cuts"][0]["relative_residual_after"] < summary["cuts"][0]["relative_residual_before"]
@@ -268,11 +298,11 @@ def test_fits_applied_at_run_time_equal_the_folded_fits_and_leave_the_weights(fi
     ids = torch.randint(4, 80, (8, 16), generator=torch.Generator().manual_seed(5))
     folded, hooked = build_tiny("llama", layers=6, seed=6), build_tiny("llama", layers=6, seed=6)
     blocks = [0, 3, 4]  # a cut at block 0 (the embedding) and one after block 2
-    LinearHealer(fit=fit).heal(folded.model, folded.adapter, blocks, ids)
+    LinearHealer(fit=fit, untie_head=True).heal(folded.model, folded.adapter, blocks, ids)
     weights = {name: p.detach().clone() for name, p in hooked.model.named_parameters()}
     from miprun.probing import skipping
 
-    with LinearHealer(fit=fit).applied(hooked.model, hooked.adapter, blocks, ids) as summary, torch.no_grad():
+    with LinearHealer(fit=fit, untie_head=True).applied(hooked.model, hooked.adapter, blocks, ids) as summary, torch.no_grad():
         with skipping(hooked.adapter, blocks), skipping(folded.adapter, blocks):
             torch.testing.assert_close(hooked.model(IDS).logits, folded.model(IDS).logits, atol=1e-4, rtol=1e-4)
     assert [c["blocks"] for c in summary["cuts"]] == [[0], [3, 4]]

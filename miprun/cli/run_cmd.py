@@ -97,7 +97,8 @@ def run(
     for cut in surgery.get("healing", {}).get("cuts", []):
         table.add_row(f"healed {cut['blocks'][0]}–{cut['blocks'][-1]}",
                       f"residual {cut['relative_residual_before']:.3f} → {cut['relative_residual_after']:.3f}, "
-                      + (f"{cut['folded_into']} refitted" if cut["fit"] == "projection" else f"map folded into {cut['folded_into']}")
+                      + (f"not fitted: {cut['not_fitted']}" if cut.get("not_fitted")
+                         else f"{cut['folded_into']} refitted" if cut["fit"] == "projection" else f"map folded into {cut['folded_into']}")
                       + (" (head untied)" if cut["untied_head"] else "")
                       + "".join(f"; {after['refitted']} refitted after the cut, residual "
                                 f"{after['relative_residual_before']:.3f} → {after['relative_residual_after']:.3f}"

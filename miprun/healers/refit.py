@@ -9,7 +9,8 @@ from miprun.healing import AFTER_CUT, DEFAULT_RIDGE, LinearHealer
 
 
 def refit_healer(ridge: float = DEFAULT_RIDGE["projection"], batch_size: int = 4, sequential: bool = True,
-                 after_cut: bool | int = AFTER_CUT, after_cut_ridge: float = DEFAULT_RIDGE["projection"]) -> LinearHealer:
+                 after_cut: bool | int = AFTER_CUT, after_cut_ridge: float = DEFAULT_RIDGE["projection"],
+                 untie_head: bool = False) -> LinearHealer:
     """The down-projection refit, then the attention output projections of the blocks after each cut.
 
     :param ridge: ridge relative to the Gram's mean diagonal, shrinking toward the projection as it is.
@@ -18,6 +19,8 @@ def refit_healer(ridge: float = DEFAULT_RIDGE["projection"], batch_size: int = 4
     :param after_cut: how many blocks after each cut get their attention output projection
         refitted (false: none — the down projection before each cut only, as earlier versions did).
     :param after_cut_ridge: the relative ridge of that refit, toward the projection as it is.
+    :param untie_head: let a cut at block 0 of a model whose head shares the token embedding untie
+        the head to map the embedding (adds its parameters); by default that cut's own fit is left out.
     """
     return LinearHealer(fit="projection", ridge=ridge, batch_size=batch_size, sequential=sequential,
-                        after_cut=after_cut, after_cut_ridge=after_cut_ridge)
+                        after_cut=after_cut, after_cut_ridge=after_cut_ridge, untie_head=untie_head)
