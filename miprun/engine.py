@@ -19,6 +19,7 @@ from typing import Any
 from miprun.contracts import RunContext
 from miprun.granularity import GRANULARITY
 from miprun.models.finite import check_weights, finite_activations
+from miprun.models.parameters import count_parameters
 from miprun.plans import Plan
 from miprun.progress import Reporter, stage
 from miprun.registry import Registry, get_registry
@@ -177,6 +178,7 @@ def execute(
         start = time.perf_counter()
         plain_loss = granularity.plain_loss(judge, adapter, selection)
         timings["check"] = round(timings.get("check", 0.0) + time.perf_counter() - start, 4)
+    dense_parameters = count_parameters(model)
     if healer is not None:
         with stage("heal", timings, reporter), finite_activations(adapter):
             healing = healer.heal(model, adapter, granularity.heal_target(selection), ids_for_healing,
@@ -184,6 +186,8 @@ def execute(
         selection = granularity.healed(selection)
     with stage("operate", timings, reporter):
         surgery = strategies["surgeon"].apply(model, adapter, selection)
+    if "parameters_before" in surgery:  # the dense model's, not as healing left it (an untied head)
+        surgery["parameters_before"] = dense_parameters
     if healing is not None:
         surgery["healing"] = healing
     return Outcome(

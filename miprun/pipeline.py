@@ -248,6 +248,10 @@ def prune(
                                named=plan.reasons.get("healer") == "named", note=reporter.note,
                                recheck=lambda: _check(loaded, reference, named=named, count=count, timings=timings,
                                                       reporter=reporter))
+                if "undone" in report["surgery"]["healing"] and "parameters_after" in report["surgery"]:
+                    from miprun.models.parameters import count_parameters  # an untied head is tied again
+
+                    report["surgery"]["parameters_after"] = count_parameters(loaded.model)
         result = PruneResult(loaded.model, loaded.tokenizer, loaded.adapter, outcome.selection, outcome.scores, report,
                              timings=timings)
         return _finish(result, evaluate=evaluate, save=save, out_path=out_path, overwrite=overwrite, reporter=reporter)

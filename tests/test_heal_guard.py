@@ -113,3 +113,24 @@ def test_the_healing_check_is_reported_where_healing_helps(text_file, tmp_path):
     assert result.report["surgery"]["healing"]["layers"]
     card = (tmp_path / "out" / "README.md").read_text()
     assert f"{record['plain_perplexity']:.2f} plain removal: kept healed" in card
+
+
+def test_parameter_counts_follow_an_untied_head_and_its_undo(text_file):
+    """With ``untie_head`` a cut at block 0 of a tied model maps the embedding and unties the head:
+    the report counts the dense model before (not the model as healing left it) and one embedding
+    more than plain removal after — until the guard undoes the healing and ties the head again."""
+    common = {"n": 2, "calib": str(text_file), "num_samples": 2, "seq_len": 16, "heal_samples": 4, "save": False,
+              "selector": "given", "options": {"selector": {"blocks": "0-1"}, "healer": {"untie_head": True}}}
+    dense = build_tiny("llama", layers=5, seed=0)
+    embedding = dense.model.get_input_embeddings().weight.numel()
+    plain = miprun.prune(build_tiny("llama", layers=5, seed=0), heal="none",
+                         **{**common, "options": {"selector": {"blocks": "0-1"}}}).report["surgery"]
+    kept = miprun.prune(build_tiny("llama", layers=5, seed=0), **common)  # healing wins here
+    undone = miprun.prune(build_tiny("llama", layers=5, seed=1), **common)  # and loses here
+    assert kept.report["surgery"]["healing"]["cuts"][0]["untied_head"]
+    assert kept.report["surgery"]["parameters_before"] == plain["parameters_before"] == sum(
+        p.numel() for p in dense.model.parameters())
+    assert kept.report["surgery"]["parameters_after"] == plain["parameters_after"] + embedding
+    assert "undone" in undone.report["surgery"]["healing"]
+    assert undone.report["surgery"]["parameters_after"] == plain["parameters_after"]
+    assert undone.model.get_output_embeddings().weight is undone.model.get_input_embeddings().weight
