@@ -110,10 +110,10 @@ def output_lock(path: Path) -> Iterator[None]:
     for parent in reversed(path.parents):
         if not parent.exists():
             created.append(parent)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
     for attempt in (1, 2):
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
@@ -127,6 +127,8 @@ def output_lock(path: Path) -> Iterator[None]:
             if attempt == 2:
                 raise MiprunError(f"cannot take the lock {lock}; remove it if no miprun run is writing '{path}'") from None
             lock.unlink(missing_ok=True)  # stale: its process is gone
+        except OSError as exc:  # a parent that refuses new files (read-only or virtual file system)
+            raise MiprunError(f"output '{path}' cannot be written ({exc.strerror or exc}); choose another --output") from None
     with os.fdopen(descriptor, "w") as handle:
         handle.write(str(os.getpid()))
     try:

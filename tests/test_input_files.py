@@ -132,5 +132,11 @@ def test_a_damaged_checkpoint_is_one_line_naming_what_to_fix(tmp_path, tiny_dir,
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (untokenized / name).unlink()
     code, line = cli("run", "--model", str(untokenized), *common)
-    assert code == 2 and line.endswith("its tokenizer files are missing or unreadable")
+    assert code == 2 and "its tokenizer files (tokenizer.json, tokenizer.model or vocabulary files) are missing" in line
+    (untokenized / "model.safetensors").unlink()  # weights missing too: named first (the run cannot start without them)
+    code, line = cli("run", "--model", str(untokenized), *common)
+    assert code == 2 and "has config.json but no weights file (*.safetensors, pytorch_model*.bin)" in line
+    code, line = cli("run", "--model", str(tiny_dir), "--calib", str(tmp_path), "--prune", "1", "--seq-len", "16")
+    assert code == 2 and line.endswith(f"calibration file '{tmp_path}' is a directory; name one file in it "
+                                       f"(.txt, .jsonl, .json, .csv or .parquet)")
     assert not (tmp_path / "out").exists()

@@ -79,3 +79,17 @@ def test_a_config_that_would_not_rebuild_the_model_is_refused_before_anything_is
                                           r"\(32, 64\) here, absent from the config.*nothing was saved"):
         save_checkpoint(model, None, tmp_path / "out", {})
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="needs Linux's /proc, which refuses new files")
+def test_an_output_whose_directory_refuses_new_files_is_one_line():
+    """``os.access`` calls /proc writable for root, but no file can be made there: the run's lock
+    says so in one line instead of an OSError traceback."""
+    from pathlib import Path
+
+    from miprun.output import output_lock
+
+    for target in (Path("/proc/miprun-out"), Path("/proc/miprun-new/out")):
+        with pytest.raises(MiprunError, match=r"cannot be written \(.*\); choose another --output"):
+            with output_lock(target):
+                pass

@@ -213,6 +213,8 @@ def is_jsonl(path: Path) -> bool:
 
 def check_text_file(path: Path, *, what: str = "text file") -> None:
     """Raise :class:`MiprunError` naming ``what`` when ``path`` is not an existing file."""
+    if path.is_dir():
+        raise MiprunError(f"{what} '{path}' is a directory; name one file in it (.txt, .jsonl, .json, .csv or .parquet)")
     if not path.is_file():
         raise MiprunError(f"{what} '{path}' does not exist")
 

@@ -30,6 +30,9 @@ def looks_like_path(spec: str) -> bool:
 DEVICE_MAP_WORDS = ("auto", "balanced", "balanced_low_0", "sequential")
 """accelerate's placement strategies; any other string names one device."""
 
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin")
+"""The weights files a checkpoint directory holds (sharded ones included)."""
+
 
 def available_devices() -> list[str]:
     """The devices torch can use here: ``cpu`` and every CUDA / XPU / MPS device present."""
@@ -129,10 +132,18 @@ def load_model(
         config = AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as exc:
         raise _load_error(spec, source, exc, "") from exc
+    if source["kind"] == "directory" and all(next(Path(location).glob(pattern), None) is None
+                                                    for pattern in WEIGHT_FILES):
+        raise MiprunError(f"cannot load model '{spec}': the directory has config.json but no weights file "
+                          f"({', '.join(WEIGHT_FILES)}); save the model there or point --model at the checkpoint")
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
     except (OSError, ValueError) as exc:
-        raise _load_error(spec, source, exc, "; its tokenizer files are missing or unreadable" if local else "") from exc
+        if local:  # transformers' first line is not a sentence here ("… from one of")
+            raise MiprunError(f"cannot load model '{spec}': its tokenizer files (tokenizer.json, tokenizer.model or "
+                              f"vocabulary files) are missing or unreadable; copy them from the model it was saved "
+                              f"from") from exc
+        raise _load_error(spec, source, exc, "") from exc
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except (OSError, ValueError, SafetensorError) as exc:  # a damaged weights file raises SafetensorError
