@@ -126,17 +126,16 @@ def compare(
     import torch
 
     from miprun.data.calibration import check_calibration, load_calibration
-    from miprun.evaluation.lm_eval_bridge import check_task_names, parse_tasks
-    from miprun.evaluation.perplexity import check_dataset
     from miprun.engine import Collections, execute, healer_refusal, judges_healed
     from miprun.evaluation import evaluate
+    from miprun.evaluation.lm_eval_bridge import check_task_names, parse_tasks
+    from miprun.evaluation.perplexity import check_dataset
     from miprun.granularity import blocks_to_remove
     from miprun.models.adapters import adapter_for
     from miprun.models.embedded import DEFAULT_MODEL
     from miprun.models.loading import LoadedModel, load_model
-    from miprun.registry import get_registry
-
     from miprun.progress import Reporter, stage
+    from miprun.registry import get_registry
 
     log = log or (lambda line: None)
     reporter = reporter or Reporter()

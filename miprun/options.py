@@ -11,7 +11,6 @@ from typing import Any
 from miprun.errors import MiprunError
 from miprun.hookspecs import KINDS
 
-
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 """The ``--dtype`` values miprun loads and computes in (``auto``: as the checkpoint stores them)."""
 

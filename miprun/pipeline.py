@@ -150,9 +150,8 @@ def prune(
     from miprun.data.calibration import check_calibration
     from miprun.engine import execute
     from miprun.granularity import GRANULARITY, check_count
-    from miprun.output import check_output, output_lock
-
     from miprun.options import check_dtype
+    from miprun.output import check_output, output_lock
 
     check_dtype(dtype)
     reporter = reporter or Reporter()

@@ -18,11 +18,10 @@ from typing import Any, Callable
 
 import pluggy
 
-from miprun.options import convert_option
-
 from miprun import PROJECT, hookspecs
 from miprun.contracts import ArchitectureSpec, Capabilities
 from miprun.errors import MiprunError, did_you_mean
+from miprun.options import convert_option
 
 BUILTIN_PLUGINS = ("miprun.builtins",)
 

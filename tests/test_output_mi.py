@@ -15,8 +15,8 @@ from miprun.errors import MiprunError
 from miprun.estimators.gaussian_channel import GaussianChannelEstimator
 from miprun.probing import Prober
 from miprun.scorers.output_mi import OutputMIScorer, logit_isometry
-from miprun.selectors.set_exchange import SetExchangeSelector
 from miprun.selectors.greedy import GreedySelector
+from miprun.selectors.set_exchange import SetExchangeSelector
 
 COSTS = [3.0, 0.1, 0.2, 1.0, 0.5, 2.0, 0.4, 3.0]
 

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny
 from transformers import AutoModelForCausalLM
 
 import miprun
 import miprun.registry
 from miprun.compare import compare
 from miprun.registry import build_registry
-
-from conftest import build_tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -125,10 +125,10 @@ def test_small_table_without_fixture(tmp_path):
 
 
 def test_scores_plot_draws_the_span_heatmap_with_the_selection(tmp_path, text_file):
-    import miprun
     from conftest import build_tiny
     from typer.testing import CliRunner
 
+    import miprun
     from miprun.cli.main import app
 
     out = tmp_path / "run"

@@ -74,8 +74,8 @@ def _run(
     from rich.console import Console
 
     from miprun.evaluation import compare_reports, evaluate, parse_limit, parse_tasks
-    from miprun.evaluation.lm_eval_bridge import check_task_names
     from miprun.evaluation.generation import DEFAULT_PROMPTS
+    from miprun.evaluation.lm_eval_bridge import check_task_names
     from miprun.evaluation.perplexity import check_dataset
     from miprun.evaluation.report import print_report, to_markdown
     from miprun.evaluation.size_speed import SpeedConfig

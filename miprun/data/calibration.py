@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 
 from miprun.data.datadir import local_file
 from miprun.data.text import TABLE_SUFFIXES, check_text_file, hf_text, read_text_file
-from miprun.models.context import context_length
 from miprun.errors import MiprunError, did_you_mean
+from miprun.models.context import context_length
 from miprun.models.devices import check_token_ids, input_device
 
 _MAX_CHARS = 8_000_000

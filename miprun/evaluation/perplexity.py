@@ -27,8 +27,8 @@ from typing import Any
 
 from miprun.data.datadir import local_file
 from miprun.data.text import TABLE_SUFFIXES, hf_text, read_jsonl, read_text_file
-from miprun.models.context import context_length
 from miprun.errors import MiprunError, did_you_mean
+from miprun.models.context import context_length
 from miprun.models.devices import input_device
 from miprun.models.layerwise import layerwise_loader
 from miprun.models.sweep import sweep_logits
