@@ -110,6 +110,25 @@ def test_healing_layerwise_folds_the_same_map(tmp_path):
     assert healed == [c["folded_into"] for c in memory.report["surgery"]["healing"]["cuts"]]
 
 
+def test_a_cut_at_block_0_of_a_tied_model_heals_the_same_layerwise(tmp_path, text_file):
+    """The tied tiny model's cut at block 0 gets no fit of its own in either mode; the refits of the
+    blocks after it, and so every saved tensor, are the same layer-wise as in memory."""
+    directory, _ = saved_tiny(tmp_path, layers=6, seed=5)
+    common = dict(selector="given", options={"selector": {"blocks": "0-1"}}, n=2, calib=str(text_file), num_samples=4,
+                  seq_len=16, heal="linear", heal_samples=8)
+    memory = miprun.prune(str(directory), output=tmp_path / "memory", **common)
+    layered = miprun.prune(str(directory), output=tmp_path / "layered", layerwise=True, **common)
+    a, b = tensors_of(tmp_path / "memory"), tensors_of(tmp_path / "layered")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+    for result in (memory, layered):
+        cut = result.report["surgery"]["healing"]["cuts"][0]
+        assert cut["folded_into"] is None and "shares the token embedding" in cut["not_fitted"]
+        assert [after["refitted"] for after in cut["after_cut"]] == ["block 2 self_attn.o_proj", "block 3 self_attn.o_proj"]
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "layered").config.tie_word_embeddings
+
+
 def test_perplexity_of_a_layerwise_model_equals_the_model_in_memory(tmp_path, text_file):
     from miprun.evaluation.perplexity import perplexity
 
