@@ -174,7 +174,7 @@ def compare(
     heal_ids = None
     if healing:
         heal_ids = load_calibration(calib, loaded.tokenizer, num_samples=heal_samples, seq_len=seq_len, seed=seed,
-                                    model=loaded.model).input_ids
+                                    model=loaded.model, apart_from=calibration).input_ids
     collections = Collections()
     for plan in plans.values():  # collect once per distinct collector, outside every method's measurement
         if "collector" in plan.names:

@@ -62,9 +62,12 @@ def load_stage(model: Any, *, dtype: str, device_map: str | None, timings: dict[
 
 
 def calibrate_stage(
-    loaded: Any, *, calib: str, num_samples: int, seq_len: int, seed: int, timings: dict[str, float], reporter: Reporter
+    loaded: Any, *, calib: str, num_samples: int, seq_len: int, seed: int, timings: dict[str, float], reporter: Reporter,
+    apart_from: Any = None,
 ) -> Any:
-    """Draw the calibration token windows (seeded) for ``loaded``."""
+    """Draw the calibration token windows (seeded) for ``loaded``; ``apart_from`` as
+    :func:`~miprun.data.calibration.load_calibration` takes it (the healing windows: apart from
+    the calibration ones they do not repeat)."""
     import torch
 
     from miprun.data.calibration import load_calibration
@@ -73,8 +76,8 @@ def calibrate_stage(
     torch.manual_seed(seed)
     with stage("calibrate", timings, reporter):
         calibration = load_calibration(
-            calib, loaded.tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed, model=loaded.model
-        )
+            calib, loaded.tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed, model=loaded.model,
+            apart_from=apart_from)
     release_freed_memory()  # tokenizing the source text takes far more than the windows kept
     return calibration
 
@@ -210,7 +213,7 @@ def prune(
         if healed or (check and calib != "self"):  # the check avoids the healing windows even where the run does
             # not heal, so that --heal none is judged on the windows the healed run is (generated text is new anyway)
             read.append(calibrate_stage(loaded, calib=calib, num_samples=heal_samples, seq_len=seq_len, seed=seed,
-                                        timings={}, reporter=reporter))
+                                        timings={}, reporter=reporter, apart_from=calibration))
         heal_ids = read[-1].input_ids if healed else None
         reference = _dense_reference(loaded, calib=calib, seq_len=seq_len, seed=seed, timings=timings,
                                      reporter=reporter, read=read) if check else None
@@ -218,6 +221,9 @@ def prune(
                           tokenizer=loaded.tokenizer, seed=seed, strategies=strategies, registry=registry,
                           reporter=reporter, timings=timings, heal_ids=heal_ids, heal_candidates=heal_candidates,
                           judge=_judge(loaded, reference) if reference is not None else None)
+        apart = read[-1].source.get("apart_from") if healed else None
+        if apart and apart["redrawn"] and isinstance(outcome.surgery.get("healing"), dict):
+            outcome.surgery["healing"]["windows_redrawn"] = apart  # the preview's windows, held out by token
         report = {
             "miprun_report_version": 1,
             "model": loaded.source,

@@ -87,3 +87,31 @@ def test_a_run_on_a_source_its_fits_read_whole_says_its_check_is_optimistic(tmp_
     output = " ".join(result.output.split())
     assert "of the quality check's 8 windows share no token with the text selection and healing read" in output
     assert "the check is optimistic; pass a larger --calib" in output
+
+
+def test_the_windows_the_healing_preview_fits_on_share_no_token_with_the_calibration_windows(tmp_path):
+    """The healing windows repeat the calibration windows first; the next as many — what the
+    selection's preview fits on, to judge sets on the calibration windows — are redrawn where they
+    overlap a calibration window, and every other window stays as drawn."""
+    from conftest import WORDS, build_tokenizer
+
+    from miprun.data.calibration import load_calibration
+
+    tokenizer = build_tokenizer()
+    generator = torch.Generator().manual_seed(8)
+    source = tmp_path / "source.txt"
+    source.write_text(" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (1500,), generator=generator).tolist()))
+    calibration = load_calibration(str(source), tokenizer, num_samples=8, seq_len=32, seed=0)
+    plain = load_calibration(str(source), tokenizer, num_samples=40, seq_len=32, seed=0)
+    healing = load_calibration(str(source), tokenizer, num_samples=40, seq_len=32, seed=0, apart_from=calibration)
+    assert healing.starts[:8] == calibration.starts == plain.starts[:8]
+    fit = [s for s in healing.starts if s not in set(calibration.starts)][:8]
+    overlapping = [s for s in [s for s in plain.starts if s not in set(calibration.starts)][:8]
+                   if _covered([s], 32) & _covered(calibration.starts, 32)]
+    assert overlapping, "the test needs a plain draw whose preview windows overlap the calibration ones"
+    assert not _covered(fit, 32) & _covered(calibration.starts, 32)
+    assert healing.source["apart_from"] == {"redrawn": len(overlapping), "still_overlapping": 0}
+    changed = [i for i, (a, b) in enumerate(zip(healing.starts, plain.starts)) if a != b]
+    assert len(changed) == len(overlapping) and all(8 <= i for i in changed)
+    text_ids = tokenizer(source.read_text(), add_special_tokens=False).input_ids
+    assert all(row == text_ids[s : s + 32] for row, s in zip(healing.input_ids.tolist(), healing.starts))

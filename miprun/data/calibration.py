@@ -101,6 +101,23 @@ def _held_out_starts(total: int, num_samples: int, seq_len: int, seed: int, read
     return chosen
 
 
+def _apart(starts: list[int], avoid: list[int], total: int, seq_len: int, seed: int) -> tuple[list[int], dict[str, int]]:
+    """``starts`` with each of the first ``len(avoid)`` windows that are not ``avoid``'s own and
+    overlap one of them moved to where no window of ``avoid`` (nor another moved one) reaches; those
+    the stream has no room for stay. Returns the starts and the counts (``redrawn``,
+    ``still_overlapping``)."""
+    own = set(avoid)
+    held = [i for i, s in enumerate(starts) if s not in own][: len(avoid)]
+    clash = [i for i in held if any(abs(starts[i] - a) < seq_len for a in avoid)]
+    if not clash:
+        return starts, {"redrawn": 0, "still_overlapping": 0}
+    fresh = _held_out_starts(total, len(clash), seq_len, seed, list(avoid))
+    moved = list(starts)
+    for index, start in zip(clash, fresh):
+        moved[index] = start
+    return moved, {"redrawn": len(fresh), "still_overlapping": len(clash) - len(fresh)}
+
+
 def _self_generated(model: Any, tokenizer: Any, num_samples: int, seq_len: int, seed: int) -> Any:
     import torch
 
@@ -146,13 +163,21 @@ def load_calibration(
     seed: int,
     model: Any = None,
     held_out_from: Sequence[Calibration] = (),
+    apart_from: Calibration | None = None,
 ) -> Calibration:
     """Draw ``num_samples`` windows of ``seq_len`` tokens from ``source`` with ``seed``.
 
     :param held_out_from: windows already drawn from the same source (the run's calibration and
         healing windows): the new windows share no token with them nor with each other, as far as
         the source has room; where it has not, the rest are drawn as usual and ``source["held_out"]``
-        says how many of the windows are disjoint (text sampled from the model is always new)."""
+        says how many of the windows are disjoint (text sampled from the model is always new).
+    :param apart_from: windows drawn before from the same source (the run's calibration windows,
+        which the healing windows of the same seed repeat first): of the new windows that are not
+        one of them, the first as many as there are of them — what the selection's healing preview
+        fits on, to judge sets on the calibration windows — are redrawn, where they share tokens
+        with a calibration window, where none reaches, as far as the source has room; so the preview
+        is held out by token, not only by window (``source["apart_from"]`` counts the redrawn
+        windows and any left overlapping). The other windows stay as drawn."""
     import torch
 
     check_calibration(source, num_samples=num_samples, seq_len=seq_len)
@@ -194,6 +219,8 @@ def load_calibration(
         starts = disjoint + starts[: num_samples - len(disjoint)]
         info["held_out"] = {"windows": num_samples, "disjoint": len(disjoint), "source_tokens": int(ids.numel()),
                             "tokens_read_before": len(read) * seq_len}
+    if apart_from is not None and apart_from.starts:
+        starts, info["apart_from"] = _apart(starts, apart_from.starts, ids.numel(), seq_len, seed)
     windows = torch.stack([ids[start : start + seq_len] for start in starts])
     check_token_ids(windows, model, f"calibration source '{source}'")
     return Calibration(windows, info, starts)
