@@ -48,6 +48,15 @@ def test_every_run_reports_the_check_and_warns_when_the_result_is_ruined(tmp_pat
 
 
 
+def _word_file(path, words: int, seed: int):
+    """A text file of ``words`` random words of the tiny tokenizer's vocabulary (one token each)."""
+    from conftest import WORDS
+
+    generator = torch.Generator().manual_seed(seed)
+    path.write_text(" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (words,), generator=generator).tolist()))
+    return path
+
+
 def _covered(starts, seq_len):
     return {token for start in starts for token in range(start, start + seq_len)}
 
@@ -61,9 +70,7 @@ def test_the_check_windows_share_no_token_with_what_selection_and_healing_read(t
     from miprun.data.calibration import load_calibration
 
     tokenizer = build_tokenizer()
-    generator = torch.Generator().manual_seed(7)
-    large = tmp_path / "large.txt"
-    large.write_text(" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (6000,), generator=generator).tolist()))
+    large = _word_file(tmp_path / "large.txt", 6000, seed=7)
     fit = load_calibration(str(large), tokenizer, num_samples=40, seq_len=32, seed=0)
     heal = load_calibration(str(large), tokenizer, num_samples=80, seq_len=32, seed=0)
     check = load_calibration(str(large), tokenizer, num_samples=8, seq_len=32, seed=1, held_out_from=[fit, heal])
@@ -93,14 +100,12 @@ def test_the_windows_the_healing_preview_fits_on_share_no_token_with_the_calibra
     """The healing windows repeat the calibration windows first; the next as many — what the
     selection's preview fits on, to judge sets on the calibration windows — are redrawn where they
     overlap a calibration window, and every other window stays as drawn."""
-    from conftest import WORDS, build_tokenizer
+    from conftest import build_tokenizer
 
     from miprun.data.calibration import load_calibration
 
     tokenizer = build_tokenizer()
-    generator = torch.Generator().manual_seed(8)
-    source = tmp_path / "source.txt"
-    source.write_text(" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (1500,), generator=generator).tolist()))
+    source = _word_file(tmp_path / "source.txt", 1500, seed=8)
     calibration = load_calibration(str(source), tokenizer, num_samples=8, seq_len=32, seed=0)
     plain = load_calibration(str(source), tokenizer, num_samples=40, seq_len=32, seed=0)
     healing = load_calibration(str(source), tokenizer, num_samples=40, seq_len=32, seed=0, apart_from=calibration)
