@@ -20,12 +20,12 @@ from miprun.models.layerwise import layerwise_loader
 from miprun.models.rebuild import check_rebuilds
 
 
-def check_output(path: Path, *, overwrite: bool) -> None:
+def check_output(path: Path, *, overwrite: bool, marker: str | None = None) -> None:
     """Fail early — before any work — when ``path`` exists and is not an empty directory (unless
-    ``overwrite``), or when it can never be created: its nearest existing ancestor is not a
-    directory, or is one this process cannot write into."""
-    import os
-
+    ``overwrite``; with a ``marker`` file name, ``overwrite`` replaces only a directory holding that
+    file — a previous output of the same kind, never a directory that merely happens to be named),
+    or when it can never be created: its nearest existing ancestor is not a directory, or is one
+    this process cannot write into."""
     if not path.exists():
         ancestor = path.absolute().parent
         while not ancestor.exists() and ancestor != ancestor.parent:
@@ -38,15 +38,33 @@ def check_output(path: Path, *, overwrite: bool) -> None:
         return
     if path.is_file():
         raise MiprunError(f"output '{path}' is a file; choose a directory path with --output")
-    if any(path.iterdir()) and not overwrite:
+    if not any(path.iterdir()):
+        return
+    if not overwrite:
         raise MiprunError(f"output directory '{path}' is not empty; choose another --output or pass --overwrite")
+    if marker is not None and not (path / marker).is_file():
+        raise MiprunError(f"output directory '{path}' is not empty and holds no {marker}: --overwrite replaces only "
+                          f"a previous miprun output; choose another --output, or empty the directory yourself")
 
 
-def write_atomically(path: Path, fill: Callable[[Path], None], *, overwrite: bool) -> Path:
+def check_apart_from_source(path: Path, sources: list[Path]) -> None:
+    """Refuse an output that is one of the ``sources`` a run reads (:func:`~miprun.models.loading.source_locations`)
+    or a directory holding one: writing it (with ``--overwrite``) would replace the model being pruned."""
+    target = path.expanduser().resolve()
+    for source in sources:
+        source = source.expanduser().resolve()
+        if target == source or target in source.parents:
+            what = "is" if target == source else "holds"
+            raise MiprunError(f"output '{path}' {what} the source model's files ('{source}'), which a run never "
+                              f"replaces, --overwrite or not; choose another --output")
+
+
+def write_atomically(path: Path, fill: Callable[[Path], None], *, overwrite: bool, marker: str | None = None) -> Path:
     """Create directory ``path`` by calling ``fill(tmp_dir)`` on a temporary sibling, then moving it
     into place. A failure leaves the previous state untouched; with ``overwrite`` the old directory
-    is removed only after the new one is complete."""
-    check_output(path, overwrite=overwrite)
+    (one holding ``marker``, where given: :func:`check_output`) is removed only after the new one is
+    complete."""
+    check_output(path, overwrite=overwrite, marker=marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
@@ -162,7 +180,7 @@ def save_checkpoint(model: Any, tokenizer: Any, path: Path, report: dict[str, An
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
         model_card(report).save(tmp / "README.md")
 
-    return write_atomically(path, fill, overwrite=overwrite)
+    return write_atomically(path, fill, overwrite=overwrite, marker=REPORT_NAME)
 
 
 def load_report(path: Path) -> dict[str, Any]:

@@ -153,8 +153,9 @@ def prune(
     from miprun.data.calibration import check_calibration
     from miprun.engine import execute
     from miprun.granularity import GRANULARITY, check_count
+    from miprun.models.loading import source_locations
     from miprun.options import check_dtype
-    from miprun.output import check_output, output_lock
+    from miprun.output import REPORT_NAME, check_apart_from_source, check_output, output_lock
 
     check_dtype(dtype)
     reporter = reporter or Reporter()
@@ -188,7 +189,8 @@ def prune(
         for dataset in evaluate.get("ppl", ()):
             check_dataset(dataset)
     if output is not None and save:
-        check_output(Path(output), overwrite=overwrite)
+        check_apart_from_source(Path(output), source_locations(model))
+        check_output(Path(output), overwrite=overwrite, marker=REPORT_NAME)
     timings: dict[str, float] = {}
 
     loaded = load_stage(model, dtype=dtype, device_map=device if device is not None else device_map, timings=timings,
@@ -206,7 +208,8 @@ def prune(
         loaded.source.get("spec", str(model)), plan.names, count, loaded.adapter)
     with output_lock(out_path) if save else nullcontext():
         if save:
-            check_output(out_path, overwrite=overwrite)
+            check_apart_from_source(out_path, source_locations(model))
+            check_output(out_path, overwrite=overwrite, marker=REPORT_NAME)
         calibration = calibrate_stage(loaded, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
                                       timings=timings, reporter=reporter)
         read = [calibration]

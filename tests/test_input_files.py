@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import build_tiny
@@ -140,3 +142,43 @@ def test_a_damaged_checkpoint_is_one_line_naming_what_to_fix(tmp_path, tiny_dir,
     assert code == 2 and line.endswith(f"calibration file '{tmp_path}' is a directory; name one file in it "
                                        f"(.txt, .jsonl, .json, .csv or .parquet)")
     assert not (tmp_path / "out").exists()
+
+
+def _files(directory):
+    return {path.relative_to(directory): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("where", ["source", "parent"])
+def test_an_output_that_is_or_holds_the_source_model_is_refused_even_with_overwrite(tmp_path, tiny_dir, text_file, where):
+    """``--output`` naming the model's own directory (or one above it) with ``--overwrite`` replaced
+    the model being pruned by its pruned copy: refused in one line, before anything loads, and
+    every source file is byte for byte what it was."""
+    before = _files(tmp_path)
+    target = tiny_dir if where == "source" else tmp_path
+    code, line = cli("run", "--model", str(tiny_dir), "--calib", str(text_file), "--seq-len", "16", "--prune", "1",
+                     "--output", str(target), "--overwrite")
+    verb = "is" if where == "source" else "holds"
+    assert code == 2 and line == (f"miprun: error: output '{target}' {verb} the source model's files ('{tiny_dir.resolve()}'), "
+                                  f"which a run never replaces, --overwrite or not; choose another --output")
+    assert _files(tmp_path) == before
+
+
+def test_overwrite_replaces_a_previous_output_but_not_a_directory_miprun_did_not_write(tmp_path, tiny_dir, text_file):
+    """``--overwrite`` replaces a previous run's output (it holds miprun_report.json); a non-empty
+    directory without one (a home or cache directory named by mistake) is refused and kept."""
+    args = ["run", "--model", str(tiny_dir), "--calib", str(text_file), "--seq-len", "16", "--num-samples", "4",
+            "--prune", "1", "--heal", "none"]
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    code, line = cli(*args, "--output", str(other), "--overwrite")
+    assert code == 2 and line == (f"miprun: error: output directory '{other}' is not empty and holds no miprun_report.json: "
+                                  f"--overwrite replaces only a previous miprun output; choose another --output, or "
+                                  f"empty the directory yourself")
+    assert [p.name for p in other.iterdir()] == ["keep.txt"]
+    out = tmp_path / "out"
+    assert cli(*args, "--output", str(out))[0] == 0
+    (out / "stale.txt").write_text("left by hand")
+    assert cli(*args, "--output", str(out), "--overwrite", "--seed", "1")[0] == 0
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "miprun_report.json").read_text())["seed"] == 1

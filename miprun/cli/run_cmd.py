@@ -29,7 +29,7 @@ def run(
     surgeon: Annotated[Optional[str], typer.Option(help="Surgeon (default remove-blocks, laco for the laco selector; neuron: slice-ffn)")] = None,
     option: Annotated[list[str], typer.Option("--option", "-o", help="Strategy option KIND.KEY=VALUE, repeatable")] = [],
     output: Annotated[Optional[Path], typer.Option(help="Checkpoint directory (default pruned/<model>-...)")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a non-empty output directory (atomically)")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a previous miprun output directory (atomically; only one holding miprun_report.json)")] = False,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
     device_map: Annotated[Optional[str], typer.Option(help="accelerate device map, e.g. auto")] = None,
     eval_ppl: Annotated[Optional[str], typer.Option("--eval", help="Evaluate perplexity after pruning on these sets, e.g. wikitext2")] = None,

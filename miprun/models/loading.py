@@ -27,6 +27,30 @@ def looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or Path(spec).exists() or spec.count("/") > 1
 
 
+def source_locations(model: Any) -> list[Path]:
+    """The local files and directories a run of ``model`` (a name, path or hub id, or a
+    :class:`LoadedModel`) reads its weights from, found without loading or fetching anything: a
+    checkpoint directory or ``.gguf`` file itself, miprun's cache (where embedded models and converted
+    ``.gguf`` files live), or the Hugging Face hub cache."""
+    if isinstance(model, LoadedModel):
+        return [Path(model.source[key]) for key in ("path", "converted") if key in model.source]
+    spec = str(model)
+    if spec in EMBEDDED:
+        from miprun.models.embedded import cache_dir
+
+        return [cache_dir()]
+    if looks_like_path(spec):
+        path = Path(spec).expanduser()
+        if path.suffix == ".gguf":
+            from miprun.models.embedded import cache_dir
+
+            return [path, cache_dir()]
+        return [path]
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return [Path(HF_HUB_CACHE)]
+
+
 DEVICE_MAP_WORDS = ("auto", "balanced", "balanced_low_0", "sequential")
 """accelerate's placement strategies; any other string names one device."""
 
