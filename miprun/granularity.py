@@ -39,10 +39,13 @@ def _count(total: int, n: int | None, ratio: float | None, unit: str, whole: str
     """Units to remove from ``n`` or ``ratio`` (default 0.2) of ``total``, checked; ``whole`` says
     what ``total`` counts, for the error."""
     check_count(n, ratio)
+    asked = f"--prune {n}"
     if n is None:
         n = max(1, round((0.2 if ratio is None else ratio) * total))
+        asked = f"--ratio {0.2 if ratio is None else ratio} ({n} of {total})"
     if n >= total:
-        raise MiprunError(f"--prune {n} would remove every {unit}: {whole}; choose at most {total - 1}")
+        fix = f"at most {total - 1}" if asked.startswith("--prune") else f"a --ratio below {(total - 0.5) / total:.4g}"
+        raise MiprunError(f"{asked} would remove every {unit}: {whole}; choose {fix}")
     return n
 
 

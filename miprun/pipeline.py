@@ -153,7 +153,7 @@ def prune(
     from miprun.data.calibration import check_calibration
     from miprun.engine import execute
     from miprun.granularity import GRANULARITY, check_count
-    from miprun.models.loading import source_locations
+    from miprun.models.loading import check_device_map, source_locations
     from miprun.options import check_dtype
     from miprun.output import REPORT_NAME, check_apart_from_source, check_output, output_lock
 
@@ -169,6 +169,8 @@ def prune(
     execution = _execution(model, plan, dtype=dtype, layerwise=layerwise, max_memory=max_memory)
     if device is not None and device_map is not None:
         raise MiprunError("pass either --device (one device) or --device-map (accelerate placement), not both")
+    if device is not None:
+        check_device_map(device, flag="--device")
     if execution.mode == "layerwise" and device_map is not None:
         raise MiprunError(f"layer-wise execution ({execution.reason}) places one block at a time itself; "
                           f"name its device with --device instead of --device-map")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import miprun
 from miprun.cli.main import app
 from miprun.errors import MiprunError
-from miprun.models.loading import check_device_map
+from miprun.models.loading import available_devices, check_device_map
 
 
 @pytest.fixture
@@ -50,6 +50,27 @@ def test_device_map_cuda_without_cuda_on_the_command_line(tmp_path, tiny_dir):
         pytest.skip("this machine has CUDA")
     code, line = cli("run", "--model", str(tiny_dir), "--device-map", "cuda", "--output", str(tmp_path / "out"))
     assert code == 2 and "device 'cuda' is not available on this machine (devices here: cpu" in line
+
+
+def test_a_missing_device_named_with_device_is_refused_before_loading_with_that_flags_fix(tmp_path):
+    """``--device`` names one device: its errors say ``--device`` (not ``--device-map`` and its
+    placement words), and come before any model is loaded (the model path here does not exist)."""
+    absent = str(tmp_path / "no-model")
+    code, line = cli("run", "--model", absent, "--device", "gpu-please", "--output", str(tmp_path / "out"))
+    assert code == 2 and line == "miprun: error: --device 'gpu-please' is not a device; devices here: cpu" + \
+        "".join(f", {d}" for d in available_devices()[1:])
+    code, line = cli("run", "--model", absent, "--device", "meta", "--output", str(tmp_path / "out"))
+    assert code == 2 and line.startswith("miprun: error: device 'meta' is not available on this machine") and \
+        line.endswith("; pass --device cpu or one of those")
+
+
+def test_a_ratio_that_rounds_to_every_unit_names_the_ratio(tmp_path, tiny_dir, text_file):
+    code, line = cli("run", "--model", str(tiny_dir), "--calib", str(text_file), "--seq-len", "16",
+                     "--granularity", "neuron", "--ratio", "0.999", "--output", str(tmp_path / "out"))
+    width = build_tiny("llama", layers=3).model.config.intermediate_size
+    assert code == 2 and line == (f"miprun: error: --ratio 0.999 ({width} of {width}) would remove every FFN neuron: "
+                                  f"layers have {width}; choose a --ratio below {(width - 0.5) / width:.4g}")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_binary_or_nul_calibration_file_is_a_clear_error(tmp_path):

@@ -71,9 +71,9 @@ def available_devices() -> list[str]:
     return found
 
 
-def check_device_map(device_map: str | dict) -> str | dict:
+def check_device_map(device_map: str | dict, flag: str = "--device-map") -> str | dict:
     """``device_map`` if every device it names exists here; else a one-line error listing the
-    devices there are and how to choose one."""
+    devices there are and how to choose one with ``flag`` (``--device`` names one device only)."""
     import torch
 
     named = [device_map] if isinstance(device_map, str) else [v for v in device_map.values() if isinstance(v, str)]
@@ -83,7 +83,8 @@ def check_device_map(device_map: str | dict) -> str | dict:
         try:
             parsed = torch.device(device)
         except (RuntimeError, TypeError):
-            raise MiprunError(f"--device-map '{device}' is neither a device nor one of {', '.join(DEVICE_MAP_WORDS)}; "
+            what = f"neither a device nor one of {', '.join(DEVICE_MAP_WORDS)}" if flag == "--device-map" else "not a device"
+            raise MiprunError(f"{flag} '{device}' is {what}; "
                               f"devices here: {', '.join(available_devices())}") from None
         index = parsed.index or 0
         present = parsed.type == "cpu" or (
@@ -92,7 +93,7 @@ def check_device_map(device_map: str | dict) -> str | dict:
             parsed.type == "xpu" and hasattr(torch, "xpu") and torch.xpu.is_available() and index < torch.xpu.device_count())
         if not present:
             raise MiprunError(f"device '{device}' is not available on this machine (devices here: "
-                              f"{', '.join(available_devices())}); pass --device-map cpu, auto or one of those")
+                              f"{', '.join(available_devices())}); pass {flag} cpu{', auto' if flag == '--device-map' else ''} or one of those")
     return device_map
 
 
