@@ -138,3 +138,16 @@ def test_scores_plot_draws_the_span_heatmap_with_the_selection(tmp_path, text_fi
     result = CliRunner().invoke(app, ["scores", str(out), "--plot", str(png)])
     assert result.exit_code == 0, result.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_a_prose_file_as_the_table_is_one_short_line_and_a_misspelt_selector_is_told_first(tmp_path):
+    """A text file passed as ``--scores`` is named with its first 57 characters, not echoed whole;
+    the selector's name is checked before the file is read."""
+    prose = tmp_path / "notes.txt"
+    prose.write_text("the quick brown fox jumps over the lazy dog " * 50 + "\n")
+    result = run("--scores", str(prose), "--blocks", "8", "--prune", "2", "--selector", "greedy")
+    assert_one_line_error(result, f"{prose} line 1: header 'the quick brown fox jumps over the lazy dog the quick bro...' "
+                                  f"must name the columns first_layer, length and mi")
+    assert len(result.stderr) < 200 + len(str(prose))
+    assert_one_line_error(run("--scores", str(prose), "--blocks", "8", "--prune", "2", "--selector", "gredy"),
+                          "did you mean 'greedy'")

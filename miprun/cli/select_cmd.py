@@ -96,8 +96,8 @@ def select(
         options["k"] = k
     if conflict is not None:
         options["conflict"] = conflict
+    entry = get_registry().get("selector", selector)  # a misspelt name is told before the table is read
     span_scores = load_span_scores(scores, blocks, missing=missing_mi)
-    entry = get_registry().get("selector", selector)
     if not entry.works_at("block") or not entry.capabilities.needs_scores or entry.capabilities.runs_model:
         raise MiprunError(f"selector '{selector}' does not choose from a score table alone; use a block "
                           f"selector that reads scores: greedy, fast-block-select, brute-force, best-span")

@@ -35,9 +35,9 @@ def _header(tokens: list[str], where: str) -> list[str] | None:
         return None
     roles = [_ALIASES.get(t.lower()) for t in tokens]
     if sorted(r for r in roles if r) != ["first", "length", "value"] or len(tokens) != 3:
-        raise MiprunError(
-            f"{where}: header {' '.join(tokens)!r} must name the columns first_layer, length and mi"
-        )
+        shown = " ".join(tokens)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise MiprunError(f"{where}: header {shown!r} must name the columns first_layer, length and mi")
     return roles  # type: ignore[return-value]
 
 
