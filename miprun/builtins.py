@@ -389,6 +389,16 @@ def miprun_register_architectures(register):
     register("gpt2", replace(_TRANSFORMER_H, ffn=("mlp.c_fc", "mlp.c_proj"), ffn_size_field="n_inner",
                              ffn_output="mlp.c_proj", attention_output="attn.c_proj"),
              description="GPT-2: transformer.h, Conv1D FFN")
+    register("gpt_bigcode", replace(_TRANSFORMER_H, ffn=("mlp.c_fc", "mlp.c_proj"), ffn_size_field="n_inner",
+                                    ffn_output="mlp.c_proj", attention_output="attn.c_proj"),
+             description="GPT-BigCode (SantaCoder, StarCoder 1): transformer.h, c_fc/c_proj FFN, multi-query attention")
+    register("codegen", replace(_TRANSFORMER_H, ffn=("mlp.fc_in", "mlp.fc_out"), ffn_size_field="n_inner",
+                                ffn_output="mlp.fc_out", attention_output=""),
+             description="CodeGen: transformer.h, parallel attention and fc_in/fc_out FFN")
+    register("gpt_neo", replace(_TRANSFORMER_H, per_layer_fields=("attention_layers",), run_length_fields=("attention_types",),
+                                ffn=("mlp.c_fc", "mlp.c_proj"), ffn_output="mlp.c_proj",
+                                attention_output="attn.attention.out_proj"),
+             description="GPT-Neo: transformer.h, global and local attention blocks, c_fc/c_proj FFN")
     register(
         "bert",
         ArchitectureSpec(blocks=("bert.encoder.layer", "encoder.layer"), per_layer_fields=(),

@@ -57,6 +57,17 @@ def tiny_config(model_type: str, vocab_size: int, layers: int = 4):
     if model_type == "gptj":
         return AutoConfig.for_model("gptj", n_embd=32, n_inner=64, n_layer=layers, n_head=4, n_positions=128, rotary_dim=4,
                                     **common)
+    if model_type == "gpt_bigcode":  # multi-query attention
+        return AutoConfig.for_model("gpt_bigcode", n_embd=32, n_inner=64, n_layer=layers, n_head=4, n_positions=128,
+                                    multi_query=True, **common)
+    if model_type == "codegen":
+        return AutoConfig.for_model("codegen", n_embd=32, n_inner=64, n_layer=layers, n_head=4, n_positions=128,
+                                    rotary_dim=4, **common)
+    if model_type == "gpt_neo":  # global and local (window 8) attention blocks alternating, as GPT-Neo 125M
+        return AutoConfig.for_model("gpt_neo", hidden_size=32, intermediate_size=64, num_layers=layers, num_heads=4,
+                                    max_position_embeddings=128, window_size=8,
+                                    attention_types=[[["global", "local"], layers // 2]] + [[["global"], layers % 2]],
+                                    **common)
     if model_type == "bloom":
         return AutoConfig.for_model("bloom", hidden_size=32, n_layer=layers, n_head=4, **common)
     if model_type == "falcon":  # Falcon-RW's layout: attention then FFN, ALiBi positions
@@ -157,7 +168,8 @@ LAYOUT_TWINS = ["qwen3", "olmo", "helium", "seed_oss", "arcee", "apertus", "olmo
                 "ministral", "ministral3", "ernie4_5", "hunyuan_v1_dense", "cwm", "vaultgemma",
                 "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nemotron", "jais2", "granite_swa"]
 # registered with a layout no other family has: every test that runs ARCHITECTURES runs them too
-ARCHITECTURES += ["qwen3_5_text", "hyperclovax", "qwen2_moe", "gpt_oss", "granitemoe", *MOE_EXTRA]
+ARCHITECTURES += ["qwen3_5_text", "hyperclovax", "qwen2_moe", "gpt_oss", "granitemoe", *MOE_EXTRA, "gpt_neo", "gpt_bigcode",
+                  "codegen"]
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import ARCHITECTURES, LAYOUT_TWINS, build_tiny
@@ -145,16 +147,10 @@ def test_unsupported_architecture_is_named():
 
 
 def test_an_unsupported_type_laid_out_like_a_registered_one_is_told_which():
-    """BitNet's blocks are laid out as Llama's (its ternary weights are why it is not registered),
-    CodeGen's as GPT-J's: the refusal names the registered types with that layout, most specific
-    first (not Arcee's ungated FFN, whose names a gated one also has), so that a plugin can register
-    it with their spec."""
+    """BitNet's blocks are laid out as Llama's (its ternary weights are why it is not registered):
+    the refusal names the registered types with that layout, most specific first (not Arcee's
+    ungated FFN, whose names a gated one also has), so that a plugin can register it with their spec."""
     from transformers import AutoConfig
-
-    codegen = AutoModelForCausalLM.from_config(AutoConfig.for_model("codegen", n_embd=16, n_layer=1, n_head=2,
-                                                                    rotary_dim=4, vocab_size=50))
-    with pytest.raises(MiprunError, match=r"unsupported architecture 'codegen'.*laid out as registered for gptj: "):
-        adapter_for(codegen)
 
     config = AutoConfig.for_model("bitnet", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                                   num_attention_heads=2, num_key_value_heads=2, vocab_size=50, pad_token_id=0)
@@ -199,6 +195,39 @@ def test_per_layer_config_lists_follow_the_kept_blocks(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, loaded.model(ids).logits)
+
+
+def test_gpt_neo_attention_kinds_follow_the_kept_blocks(tmp_path):
+    """GPT-Neo alternates global and local (windowed) attention, written as runs in
+    ``attention_types``: removing global block 0 of [global, local, global, local] leaves
+    [local, global, local], which the saved config must rebuild — on a sequence longer than the
+    window, where the two kinds differ — and the blocks' cache positions (``layer_id``) are renumbered."""
+    from miprun.models.adapters import kept_runs
+
+    assert kept_runs([[["global", "local"], 2]], [1, 2, 3]) == [[["local"], 1], [["global"], 1], [["local"], 1]]
+    assert kept_runs([[["global"], 3], [["local"], 1]], [0, 2, 3]) == [[["global"], 2], [["local"], 1]]
+    loaded = build_tiny("gpt_neo", layers=4)
+    model = loaded.model
+    assert model.config.attention_layers == ["global", "local", "global", "local"] and model.config.window_size < 20
+    ids = torch.arange(4, 24)[None, :]
+    RemoveBlocksSurgeon().apply(model, loaded.adapter, Selection([0]))
+    assert model.config.attention_types == [[["local"], 1], [["global"], 1], [["local"], 1]]
+    assert [block.attn.attention.layer_id for block in loaded.adapter.blocks] == [0, 1, 2]
+    with torch.no_grad():
+        in_memory = model(ids).logits
+        generated = model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=True)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert [block.attn.attention_type for block in reloaded.transformer.h] == ["local", "global", "local"]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, in_memory)
+        assert torch.equal(reloaded.generate(ids, max_new_tokens=4, do_sample=False), generated)
+    all_global = copy.deepcopy(reloaded.config)
+    all_global.attention_types, all_global.attention_layers = [[["global"], 3]], ["global"] * 3
+    wrong = AutoModelForCausalLM.from_config(all_global).eval()
+    wrong.load_state_dict(reloaded.state_dict(), strict=False)
+    with torch.no_grad():
+        assert not torch.allclose(wrong(ids).logits, in_memory, atol=1e-4)  # the kinds matter on this sequence
 
 
 def test_a_fused_gate_up_projection_is_sliced_and_weighed_chunk_by_chunk():

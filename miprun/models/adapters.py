@@ -108,8 +108,9 @@ class ArchitectureAdapter:
         self.blocks = getattr(owner, attr)
         for new_index, block in enumerate(self.blocks):
             for module in block.modules():
-                if hasattr(module, "layer_idx"):
-                    module.layer_idx = new_index
+                for name in LAYER_INDEX_ATTRIBUTES:
+                    if hasattr(module, name):
+                        setattr(module, name, new_index)
         for field_name in self.spec.layer_index_fields:
             values = getattr(config, field_name, None)
             if isinstance(values, (list, tuple)):
@@ -122,6 +123,10 @@ class ArchitectureAdapter:
             values = getattr(config, field_name, None)
             if isinstance(values, (list, tuple)) and len(values) >= max(keep, default=-1) + 1:
                 setattr(config, field_name, [values[i] for i in keep])
+        for field_name in self.spec.run_length_fields:
+            runs = getattr(config, field_name, None)
+            if isinstance(runs, (list, tuple)):
+                setattr(config, field_name, kept_runs(runs, keep))
         config.num_hidden_layers = len(keep)
 
 
@@ -152,6 +157,25 @@ class ArchitectureAdapter:
     def set_ffn_width(self, width: int) -> None:
         """Record a common FFN width in the config (``intermediate_size`` / ``n_inner``)."""
         setattr(self.block_config, self.spec.ffn_size_field, int(width))
+
+
+LAYER_INDEX_ATTRIBUTES = ("layer_idx", "layer_id")
+"""Attributes by which a block's modules know their position (the key of their cache entry):
+renumbered to the kept blocks' new positions (``layer_id``: GPT-Neo's)."""
+
+
+def kept_runs(runs: list | tuple, keep: list[int]) -> list[list]:
+    """Per-layer values given as runs ``[[pattern, repeats], …]`` (GPT-Neo's ``attention_types``)
+    restricted to the layers ``keep``, as runs again: consecutive kept layers of one value are one
+    run ``[[value], count]``."""
+    expanded = [value for pattern, repeats in runs for _ in range(int(repeats)) for value in pattern]
+    out: list[list] = []
+    for value in (expanded[i] for i in keep):
+        if out and out[-1][0] == [value]:
+            out[-1][1] += 1
+        else:
+            out.append([[value], 1])
+    return out
 
 
 def ffn_output_modules(adapter: ArchitectureAdapter, index: int) -> tuple[Any, Any]:
