@@ -295,6 +295,11 @@ def miprun_register_architectures(register):
         register(model_type, _LLAMA_LIKE, description="decoder blocks at model.layers, gated FFN")
     register("qwen3_5_text", replace(_LLAMA_LIKE, attention_output="self_attn.o_proj|linear_attn.out_proj"),
              description="Qwen3.5: model.layers, gated FFN, full and linear (Gated DeltaNet) attention blocks")
+    register("lfm2", replace(_LLAMA_LIKE, layer_index_fields=("full_attn_idxs",),
+                             ffn=("feed_forward.w1", "feed_forward.w3", "feed_forward.w2"), ffn_output="feed_forward.w2",
+                             ffn_size_settings=(("block_auto_adjust_ff_dim", False),),
+                             attention_output="self_attn.out_proj|conv.out_proj"),
+             description="LFM2: model.layers, short-convolution and attention blocks (layer_types), gated FFN w1/w3/w2")
     register("smollm3", replace(_LLAMA_LIKE, per_layer_fields=("layer_types", "no_rope_layers")),
              description="SmolLM3: model.layers, gated FFN, per-layer RoPE switch")
     register("stablelm", replace(_LLAMA_LIKE, parallel_fields=("use_parallel_residual",)),

@@ -83,6 +83,8 @@ def tiny_config(model_type: str, vocab_size: int, layers: int = 4):
         extra = {**extra, "head_dim": 8, "linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 8,
                  "linear_value_head_dim": 8, "layer_types": ["full_attention", "linear_attention"] * (layers // 2)
                  + ["full_attention"] * (layers % 2)}
+    if model_type == "lfm2":  # attention at blocks 0 and 2, short convolutions between; the FFN width rounded to 16s
+        extra = {"full_attn_idxs": [i for i in range(layers) if i % 2 == 0], "block_multiple_of": 16, "head_dim": 8}
     if model_type == "hyperclovax":  # peri-layer norms on, multiplied updates
         extra = {"use_post_norm": True, "residual_multiplier": 0.5}
     if model_type == "mixtral":
@@ -169,7 +171,7 @@ LAYOUT_TWINS = ["qwen3", "olmo", "helium", "seed_oss", "arcee", "apertus", "olmo
                 "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nemotron", "jais2", "granite_swa"]
 # registered with a layout no other family has: every test that runs ARCHITECTURES runs them too
 ARCHITECTURES += ["qwen3_5_text", "hyperclovax", "qwen2_moe", "gpt_oss", "granitemoe", *MOE_EXTRA, "gpt_neo", "gpt_bigcode",
-                  "codegen"]
+                  "codegen", "lfm2"]
 
 
 @pytest.fixture

@@ -117,15 +117,17 @@ def test_a_count_of_first_dense_blocks_is_recounted_over_the_kept_blocks(arch, t
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
 
 
-def test_a_hybrid_model_keeps_a_full_attention_block():
-    """Qwen3.5 mixes linear-attention (Gated DeltaNet) and full-attention blocks; transformers cannot
-    run a cache over linear-attention blocks alone, so removing every full-attention block is refused
-    in one line, and removing one of them is not."""
-    loaded = build_tiny("qwen3_5_text", layers=4)  # blocks 0 and 2 full attention
-    with pytest.raises(MiprunError, match=r"linear-attention blocks only.*\(blocks 0, 2\)"):
+@pytest.mark.parametrize("arch, kind", [("qwen3_5_text", "linear_attention"), ("lfm2", "conv")])
+def test_a_hybrid_model_keeps_a_full_attention_block(arch, kind):
+    """Qwen3.5 mixes linear-attention (Gated DeltaNet) and full-attention blocks, LFM2 short
+    convolutions and attention; transformers cannot run a cache over the state-only blocks alone, so
+    removing every attention block is refused in one line, and removing one of them is not."""
+    loaded = build_tiny(arch, layers=4)  # blocks 0 and 2 full attention
+    name = {"linear_attention": "linear-attention", "conv": "short-convolution"}[kind]
+    with pytest.raises(MiprunError, match=rf"'{arch}' with {name} blocks only.*keep at least one attention block \(blocks 0, 2\)"):
         RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([0, 2]))
     RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection([0, 1]))
-    assert loaded.model.config.layer_types == ["full_attention", "linear_attention"]
+    assert loaded.model.config.layer_types == ["full_attention", kind]
 
 
 def test_surgeon_rejects_bad_indices():

@@ -23,6 +23,9 @@ class ArchitectureSpec:
         the last one is the down projection, the others produce the FFN's hidden neurons. Empty
         when the family's FFN cannot be sliced neuron by neuron (then ``ffn_note`` says why).
     :param ffn_size_field: config field holding the FFN width (``intermediate_size``; GPT-2 ``n_inner``).
+    :param ffn_size_settings: ``(field, value)`` pairs written to the config with a new FFN width,
+        where the config would otherwise not read ``ffn_size_field`` as the width itself (LFM2 derives
+        it from ``intermediate_size`` by a rounding rule unless ``block_auto_adjust_ff_dim`` is false).
     :param ffn_note: why neuron pruning is refused when ``ffn`` is empty (shown to the user).
     :param ffn_output: name inside a block of the module whose output the FFN adds to the stream
         (the down projection; Mixtral's ``mlp.experts``): where healing folds its fit. Empty when
@@ -65,6 +68,7 @@ class ArchitectureSpec:
     per_layer_fields: tuple[str, ...] = ("layer_types",)
     ffn: tuple[str, ...] = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
     ffn_size_field: str = "intermediate_size"
+    ffn_size_settings: tuple[tuple[str, object], ...] = ()
     ffn_note: str = ""
     ffn_output: str = "mlp.down_proj"
     ffn_output_parts: tuple[str, ...] = ()

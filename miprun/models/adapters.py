@@ -96,11 +96,12 @@ class ArchitectureAdapter:
                                   f"miprun removes blocks only when it is 1")
 
         kinds = getattr(config, "layer_types", None)
-        if isinstance(kinds, (list, tuple)) and "linear_attention" in kinds and len(kinds) == self.num_blocks \
-                and all(kinds[i] == "linear_attention" for i in keep):
-            raise MiprunError(f"removing these blocks would leave '{self.model_type}' with linear-attention blocks only, "
-                              f"which transformers cannot run with a cache; keep at least one full-attention block "
-                              f"(blocks {', '.join(str(i) for i, kind in enumerate(kinds) if kind != 'linear_attention')})")
+        if isinstance(kinds, (list, tuple)) and len(kinds) == self.num_blocks and keep \
+                and all(kinds[i] in STATE_ONLY_KINDS for i in keep) and any(kind not in STATE_ONLY_KINDS for kind in kinds):
+            left = " and ".join(sorted({STATE_ONLY_KINDS[kinds[i]] for i in keep}))
+            raise MiprunError(f"removing these blocks would leave '{self.model_type}' with {left} blocks only, "
+                              f"which transformers cannot run with a cache; keep at least one attention block "
+                              f"(blocks {', '.join(str(i) for i, kind in enumerate(kinds) if kind not in STATE_ONLY_KINDS)})")
         kept = [self.blocks[i] for i in keep]
         owner_path, _, attr = self.blocks_path.rpartition(".")
         owner = _resolve(self.model, owner_path) if owner_path else self.model
@@ -155,9 +156,17 @@ class ArchitectureAdapter:
         return ffn_in_features(down)
 
     def set_ffn_width(self, width: int) -> None:
-        """Record a common FFN width in the config (``intermediate_size`` / ``n_inner``)."""
+        """Record a common FFN width in the config (``intermediate_size`` / ``n_inner``, with the
+        family's :attr:`~miprun.contracts.ArchitectureSpec.ffn_size_settings`)."""
         setattr(self.block_config, self.spec.ffn_size_field, int(width))
+        for field_name, value in self.spec.ffn_size_settings:
+            setattr(self.block_config, field_name, value)
 
+
+STATE_ONLY_KINDS = {"linear_attention": "linear-attention", "conv": "short-convolution"}
+"""``layer_types`` values of blocks that keep a recurrent state and no key/value cache (Qwen3.5's
+Gated DeltaNet, LFM2's short convolutions), with their names in messages: transformers' hybrid
+caches need at least one attention block beside them."""
 
 LAYER_INDEX_ATTRIBUTES = ("layer_idx", "layer_id")
 """Attributes by which a block's modules know their position (the key of their cache entry):
