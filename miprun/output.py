@@ -20,21 +20,32 @@ from miprun.models.layerwise import layerwise_loader
 from miprun.models.rebuild import check_rebuilds
 
 
+def _uncreatable(path: Path) -> str | None:
+    """Why ``path`` (absent) could never be created, or None: its nearest existing ancestor is a
+    file, or a directory that refuses new files — tried with a temporary file, since ``os.access``
+    says yes to root on read-only and virtual file systems."""
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"'{ancestor}' is a file, not a directory"
+    try:
+        with tempfile.NamedTemporaryFile(dir=ancestor, prefix=".miprun-probe-"):
+            pass
+    except OSError as exc:
+        return f"'{ancestor}' does not accept new files ({exc.strerror or exc})"
+    return None
+
+
 def check_output(path: Path, *, overwrite: bool, marker: str | None = None) -> None:
     """Fail early — before any work — when ``path`` exists and is not an empty directory (unless
     ``overwrite``; with a ``marker`` file name, ``overwrite`` replaces only a directory holding that
     file — a previous output of the same kind, never a directory that merely happens to be named),
-    or when it can never be created: its nearest existing ancestor is not a directory, or is one
-    this process cannot write into."""
+    or when it can never be created (:func:`_uncreatable`)."""
     if not path.exists():
-        ancestor = path.absolute().parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise MiprunError(f"output '{path}' cannot be created: '{ancestor}' is a file, not a directory; "
-                              f"choose another --output")
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise MiprunError(f"output '{path}' cannot be created: '{ancestor}' is not writable; choose another --output")
+        reason = _uncreatable(path)
+        if reason is not None:
+            raise MiprunError(f"output '{path}' cannot be created: {reason}; choose another --output")
         return
     if path.is_file():
         raise MiprunError(f"output '{path}' is a file; choose a directory path with --output")
@@ -57,6 +68,45 @@ def check_apart_from_source(path: Path, sources: list[Path]) -> None:
             what = "is" if target == source else "holds"
             raise MiprunError(f"output '{path}' {what} the source model's files ('{source}'), which a run never "
                               f"replaces, --overwrite or not; choose another --output")
+
+
+def check_file_output(path: Path, flag: str) -> None:
+    """Fail before any work when the file ``path`` that option ``flag`` names could never be
+    written: it is a directory, or it is absent and cannot be created (:func:`_uncreatable`)."""
+    if path.is_dir():
+        raise MiprunError(f"{flag} '{path}' is a directory; name a file")
+    reason = None if path.exists() else _uncreatable(path)
+    if reason is None and path.exists() and not os.access(path, os.W_OK):
+        reason = "it is read-only"
+    if reason is not None:
+        raise MiprunError(f"{flag} '{path}' cannot be written: {reason}; choose another path")
+
+
+def write_file_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write the file ``path`` by calling ``write(tmp)`` on a temporary sibling (its parent
+    directories created first) and renaming it into place, so that a reader never sees half a file
+    and a failure leaves the previous one; a failed write is a one-line :class:`MiprunError`."""
+    staging: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=path.suffix)
+        os.close(handle)
+        staging = Path(name)
+        write(staging)
+        os.replace(staging, path)
+        staging = None
+    except OSError as exc:
+        raise MiprunError(f"cannot write '{path}': {exc.strerror or exc}; nothing was written — check the path and "
+                          f"its permissions") from None
+    finally:
+        if staging is not None:
+            staging.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """:func:`write_file_atomically` for UTF-8 ``text``."""
+    return write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_atomically(path: Path, fill: Callable[[Path], None], *, overwrite: bool, marker: str | None = None) -> Path:

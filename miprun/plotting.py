@@ -29,6 +29,20 @@ def require_matplotlib() -> Any:
     return plt
 
 
+def check_plot_path(path: Path, flag: str = "--plot") -> None:
+    """Fail before any work when ``path`` is not a picture matplotlib can write (by its suffix:
+    .png, .pdf, .svg …) or could never be written (:func:`~miprun.output.check_file_output`)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from miprun.output import check_file_output
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in kinds:
+        raise MiprunError(f"{flag} '{path}' is not a picture file matplotlib writes; end it with .png (or "
+                          f"{', '.join('.' + kind for kind in sorted(kinds) if kind in ('pdf', 'svg', 'jpg'))})")
+    check_file_output(path, flag)
+
+
 def write_curve(report: dict[str, Any], plot: str | Path, dataset: str | None = None) -> tuple[Path, Path]:
     """Plot perplexity against blocks removed, one line per method, with the dense model as a
     dashed line; write the PNG to ``plot`` and the table behind it to ``plot`` with ``.csv``.
@@ -38,15 +52,21 @@ def write_curve(report: dict[str, Any], plot: str | Path, dataset: str | None = 
     dataset = dataset or (report["settings"]["ppl"] or [None])[0]
     if dataset is None:
         raise MiprunError("the pruning curve plots perplexity; evaluate at least one data set (--eval wikitext2)")
+    from miprun.output import write_file_atomically
+
     png = Path(plot)
     data = png.with_suffix(".csv")
     rows = [r for r in report["rows"] if r["method"] != DENSE]
-    with data.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["method", "prune", "blocks", f"ppl_{dataset}", "seconds", "forward_passes", "mi_evaluations"])
-        for r in report["rows"]:
-            writer.writerow([r["method"], r["prune"], " ".join(map(str, r["blocks"])), r["perplexity"].get(dataset),
-                             r["cost"]["seconds"], r["cost"]["forward_passes"], r["cost"]["mi_evaluations"]])
+
+    def write_table(path: Path) -> None:
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["method", "prune", "blocks", f"ppl_{dataset}", "seconds", "forward_passes", "mi_evaluations"])
+            for r in report["rows"]:
+                writer.writerow([r["method"], r["prune"], " ".join(map(str, r["blocks"])), r["perplexity"].get(dataset),
+                                 r["cost"]["seconds"], r["cost"]["forward_passes"], r["cost"]["mi_evaluations"]])
+
+    write_file_atomically(data, write_table)
     plt = require_matplotlib()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -64,7 +84,7 @@ def write_curve(report: dict[str, Any], plot: str | Path, dataset: str | None = 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png)
+    write_file_atomically(png, fig.savefig)
     plt.close(fig)
     return png, data
 
@@ -104,7 +124,8 @@ def write_span_scores(
     bottom.set_xlabel("block (0-based; red = removed, red lines above)")
     bottom.set_ylabel(importance_label)
     bottom.grid(True, axis="y", alpha=0.3)
-    png = Path(plot)
-    fig.savefig(png, dpi=120)
+    from miprun.output import write_file_atomically
+
+    png = write_file_atomically(Path(plot), lambda path: fig.savefig(path, dpi=120))
     plt.close(fig)
     return png

@@ -203,3 +203,22 @@ def test_overwrite_replaces_a_previous_output_but_not_a_directory_miprun_did_not
     assert cli(*args, "--output", str(out), "--overwrite", "--seed", "1")[0] == 0
     assert not (out / "stale.txt").exists()
     assert json.loads((out / "miprun_report.json").read_text())["seed"] == 1
+
+
+def test_report_and_picture_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path, tiny_dir, text_file):
+    """compare, eval and scores write reports and pictures at the end of long runs: a path that can
+    never be written (under a file), a directory, a picture suffix matplotlib cannot write, or a
+    --plot that one depth cannot draw is one line before the model is loaded (here it does not exist)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    absent = str(tmp_path / "no-model")
+    compare = ["compare", "--model", absent, "--methods", "random", "--calib", str(text_file)]
+    assert cli(*compare, "--prune", "1", "--json", str(blocker / "r.json")) == (
+        2, f"miprun: error: --json '{blocker}/r.json' cannot be written: '{blocker}' is a file, not a directory; choose another path")
+    assert cli(*compare, "--prune", "1", "--plot", str(tmp_path / "c.png")) == (
+        2, "miprun: error: --plot draws the pruning curve over several --prune values (e.g. --prune 2,4,6); --prune 1 "
+           "gives one point: drop --plot or add depths")
+    code, line = cli(*compare, "--prune", "1,2", "--plot", str(tmp_path / "c.txt"))
+    assert code == 2 and line.startswith(f"miprun: error: --plot '{tmp_path}/c.txt' is not a picture file matplotlib writes")
+    assert cli("eval", absent, "--markdown", str(tmp_path)) == (2, f"miprun: error: --markdown '{tmp_path}' is a directory; name a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "calib.txt", "tiny"]

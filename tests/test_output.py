@@ -93,3 +93,34 @@ def test_an_output_whose_directory_refuses_new_files_is_one_line():
         with pytest.raises(MiprunError, match=r"cannot be written \(.*\); choose another --output"):
             with output_lock(target):
                 pass
+
+
+def test_a_file_output_is_written_whole_or_not_at_all(tmp_path):
+    """Reports and pictures go through a temporary sibling: the parents are created, the previous
+    file survives a failed write, and no temporary file is left either way."""
+    from miprun.output import write_file_atomically, write_text_atomically
+
+    target = tmp_path / "new" / "dir" / "report.json"
+    write_text_atomically(target, "first")
+    assert target.read_text() == "first"
+
+    def fail(path):
+        path.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(MiprunError, match=r"cannot write '.*report.json': No space left on device; nothing was written"):
+        write_file_atomically(target, fail)
+    assert target.read_text() == "first" and sorted(p.name for p in target.parent.iterdir()) == ["report.json"]
+
+
+def test_a_file_output_that_can_never_be_written_is_refused(tmp_path):
+    from miprun.output import check_file_output
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(MiprunError, match=rf"--json '{blocker}/sub/r.json' cannot be written: '{blocker}' is a file, not a directory"):
+        check_file_output(blocker / "sub" / "r.json", "--json")
+    with pytest.raises(MiprunError, match="is a directory; name a file"):
+        check_file_output(tmp_path, "--markdown")
+    check_file_output(tmp_path / "absent" / "r.json", "--json")  # creatable: no error, nothing created
+    assert not (tmp_path / "absent").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from miprun.cli.console import err, out, progress_reporter
+from miprun.errors import MiprunError
 from miprun.models.embedded import DEFAULT_MODEL
 
 DEFAULT_METHODS = "mi-prun,shortgpt,angular,sleb,ppl,taylor,laco,random"
@@ -56,20 +57,31 @@ def compare(
     from miprun.evaluation import parse_limit
     from miprun.methods import parse_methods
     from miprun.options import parse_method_options
-    from miprun.plotting import require_matplotlib, write_curve
+    from miprun.output import check_file_output, write_text_atomically
+    from miprun.plotting import check_plot_path, require_matplotlib, write_curve
 
     specs = parse_methods(methods)
     depths = parse_depths(prune)
     curve = len(depths) > 1
+    if plot is not None and not curve:
+        raise MiprunError(f"--plot draws the pruning curve over several --prune values (e.g. --prune 2,4,6); "
+                          f"--prune {prune} gives one point: drop --plot or add depths")
+    # every file this run will write is checked before hours of pruning, not after
+    for flag, path in (("--json", json_path), ("--markdown", markdown)):
+        if path is not None and str(path) != "-":
+            check_file_output(path, flag)
     if curve and not no_plot:
-        require_matplotlib()  # fail before hours of pruning, not after
+        require_matplotlib()
+        picture = plot or Path("compare-curve.png")
+        check_plot_path(picture)
+        check_file_output(picture.with_suffix(".csv"), "--plot (its .csv beside it)")
     ppl = tuple(p.strip() for p in eval_ppl.split(",") if p.strip())
     task_list = tasks or ()
 
     def save_partial(partial: dict) -> None:
         # keep finished rows on disk while a long comparison runs ("complete": false until the end)
         if json_path is not None and str(json_path) != "-":
-            json_path.write_text(json.dumps(to_json(partial), indent=2, default=str) + "\n")
+            write_text_atomically(json_path, json.dumps(to_json(partial), indent=2, default=str) + "\n")
     with progress_reporter() as reporter:
         report = run_compare(
             model, prune=depths, methods=specs, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
@@ -84,10 +96,10 @@ def compare(
         if str(json_path) == "-":
             typer.echo(text, nl=False)
         else:
-            json_path.write_text(text)
+            write_text_atomically(json_path, text)
             err.print(f"wrote {json_path}")
     if markdown is not None:
-        markdown.write_text(to_markdown(report))
+        write_text_atomically(markdown, to_markdown(report))
         err.print(f"wrote {markdown}")
     if curve and not no_plot:
         png, csv_path = write_curve(report, plot or Path("compare-curve.png"))

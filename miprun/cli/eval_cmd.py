@@ -33,8 +33,9 @@ def _load(spec: str, dtype: str, device: str | None, layerwise: bool = False):
 
 
 def _write_json(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    from miprun.output import write_text_atomically
+
+    write_text_atomically(path, json.dumps(report, indent=2, allow_nan=False) + "\n")
 
 
 def eval_command(
@@ -79,6 +80,7 @@ def _run(
     from miprun.evaluation.perplexity import check_dataset
     from miprun.evaluation.report import print_report, to_markdown
     from miprun.evaluation.size_speed import SpeedConfig
+    from miprun.output import check_file_output
 
     if batch_size < 1:
         raise MiprunError(f"--batch-size must be at least 1, got {batch_size}")
@@ -100,6 +102,9 @@ def _run(
         if json_file:
             _write_json(json_file, {**partial, "partial": True})
 
+    for flag, path in (("--json", json_file), ("--markdown", markdown_file)):
+        if path:
+            check_file_output(path, flag)  # before the model loads and hours of evaluation
     loaded = _load(model, dtype, device, layerwise)
     stderr.print(f"[dim]loaded {model} ({loaded.adapter.num_blocks} blocks) in {loaded.source.get('load_seconds')} s[/dim]")
     report = evaluate(
@@ -124,6 +129,7 @@ def _run(
         _write_json(json_file, report)
         stderr.print(f"wrote {json_file}")
     if markdown_file:
-        markdown_file.parent.mkdir(parents=True, exist_ok=True)
-        markdown_file.write_text(to_markdown(report) + "\n", encoding="utf-8")
+        from miprun.output import write_text_atomically
+
+        write_text_atomically(markdown_file, to_markdown(report) + "\n")
         stderr.print(f"wrote {markdown_file}")

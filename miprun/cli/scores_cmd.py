@@ -35,8 +35,9 @@ def scores(
         raise MiprunError(f"'{run}' is not the report of a block run (no span table); 'miprun scores' reads "
                           f"what 'miprun run' wrote at block granularity") from None
     if plot is not None:
-        from miprun.plotting import write_span_scores
+        from miprun.plotting import check_plot_path, write_span_scores
 
+        check_plot_path(plot)
         singles = singles or [values.get((b, 1), float("nan")) for b in range(total)]
         title = (f"{report.get('model', {}).get('spec', '')}: {report.get('method', '')}, "
                  f"{len(selected)} of {total} blocks removed{source}")
