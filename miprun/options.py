@@ -4,12 +4,38 @@
 from __future__ import annotations
 
 import ast
+import os
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 from miprun.errors import MiprunError
 from miprun.hookspecs import KINDS
+
+ARGUMENT_KINDS: dict[str, tuple[Any, str]] = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+    "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "text": (lambda v: isinstance(v, str), "a string"),
+    "path": (lambda v: isinstance(v, (str, os.PathLike)), "a string or a path"),
+    "flag": (lambda v: isinstance(v, bool), "True or False"),
+    "mapping": (lambda v: isinstance(v, Mapping), "a dict"),
+}
+"""What a keyword argument of the Python API can be (:func:`check_arguments`): test and description."""
+
+
+def check_arguments(function: str, arguments: dict[str, tuple[Any, str]], *, optional: tuple[str, ...] = ()) -> None:
+    """One-line error when an argument of ``function`` is not of its kind (``arguments``: name →
+    (value, kind of :data:`ARGUMENT_KINDS`)); the names in ``optional`` may also be None. The CLI's
+    options are typed by Typer; this gives Python callers the same clear refusal instead of a
+    ``TypeError`` deep inside a run."""
+    for name, (value, kind) in arguments.items():
+        if value is None and name in optional:
+            continue
+        test, wanted = ARGUMENT_KINDS[kind]
+        if not test(value):
+            raise MiprunError(f"{function}(): {name} must be {wanted}{' or None' if name in optional else ''}, got {value!r}")
+
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 """The ``--dtype`` values miprun loads and computes in (``auto``: as the checkpoint stores them)."""

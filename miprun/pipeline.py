@@ -15,6 +15,7 @@ neurons — the same engine, with the specifics of :mod:`miprun.granularity`.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -153,10 +154,24 @@ def prune(
     from miprun.data.calibration import check_calibration
     from miprun.engine import execute
     from miprun.granularity import GRANULARITY, check_count
-    from miprun.models.loading import check_device_map, source_locations
-    from miprun.options import check_dtype
+    from miprun.models.loading import LoadedModel, check_device_map, source_locations
+    from miprun.options import check_arguments, check_dtype
     from miprun.output import REPORT_NAME, check_apart_from_source, check_output, output_lock
 
+    check_arguments("prune", {
+        "n": (n, "int"), "ratio": (ratio, "number"), "calib": (calib, "path"), "num_samples": (num_samples, "int"),
+        "seq_len": (seq_len, "int"), "seed": (seed, "int"), "granularity": (granularity, "text"), "method": (method, "text"),
+        "collector": (collector, "text"), "estimator": (estimator, "text"), "scorer": (scorer, "text"),
+        "selector": (selector, "text"), "surgeon": (surgeon, "text"), "options": (options, "mapping"),
+        "output": (output, "path"), "save": (save, "flag"), "overwrite": (overwrite, "flag"), "dtype": (dtype, "text"),
+        "evaluate": (evaluate, "mapping"), "heal": (heal, "text"), "heal_samples": (heal_samples, "int"),
+        "heal_candidates": (heal_candidates, "int"), "layerwise": (layerwise, "flag"), "max_memory": (max_memory, "text"),
+        "device": (device, "text"), "check": (check, "flag"),
+    }, optional=("n", "ratio", "method", "collector", "estimator", "scorer", "selector", "surgeon", "options", "output",
+                 "evaluate", "heal", "max_memory", "device"))
+    if not isinstance(model, (str, os.PathLike, LoadedModel)):
+        raise MiprunError(f"prune(): model must be a name, a path, a hub id or a LoadedModel, got {model!r}")
+    calib = str(calib)
     check_dtype(dtype)
     reporter = reporter or Reporter()
     registry = get_registry()

@@ -222,3 +222,27 @@ def test_report_and_picture_paths_that_cannot_be_written_are_refused_before_any_
     assert code == 2 and line.startswith(f"miprun: error: --plot '{tmp_path}/c.txt' is not a picture file matplotlib writes")
     assert cli("eval", absent, "--markdown", str(tmp_path)) == (2, f"miprun: error: --markdown '{tmp_path}' is a directory; name a file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "calib.txt", "tiny"]
+
+
+@pytest.mark.parametrize("argument, message", [
+    ({"model": 123}, "prune(): model must be a name, a path, a hub id or a LoadedModel, got 123"),
+    ({"n": "3"}, "prune(): n must be a whole number or None, got '3'"),
+    ({"n": True}, "prune(): n must be a whole number or None, got True"),
+    ({"calib": None}, "prune(): calib must be a string or a path, got None"),
+    ({"seq_len": "abc"}, "prune(): seq_len must be a whole number, got 'abc'"),
+    ({"num_samples": 2.5}, "prune(): num_samples must be a whole number, got 2.5"),
+    ({"heal": 123}, "prune(): heal must be a string or None, got 123"),
+    ({"options": [1]}, "prune(): options must be a dict or None, got [1]"),
+])
+def test_the_python_api_refuses_arguments_of_the_wrong_kind_before_loading(tmp_path, argument, message):
+    """What Typer types on the command line, ``miprun.prune`` checks itself: one line naming the
+    argument, before anything loads (the model path does not exist), never a TypeError mid-run."""
+    with pytest.raises(MiprunError) as refused:
+        miprun.prune(**{"model": str(tmp_path / "no-model"), "save": False, **argument})
+    assert str(refused.value) == message
+
+
+def test_a_path_object_is_a_calibration_file(tmp_path, text_file):
+    loaded = build_tiny("llama", layers=3)
+    result = miprun.prune(loaded, n=1, calib=text_file, seq_len=16, num_samples=4, heal_samples=8, save=False, check=False)
+    assert result.report["data"]["name"] == str(text_file) and result.report["data"]["kind"] == "file"
