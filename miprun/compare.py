@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
@@ -50,8 +51,10 @@ def parse_depths(prune: int | str | Sequence[int]) -> list[int]:
             values = [int(p) for p in prune.split(",") if p.strip()]
         except ValueError as exc:
             raise MiprunError(f"--prune takes a number or a comma list of numbers, got '{prune}'") from exc
+    elif isinstance(prune, Sequence) and all(isinstance(p, int) and not isinstance(p, bool) for p in prune):
+        values = list(prune)
     else:
-        values = [int(p) for p in prune]
+        raise MiprunError(f"--prune takes a number or a comma list of numbers, got {prune!r}")
     if not values or any(v < 1 for v in values):
         raise MiprunError(f"--prune needs block counts ≥ 1, got {prune!r}")
     return sorted(set(values))
@@ -134,9 +137,21 @@ def compare(
     from miprun.models.adapters import adapter_for
     from miprun.models.embedded import DEFAULT_MODEL
     from miprun.models.loading import LoadedModel, load_model
+    from miprun.options import check_arguments
     from miprun.progress import Reporter, stage
     from miprun.registry import get_registry
 
+    check_arguments("compare", {
+        "calib": (calib, "path"), "num_samples": (num_samples, "int"),
+        "seq_len": (seq_len, "int"), "seed": (seed, "int"), "ppl": (ppl, "names"), "tasks": (tasks, "names"),
+        "limit": (limit, "number"), "eval_seq_len": (eval_seq_len, "int"), "eval_max_windows": (eval_max_windows, "int"),
+        "eval_batch_size": (eval_batch_size, "int"), "options": (options, "mapping"), "dtype": (dtype, "text"),
+        "heal": (heal, "text"), "heal_samples": (heal_samples, "int"),
+    }, optional=("limit", "eval_seq_len", "eval_max_windows", "options", "heal"))
+    if model is not None and not isinstance(model, (str, os.PathLike, LoadedModel)):
+        raise MiprunError(f"compare(): model must be a name, a path, a hub id or a LoadedModel, got {model!r}")
+    calib = str(calib)
+    ppl = tuple(name.strip() for name in ppl.split(",") if name.strip()) if isinstance(ppl, str) else tuple(ppl)
     log = log or (lambda line: None)
     reporter = reporter or Reporter()
     registry = get_registry()

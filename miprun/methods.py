@@ -91,7 +91,9 @@ def parse_method(text: str, registry: Registry | None = None) -> Method:
 def parse_methods(methods: str | Sequence[str | Method], registry: Registry | None = None) -> list[Method]:
     """A comma list (or sequence) of methods — :class:`Method` objects, or texts parsed by
     :func:`parse_method`; none twice."""
-    items = methods.split(",") if isinstance(methods, str) else list(methods)
+    items = methods.split(",") if isinstance(methods, str) else list(methods) if isinstance(methods, Sequence) else None
+    if items is None or not all(isinstance(m, (str, Method)) for m in items):
+        raise MiprunError(f"methods must be a comma list or a list of method names, got {methods!r}")
     specs = [m if isinstance(m, Method) else parse_method(m, registry) for m in items if isinstance(m, Method) or m.strip()]
     if not specs:
         raise MiprunError("give at least one method, e.g. --methods mi-prun,shortgpt")

@@ -20,6 +20,8 @@ ARGUMENT_KINDS: dict[str, tuple[Any, str]] = {
     "path": (lambda v: isinstance(v, (str, os.PathLike)), "a string or a path"),
     "flag": (lambda v: isinstance(v, bool), "True or False"),
     "mapping": (lambda v: isinstance(v, Mapping), "a dict"),
+    "names": (lambda v: isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)),
+              "a comma list or a list of strings"),
 }
 """What a keyword argument of the Python API can be (:func:`check_arguments`): test and description."""
 

@@ -246,3 +246,18 @@ def test_a_path_object_is_a_calibration_file(tmp_path, text_file):
     loaded = build_tiny("llama", layers=3)
     result = miprun.prune(loaded, n=1, calib=text_file, seq_len=16, num_samples=4, heal_samples=8, save=False, check=False)
     assert result.report["data"]["name"] == str(text_file) and result.report["data"]["kind"] == "file"
+
+
+@pytest.mark.parametrize("argument, message", [
+    ({"prune": [1.5]}, "--prune takes a number or a comma list of numbers, got [1.5]"),
+    ({"methods": [5]}, "methods must be a comma list or a list of method names, got [5]"),
+    ({"seq_len": "a"}, "compare(): seq_len must be a whole number, got 'a'"),
+    ({"ppl": [1]}, "compare(): ppl must be a comma list or a list of strings, got [1]"),
+    ({"model": 3.5}, "compare(): model must be a name, a path, a hub id or a LoadedModel, got 3.5"),
+])
+def test_compare_refuses_arguments_of_the_wrong_kind_before_loading(tmp_path, argument, message):
+    from miprun.compare import compare
+
+    with pytest.raises(MiprunError) as refused:
+        compare(**{"model": str(tmp_path / "no-model"), "methods": "random", "prune": 1, **argument})
+    assert str(refused.value) == message
