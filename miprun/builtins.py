@@ -370,8 +370,9 @@ def miprun_register_architectures(register):
              description="Qwen2-MoE / Qwen1.5-MoE: model.layers (blocks only; routed and shared experts healed together)")
     register("qwen3_5_moe_text", replace(summed, attention_output="self_attn.o_proj|linear_attn.out_proj"),
              description="Qwen3.5-MoE: model.layers (blocks only; full and linear attention, routed and shared experts)")
-    for model_type, family in (("glm4_moe", "GLM-4.5 / GLM-4.6"), ("deepseek_v3", "DeepSeek-V3 / Kimi K2"),
-                               ("exaone_moe", "EXAONE MoE")):
+    for model_type, family in (("glm4_moe", "GLM-4.5 / GLM-4.6"), ("glm4_moe_lite", "GLM-4 MoE Lite"),
+                               ("deepseek_v3", "DeepSeek-V3 / Kimi K2"), ("deepseek_v2", "DeepSeek-V2 / V2-Lite / Coder-V2"),
+                               ("dots1", "dots.llm1"), ("exaone_moe", "EXAONE MoE")):
         register(model_type, replace(summed, prefix_count_fields=("first_k_dense_replace",),
                                      per_layer_fields=("layer_types", "mlp_layer_types")),
                  description=f"{family}: model.layers (blocks only; first dense blocks recounted, shared experts)")

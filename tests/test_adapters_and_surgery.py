@@ -99,9 +99,10 @@ def test_a_block_adds_exactly_the_outputs_its_family_registers(arch):
     torch.testing.assert_close(registered, added, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ["glm4_moe", "deepseek_v3", "exaone_moe"])
+@pytest.mark.parametrize("arch", ["glm4_moe", "glm4_moe_lite", "deepseek_v3", "deepseek_v2", "dots1", "exaone_moe"])
 def test_a_count_of_first_dense_blocks_is_recounted_over_the_kept_blocks(arch, tmp_path):
-    """GLM-4.5, DeepSeek-V3 and EXAONE-MoE make their first k blocks dense (``first_k_dense_replace``):
+    """GLM-4.5 (and its lite form), DeepSeek-V2/V3, dots.llm1 and EXAONE-MoE make their first k blocks
+    dense (``first_k_dense_replace``):
     removing dense block 0 leaves no dense block, so k becomes 0 and the reloaded model is built
     with experts where the kept blocks have them, computing the same."""
     loaded = build_tiny(arch, layers=4)  # block 0 dense
