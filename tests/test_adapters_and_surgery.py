@@ -118,6 +118,27 @@ def test_a_count_of_first_dense_blocks_is_recounted_over_the_kept_blocks(arch, t
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
 
 
+def test_a_range_of_expert_blocks_is_renumbered_at_both_ends(tmp_path):
+    """ERNIE-4.5-MoE has experts in blocks ``moe_layer_start_index`` … ``moe_layer_end_index``: with
+    experts in blocks 1–2 of 4, removing block 1 leaves them in new block 1 only (start 1, end 1),
+    and the reloaded model puts experts exactly where the kept blocks have them."""
+    loaded = build_tiny("ernie4_5_moe", layers=4)
+    loaded.model.config.moe_layer_end_index = 2
+    model = AutoModelForCausalLM.from_config(loaded.model.config).eval()  # experts in blocks 1 and 2
+    adapter = adapter_for(model)
+    assert [hasattr(layer.mlp, "experts") for layer in model.model.layers] == [False, True, True, False]
+    ids = torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8]])
+    RemoveBlocksSurgeon().apply(model, adapter, Selection([1]))
+    assert (model.config.moe_layer_start_index, model.config.moe_layer_end_index) == (1, 1)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert [hasattr(layer.mlp, "experts") for layer in reloaded.model.layers] == [False, True, False]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
+    with pytest.raises(MiprunError, match=r"no block at or before moe_layer_end_index=1.*keep one of blocks 0–1"):
+        RemoveBlocksSurgeon().apply(model, adapter, Selection([0, 1]))
+
+
 @pytest.mark.parametrize("arch, kind", [("qwen3_5_text", "linear_attention"), ("lfm2", "conv")])
 def test_a_hybrid_model_keeps_a_full_attention_block(arch, kind):
     """Qwen3.5 mixes linear-attention (Gated DeltaNet) and full-attention blocks, LFM2 short

@@ -56,6 +56,9 @@ class ArchitectureSpec:
     :param prefix_count_fields: config fields counting the first blocks, which are of another kind
         (DeepSeek-V3's and GLM-4.5's ``first_k_dense_replace``: the first k blocks dense, the rest
         experts), recounted over the kept blocks on removal.
+    :param last_index_fields: config fields holding the index of the last block of a kind
+        (ERNIE-4.5-MoE's ``moe_layer_end_index``: experts up to there), moved to the last kept block
+        at or before it on removal.
     :param run_length_fields: config fields giving one value per layer as runs ``[[pattern, repeats], …]``,
         the pattern's values repeated ``repeats`` times (GPT-Neo's ``attention_types``, e.g.
         ``[[["global", "local"], 12]]``), re-encoded on removal as runs of the kept blocks' values.
@@ -80,4 +83,5 @@ class ArchitectureSpec:
     layer_index_fields: tuple[str, ...] = ()
     period_fields: tuple[str, ...] = ()
     prefix_count_fields: tuple[str, ...] = ()
+    last_index_fields: tuple[str, ...] = ()
     run_length_fields: tuple[str, ...] = ()

@@ -124,6 +124,14 @@ class ArchitectureAdapter:
             values = getattr(config, field_name, None)
             if isinstance(values, (list, tuple)) and len(values) >= max(keep, default=-1) + 1:
                 setattr(config, field_name, [values[i] for i in keep])
+        for field_name in self.spec.last_index_fields:
+            last = getattr(config, field_name, None)
+            if isinstance(last, int) and last >= 0:
+                at_or_before = sum(1 for i in keep if i <= last)
+                if at_or_before == 0:
+                    raise MiprunError(f"removing these blocks would leave '{self.model_type}' no block at or before "
+                                      f"{field_name}={last}, which its config cannot express; keep one of blocks 0–{last}")
+                setattr(config, field_name, at_or_before - 1)
         for field_name in self.spec.run_length_fields:
             runs = getattr(config, field_name, None)
             if isinstance(runs, (list, tuple)):
