@@ -376,6 +376,8 @@ def miprun_register_architectures(register):
         register(model_type, replace(summed, prefix_count_fields=("first_k_dense_replace",),
                                      per_layer_fields=("layer_types", "mlp_layer_types")),
                  description=f"{family}: model.layers (blocks only; first dense blocks recounted, shared experts)")
+    register("cohere2_moe", replace(summed, attention_output="", per_layer_fields=("layer_types", "mlp_layer_types")),
+             description="Cohere 2 MoE: model.layers (blocks only; parallel attention and mixture of experts)")
     register("ernie4_5_moe", replace(summed, prefix_count_fields=("moe_layer_start_index",),
                                      last_index_fields=("moe_layer_end_index",), period_fields=("moe_layer_interval",)),
              description="ERNIE-4.5-MoE: model.layers (blocks only; the range of expert blocks renumbered, shared experts)")
