@@ -141,13 +141,15 @@ def compare(
     from miprun.progress import Reporter, stage
     from miprun.registry import get_registry
 
-    check_arguments("compare", {
+    checked = check_arguments("compare", {
         "calib": (calib, "path"), "num_samples": (num_samples, "int"),
         "seq_len": (seq_len, "int"), "seed": (seed, "int"), "ppl": (ppl, "names"), "tasks": (tasks, "names"),
         "limit": (limit, "number"), "eval_seq_len": (eval_seq_len, "int"), "eval_max_windows": (eval_max_windows, "int"),
         "eval_batch_size": (eval_batch_size, "int"), "options": (options, "mapping"), "dtype": (dtype, "text"),
         "heal": (heal, "text"), "heal_samples": (heal_samples, "int"),
     }, optional=("limit", "eval_seq_len", "eval_max_windows", "options", "heal"))
+    num_samples, seq_len, seed, limit, eval_seq_len, eval_max_windows, eval_batch_size, heal_samples = (checked[name] for name in (
+        "num_samples", "seq_len", "seed", "limit", "eval_seq_len", "eval_max_windows", "eval_batch_size", "heal_samples"))
     if model is not None and not isinstance(model, (str, os.PathLike, LoadedModel)):
         raise MiprunError(f"compare(): model must be a name, a path, a hub id or a LoadedModel, got {model!r}")
     calib = str(calib)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import numbers
 import os
 import types
 import typing
@@ -14,8 +15,8 @@ from miprun.errors import MiprunError
 from miprun.hookspecs import KINDS
 
 ARGUMENT_KINDS: dict[str, tuple[Any, str]] = {
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
-    "number": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "int": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "a whole number"),
+    "number": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
     "text": (lambda v: isinstance(v, str), "a string"),
     "path": (lambda v: isinstance(v, (str, os.PathLike)), "a string or a path"),
     "flag": (lambda v: isinstance(v, bool), "True or False"),
@@ -26,17 +27,22 @@ ARGUMENT_KINDS: dict[str, tuple[Any, str]] = {
 """What a keyword argument of the Python API can be (:func:`check_arguments`): test and description."""
 
 
-def check_arguments(function: str, arguments: dict[str, tuple[Any, str]], *, optional: tuple[str, ...] = ()) -> None:
+def check_arguments(function: str, arguments: dict[str, tuple[Any, str]], *, optional: tuple[str, ...] = ()) -> dict[str, Any]:
     """One-line error when an argument of ``function`` is not of its kind (``arguments``: name →
     (value, kind of :data:`ARGUMENT_KINDS`)); the names in ``optional`` may also be None. The CLI's
     options are typed by Typer; this gives Python callers the same clear refusal instead of a
-    ``TypeError`` deep inside a run."""
+    ``TypeError`` deep inside a run. Returns the values with NumPy and other integral or real
+    scalars as Python ``int`` / ``float`` (what the report records)."""
+    values: dict[str, Any] = {}
     for name, (value, kind) in arguments.items():
         if value is None and name in optional:
+            values[name] = None
             continue
         test, wanted = ARGUMENT_KINDS[kind]
         if not test(value):
             raise MiprunError(f"{function}(): {name} must be {wanted}{' or None' if name in optional else ''}, got {value!r}")
+        values[name] = int(value) if kind == "int" else value if kind != "number" or type(value) in (int, float) else float(value)
+    return values
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")

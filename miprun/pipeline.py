@@ -158,7 +158,7 @@ def prune(
     from miprun.options import check_arguments, check_dtype
     from miprun.output import REPORT_NAME, check_apart_from_source, check_output, output_lock
 
-    check_arguments("prune", {
+    checked = check_arguments("prune", {
         "n": (n, "int"), "ratio": (ratio, "number"), "calib": (calib, "path"), "num_samples": (num_samples, "int"),
         "seq_len": (seq_len, "int"), "seed": (seed, "int"), "granularity": (granularity, "text"), "method": (method, "text"),
         "collector": (collector, "text"), "estimator": (estimator, "text"), "scorer": (scorer, "text"),
@@ -169,6 +169,8 @@ def prune(
         "device": (device, "text"), "check": (check, "flag"),
     }, optional=("n", "ratio", "method", "collector", "estimator", "scorer", "selector", "surgeon", "options", "output",
                  "evaluate", "heal", "max_memory", "device"))
+    n, ratio, num_samples, seq_len, seed, heal_samples, heal_candidates = (checked[name] for name in (
+        "n", "ratio", "num_samples", "seq_len", "seed", "heal_samples", "heal_candidates"))
     if not isinstance(model, (str, os.PathLike, LoadedModel)):
         raise MiprunError(f"prune(): model must be a name, a path, a hub id or a LoadedModel, got {model!r}")
     calib = str(calib)

@@ -261,3 +261,14 @@ def test_compare_refuses_arguments_of_the_wrong_kind_before_loading(tmp_path, ar
     with pytest.raises(MiprunError) as refused:
         compare(**{"model": str(tmp_path / "no-model"), "methods": "random", "prune": 1, **argument})
     assert str(refused.value) == message
+
+
+def test_numpy_integers_are_accepted_and_recorded_as_numbers(tmp_path, text_file):
+    """Sizes computed with NumPy are whole numbers too; the report records them as JSON numbers."""
+    import numpy as np
+
+    loaded = build_tiny("llama", layers=3)
+    result = miprun.prune(loaded, n=np.int64(1), calib=str(text_file), seq_len=np.int32(16), num_samples=np.int64(4),
+                          heal_samples=8, save=False, check=False)
+    assert result.report["prune"]["requested"] == 1 and type(result.report["data"]["seq_len"]) is int
+    assert json.loads(json.dumps(result.report, default=str))["data"]["num_samples"] == 4
