@@ -309,6 +309,8 @@ def miprun_register_architectures(register):
     register("granite_swa", replace(_LLAMA_LIKE, residual_scale="residual_multiplier",
                                     per_layer_fields=("layer_types", "layer_rope_theta")),
              description="Granite SWA: as Granite, with per-layer sliding-window and RoPE settings")
+    register("minicpm3", replace(_LLAMA_LIKE, depth_scale="scale_depth"),
+             description="MiniCPM3: model.layers, gated FFN, updates scaled by scale_depth / √(blocks) before the add")
     register("hyperclovax", replace(_LLAMA_LIKE, residual_scale="residual_multiplier", ffn_output_norm="post_norm2",
                                     attention_output_norm="post_norm1"),
              description="HyperCLOVA X: model.layers, gated FFN, optional output norms, outputs scaled before the add")

@@ -98,6 +98,9 @@ def tiny_config(model_type: str, vocab_size: int, layers: int = 4):
     if model_type == "gpt_oss":  # experts stored in × out, with biases; attention sinks; sliding and full layers
         extra = {"num_local_experts": 4, "num_experts_per_tok": 2, "head_dim": 8, "sliding_window": 16,
                  "layer_types": ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (layers % 2)}
+    if model_type == "minicpm3":  # MiniCPM3-4B's depth scale (updates × 1.4 / √blocks), multi-head latent attention
+        extra = {"scale_depth": 1.4, "scale_emb": 12.0, "dim_model_base": 16, "q_lora_rank": 16, "kv_lora_rank": 16,
+                 "qk_rope_head_dim": 4, "qk_nope_head_dim": 4, "v_head_dim": 8, "head_dim": 8}
     if model_type == "granite":  # Granite 3's multipliers: each block's updates scaled by 0.22 before the add
         extra = {"residual_multiplier": 0.22, "embedding_multiplier": 12.0}
     return AutoConfig.for_model(
@@ -180,7 +183,7 @@ LAYOUT_TWINS = ["qwen3", "olmo", "helium", "seed_oss", "arcee", "apertus", "olmo
                 "internlm3", "exaone", "iquestcoder", "apertus1p5_text", "nemotron", "jais2", "granite_swa"]
 # registered with a layout no other family has: every test that runs ARCHITECTURES runs them too
 ARCHITECTURES += ["qwen3_5_text", "hyperclovax", "qwen2_moe", "gpt_oss", "granitemoe", *MOE_EXTRA, "gpt_neo", "gpt_bigcode",
-                  "codegen", "lfm2"]
+                  "codegen", "lfm2", "minicpm3"]
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ IDS = torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8, 22, 17]])
 # every family whose FFN is sliced neuron by neuron: gated, Conv1D, fc1/fc2, parallel, post-norm, ALiBi, ungated
 WIDTH_ARCHITECTURES = ["llama", "gpt2", "opt", "gpt_neox", "gemma2", "gemma", "olmo2", "smollm3", "stablelm",
                        "starcoder2", "phi", "cohere", "falcon", "gptj", "arcee", "granite", "phi3", "glm4", "qwen3_5_text",
-                       "hyperclovax", "nemotron", "gpt_neo", "gpt_bigcode", "codegen", "lfm2"]
+                       "hyperclovax", "nemotron", "gpt_neo", "gpt_bigcode", "codegen", "lfm2", "minicpm3"]
 
 
 def _duplicate(loaded, layer: int, source: int, copy: int) -> None:

@@ -64,6 +64,9 @@ class ArchitectureSpec:
         ``[[["global", "local"], 12]]``), re-encoded on removal as runs of the kept blocks' values.
     :param residual_scale: config field by which every block multiplies its attention and FFN
         outputs before adding them to the stream (Granite's ``residual_multiplier``); empty for 1.
+    :param depth_scale: config field that, divided by √(number of blocks), is that factor (MiniCPM3's
+        ``scale_depth``); on removal it is multiplied by √(kept / before), so that the kept blocks
+        add what they added before — the reloaded model would otherwise scale every update anew.
     """
 
     blocks: tuple[str, ...]
@@ -80,6 +83,7 @@ class ArchitectureSpec:
     attention_output_norm: str = ""
     parallel_fields: tuple[str, ...] = ()
     residual_scale: str = ""
+    depth_scale: str = ""
     layer_index_fields: tuple[str, ...] = ()
     period_fields: tuple[str, ...] = ()
     prefix_count_fields: tuple[str, ...] = ()

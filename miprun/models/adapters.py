@@ -9,6 +9,7 @@ a plugin, or in :mod:`miprun.builtins`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from miprun.contracts import ArchitectureSpec
@@ -136,6 +137,9 @@ class ArchitectureAdapter:
             runs = getattr(config, field_name, None)
             if isinstance(runs, (list, tuple)):
                 setattr(config, field_name, kept_runs(runs, keep))
+        if self.spec.depth_scale and isinstance(getattr(config, self.spec.depth_scale, None), (int, float)):
+            setattr(config, self.spec.depth_scale,
+                    getattr(config, self.spec.depth_scale) * math.sqrt(len(keep) / config.num_hidden_layers))
         config.num_hidden_layers = len(keep)
 
 
@@ -261,8 +265,11 @@ def parallel_field(adapter: ArchitectureAdapter) -> str | None:
 def residual_scale(adapter: ArchitectureAdapter) -> float:
     """The factor by which the model's blocks scale what their attention and FFN add to the stream
     (:attr:`~ArchitectureSpec.residual_scale`; 1 for most families)."""
+    config = adapter.block_config
+    if adapter.spec.depth_scale:
+        return float(getattr(config, adapter.spec.depth_scale)) / math.sqrt(config.num_hidden_layers)
     name = adapter.spec.residual_scale
-    return float(getattr(adapter.block_config, name, 1.0) or 1.0) if name else 1.0
+    return float(getattr(config, name, 1.0) or 1.0) if name else 1.0
 
 
 def neuron_axis(module: Any, role: str) -> int:
