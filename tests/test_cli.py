@@ -63,6 +63,21 @@ def test_unknown_estimator_is_one_line_naming_the_choices():
     assert all(name in lines[0] for name in ("gaussian", "gaussian-channel", "ksg", "renyi"))
 
 
+@pytest.mark.parametrize("args, line", [
+    (["run", "--prune", "abc"], "miprun: error: Invalid value for '--prune' / '-n': Input should be a valid integer, "
+                                "unable to parse string as an integer; see 'miprun run --help'"),
+    (["plugins", "--jsn"], "miprun: error: No such option: --jsn (Possible options: --json); see 'miprun plugins --help'"),
+    (["prnue"], "miprun: error: No such command 'prnue'; see 'miprun --help'"),
+])
+def test_a_usage_error_of_the_console_script_is_one_line(args, line):
+    """Typos in options and commands, caught by click before any command runs, end like every other
+    error: one ``miprun: error:`` line naming the fix, exit code 2 (not a boxed multi-line panel)."""
+    done = subprocess.run([sys.executable, "-m", "miprun.cli.main", *args], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [line] and done.stdout == ""
+    alone = subprocess.run([sys.executable, "-m", "miprun.cli.main"], capture_output=True, text=True)
+    assert alone.returncode == 2 and "Usage: " in alone.stdout and "run" in alone.stdout  # no arguments: the help
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
 import unicodedata
 from typing import Any, Callable
 
@@ -74,7 +75,28 @@ def main() -> None:
 
     transformers_logging.disable_progress_bar()  # loading/saving shard bars; miprun reports its own stages
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's kill cleans up like Ctrl-C
-    app()  # standalone mode: usage errors and exit codes are handled by click
+    if len(sys.argv) <= 1:
+        app(prog_name="miprun")  # `miprun` alone: click shows the help
+    try:
+        code = app(prog_name="miprun", standalone_mode=False)
+    except typer.Abort:
+        typer.echo("miprun: interrupted", err=True)
+        code = 130
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        # a misspelt option, a missing or malformed value: one line, as every other error
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "miprun"
+        typer.echo(f"miprun: error: {_one_line(exc.format_message().rstrip('.'))}; see '{command} --help'", err=True)
+        code = 2
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is click's ``UsageError`` (the click that Typer runs on: Typer ≥ 0.26 vendors
+    its own, so the class is recognised by its hierarchy's names rather than imported)."""
+    return any(kind.__name__ == "UsageError" and kind.__module__.endswith("click.exceptions") for kind in type(exc).__mro__)
 
 
 if __name__ == "__main__":
