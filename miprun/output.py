@@ -82,6 +82,27 @@ def check_file_output(path: Path, flag: str) -> None:
         raise MiprunError(f"{flag} '{path}' cannot be written: {reason}; choose another path")
 
 
+def _usual_mode(path: Path, *, directory: bool) -> None:
+    """Give ``path`` the permissions a plainly created file or directory would have (the process's
+    umask applied to 0o666 / 0o777): ``tempfile`` creates its staging paths private (0o600 / 0o700),
+    and the rename into place would keep that — a checkpoint other users could not read."""
+    path.chmod((0o777 if directory else 0o666) & ~_umask())
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux), since
+    setting it, even for an instant, affects files other threads create meanwhile."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_file_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     """Write the file ``path`` by calling ``write(tmp)`` on a temporary sibling (its parent
     directories created first) and renaming it into place, so that a reader never sees half a file
@@ -93,6 +114,7 @@ def write_file_atomically(path: Path, write: Callable[[Path], None]) -> Path:
         os.close(handle)
         staging = Path(name)
         write(staging)
+        _usual_mode(staging, directory=False)
         os.replace(staging, path)
         staging = None
     except OSError as exc:
@@ -119,6 +141,7 @@ def write_atomically(path: Path, fill: Callable[[Path], None], *, overwrite: boo
     try:
         staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
         fill(staging)
+        _usual_mode(staging, directory=True)
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))

@@ -124,3 +124,19 @@ def test_a_file_output_that_can_never_be_written_is_refused(tmp_path):
         check_file_output(tmp_path, "--markdown")
     check_file_output(tmp_path / "absent" / "r.json", "--json")  # creatable: no error, nothing created
     assert not (tmp_path / "absent").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_outputs_get_the_permissions_of_plainly_created_paths(tmp_path):
+    """Staging paths are created private by ``tempfile``; what is moved into place has the usual
+    umask-based mode, so that a checkpoint or report written for others can be read by them."""
+    import os
+
+    from miprun.output import write_text_atomically
+
+    mask = os.umask(0o022)
+    try:
+        directory = write_atomically(tmp_path / "ckpt", lambda tmp: (tmp / "a.txt").write_text("x"), overwrite=False)
+        report = write_text_atomically(tmp_path / "r.json", "{}")
+    finally:
+        os.umask(mask)
+    assert directory.stat().st_mode & 0o777 == 0o755 and report.stat().st_mode & 0o777 == 0o644
