@@ -64,11 +64,13 @@ def load_stage(model: Any, *, dtype: str, device_map: str | None, timings: dict[
 
 def calibrate_stage(
     loaded: Any, *, calib: str, num_samples: int, seq_len: int, seed: int, timings: dict[str, float], reporter: Reporter,
-    apart_from: Any = None,
+    apart_from: Any = None, flag: str = "--num-samples",
 ) -> Any:
     """Draw the calibration token windows (seeded) for ``loaded``; ``apart_from`` as
     :func:`~miprun.data.calibration.load_calibration` takes it (the healing windows: apart from
-    the calibration ones they do not repeat)."""
+    the calibration ones they do not repeat). Windows asking for more than twice the source's
+    tokens (each read twice or more on average: repeated text, not more of it) are said in a note
+    naming ``flag``, the option that sets their number."""
     import torch
 
     from miprun.data.calibration import load_calibration
@@ -80,6 +82,11 @@ def calibrate_stage(
             calib, loaded.tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed, model=loaded.model,
             apart_from=apart_from)
     release_freed_memory()  # tokenizing the source text takes far more than the windows kept
+    available = calibration.source.get("source_tokens")
+    if available and num_samples * seq_len > 2 * available:
+        reporter.note(f"{num_samples} windows of {seq_len} tokens read the {available} tokens of '{calib}' about "
+                      f"{num_samples * seq_len / available:.0f} times each: repeated text, not more of it; a longer source "
+                      f"would give them more to learn from, fewer ({flag}) would cost less")
     return calibration
 
 
@@ -235,7 +242,7 @@ def prune(
         if healed or (check and calib != "self"):  # the check avoids the healing windows even where the run does
             # not heal, so that --heal none is judged on the windows the healed run is (generated text is new anyway)
             read.append(calibrate_stage(loaded, calib=calib, num_samples=heal_samples, seq_len=seq_len, seed=seed,
-                                        timings={}, reporter=reporter, apart_from=calibration))
+                                        timings={}, reporter=reporter, apart_from=calibration, flag="--heal-samples"))
         heal_ids = read[-1].input_ids if healed else None
         reference = _dense_reference(loaded, calib=calib, seq_len=seq_len, seed=seed, timings=timings,
                                      reporter=reporter, read=read) if check else None

@@ -272,3 +272,26 @@ def test_numpy_integers_are_accepted_and_recorded_as_numbers(tmp_path, text_file
                           heal_samples=8, save=False, check=False)
     assert result.report["prune"]["requested"] == 1 and type(result.report["data"]["seq_len"]) is int
     assert json.loads(json.dumps(result.report, default=str))["data"]["num_samples"] == 4
+
+
+def test_windows_that_read_a_short_source_many_times_are_said_once_per_option(tmp_path, text_file):
+    """Asking a short text for far more windows than it has tokens draws the same text again and
+    again: the run says so, naming the option that sets those windows' number (the selection's
+    --num-samples, the healing's --heal-samples), and records the source's size."""
+    from miprun.progress import Reporter
+
+    notes = []
+
+    class Notes(Reporter):
+        def note(self, line):
+            notes.append(line)
+
+    loaded = build_tiny("llama", layers=3)
+    tokens = len(loaded.tokenizer(text_file.read_text(), add_special_tokens=False).input_ids)
+    many = 4 * tokens // 16
+    result = miprun.prune(loaded, n=1, calib=str(text_file), seq_len=16, num_samples=many, heal_samples=8, save=False,
+                          check=False, reporter=Notes())
+    assert result.report["data"]["source_tokens"] == tokens
+    repeated = [line for line in notes if "times each" in line]
+    assert len(repeated) == 1 and repeated[0].startswith(f"{many} windows of 16 tokens read the {tokens} tokens of ")
+    assert repeated[0].endswith("fewer (--num-samples) would cost less")

@@ -213,6 +213,7 @@ def load_calibration(
             info["chat_template"] = chat.record()
     ids = _token_ids(tokenizer, text[:_MAX_CHARS])
     starts = _starts(ids.numel(), num_samples, seq_len, seed, source)
+    info["source_tokens"] = int(ids.numel())
     if held_out_from:
         read = [start for drawn in held_out_from for start in drawn.starts or []]
         disjoint = _held_out_starts(ids.numel(), num_samples, seq_len, seed, read)
