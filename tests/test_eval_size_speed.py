@@ -91,3 +91,18 @@ def test_compare_reports_ideal_and_measured_speedups():
     assert out["decode_speedup"] == pytest.approx(1.18)
     assert out["parameters"]["ratio"] == pytest.approx(0.8)
     assert out["checkpoint_bytes"]["ratio"] == pytest.approx(0.8)
+
+
+def test_speed_of_a_model_with_a_short_context_is_measured_at_lengths_that_fit():
+    """GPT-2-style learned positions end at the context (128 here): the default 512-token prefill
+    indexed past the position table (an IndexError); the lengths are cut to fit, and recorded."""
+    from conftest import build_tiny
+
+    from miprun.evaluation.size_speed import SpeedConfig, speed
+
+    loaded = build_tiny("gpt2", layers=2)
+    assert loaded.model.config.n_positions == 128
+    result = speed(loaded.model, SpeedConfig(prefill_len=512, decode_prompt=100, decode_tokens=64, warmup=0, repeats=1))
+    assert result["config"]["prefill_len"] == 128 and result["prefill"]["tokens"] == 128
+    assert result["config"]["decode_prompt"] == 64 and result["decode"]["new_tokens"] == 64
+    assert result["prefill"]["tokens_per_second"] > 0 and result["decode"]["tokens_per_second"] > 0

@@ -5,7 +5,9 @@ Timings are the median of ``repeats`` runs after ``warmup`` runs, on random toke
 under ``torch.inference_mode``. Prefill: one forward of a batch of 1 × ``prefill_len`` tokens
 without cache. Decode: ``decode_batch`` sequences, a ``decode_prompt``-token prompt is prefilled
 with the KV cache (not timed), then ``decode_tokens`` single-token greedy steps are timed;
-throughput = ``decode_batch × decode_tokens / time``.
+throughput = ``decode_batch × decode_tokens / time``. A model whose context is shorter than these
+lengths is measured at lengths cut to fit it (:func:`fitted_to_context`; the report's ``config``
+says which were used).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from miprun.models.context import context_length
 from miprun.models.devices import input_device
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -123,11 +126,24 @@ def _random_ids(model: Any, batch: int, length: int, seed: int):
     return torch.randint(0, vocab, (batch, length), generator=generator).to(device)
 
 
+def fitted_to_context(model: Any, config: SpeedConfig) -> SpeedConfig:
+    """``config`` with its lengths cut to ``model``'s context where they exceed it (a model with 128
+    positions cannot prefill 512 tokens): the prefill to the context, the decode prompt to half of
+    it at most and the decode steps to what is left."""
+    limit = context_length(model)
+    if limit is None or (config.prefill_len <= limit and config.decode_prompt + config.decode_tokens <= limit):
+        return config
+    prompt = min(config.decode_prompt, max(1, limit // 2))
+    return replace(config, prefill_len=min(config.prefill_len, limit), decode_prompt=prompt,
+                   decode_tokens=max(1, min(config.decode_tokens, limit - prompt)))
+
+
 def prefill_latency(model: Any, config: SpeedConfig | None = None) -> dict[str, Any]:
-    """Median seconds of one forward pass over 1 × ``prefill_len`` tokens (no KV cache)."""
+    """Median seconds of one forward pass over 1 × ``prefill_len`` tokens (no KV cache; fewer where
+    the model's context is shorter: :func:`fitted_to_context`)."""
     import torch
 
-    config = config or SpeedConfig()
+    config = fitted_to_context(model, config or SpeedConfig())
     ids = _random_ids(model, 1, config.prefill_len, config.seed)
 
     def run() -> None:
@@ -160,10 +176,11 @@ def _returned_cache(output: Any) -> Any:
 
 def decode_throughput(model: Any, config: SpeedConfig | None = None) -> dict[str, Any]:
     """Median decode throughput (tokens/s) of ``decode_batch`` sequences over ``decode_tokens``
-    greedy steps with the KV cache, after an untimed prefill of ``decode_prompt`` tokens."""
+    greedy steps with the KV cache, after an untimed prefill of ``decode_prompt`` tokens (both cut to
+    the model's context: :func:`fitted_to_context`)."""
     import torch
 
-    config = config or SpeedConfig()
+    config = fitted_to_context(model, config or SpeedConfig())
     prompt = _random_ids(model, config.decode_batch, config.decode_prompt, config.seed)
     keyword = _cache_keyword(model)
 
@@ -217,7 +234,7 @@ def speed(model: Any, config: SpeedConfig | None = None) -> dict[str, Any]:
     """Prefill latency and decode throughput (see the module docstring for the protocol)."""
     import torch
 
-    config = config or SpeedConfig()
+    config = fitted_to_context(model, config or SpeedConfig())
     return {
         "config": config.to_dict(),
         "device": str(input_device(model)),
