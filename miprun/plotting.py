@@ -32,9 +32,10 @@ def require_matplotlib() -> Any:
 def check_plot_path(path: Path, flag: str = "--plot") -> None:
     """Fail before any work when ``path`` is not a picture matplotlib can write (by its suffix:
     .png, .pdf, .svg …) or could never be written (:func:`~miprun.output.check_file_output`)."""
-    from matplotlib.backend_bases import FigureCanvasBase
-
     from miprun.output import check_file_output
+
+    require_matplotlib()  # its one-line refusal where matplotlib is missing
+    from matplotlib.backend_bases import FigureCanvasBase
 
     kinds = FigureCanvasBase.get_supported_filetypes()
     if path.suffix.lower().lstrip(".") not in kinds:

@@ -113,6 +113,10 @@ def test_curve_mode_without_matplotlib_fails_before_pruning(monkeypatch, tmp_pat
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     result = CliRunner().invoke(app, ["compare", "--model", str(tiny_checkpoint), "--prune", "1,2", "--methods", "random"])
     assert result.exit_code == 2 and "miprun: error:" in result.stderr and "pip install matplotlib" in result.stderr
+    from miprun.plotting import check_plot_path  # what `miprun scores --plot` checks first
+
+    with pytest.raises(MiprunError, match="pip install matplotlib"):
+        check_plot_path(tmp_path / "spans.png")
 
 
 def test_bad_arguments_are_clear_errors():
