@@ -70,6 +70,14 @@ def check_apart_from_source(path: Path, sources: list[Path]) -> None:
                               f"replaces, --overwrite or not; choose another --output")
 
 
+def check_checkpoint_output(path: Path, *, overwrite: bool, sources: list[Path]) -> None:
+    """Everything a checkpoint directory ``path`` is refused for before a run writes it: being or
+    holding the ``sources`` the run reads (:func:`check_apart_from_source`), and what
+    :func:`check_output` refuses, ``--overwrite`` replacing only a previous miprun output."""
+    check_apart_from_source(path, sources)
+    check_output(path, overwrite=overwrite, marker=REPORT_NAME)
+
+
 def check_file_output(path: Path, flag: str) -> None:
     """Fail before any work when the file ``path`` that option ``flag`` names could never be
     written: it is a directory, or it is absent and cannot be created (:func:`_uncreatable`)."""

@@ -163,7 +163,7 @@ def prune(
     from miprun.granularity import GRANULARITY, check_count
     from miprun.models.loading import LoadedModel, check_device_map, source_locations
     from miprun.options import check_arguments, check_dtype
-    from miprun.output import REPORT_NAME, check_apart_from_source, check_output, output_lock
+    from miprun.output import check_checkpoint_output, output_lock
 
     checked = check_arguments("prune", {
         "n": (n, "int"), "ratio": (ratio, "number"), "calib": (calib, "path"), "num_samples": (num_samples, "int"),
@@ -215,8 +215,7 @@ def prune(
         for dataset in evaluate.get("ppl", ()):
             check_dataset(dataset)
     if output is not None and save:
-        check_apart_from_source(Path(output), source_locations(model))
-        check_output(Path(output), overwrite=overwrite, marker=REPORT_NAME)
+        check_checkpoint_output(Path(output), overwrite=overwrite, sources=source_locations(model))
     timings: dict[str, float] = {}
 
     loaded = load_stage(model, dtype=dtype, device_map=device if device is not None else device_map, timings=timings,
@@ -234,8 +233,7 @@ def prune(
         loaded.source.get("spec", str(model)), plan.names, count, loaded.adapter)
     with output_lock(out_path) if save else nullcontext():
         if save:
-            check_apart_from_source(out_path, source_locations(model))
-            check_output(out_path, overwrite=overwrite, marker=REPORT_NAME)
+            check_checkpoint_output(out_path, overwrite=overwrite, sources=source_locations(model))
         calibration = calibrate_stage(loaded, calib=calib, num_samples=num_samples, seq_len=seq_len, seed=seed,
                                       timings=timings, reporter=reporter)
         read = [calibration]
