@@ -137,6 +137,7 @@ def test_a_range_of_expert_blocks_is_renumbered_at_both_ends(tmp_path):
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
     with pytest.raises(MiprunError, match=r"no block at or before moe_layer_end_index=1.*keep one of blocks 0–1"):
         RemoveBlocksSurgeon().apply(model, adapter, Selection([0, 1]))
+    assert adapter.num_blocks == 3 and model.config.num_hidden_layers == 3  # the refusal changed nothing
 
 
 @pytest.mark.parametrize("arch, kind", [("qwen3_5_text", "linear_attention"), ("lfm2", "conv")])

@@ -103,6 +103,15 @@ class ArchitectureAdapter:
             raise MiprunError(f"removing these blocks would leave '{self.model_type}' with {left} blocks only, "
                               f"which transformers cannot run with a cache; keep at least one attention block "
                               f"(blocks {', '.join(str(i) for i, kind in enumerate(kinds) if kind not in STATE_ONLY_KINDS)})")
+        last_indices = {}  # checked before anything changes, so that a refusal leaves the model whole
+        for field_name in self.spec.last_index_fields:
+            last = getattr(config, field_name, None)
+            if isinstance(last, int) and last >= 0:
+                at_or_before = sum(1 for i in keep if i <= last)
+                if at_or_before == 0:
+                    raise MiprunError(f"removing these blocks would leave '{self.model_type}' no block at or before "
+                                      f"{field_name}={last}, which its config cannot express; keep one of blocks 0–{last}")
+                last_indices[field_name] = at_or_before - 1
         kept = [self.blocks[i] for i in keep]
         owner_path, _, attr = self.blocks_path.rpartition(".")
         owner = _resolve(self.model, owner_path) if owner_path else self.model
@@ -125,14 +134,8 @@ class ArchitectureAdapter:
             values = getattr(config, field_name, None)
             if isinstance(values, (list, tuple)) and len(values) >= max(keep, default=-1) + 1:
                 setattr(config, field_name, [values[i] for i in keep])
-        for field_name in self.spec.last_index_fields:
-            last = getattr(config, field_name, None)
-            if isinstance(last, int) and last >= 0:
-                at_or_before = sum(1 for i in keep if i <= last)
-                if at_or_before == 0:
-                    raise MiprunError(f"removing these blocks would leave '{self.model_type}' no block at or before "
-                                      f"{field_name}={last}, which its config cannot express; keep one of blocks 0–{last}")
-                setattr(config, field_name, at_or_before - 1)
+        for field_name, value in last_indices.items():
+            setattr(config, field_name, value)
         for field_name in self.spec.run_length_fields:
             runs = getattr(config, field_name, None)
             if isinstance(runs, (list, tuple)):
