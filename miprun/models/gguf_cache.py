@@ -37,16 +37,22 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     """Write the de-quantised checkpoint of ``gguf`` (weights, config, tokenizer) into ``target``.
 
     A model loaded from GGUF is flagged as quantized and refuses ``save_pretrained``; its weights
-    are already de-quantised, so they move into a plain model built from the same config.
+    are already de-quantised, so they move into a plain model built from the same config. That
+    model is built without storage (on the meta device) and takes the loaded tensors themselves, so
+    the conversion holds one copy of the de-quantised weights, not two (28 GB less for a 7B model).
+    Only persistent tensors are saved, so the plain model's unmaterialised non-persistent buffers
+    (rotary frequencies) are never read.
     """
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf.name}
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
     config = AutoConfig.from_pretrained(gguf.parent, **kwargs)
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(quantized.state_dict())
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict(), assign=True)
     model.tie_weights()
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
