@@ -12,7 +12,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from miprun.errors import MiprunError
 from miprun.model_card import model_card
@@ -78,9 +78,18 @@ def check_checkpoint_output(path: Path, *, overwrite: bool, sources: list[Path])
     check_output(path, overwrite=overwrite, marker=REPORT_NAME)
 
 
-def check_file_output(path: Path, flag: str) -> None:
+def check_file_output(path: Path, flag: str, sources: Sequence[Path] = ()) -> None:
     """Fail before any work when the file ``path`` that option ``flag`` names could never be
-    written: it is a directory, or it is absent and cannot be created (:func:`_uncreatable`)."""
+    written: it is a directory, or it is absent and cannot be created (:func:`_uncreatable`); or
+    when it would replace one of the files of the ``sources`` the run reads
+    (:func:`~miprun.models.loading.source_locations`) — ``--json ckpt/config.json`` would replace
+    the evaluated model's config. A new file beside them (``--json ckpt/eval.json``) is allowed."""
+    target = path.expanduser().resolve()
+    for source in sources:
+        source = source.expanduser().resolve()
+        if target == source or (target.exists() and source in target.parents):
+            raise MiprunError(f"{flag} '{path}' would replace a file of the source model ('{source}'), which a "
+                              f"run never changes; choose a new file name or a path outside it")
     if path.is_dir():
         raise MiprunError(f"{flag} '{path}' is a directory; name a file")
     reason = None if path.exists() else _uncreatable(path)

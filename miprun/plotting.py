@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from miprun.errors import MiprunError
 
@@ -29,9 +29,10 @@ def require_matplotlib() -> Any:
     return plt
 
 
-def check_plot_path(path: Path, flag: str = "--plot") -> None:
+def check_plot_path(path: Path, flag: str = "--plot", sources: Sequence[Path] = ()) -> None:
     """Fail before any work when ``path`` is not a picture matplotlib can write (by its suffix:
-    .png, .pdf, .svg …) or could never be written (:func:`~miprun.output.check_file_output`)."""
+    .png, .pdf, .svg …) or could never be written, or lies among the run's ``sources``
+    (:func:`~miprun.output.check_file_output`)."""
     from miprun.output import check_file_output
 
     require_matplotlib()  # its one-line refusal where matplotlib is missing
@@ -41,7 +42,7 @@ def check_plot_path(path: Path, flag: str = "--plot") -> None:
     if path.suffix.lower().lstrip(".") not in kinds:
         raise MiprunError(f"{flag} '{path}' is not a picture file matplotlib writes; end it with .png (or "
                           f"{', '.join('.' + kind for kind in sorted(kinds) if kind in ('pdf', 'svg', 'jpg'))})")
-    check_file_output(path, flag)
+    check_file_output(path, flag, sources)
 
 
 def write_curve(report: dict[str, Any], plot: str | Path, dataset: str | None = None) -> tuple[Path, Path]:

@@ -224,6 +224,25 @@ def test_report_and_picture_paths_that_cannot_be_written_are_refused_before_any_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "calib.txt", "tiny"]
 
 
+def test_a_report_file_never_replaces_a_file_of_the_model_it_reads(tmp_path, tiny_dir, text_file):
+    """``eval MODEL --json MODEL/config.json`` would overwrite the evaluated model's config at the end
+    of the run: refused in one line before loading, every source byte unchanged; a new file beside
+    the model is allowed (the usual place for its evaluation)."""
+    before = {p.name: p.read_bytes() for p in tiny_dir.iterdir()}
+    for flag in ("--json", "--markdown"):
+        assert cli("eval", str(tiny_dir), flag, str(tiny_dir / "config.json")) == (
+            2, f"miprun: error: {flag} '{tiny_dir}/config.json' would replace a file of the source model ('{tiny_dir}'), "
+               f"which a run never changes; choose a new file name or a path outside it")
+    code, line = cli("compare", "--model", str(tiny_dir), "--methods", "random", "--calib", str(text_file), "--prune", "1",
+                     "--json", str(tiny_dir / "model.safetensors"))
+    assert code == 2 and "would replace a file of the source model" in line
+    assert {p.name: p.read_bytes() for p in tiny_dir.iterdir()} == before
+    assert cli("eval", str(tiny_dir), "--ppl", str(text_file), "--max-windows", "1", "--seq-len", "16",
+               "--json", str(tiny_dir / "eval.json"))[0] == 0
+    assert json.loads((tiny_dir / "eval.json").read_text())["perplexity"]
+    assert all((tiny_dir / name).read_bytes() == data for name, data in before.items())
+
+
 @pytest.mark.parametrize("argument, message", [
     ({"model": 123}, "prune(): model must be a name, a path, a hub id or a LoadedModel, got 123"),
     ({"n": "3"}, "prune(): n must be a whole number or None, got '3'"),

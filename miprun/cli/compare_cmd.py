@@ -56,6 +56,7 @@ def compare(
     )
     from miprun.evaluation import parse_limit
     from miprun.methods import parse_methods
+    from miprun.models.loading import source_locations
     from miprun.options import parse_method_options
     from miprun.output import check_file_output, write_text_atomically
     from miprun.plotting import check_plot_path, require_matplotlib, write_curve
@@ -67,14 +68,15 @@ def compare(
         raise MiprunError(f"--plot draws the pruning curve over several --prune values (e.g. --prune 2,4,6); "
                           f"--prune {prune} gives one point: drop --plot or add depths")
     # every file this run will write is checked before hours of pruning, not after
+    sources = source_locations(model)
     for flag, path in (("--json", json_path), ("--markdown", markdown)):
         if path is not None and str(path) != "-":
-            check_file_output(path, flag)
+            check_file_output(path, flag, sources)
     if curve and not no_plot:
         require_matplotlib()
         picture = plot or Path("compare-curve.png")
-        check_plot_path(picture)
-        check_file_output(picture.with_suffix(".csv"), "--plot (its .csv beside it)")
+        check_plot_path(picture, sources=sources)
+        check_file_output(picture.with_suffix(".csv"), "--plot (its .csv beside it)", sources)
     ppl = tuple(p.strip() for p in eval_ppl.split(",") if p.strip())
     task_list = tasks or ()
 

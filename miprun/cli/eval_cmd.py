@@ -80,6 +80,7 @@ def _run(
     from miprun.evaluation.perplexity import check_dataset
     from miprun.evaluation.report import print_report, to_markdown
     from miprun.evaluation.size_speed import SpeedConfig
+    from miprun.models.loading import source_locations
     from miprun.output import check_file_output
 
     if batch_size < 1:
@@ -104,7 +105,7 @@ def _run(
 
     for flag, path in (("--json", json_file), ("--markdown", markdown_file)):
         if path:
-            check_file_output(path, flag)  # before the model loads and hours of evaluation
+            check_file_output(path, flag, source_locations(model))  # before the model loads and hours of evaluation
     loaded = _load(model, dtype, device, layerwise)
     stderr.print(f"[dim]loaded {model} ({loaded.adapter.num_blocks} blocks) in {loaded.source.get('load_seconds')} s[/dim]")
     report = evaluate(
