@@ -57,9 +57,10 @@ def test_one_source_is_tokenized_once_and_a_changed_file_again(text_file, tmp_pa
     tokenizer = build_tiny("llama").tokenizer
     calls = []
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return tokenizer(*args, **kwargs)
+    def counting(text, **kwargs):
+        if len(text) > 100:  # the source's text, not the probe for the tokenizer's leading special tokens
+            calls.append(1)
+        return tokenizer(text, **kwargs)
 
     first = load_calibration(str(text_file), counting, num_samples=4, seq_len=16, seed=0).input_ids
     again = load_calibration(str(text_file), counting, num_samples=8, seq_len=16, seed=1).input_ids
@@ -97,3 +98,23 @@ def test_bad_calibration_sources_are_named(tmp_path):
     short.write_text("the city")
     with pytest.raises(MiprunError, match="fewer than --seq-len 8"):
         load_calibration(str(short), tokenizer, num_samples=1, seq_len=8, seed=0)
+
+
+def test_windows_start_with_the_special_tokens_the_tokenizer_puts_before_every_text(text_file):
+    """A tokenizer that opens every text with BOS (Gemma's, Llama 2's) gets windows that open with it
+    too, followed by the text from the window's start; one that adds nothing gets plain text windows."""
+    from conftest import build_tokenizer
+    from tokenizers import processors
+
+    plain_tokenizer = build_tokenizer()
+    plain = load_calibration(str(text_file), plain_tokenizer, num_samples=4, seq_len=16, seed=0)
+    assert plain.source["prefix_tokens"] == [] and plain.input_ids.shape == (4, 16)
+    bos_tokenizer = build_tokenizer()
+    bos = bos_tokenizer.bos_token_id
+    bos_tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", bos)])
+    assert bos_tokenizer("the cat").input_ids[0] == bos
+    opened = load_calibration(str(text_file), bos_tokenizer, num_samples=4, seq_len=16, seed=0)
+    assert opened.source["prefix_tokens"] == [bos] and opened.input_ids.shape == (4, 16)
+    assert torch.equal(opened.input_ids[:, 0], torch.full((4,), bos))
+    assert torch.equal(opened.input_ids[:, 1:], plain.input_ids[:, :15])  # same starts, the text after BOS
