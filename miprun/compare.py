@@ -34,12 +34,9 @@ from typing import Any, Callable
 
 from miprun.errors import MiprunError
 from miprun.memory import PeakMemory, release_freed_memory
-from miprun.methods import Method, parse_methods
+from miprun.methods import DEFAULT_METHODS, Method, parse_methods
 from miprun.models.devices import input_device
 from miprun.plotting import DENSE
-
-DEFAULT_METHODS = ("mi-prun", "shortgpt", "angular", "sleb", "random")
-"""What :func:`compare` runs when no methods are named."""
 
 
 def parse_depths(prune: int | str | Sequence[int]) -> list[int]:

@@ -58,6 +58,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 """The named methods, in the order ``miprun compare`` lists them."""
 
+DEFAULT_METHODS = ("mi-prun", "shortgpt", "angular", "sleb", "ppl", "taylor", "laco", "random")
+"""What a comparison (``miprun compare``, :func:`miprun.compare.compare`) runs when no methods are
+named: the default and one method of every baseline family."""
+
 
 def parse_method(text: str, registry: Registry | None = None) -> Method:
     """A named method, a combination ``SCORER[:ESTIMATOR]+SELECTOR[+SURGEON]``, or a registered

@@ -10,17 +10,15 @@ from rich.table import Table
 
 from miprun.cli.console import err, out, progress_reporter
 from miprun.errors import MiprunError
-from miprun.models.embedded import DEFAULT_MODEL
-
-DEFAULT_METHODS = "mi-prun,shortgpt,angular,sleb,ppl,taylor,laco,random"
-"""What ``miprun compare`` runs without --methods: every family of built-in method."""
+from miprun.methods import DEFAULT_METHODS
+from miprun.models.embedded import DEFAULT_MODEL, MODEL_HELP
 
 
 def compare(
-    model: Annotated[str, typer.Option(help="Embedded name, checkpoint directory, .gguf file or hub id")] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
     calib: Annotated[str, typer.Option(help="Calibration source shared by all methods (wikitext2, c4, a file, …)")] = "wikitext2",
     prune: Annotated[str, typer.Option("--prune", "-n", help="Blocks to remove: N, or a comma list for a pruning curve (2,4,6)")] = "6",
-    methods: Annotated[str, typer.Option(help="Comma list of named methods (mi-prun, mi-greedy, mi-prun-local, mi-brute-force, shortgpt, angular, angular-last, sleb, ppl, taylor, magnitude, laco, random) or combinations SCORER[:ESTIMATOR]+SELECTOR[+SURGEON] (e.g. linear-cka+greedy)")] = DEFAULT_METHODS,
+    methods: Annotated[str, typer.Option(help="Comma list of named methods (mi-prun, mi-greedy, mi-prun-local, mi-brute-force, shortgpt, angular, angular-last, sleb, ppl, taylor, magnitude, laco, random) or combinations SCORER[:ESTIMATOR]+SELECTOR[+SURGEON] (e.g. linear-cka+greedy)")] = ",".join(DEFAULT_METHODS),
     eval_ppl: Annotated[str, typer.Option("--eval", help="Perplexity data sets, comma list ('' for none)")] = "wikitext2",
     tasks: Annotated[Optional[str], typer.Option(help="lm-eval tasks, comma list or 'paper'")] = None,
     limit: Annotated[Optional[float], typer.Option(help="Score only the first N documents of each task")] = None,

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from miprun.errors import MiprunError
+from miprun.models.embedded import DEFAULT_MODEL, MODEL_HELP
 
 
 def _split(value: str | None) -> list[str]:
@@ -39,7 +40,7 @@ def _write_json(path: Path, report: dict) -> None:
 
 
 def eval_command(
-    model: str = typer.Argument("smollm2-135m", help="Embedded name, checkpoint directory, .gguf file or hub id."),
+    model: str = typer.Argument(DEFAULT_MODEL, help=f"{MODEL_HELP}."),
     ppl: str = typer.Option("wikitext2", "--ppl", help="Perplexity data: comma list of wikitext2, wikitext2-tokenized, c4, ptb or .txt/.jsonl/.json paths; 'none' to skip."),
     tasks: str = typer.Option("", "--tasks", help="lm-eval tasks: comma list, or 'paper' for the paper's ten."),
     limit: Optional[float] = typer.Option(None, "--limit", help="Score only the first N documents of each task (quick runs)."),

@@ -9,11 +9,11 @@ import typer
 from rich.table import Table
 
 from miprun.cli.console import err, out, print_json, progress_reporter
-from miprun.models.embedded import DEFAULT_MODEL
+from miprun.models.embedded import DEFAULT_MODEL, MODEL_HELP
 
 
 def run(
-    model: Annotated[str, typer.Option(help="Embedded name, checkpoint directory, .gguf file or hub id")] = DEFAULT_MODEL,
+    model: Annotated[str, typer.Option(help=MODEL_HELP)] = DEFAULT_MODEL,
     calib: Annotated[str, typer.Option(help="wikitext2, c4, ptb, alpaca, self, or a .txt/.jsonl/.json/.csv/.parquet file (text, chat or instruction rows)")] = "wikitext2",
     prune: Annotated[Optional[int], typer.Option("--prune", "-n", help="Number of blocks (neuron granularity: FFN neurons per layer) to remove")] = None,
     ratio: Annotated[Optional[float], typer.Option(help="Fraction of blocks (neuron granularity: of each FFN's neurons) to remove (default 0.2)")] = None,
