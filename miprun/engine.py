@@ -213,13 +213,40 @@ def judges_healed(strategies: dict[str, Any]) -> bool:
     return bool(getattr(strategies.get("scorer"), "healed", False))
 
 
+PREVIEW_ROWS_PER_INPUT = 8
+"""Tokens a healing preview fits on per input of its widest fit (the FFN's width): a least-squares
+fit on few rows per coefficient over-fits, and the preview then ranks block sets by its noise."""
+
+PREVIEW_BYTES = 2 * 2**30
+"""Memory for the dense block outputs a healing preview keeps (every block's, over its sequences),
+which bounds how many sequences it fits on."""
+
+
+def _preview_sequences(model: Any, adapter: Any, input_ids: Any) -> int:
+    """How many healing sequences a preview fits on: :data:`PREVIEW_ROWS_PER_INPUT` tokens per
+    input of the FFN fit (8 × 1 536 for SmolLM2: 48 sequences of 256; 8 × 2 048 for Gemma 3 270M:
+    64), within :data:`PREVIEW_BYTES` of dense block outputs, never fewer than the calibration
+    sequences. Gemma 3 270M with 16 sequences chose a set that healed 22 % worse (docs/healing.md)."""
+    from miprun.errors import MiprunError
+
+    hidden = getattr(adapter.block_config, "hidden_size", None) or model.get_input_embeddings().embedding_dim
+    try:
+        width = max(hidden, adapter.ffn_width(0))
+    except (MiprunError, AttributeError, TypeError):  # no FFN the adapter can read (experts): the hidden size
+        width = hidden
+    samples, seq_len = (int(d) for d in input_ids.shape[:2])
+    wanted = -(-PREVIEW_ROWS_PER_INPUT * width // seq_len)
+    per_sequence = adapter.num_blocks * seq_len * hidden * next(model.parameters()).element_size()
+    return max(samples, min(wanted, PREVIEW_BYTES // per_sequence))
+
+
 def _preview(healer: Any, plan: Any, model: Any, adapter: Any, input_ids: Any, heal_ids: Any, context: Any,
              reporter: Reporter) -> Any:
     """The healer's preview for scoring healed block sets (:class:`~miprun.contracts.HealingPreview`),
-    fitted on the healing sequences that are not calibration sequences — as many as there are
-    calibration sequences — so that what the scores judge is held out from the fits. None when the
-    run does not heal blocks, the healer offers no preview, the model runs layer-wise, or every
-    healing sequence is a calibration one."""
+    fitted on healing sequences that are not calibration sequences — as many as
+    :func:`_preview_sequences` asks, where there are — so that what the scores judge is held out
+    from the fits. None when the run does not heal blocks, the healer offers no preview, the model
+    runs layer-wise, or every healing sequence is a calibration one."""
     import torch
 
     from miprun.models.layerwise import layerwise_loader
@@ -231,7 +258,7 @@ def _preview(healer: Any, plan: Any, model: Any, adapter: Any, input_ids: Any, h
         reporter.note("the selection judges plain removal: previewing the healed model needs it in memory")
         return None
     seen = {tuple(row.tolist()) for row in input_ids}
-    rows = [row for row in heal_ids if tuple(row.tolist()) not in seen][: input_ids.shape[0]]
+    rows = [row for row in heal_ids if tuple(row.tolist()) not in seen][: _preview_sequences(model, adapter, input_ids)]
     if not rows:
         if reporter is not None:
             reporter.note("the selection judges plain removal: every healing sequence is also a calibration "

@@ -86,15 +86,26 @@ def test_forward_until_stops_a_pass_after_the_module_and_leaves_no_hook_behind()
         handle.remove()
 
 
-def test_the_engine_fits_the_preview_on_healing_sequences_the_selection_does_not_judge():
+def test_the_engine_fits_the_preview_on_healing_sequences_the_selection_does_not_judge(monkeypatch):
+    """The preview fits on 8 tokens per input of the FFN fit (8 × 64 / 12 → 43 sequences here),
+    of the healing sequences that are not calibration ones (12 here: all of them), within its memory
+    budget for dense block outputs and never on fewer sequences than the calibration's."""
+    import miprun.engine as engine
+
     loaded = build_tiny("llama", layers=4, seed=36)
     heal_ids = torch.cat([JUDGE, FIT])  # the first healing sequences are the calibration ones, as in a run
 
     class Plan:
         granularity = "block"
 
+    assert engine._preview_sequences(loaded.model, loaded.adapter, JUDGE) == 43
     preview = _preview(LinearHealer(), Plan(), loaded.model, loaded.adapter, JUDGE, heal_ids, None, None)
-    assert torch.equal(preview.fit_ids, FIT[: JUDGE.shape[0]])  # as many as the calibration, none of them
+    assert torch.equal(preview.fit_ids, FIT)  # every healing sequence but the calibration ones
+    per_sequence = 4 * 12 * 32 * 4  # blocks × tokens × hidden × bytes of float32
+    monkeypatch.setattr(engine, "PREVIEW_BYTES", 6 * per_sequence)
+    assert engine._preview_sequences(loaded.model, loaded.adapter, JUDGE) == 6
+    monkeypatch.setattr(engine, "PREVIEW_BYTES", per_sequence)
+    assert engine._preview_sequences(loaded.model, loaded.adapter, JUDGE) == 4  # never below the calibration's
     notes = []
 
     class Notes(Reporter):
@@ -141,7 +152,7 @@ def test_the_default_chooses_the_block_whose_removal_heals_exactly(text_file):
     healed = miprun.prune(models[1], **common)
     assert plain.selection.blocks != [3] and healed.selection.blocks == [3]
     preview = healed.report["selection"]["info"]["heal_preview"]
-    assert preview["cuts_fitted"] >= 4 and preview["fit_sequences"] == 4
+    assert preview["cuts_fitted"] >= 4 and preview["fit_sequences"] == 32  # 8 tokens per FFN input: 8 × 64 / 16
 
 
 def test_a_cut_at_block_0_the_healer_refuses_is_judged_as_plain_removal():
@@ -173,7 +184,7 @@ def test_the_default_selects_for_the_healed_model_on_every_architecture(architec
     result = miprun.prune(build_tiny(architecture, layers=5, seed=39), n=2, calib=str(text_file), num_samples=4,
                           seq_len=16, heal_samples=12, save=False, check=False)
     preview = result.report["selection"]["info"]["heal_preview"]
-    assert preview["cuts_fitted"] >= 5 and preview["fit_sequences"] == 4
+    assert preview["cuts_fitted"] >= 5 and preview["fit_sequences"] == 8  # every healing sequence not calibrated on (12 − 4)
     assert result.report["surgery"]["healing"]["cuts"] and result.adapter.num_blocks == 3
 
 
