@@ -213,7 +213,7 @@ def judges_healed(strategies: dict[str, Any]) -> bool:
     return bool(getattr(strategies.get("scorer"), "healed", False))
 
 
-PREVIEW_ROWS_PER_INPUT = 8
+PREVIEW_ROWS_PER_INPUT = 4
 """Tokens a healing preview fits on per input of its widest fit (the FFN's width): a least-squares
 fit on few rows per coefficient over-fits, and the preview then ranks block sets by its noise."""
 
@@ -224,9 +224,10 @@ which bounds how many sequences it fits on."""
 
 def _preview_sequences(model: Any, adapter: Any, input_ids: Any) -> int:
     """How many healing sequences a preview fits on: :data:`PREVIEW_ROWS_PER_INPUT` tokens per
-    input of the FFN fit (8 × 1 536 for SmolLM2: 48 sequences of 256; 8 × 2 048 for Gemma 3 270M:
-    64), within :data:`PREVIEW_BYTES` of dense block outputs, never fewer than the calibration
-    sequences. Gemma 3 270M with 16 sequences chose a set that healed 22 % worse (docs/healing.md)."""
+    input of the FFN fit (4 × 1 536 for SmolLM2: 24 sequences of 256; 4 × 2 048 for Gemma 3 270M:
+    32), within :data:`PREVIEW_BYTES` of dense block outputs, never fewer than the calibration
+    sequences. Gemma 3 270M with 16 sequences chose a set that healed 22 % worse; with 32, 64 or 112
+    the same, better set (docs/healing.md)."""
     from miprun.errors import MiprunError
 
     hidden = getattr(adapter.block_config, "hidden_size", None) or model.get_input_embeddings().embedding_dim

@@ -87,7 +87,7 @@ def test_forward_until_stops_a_pass_after_the_module_and_leaves_no_hook_behind()
 
 
 def test_the_engine_fits_the_preview_on_healing_sequences_the_selection_does_not_judge(monkeypatch):
-    """The preview fits on 8 tokens per input of the FFN fit (8 × 64 / 12 → 43 sequences here),
+    """The preview fits on 4 tokens per input of the FFN fit (4 × 64 / 12 → 22 sequences here),
     of the healing sequences that are not calibration ones (12 here: all of them), within its memory
     budget for dense block outputs and never on fewer sequences than the calibration's."""
     import miprun.engine as engine
@@ -98,7 +98,7 @@ def test_the_engine_fits_the_preview_on_healing_sequences_the_selection_does_not
     class Plan:
         granularity = "block"
 
-    assert engine._preview_sequences(loaded.model, loaded.adapter, JUDGE) == 43
+    assert engine._preview_sequences(loaded.model, loaded.adapter, JUDGE) == 22
     preview = _preview(LinearHealer(), Plan(), loaded.model, loaded.adapter, JUDGE, heal_ids, None, None)
     assert torch.equal(preview.fit_ids, FIT)  # every healing sequence but the calibration ones
     per_sequence = 4 * 12 * 32 * 4  # blocks × tokens × hidden × bytes of float32
@@ -152,7 +152,7 @@ def test_the_default_chooses_the_block_whose_removal_heals_exactly(text_file):
     healed = miprun.prune(models[1], **common)
     assert plain.selection.blocks != [3] and healed.selection.blocks == [3]
     preview = healed.report["selection"]["info"]["heal_preview"]
-    assert preview["cuts_fitted"] >= 4 and preview["fit_sequences"] == 32  # 8 tokens per FFN input: 8 × 64 / 16
+    assert preview["cuts_fitted"] >= 4 and preview["fit_sequences"] == 16  # 4 tokens per FFN input: 4 × 64 / 16
 
 
 def test_a_cut_at_block_0_the_healer_refuses_is_judged_as_plain_removal():

@@ -191,12 +191,12 @@ def test_the_mi_prun_method_runs_output_mi_without_collection_and_removes_identi
     assert [row["sequences"] for row in info["decision"]["candidates"]] == [4] * len(info["finalists"])
     # no collection pass (output-mi reads no collected states); passes count the share of sequences
     assert report["collection"] is None and "collect" not in report["timings"]
-    # the default heals, so the scores judged healed sets: one dense pass over 32 held-out healing
-    # sequences for the preview's fits — 8 tokens per FFN input, 8 × 64 / 16 — (the blocks run to
+    # the default heals, so the scores judged healed sets: one dense pass over 16 held-out healing
+    # sequences for the preview's fits — 4 tokens per FFN input, 4 × 64 / 16 — (the blocks run to
     # read a cut's inputs are not passes)
-    assert info["heal_preview"]["fit_sequences"] == 32 and info["heal_preview"]["cuts_fitted"] >= 2
+    assert info["heal_preview"]["fit_sequences"] == 16 and info["heal_preview"]["cuts_fitted"] >= 2
     assert report["evaluations"]["forward_passes"] == pytest.approx((1 + screen.evaluations) / 4
-                                                                    + 1 + len(info["finalists"]) + 32 / 4)
+                                                                    + 1 + len(info["finalists"]) + 16 / 4)
     assert all(len(row["blocks"]) > 1 for row in report["screen"]["set_table"])
 
 
