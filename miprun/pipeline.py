@@ -264,7 +264,8 @@ def prune(
                       "num_samples": num_samples, "seq_len": seq_len, "seed": seed, "granularity": plan.granularity,
                       **{kind: name for kind, name in plan.names.items() if kind != "healer"}, "options": {kind: values for kind, values in plan.options.items() if values},
                       "dtype": dtype, "device_map": device_map,
-                      "heal": plan.names.get("healer", "none"), **({"heal_samples": heal_samples} if healed else {}),
+                      # as given (None: the default), so that a rerun settles a losing default heal the same way
+                      "heal": heal, **({"heal_samples": heal_samples} if healed else {}),
                       **({"heal_candidates": heal_candidates} if heal_candidates > 1 else {}),
                       **({"layerwise": True} if layerwise else {}),
                       **({"max_memory": max_memory} if max_memory is not None else {}),

@@ -39,7 +39,8 @@ def test_the_card_says_what_was_healed_and_that_the_selection_judged_the_healed_
     for cut in cuts:  # a cut at block 0 of this tied model has no fit of its own, and the card says why
         assert (cut["folded_into"] is None) == (f"no fit of their own ({cut.get('not_fitted')})" in text)
     assert afters[-1] in text
-    assert "chosen for the healed model" in text and "on 2 healing sequences the scores did not read" in text
+    # the preview fits on every healing sequence that is not a calibration one (6 − 2; its rule asks 16)
+    assert "chosen for the healed model" in text and "on 4 healing sequences the scores did not read" in text
 
 
 def test_a_hub_or_embedded_source_is_the_cards_base_model():
