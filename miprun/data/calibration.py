@@ -191,8 +191,9 @@ def load_calibration(
         says how many of the windows are disjoint (text sampled from the model is always new).
     :param apart_from: windows drawn before from the same source (the run's calibration windows,
         which the healing windows of the same seed repeat first): of the new windows that are not
-        one of them, the first as many as there are of them — what the selection's healing preview
-        fits on, to judge sets on the calibration windows — are redrawn, where they share tokens
+        one of them, the first as many as there are of them — the first of those the selection's
+        healing preview fits on (it may fit on more, ``engine._preview_sequences``; those are held
+        out by window only), to judge sets on the calibration windows — are redrawn, where they share tokens
         with a calibration window, where none reaches, as far as the source has room; so the preview
         is held out by token, not only by window (``source["apart_from"]`` counts the redrawn
         windows and any left overlapping). The other windows stay as drawn."""
