@@ -126,7 +126,7 @@ def compare(
     import torch
 
     from miprun.data.calibration import check_calibration, load_calibration
-    from miprun.engine import Collections, execute, healer_refusal, judges_healed
+    from miprun.engine import Collections, execute, healer_refusal, judges_healed, preview_sequences
     from miprun.evaluation import evaluate
     from miprun.evaluation.lm_eval_bridge import check_task_names, parse_tasks
     from miprun.evaluation.perplexity import check_dataset
@@ -188,7 +188,8 @@ def compare(
     heal_ids = None
     if healing:
         heal_ids = load_calibration(calib, loaded.tokenizer, num_samples=heal_samples, seq_len=seq_len, seed=seed,
-                                    model=loaded.model, apart_from=calibration).input_ids
+                                    model=loaded.model, apart_from=calibration,
+                                    apart_count=preview_sequences(loaded.model, loaded.adapter, input_ids)).input_ids
     collections = Collections()
     for plan in plans.values():  # collect once per distinct collector, outside every method's measurement
         if "collector" in plan.names:

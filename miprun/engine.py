@@ -222,7 +222,7 @@ PREVIEW_BYTES = 2 * 2**30
 which bounds how many sequences it fits on."""
 
 
-def _preview_sequences(model: Any, adapter: Any, input_ids: Any) -> int:
+def preview_sequences(model: Any, adapter: Any, input_ids: Any) -> int:
     """How many healing sequences a preview fits on: :data:`PREVIEW_ROWS_PER_INPUT` tokens per
     input of the FFN fit (4 × 1 536 for SmolLM2: 24 sequences of 256; 4 × 2 048 for Gemma 3 270M:
     32), within :data:`PREVIEW_BYTES` of dense block outputs, never fewer than the calibration
@@ -245,7 +245,7 @@ def _preview(healer: Any, plan: Any, model: Any, adapter: Any, input_ids: Any, h
              reporter: Reporter) -> Any:
     """The healer's preview for scoring healed block sets (:class:`~miprun.contracts.HealingPreview`),
     fitted on healing sequences that are not calibration sequences — as many as
-    :func:`_preview_sequences` asks, where there are — so that what the scores judge is held out
+    :func:`preview_sequences` asks, where there are — so that what the scores judge is held out
     from the fits. None when the run does not heal blocks, the healer offers no preview, the model
     runs layer-wise, or every healing sequence is a calibration one."""
     import torch
@@ -259,7 +259,7 @@ def _preview(healer: Any, plan: Any, model: Any, adapter: Any, input_ids: Any, h
         reporter.note("the selection judges plain removal: previewing the healed model needs it in memory")
         return None
     seen = {tuple(row.tolist()) for row in input_ids}
-    rows = [row for row in heal_ids if tuple(row.tolist()) not in seen][: _preview_sequences(model, adapter, input_ids)]
+    rows = [row for row in heal_ids if tuple(row.tolist()) not in seen][: preview_sequences(model, adapter, input_ids)]
     if not rows:
         if reporter is not None:
             reporter.note("the selection judges plain removal: every healing sequence is also a calibration "

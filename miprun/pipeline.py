@@ -64,11 +64,11 @@ def load_stage(model: Any, *, dtype: str, device_map: str | None, timings: dict[
 
 def calibrate_stage(
     loaded: Any, *, calib: str, num_samples: int, seq_len: int, seed: int, timings: dict[str, float], reporter: Reporter,
-    apart_from: Any = None, flag: str = "--num-samples",
+    apart_from: Any = None, apart_count: int | None = None, flag: str = "--num-samples",
 ) -> Any:
-    """Draw the calibration token windows (seeded) for ``loaded``; ``apart_from`` as
-    :func:`~miprun.data.calibration.load_calibration` takes it (the healing windows: apart from
-    the calibration ones they do not repeat). Windows asking for more than twice the source's
+    """Draw the calibration token windows (seeded) for ``loaded``; ``apart_from`` and
+    ``apart_count`` as :func:`~miprun.data.calibration.load_calibration` takes them (the healing
+    windows: the preview's apart from the calibration ones they do not repeat). Windows asking for more than twice the source's
     tokens (each read twice or more on average: repeated text, not more of it) are said in a note
     naming ``flag``, the option that sets their number."""
     import torch
@@ -80,7 +80,7 @@ def calibrate_stage(
     with stage("calibrate", timings, reporter):
         calibration = load_calibration(
             calib, loaded.tokenizer, num_samples=num_samples, seq_len=seq_len, seed=seed, model=loaded.model,
-            apart_from=apart_from)
+            apart_from=apart_from, apart_count=apart_count)
     release_freed_memory()  # tokenizing the source text takes far more than the windows kept
     available = calibration.source.get("source_tokens")
     if available and num_samples * seq_len > 2 * available:
@@ -159,7 +159,7 @@ def prune(
         result is ruined.
     """
     from miprun.data.calibration import check_calibration
-    from miprun.engine import execute
+    from miprun.engine import execute, preview_sequences
     from miprun.granularity import GRANULARITY, check_count
     from miprun.models.loading import LoadedModel, check_device_map, source_locations
     from miprun.options import check_arguments, check_dtype
@@ -239,8 +239,11 @@ def prune(
         read = [calibration]
         if healed or (check and calib != "self"):  # the check avoids the healing windows even where the run does
             # not heal, so that --heal none is judged on the windows the healed run is (generated text is new anyway)
+            previewed = preview_sequences(loaded.model, loaded.adapter, calibration.input_ids) \
+                if plan.granularity == "block" else None
             read.append(calibrate_stage(loaded, calib=calib, num_samples=heal_samples, seq_len=seq_len, seed=seed,
-                                        timings={}, reporter=reporter, apart_from=calibration, flag="--heal-samples"))
+                                        timings={}, reporter=reporter, apart_from=calibration, apart_count=previewed,
+                                        flag="--heal-samples"))
         heal_ids = read[-1].input_ids if healed else None
         reference = _dense_reference(loaded, calib=calib, seq_len=seq_len, seed=seed, timings=timings,
                                      reporter=reporter, read=read) if check else None

@@ -180,6 +180,7 @@ def test_the_healed_row_of_a_heal_aware_method_is_the_run_miprun_run_makes(text_
 def test_compare_heal_adds_a_healed_row_beside_each_method_that_removes_blocks(text_file, tmp_path):
     from miprun.contracts import Selection
     from miprun.data.calibration import load_calibration
+    from miprun.engine import preview_sequences
     from miprun.evaluation.perplexity import perplexity
     from miprun.healing import LinearHealer
     from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
@@ -193,7 +194,9 @@ def test_compare_heal_adds_a_healed_row_beside_each_method_that_removes_blocks(t
     assert healed["blocks"] == plain["blocks"] and healed["parameters"] == plain["parameters"]
     assert healed["cost"]["heal_seconds"] > 0 and healed["healing"]["cuts"]
     # the healed row is the healer's own result on the same selection, evaluated the same way
-    ids = load_calibration(str(text_file), loaded.tokenizer, num_samples=12, seq_len=16, seed=0).input_ids
+    calibration = load_calibration(str(text_file), loaded.tokenizer, num_samples=4, seq_len=16, seed=0)
+    ids = load_calibration(str(text_file), loaded.tokenizer, num_samples=12, seq_len=16, seed=0, apart_from=calibration,
+                           apart_count=preview_sequences(loaded.model, loaded.adapter, calibration.input_ids)).input_ids
     LinearHealer().heal(loaded.model, loaded.adapter, plain["blocks"], ids)
     RemoveBlocksSurgeon().apply(loaded.model, loaded.adapter, Selection(plain["blocks"]))
     expected = perplexity(loaded.model, loaded.tokenizer, str(text_file), seq_len=16, max_windows=3).perplexity

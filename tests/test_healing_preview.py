@@ -98,14 +98,14 @@ def test_the_engine_fits_the_preview_on_healing_sequences_the_selection_does_not
     class Plan:
         granularity = "block"
 
-    assert engine._preview_sequences(loaded.model, loaded.adapter, JUDGE) == 22
+    assert engine.preview_sequences(loaded.model, loaded.adapter, JUDGE) == 22
     preview = _preview(LinearHealer(), Plan(), loaded.model, loaded.adapter, JUDGE, heal_ids, None, None)
     assert torch.equal(preview.fit_ids, FIT)  # every healing sequence but the calibration ones
     per_sequence = 4 * 12 * 32 * 4  # blocks × tokens × hidden × bytes of float32
     monkeypatch.setattr(engine, "PREVIEW_BYTES", 6 * per_sequence)
-    assert engine._preview_sequences(loaded.model, loaded.adapter, JUDGE) == 6
+    assert engine.preview_sequences(loaded.model, loaded.adapter, JUDGE) == 6
     monkeypatch.setattr(engine, "PREVIEW_BYTES", per_sequence)
-    assert engine._preview_sequences(loaded.model, loaded.adapter, JUDGE) == 4  # never below the calibration's
+    assert engine.preview_sequences(loaded.model, loaded.adapter, JUDGE) == 4  # never below the calibration's
     notes = []
 
     class Notes(Reporter):

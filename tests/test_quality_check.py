@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from conftest import build_tiny, save_tiny
 from typer.testing import CliRunner
@@ -96,27 +97,32 @@ def test_a_run_on_a_source_its_fits_read_whole_says_its_check_is_optimistic(tmp_
     assert "the check is optimistic; pass a larger --calib" in output
 
 
-def test_the_windows_the_healing_preview_fits_on_share_no_token_with_the_calibration_windows(tmp_path):
-    """The healing windows repeat the calibration windows first; the next as many — what the
-    selection's preview fits on, to judge sets on the calibration windows — are redrawn where they
-    overlap a calibration window, and every other window stays as drawn."""
+@pytest.mark.parametrize("apart_count", [None, 14])
+def test_the_windows_the_healing_preview_fits_on_share_no_token_with_the_calibration_windows(tmp_path, apart_count):
+    """The healing windows repeat the calibration windows first; the next ``apart_count`` (as many
+    as the calibration's by default) — what the selection's preview fits on, to judge sets on the
+    calibration windows — are redrawn where they overlap a calibration window, and every other
+    window stays as drawn."""
     from conftest import build_tokenizer
 
     from miprun.data.calibration import load_calibration
 
     tokenizer = build_tokenizer()
+    held = 8 if apart_count is None else apart_count
     source = _word_file(tmp_path / "source.txt", 1500, seed=8)
     calibration = load_calibration(str(source), tokenizer, num_samples=8, seq_len=32, seed=0)
     plain = load_calibration(str(source), tokenizer, num_samples=40, seq_len=32, seed=0)
-    healing = load_calibration(str(source), tokenizer, num_samples=40, seq_len=32, seed=0, apart_from=calibration)
+    healing = load_calibration(str(source), tokenizer, num_samples=40, seq_len=32, seed=0, apart_from=calibration,
+                               apart_count=apart_count)
     assert healing.starts[:8] == calibration.starts == plain.starts[:8]
-    fit = [s for s in healing.starts if s not in set(calibration.starts)][:8]
-    overlapping = [s for s in [s for s in plain.starts if s not in set(calibration.starts)][:8]
-                   if _covered([s], 32) & _covered(calibration.starts, 32)]
+    fit = [s for s in healing.starts if s not in set(calibration.starts)][:held]
+    drawn = [s for s in plain.starts if s not in set(calibration.starts)]
+    overlapping = [s for s in drawn[:held] if _covered([s], 32) & _covered(calibration.starts, 32)]
     assert overlapping, "the test needs a plain draw whose preview windows overlap the calibration ones"
+    assert any(drawn.index(s) >= 8 for s in overlapping) == (held > 8), "and, with more, one beyond the first 8"
     assert not _covered(fit, 32) & _covered(calibration.starts, 32)
     assert healing.source["apart_from"] == {"redrawn": len(overlapping), "still_overlapping": 0}
     changed = [i for i, (a, b) in enumerate(zip(healing.starts, plain.starts)) if a != b]
-    assert len(changed) == len(overlapping) and all(8 <= i for i in changed)
+    assert len(changed) == len(overlapping) and all(8 <= i < 8 + held for i in changed)
     text_ids = tokenizer(source.read_text(), add_special_tokens=False).input_ids
     assert all(row == text_ids[s : s + 32] for row, s in zip(healing.input_ids.tolist(), healing.starts))

@@ -117,13 +117,14 @@ def _held_out_starts(total: int, num_samples: int, seq_len: int, seed: int, read
     return chosen
 
 
-def _apart(starts: list[int], avoid: list[int], total: int, seq_len: int, seed: int) -> tuple[list[int], dict[str, int]]:
-    """``starts`` with each of the first ``len(avoid)`` windows that are not ``avoid``'s own and
-    overlap one of them moved to where no window of ``avoid`` (nor another moved one) reaches; those
-    the stream has no room for stay. Returns the starts and the counts (``redrawn``,
+def _apart(starts: list[int], avoid: list[int], count: int, total: int, seq_len: int,
+           seed: int) -> tuple[list[int], dict[str, int]]:
+    """``starts`` with each of the first ``count`` windows that are not ``avoid``'s own and overlap
+    one of them moved to where no window of ``avoid`` (nor another moved one) reaches; those the
+    stream has no room for stay. Returns the starts and the counts (``redrawn``,
     ``still_overlapping``)."""
     own = set(avoid)
-    held = [i for i, s in enumerate(starts) if s not in own][: len(avoid)]
+    held = [i for i, s in enumerate(starts) if s not in own][:count]
     clash = [i for i in held if any(abs(starts[i] - a) < seq_len for a in avoid)]
     if not clash:
         return starts, {"redrawn": 0, "still_overlapping": 0}
@@ -180,6 +181,7 @@ def load_calibration(
     model: Any = None,
     held_out_from: Sequence[Calibration] = (),
     apart_from: Calibration | None = None,
+    apart_count: int | None = None,
 ) -> Calibration:
     """Draw ``num_samples`` windows of ``seq_len`` tokens from ``source`` with ``seed``: each is the
     tokenizer's leading special tokens (:func:`leading_special_tokens`, recorded as
@@ -191,12 +193,13 @@ def load_calibration(
         says how many of the windows are disjoint (text sampled from the model is always new).
     :param apart_from: windows drawn before from the same source (the run's calibration windows,
         which the healing windows of the same seed repeat first): of the new windows that are not
-        one of them, the first as many as there are of them — the first of those the selection's
-        healing preview fits on (it may fit on more, ``engine._preview_sequences``; those are held
-        out by window only), to judge sets on the calibration windows — are redrawn, where they share tokens
-        with a calibration window, where none reaches, as far as the source has room; so the preview
-        is held out by token, not only by window (``source["apart_from"]`` counts the redrawn
-        windows and any left overlapping). The other windows stay as drawn."""
+        one of them, the first ``apart_count`` — those the selection's healing preview fits on
+        (:func:`miprun.engine.preview_sequences`), to judge sets on the calibration windows — are
+        redrawn, where they share tokens with a calibration window, where none reaches, as far as
+        the source has room; so the preview is held out by token, not only by window
+        (``source["apart_from"]`` counts the redrawn windows and any left overlapping). The other
+        windows stay as drawn.
+    :param apart_count: how many windows ``apart_from`` keeps apart; as many as it has when None."""
     import torch
 
     check_calibration(source, num_samples=num_samples, seq_len=seq_len)
@@ -240,7 +243,8 @@ def load_calibration(
         info["held_out"] = {"windows": num_samples, "disjoint": len(disjoint), "source_tokens": int(ids.numel()),
                             "tokens_read_before": len(read) * seq_len}
     if apart_from is not None and apart_from.starts:
-        starts, info["apart_from"] = _apart(starts, apart_from.starts, ids.numel(), seq_len, seed)
+        count = len(apart_from.starts) if apart_count is None else apart_count
+        starts, info["apart_from"] = _apart(starts, apart_from.starts, count, ids.numel(), seq_len, seed)
     prefix = leading_special_tokens(tokenizer)
     prefix = prefix if len(prefix) < seq_len else []
     info["prefix_tokens"] = prefix
