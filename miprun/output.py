@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from miprun.errors import MiprunError
-from miprun.model_card import model_card
-from miprun.models.layerwise import layerwise_loader
-from miprun.models.rebuild import check_rebuilds
 
 
 def _uncreatable(path: Path) -> str | None:
@@ -258,6 +255,10 @@ def save_checkpoint(model: Any, tokenizer: Any, path: Path, report: dict[str, An
     ``miprun_report.json`` and the model card (:mod:`miprun.model_card`) as ``README.md``,
     atomically, into ``path`` — after checking that the config saved with it rebuilds its
     parameters (:func:`~miprun.models.rebuild.check_rebuilds`; nothing is written otherwise)."""
+    from miprun.model_card import model_card  # here, not at import: the CLI starts without torch and the hub
+    from miprun.models.layerwise import layerwise_loader
+    from miprun.models.rebuild import check_rebuilds
+
     check_rebuilds(model)
 
     def fill(tmp: Path) -> None:

@@ -84,3 +84,14 @@ def test_no_import_cycle_inside_the_package():
         if node not in state:
             visit(node, [node])
     assert cycles == []
+
+
+def test_the_cli_starts_without_importing_torch():
+    """``miprun --help`` (and every refusal before a model is loaded) answers without paying for
+    torch's import (about a second here): the CLI's modules import the heavy ones where they run."""
+    import subprocess
+    import sys
+
+    code = "import sys, miprun.cli.main; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout
