@@ -162,6 +162,9 @@ def test_a_damaged_checkpoint_is_one_line_naming_what_to_fix(tmp_path, tiny_dir,
     code, line = cli("run", "--model", str(tiny_dir), "--calib", str(tmp_path), "--prune", "1", "--seq-len", "16")
     assert code == 2 and line.endswith(f"calibration file '{tmp_path}' is a directory; name one file in it "
                                        f"(.txt, .jsonl, .json, .csv or .parquet)")
+    code, line = cli("run", "--model", str(tiny_dir), "--calib", "/dev/null", "--prune", "1", "--seq-len", "16")
+    assert code == 2 and line.endswith("calibration file '/dev/null' is not a regular file (a device, pipe or socket); "
+                                       "name a text file")
     assert not (tmp_path / "out").exists()
 
 

@@ -212,9 +212,11 @@ def is_jsonl(path: Path) -> bool:
 
 
 def check_text_file(path: Path, *, what: str = "text file") -> None:
-    """Raise :class:`MiprunError` naming ``what`` when ``path`` is not an existing file."""
+    """Raise :class:`MiprunError` naming ``what`` when ``path`` is not an existing regular file."""
     if path.is_dir():
         raise MiprunError(f"{what} '{path}' is a directory; name one file in it (.txt, .jsonl, .json, .csv or .parquet)")
+    if path.exists() and not path.is_file():
+        raise MiprunError(f"{what} '{path}' is not a regular file (a device, pipe or socket); name a text file")
     if not path.is_file():
         raise MiprunError(f"{what} '{path}' does not exist")
 
