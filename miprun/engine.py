@@ -169,6 +169,7 @@ def execute(
         preview = context.healing.info()
         if preview["cuts_fitted"] or preview["passes"]:  # consulted: a selector that judges no sets never asks
             selection.info["heal_preview"] = preview
+    _release(context.healing, keep_dense=healer is not None)  # the heal may replay its dense outputs
     size = granularity.size(adapter)
     if healer is not None and heal_candidates > 1:
         selection = _heal_aware(selection, scores, count, heal_candidates, healer, model, adapter, ids_for_healing,
@@ -184,6 +185,7 @@ def execute(
             healing = healer.heal(model, adapter, granularity.heal_target(selection), ids_for_healing,
                                   **_known_dense(healer, context.healing))
         selection = granularity.healed(selection)
+    _release(context.healing)
     with stage("operate", timings, reporter):
         surgery = strategies["surgeon"].apply(model, adapter, selection)
     if "parameters_before" in surgery:  # the dense model's, not as healing left it (an untied head)
@@ -196,6 +198,14 @@ def execute(
         collect_seconds=collected.seconds if collected is not None else 0.0,
         forward_passes=context.forward_passes, timings=timings, plain_loss=plain_loss,
     )
+
+
+def _release(preview: Any, keep_dense: bool = False) -> None:
+    """Free what a healing preview holds once nothing reads it (its optional ``release``): the
+    selection's scores keep it referenced, and on a 262 144-token vocabulary it was most of the
+    quality check's peak memory."""
+    if preview is not None and hasattr(preview, "release"):
+        preview.release(keep_dense=keep_dense)
 
 
 def _known_dense(healer: Any, preview: Any) -> dict[str, Any]:

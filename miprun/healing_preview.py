@@ -93,6 +93,17 @@ class HealPreview:
             for handle in handles:
                 handle.remove()
 
+    def release(self, keep_dense: bool = False) -> None:
+        """Free the fits' inputs, factors and solutions and the captured rows — and, unless
+        ``keep_dense``, the dense block outputs (then :meth:`dense_outputs` answers None). The
+        run calls it once the selection, then the heal, no longer reads them; a preview asked
+        again recomputes what it needs."""
+        self._cache.clear()
+        self._captured.clear()
+        if not keep_dense:
+            self._prober.release()
+            self._dense = False
+
     def dense_outputs(self, batch: torch.Tensor) -> list[torch.Tensor] | None:
         """Every block's dense output (one tensor per block, batch × tokens × hidden) for ``batch``
         when it is one of the preview's forward batches and the dense pass has run; None otherwise.

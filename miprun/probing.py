@@ -62,6 +62,18 @@ def _as_rows(hidden: torch.Tensor) -> torch.Tensor:
     return hidden.detach().reshape(-1, hidden.shape[-1]).to("cpu", torch.float32)
 
 
+LOGITS_BYTES = 512 * 2**20
+"""Memory for one batch's logits in :meth:`Prober.loss` (the model's dtype), which bounds its batch."""
+
+
+def summed_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """The summed next-token negative log-likelihood of ``input_ids`` (batch × tokens) under
+    ``logits`` (batch × tokens × vocabulary), float64: the cross-entropy of one sequence at a time
+    in float32, so that only one sequence's logits are ever copied to float32 and normalised."""
+    return sum(torch.nn.functional.cross_entropy(logits[row, :-1].float(), input_ids[row, 1:], reduction="sum").double()
+               for row in range(input_ids.shape[0]))
+
+
 class Prober:
     """Runs ``model`` over calibration ``input_ids`` (n × L) and counts forward passes.
 
@@ -114,11 +126,23 @@ class Prober:
             total = getattr(self.context.input_ids, "shape", (0,))[0] or self.input_ids.shape[0]
             self.context.forward_passes += self.input_ids.shape[0] / total
 
-    def _batches(self) -> Iterator[torch.Tensor]:
+    def _batches(self, size: int | None = None) -> Iterator[torch.Tensor]:
+        """The calibration sequences on the model's input device, ``size`` (the prober's
+        ``batch_size`` when None) at a time."""
         device = input_device(self.model)
-        for index, start in enumerate(range(0, self.input_ids.shape[0], self.batch_size)):
+        size = size or self.batch_size
+        for index, start in enumerate(range(0, self.input_ids.shape[0], size)):
             self._batch_index = index
-            yield self.input_ids[start : start + self.batch_size].to(device)
+            yield self.input_ids[start : start + size].to(device)
+
+    def _loss_batch_size(self) -> int:
+        """Sequences per batch for :meth:`loss`: the prober's ``batch_size``, fewer where one batch's
+        logits would take more than :data:`LOGITS_BYTES` (a 262 144-token vocabulary in float32
+        takes 1 GiB per 4 sequences of 256 tokens), at least one."""
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        vocab = head.weight.shape[0] if head is not None else getattr(self.model.config, "vocab_size", 0) or 0
+        per_sequence = int(self.input_ids.shape[1]) * int(vocab) * next(self.model.parameters()).element_size()
+        return max(1, min(self.batch_size, LOGITS_BYTES // max(per_sequence, 1)))
 
     def loss(
         self,
@@ -139,11 +163,9 @@ class Prober:
             return self._layerwise_loss(skip, overrides, backward) / denominator
         grad = torch.enable_grad() if backward else torch.no_grad()
         with skipping(self.adapter, skip), overriding(self.adapter, overrides or {}), grad:
-            for batch in self._batches():
+            for batch in self._batches(self._loss_batch_size()):
                 logits = self.model(input_ids=batch, use_cache=False).logits
-                nll = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum"
-                )
+                nll = summed_nll(logits, batch)
                 if backward:
                     (nll / denominator).backward()
                 total += float(nll.detach().double())
@@ -228,6 +250,11 @@ class Prober:
             for batch in self._batches():
                 forward_until(self.adapter.blocks[last], lambda batch=batch: self.adapter.backbone(input_ids=batch, use_cache=False))
 
+    def release(self) -> None:
+        """Free the dense outputs a ``reuse_prefix`` reference run kept in memory (a later reference
+        run keeps them again)."""
+        self._prefix = None
+
     def dense_outputs(self, index: int) -> list[torch.Tensor]:
         """Block ``index``'s dense output kept by a ``reuse_prefix`` reference run of
         :meth:`output_states`, one tensor per batch (batch × tokens × hidden)."""
@@ -292,9 +319,7 @@ class Prober:
         stream = self._layerwise_streams([self._checked(skip)], reuse_prefix=False)[0]
         total = 0.0
         for batch, logits in zip(self._block_sweep().batches, self._block_sweep().finish(stream.states, logits=True)):
-            total += float(torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum"
-            ).double())
+            total += float(summed_nll(logits, batch))
         self._count()
         return total
 

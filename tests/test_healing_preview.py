@@ -55,6 +55,40 @@ def test_fits_read_in_the_dense_pass_equal_those_read_by_running_one_block_later
     assert roomy._prober.passes == tight._prober.passes == 1  # one dense pass each; block runs are not passes
 
 
+def test_a_released_preview_frees_its_fits_and_dense_outputs_and_recomputes_the_same_answer():
+    """The run releases the preview once the selection (fits) and then the heal (dense outputs) no
+    longer read it; asked again, it recomputes the same healed output."""
+    loaded = build_tiny("llama", layers=6, seed=35)
+    preview = LinearHealer().preview(loaded.model, loaded.adapter, FIT)
+    judge = Prober(loaded.model, loaded.adapter, JUDGE)
+    with preview.applied([2, 3]):
+        before = judge.output_states([2, 3])
+    batch = FIT[: preview._prober.batch_size]
+    assert preview._cache and preview.dense_outputs(batch) is not None
+    preview.release(keep_dense=True)
+    assert not preview._cache and not preview._captured and preview.dense_outputs(batch) is not None
+    preview.release()
+    assert preview.dense_outputs(batch) is None and preview._prober._prefix is None
+    with preview.applied([2, 3]):
+        torch.testing.assert_close(judge.output_states([2, 3]), before, atol=0, rtol=0)
+
+
+def test_a_run_leaves_no_preview_memory_behind_in_its_scores():
+    """The selection's scores keep the preview referenced (they compute on demand); after the run
+    it holds neither fits nor dense outputs."""
+    loaded = build_tiny("llama", layers=6, seed=36)
+    result = miprun.prune(loaded, n=2, calib="self", num_samples=4, seq_len=12, heal_samples=24, save=False)
+    assert result.report["selection"]["info"]["heal_preview"]["cuts_fitted"] > 0
+    import gc
+
+    from miprun.healing_preview import HealPreview
+
+    gc.collect()
+    previews = [o for o in gc.get_objects() if type(o) is HealPreview and o.model is result.model]
+    assert previews, "the scores keep the run's preview referenced"
+    assert all(not p._cache and not p._captured and p._prober._prefix is None for p in previews)
+
+
 def test_run_from_replays_only_the_blocks_before_it():
     """``output_states(..., reuse_prefix=True, run_from=k)`` runs block k (its hooks fire) and gives
     the output a full run gives."""

@@ -29,6 +29,33 @@ def test_the_check_compares_dense_and_pruned_loss_on_the_same_windows():
     assert math.isclose(ruined["ratio"], ruined["pruned_perplexity"] / ruined["dense_perplexity"])
 
 
+def test_the_loss_batches_by_the_logits_memory_and_gives_the_loss_of_the_whole_batch(monkeypatch):
+    """A large vocabulary takes fewer sequences per batch (their logits within LOGITS_BYTES, at
+    least one) and one sequence at a time through the cross-entropy: the same mean loss as the
+    cross-entropy of every token at once, in float64, also for the gradient Taylor+ reads."""
+    import miprun.probing as probing
+
+    loaded = build_tiny("llama", layers=4, seed=54)
+    windows = torch.randint(4, 80, (5, 16), generator=torch.Generator().manual_seed(55))
+    with torch.no_grad():
+        logits = loaded.model(input_ids=windows).logits.double()
+    expected = float(torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                       windows[:, 1:].reshape(-1)))
+    roomy = Prober(loaded.model, loaded.adapter, windows)
+    assert roomy._loss_batch_size() == 4 and math.isclose(roomy.loss([]), expected, rel_tol=1e-6)
+    vocab = loaded.model.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(probing, "LOGITS_BYTES", 2 * 16 * vocab * 4)  # two sequences' float32 logits
+    assert Prober(loaded.model, loaded.adapter, windows)._loss_batch_size() == 2
+    monkeypatch.setattr(probing, "LOGITS_BYTES", 1)
+    tight = Prober(loaded.model, loaded.adapter, windows)
+    assert tight._loss_batch_size() == 1 and math.isclose(tight.loss([]), expected, rel_tol=1e-6)
+    weight = loaded.model.get_output_embeddings().weight
+    tight.loss([], backward=True)
+    one_at_a_time, weight.grad = weight.grad.clone(), None
+    roomy.loss([], backward=True)
+    torch.testing.assert_close(one_at_a_time, weight.grad, rtol=1e-5, atol=1e-8)
+
+
 def test_every_run_reports_the_check_and_warns_when_the_result_is_ruined(tmp_path, text_file, monkeypatch):
     result = miprun.prune(build_tiny("llama", layers=4, seed=53), n=1, calib=str(text_file), num_samples=4,
                           seq_len=16, heal_samples=4, output=tmp_path / "ok")

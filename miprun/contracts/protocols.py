@@ -159,6 +159,9 @@ class HealingPreview(Protocol):
     # optional: ``dense_outputs(batch) -> list[Tensor] | None`` — every block's dense output for a
     # forward batch of healing tokens the preview has run (None otherwise), which the run hands to
     # its healer's ``heal(..., known=...)``.
+    # optional: ``release(keep_dense=False)`` — free what the preview holds (its fits; with
+    # ``keep_dense`` false its dense outputs too), called once the selection (and then the heal)
+    # no longer needs it; a preview asked again afterwards recomputes what it needs.
 
 
 class Register(Protocol):
