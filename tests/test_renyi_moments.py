@@ -21,6 +21,31 @@ def _grams(m: int, n: int, seed: int) -> torch.Tensor:
     return torch.exp(-scalar_sq_dists(x) / (2.0 * widths.pow(2)[:, None, None]))
 
 
+def test_features_hold_no_subnormal_numbers_and_the_entropies_stay_exact():
+    """Tokens far apart give kernel values whose order-3 products underflow into float32's
+    subnormal range, which CPUs multiply far slower; those features count as zero
+    (kernels.PRODUCT_FLOOR), and the entropies still equal the float64 moments of every pair."""
+    from miprun.estimators.kernels import PRODUCT_FLOOR
+    from miprun.estimators.renyi_moments import pair_features, triple_features
+
+    torch.manual_seed(3)
+    x = torch.randn(12, 5, dtype=torch.float64) * torch.tensor([1.0, 3.0, 5.0, 8.0, 12.0], dtype=torch.float64)
+    grams = torch.exp(-scalar_sq_dists(x) / 2.0)  # unit widths: many pairs of tokens many widths apart
+    tiny = torch.finfo(torch.float32).tiny
+    raw = grams.to(torch.float32)
+    assert bool(((raw != 0) & (raw.abs() < PRODUCT_FLOOR)).any()), "the test needs kernel values below the floor"
+    for features in (pair_features(grams), triple_features(grams)):
+        assert not bool(((features != 0) & (features.abs() < PRODUCT_FLOOR)).any())
+        assert PRODUCT_FLOOR**2 >= tiny  # a product of two kept features is a normal float32
+    s2, s3 = joint_entropies_23(grams)
+    n = grams.shape[-1]
+    for i in range(5):
+        for j in range(5):
+            a = grams[i] * grams[j] / n
+            assert float(s2[i, j]) == pytest.approx(-float(torch.trace(a @ a).log()), abs=1e-5)
+            assert float(s3[i, j]) == pytest.approx(-0.5 * float(torch.trace(a @ a @ a).log()), abs=1e-5)
+
+
 def test_order_two_and_three_joint_entropies_equal_the_spectrum_of_every_pair():
     grams = _grams(7, 11, seed=0)
     s2, s3 = joint_entropies_23(grams)

@@ -28,6 +28,8 @@ import math
 
 import torch
 
+from miprun.estimators.kernels import without_tiny
+
 FEATURE_NAMES = ("1", "S2", "S3", "marginal_Sa", "marginal_S2", "marginal_S3", "S2^2", "S3^2", "S2*S3",
                  "marginal_Sa^2")
 
@@ -41,7 +43,7 @@ def pair_features(grams: torch.Tensor) -> torch.Tensor:
     """K[ab]² for a < b of every neuron: (m, n(n−1)/2) float32 from Gram matrices (m × n × n)."""
     n = grams.shape[-1]
     rows, cols = torch.triu_indices(n, n, 1)
-    return grams[:, rows, cols].to(torch.float32).pow(2)
+    return without_tiny(grams[:, rows, cols].to(torch.float32).pow(2))  # no subnormal products (kernels.PRODUCT_FLOOR)
 
 
 def triple_features(grams: torch.Tensor) -> torch.Tensor:
@@ -50,7 +52,7 @@ def triple_features(grams: torch.Tensor) -> torch.Tensor:
     index = torch.combinations(torch.arange(n), r=3)
     a, b, c = index[:, 0], index[:, 1], index[:, 2]
     g = grams.to(torch.float32)
-    return g[:, a, b] * g[:, b, c] * g[:, a, c]
+    return without_tiny(g[:, a, b] * g[:, b, c] * g[:, a, c])
 
 
 def joint_entropies_23(grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
