@@ -239,6 +239,7 @@ def prune(
         read = [calibration]
         if healed or (check and calib != "self"):  # the check avoids the healing windows even where the run does
             # not heal, so that --heal none is judged on the windows the healed run is (generated text is new anyway)
+            # the windows a healing preview fits on, held apart also with --heal none: the check avoids the same windows
             previewed = preview_sequences(loaded.model, loaded.adapter, calibration.input_ids) \
                 if plan.granularity == "block" else None
             read.append(calibrate_stage(loaded, calib=calib, num_samples=heal_samples, seq_len=seq_len, seed=seed,

@@ -140,7 +140,8 @@ class Prober:
         logits would take more than :data:`LOGITS_BYTES` (a 262 144-token vocabulary in float32
         takes 1 GiB per 4 sequences of 256 tokens), at least one."""
         head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
-        vocab = head.weight.shape[0] if head is not None else getattr(self.model.config, "vocab_size", 0) or 0
+        weight = getattr(head, "weight", None)
+        vocab = weight.shape[0] if weight is not None else getattr(self.model.config, "vocab_size", 0) or 0
         per_sequence = int(self.input_ids.shape[1]) * int(vocab) * next(self.model.parameters()).element_size()
         return max(1, min(self.batch_size, LOGITS_BYTES // max(per_sequence, 1)))
 
