@@ -61,10 +61,11 @@ def pairwise_sq_dists(x: Any) -> torch.Tensor:
 
 
 PRODUCT_FLOOR = torch.finfo(torch.float32).tiny ** 0.5
-"""Kernel values and kernel features of magnitude below this (about 1.1e-19) count as zero: a product
-of two of them is subnormal in float32, which CPUs multiply and add ten to a hundred times slower
-(the order-3 features of a SmolLM2-135M layer: 1.42 s → 0.18 s for their products, bit-identical),
-for contributions far below float32's resolution of the sums they enter."""
+"""Kernel features (products of kernel values, :mod:`miprun.estimators.renyi_moments`) of magnitude
+below this (about 1.1e-19) count as zero: a product of two of them is subnormal in float32, which
+CPUs multiply and add about ten times slower (the order-2/3 features of a SmolLM2-135M layer:
+1.42 s → 0.18 s for their products, bit-identical), for contributions far below float32's
+resolution of the sums they enter."""
 
 
 def without_tiny(values: torch.Tensor) -> torch.Tensor:
