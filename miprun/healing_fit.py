@@ -31,9 +31,9 @@ def module_output(value: Any) -> torch.Tensor:
     return value[0] if isinstance(value, (tuple, list)) else value
 
 
-def fit_rows(hidden: torch.Tensor) -> torch.Tensor:
-    """Every token but the first of each sequence, as float64 rows."""
-    return hidden[:, 1:].reshape(-1, hidden.shape[-1]).double()
+def fit_rows(hidden: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Every token but the first of each sequence, as rows of ``dtype`` (float64 by default)."""
+    return hidden[:, 1:].reshape(-1, hidden.shape[-1]).to(dtype)
 
 
 def gram_matrix(rows: torch.Tensor) -> torch.Tensor:

@@ -19,8 +19,8 @@ other than those the selection judges on: a fit judged on its own tokens rewards
 (docs/healing.md), so the engine hands it healing sequences that are not calibration sequences.
 
 What is kept: the dense block outputs over the preview's sequences (hidden size × tokens × blocks,
-in the model's dtype) and, within ``cache_bytes``, the most recent blocks' activations, factors
-and fits (least recently used dropped first, recomputed if asked again).
+in the model's dtype) and, within ``cache_bytes``, the blocks' activations and factors and the
+cuts' fits (least recently used fits dropped first, then inputs; recomputed if asked again).
 """
 
 from __future__ import annotations
@@ -127,18 +127,18 @@ class HealPreview:
         """The fit kind and solution of ``cut`` (cached)."""
         key = ("fit", cut)
         if key not in self._cache:
-            kind, solve, prior, rows = self._inputs(cut[0])
-            wanted = wanted_update(rows, self._target(cut[1]).to(rows["x"].dtype))
-            solution = solve((rows["x"].T @ wanted).double(), prior)
+            kind, solve, rows = self._inputs(cut[0])
+            cross = (rows["x"].T @ wanted_update(rows, self._target(cut[1], rows["x"].dtype))).double()
+            solution = solve(cross, self.healer.prior(self.adapter, (cut[0], cut[0]), kind, cross))
             self._keep(key, (kind, solution))
             self.fitted.add(cut)
         self._cache.move_to_end(key)
         return self._cache[key]
 
-    def _target(self, last: int) -> torch.Tensor:
-        """The dense stream after block ``last`` over the preview's tokens (float64 rows)."""
+    def _target(self, last: int, dtype: torch.dtype) -> torch.Tensor:
+        """The dense stream after block ``last`` over the preview's tokens (rows of ``dtype``, CPU)."""
         self._ensure_dense()
-        return torch.cat([fit_rows(hidden) for hidden in self._prober.dense_outputs(last)]).cpu()
+        return torch.cat([fit_rows(hidden, dtype).cpu() for hidden in self._prober.dense_outputs(last)])
 
     def _ensure_dense(self) -> None:
         """The dense pass: every block's output kept; what every block's cuts read captured in the
@@ -196,10 +196,10 @@ class HealPreview:
         finally:
             handle.remove()
 
-    def _inputs(self, first: int) -> tuple[str, Any, torch.Tensor, dict[str, Any]]:
-        """For cuts starting at block ``first``: the fit kind, the factorised ridge system, its prior
-        (the weights the fit shrinks toward) and the rows the fit reads (:meth:`_reading`), captured
-        in the dense pass or read by one run of block ``first − 1`` on its kept dense input."""
+    def _inputs(self, first: int) -> tuple[str, Any, dict[str, Any]]:
+        """For cuts starting at block ``first``: the fit kind, the factorised ridge system and the
+        rows the fit reads (:meth:`_reading`), captured in the dense pass or read by one run of
+        block ``first − 1`` on its kept dense input."""
         key = ("inputs", first)
         if key not in self._cache:
             self._ensure_dense()
@@ -213,16 +213,18 @@ class HealPreview:
             rows["gain"], rows["scale"] = batches[0]["gain"], batches[0].get("scale", 1.0)
             kind = self.healer.kind_of(self.adapter, (first, first))
             gram = gram_matrix(rows["x"]).double()  # float32 products: a preview; the ridge bounds the conditioning
-            prior = self.healer.prior(self.adapter, (first, first), kind, gram)
-            self._keep(key, (kind, ridge_solver(gram, self.healer.ridge), prior, rows))
+            self._keep(key, (kind, ridge_solver(gram, self.healer.ridge), rows))
         self._cache.move_to_end(key)
         return self._cache[key]
 
     def _keep(self, key: Any, value: Any) -> None:
-        """Cache ``value``, dropping the least recently used entries beyond ``cache_bytes``."""
+        """Cache ``value``; beyond ``cache_bytes``, drop the least recently used fits first (a
+        product and a solve each), then the least recently used inputs (a block run, a Gram and
+        its factorisation each)."""
         self._cache[key] = value
         while len(self._cache) > 1 and sum(_bytes(v) for v in self._cache.values()) > self.cache_bytes:
-            self._cache.popitem(last=False)
+            oldest = next((k for k in self._cache if k[0] == "fit" and k != key), next(iter(self._cache)))
+            del self._cache[oldest]
 
 
 def _bytes(value: Any) -> int:

@@ -55,6 +55,27 @@ def test_fits_read_in_the_dense_pass_equal_those_read_by_running_one_block_later
     assert roomy._prober.passes == tight._prober.passes == 1  # one dense pass each; block runs are not passes
 
 
+def test_a_full_cache_drops_fits_before_the_inputs_they_are_made_from():
+    """Beyond its memory a preview drops the least recently used fits (a product and a solve each)
+    before any block's inputs (a block run, a Gram and its factorisation): a search that comes
+    back to a block refits from kept inputs instead of rereading them."""
+    from miprun.healing_preview import _bytes
+
+    loaded = build_tiny("llama", layers=6, seed=37)
+    preview = LinearHealer().preview(loaded.model, loaded.adapter, FIT)
+    for cut in [(2, 2), (2, 3), (3, 3), (3, 4)]:
+        preview._fit(cut)
+    expected = preview._cache[("fit", (2, 2))][1].clone()
+    one_input = _bytes(preview._cache[("inputs", 2)])
+    one_fit = _bytes(preview._cache[("fit", (3, 4))])
+    preview.cache_bytes = 3 * one_input + 2 * one_fit  # room for three blocks' inputs and two fits
+    preview._fit((4, 4))  # a third block's inputs and a fifth fit: the three oldest fits go
+    assert set(preview._cache) == {("inputs", 2), ("inputs", 3), ("inputs", 4), ("fit", (3, 4)), ("fit", (4, 4))}
+    kept = preview._cache[("inputs", 2)]
+    torch.testing.assert_close(preview._fit((2, 2))[1], expected, atol=0, rtol=0)
+    assert preview._cache[("inputs", 2)] is kept  # refitted from the kept inputs, not reread
+
+
 def test_a_released_preview_frees_its_fits_and_dense_outputs_and_recomputes_the_same_answer():
     """The run releases the preview once the selection (fits) and then the heal (dense outputs) no
     longer read it; asked again, it recomputes the same healed output."""
