@@ -240,7 +240,7 @@ def preview_sequences(model: Any, adapter: Any, input_ids: Any) -> int:
     the same, better set (docs/healing.md)."""
     from miprun.errors import MiprunError
 
-    hidden = getattr(adapter.block_config, "hidden_size", None) or model.get_input_embeddings().embedding_dim
+    hidden = adapter.hidden_size
     try:
         width = max(hidden, adapter.ffn_width(0))
     except (MiprunError, AttributeError, TypeError):  # no FFN the adapter can read (experts): the hidden size

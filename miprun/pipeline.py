@@ -316,10 +316,11 @@ def _dense_reference(loaded: Any, *, calib: str, seq_len: int, seed: int, timing
 
 def _judge(loaded: Any, reference: Any) -> Any:
     """``judge(skip)``: the model's mean loss on the quality check's held-out windows with the
-    blocks ``skip`` skipped (the engine's measure of plain removal before healing)."""
+    blocks ``skip`` skipped (the engine's measure of plain removal before healing); the dense
+    blocks before them are replayed from the reference."""
     from miprun.probing import Prober
 
-    return lambda skip: Prober(loaded.model, loaded.adapter, reference.input_ids).loss(skip)
+    return lambda skip: Prober(loaded.model, loaded.adapter, reference.input_ids).loss(skip, replay=reference.prefix)
 
 
 def _check(loaded: Any, reference: Any, *, named: bool, count: int, timings: dict[str, float],

@@ -19,6 +19,7 @@ that they skip blocks the same way and count their cost the same way.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -29,6 +30,7 @@ from miprun.models.devices import input_device
 from miprun.models.forwards import (
     checked_blocks,
     in_block_format,
+    module_state,
     overriding,
     patched_forwards,
     skipping,
@@ -64,6 +66,41 @@ def _as_rows(hidden: torch.Tensor) -> torch.Tensor:
 
 LOGITS_BYTES = 512 * 2**20
 """Memory for one batch's logits in :meth:`Prober.loss` (the model's dtype), which bounds its batch."""
+
+
+PREFIX_BYTES = 512 * 2**20
+"""Memory for the dense block outputs a :class:`DensePrefix` keeps (the model's dtype, where it computes)."""
+
+
+class DensePrefix:
+    """The dense model's outputs of its first blocks over one prober's loss batches, with the state
+    of what they were computed with (:func:`~miprun.models.forwards.module_state`), so that a later
+    :meth:`Prober.loss` over the same sequences replays the leading blocks that are still as they
+    were — those before the first one a run removed or changed — instead of running them. Filled by
+    a ``loss(keep=...)`` pass of the dense model, as many blocks as ``budget`` bytes hold."""
+
+    def __init__(self, budget: int = PREFIX_BYTES) -> None:
+        self.budget = budget
+        self.outputs: list[list[torch.Tensor]] = []  # [block][batch]
+        self.states: list[tuple] = []  # what precedes the blocks, then each kept block
+        self.batch_size = 0
+
+    def replayable(self, adapter: Any, before: int, batch_size: int) -> int:
+        """How many leading blocks, below block ``before``, can be replayed: kept, and unchanged
+        (with what precedes them) since they were kept; 0 for another batching."""
+        if batch_size != self.batch_size or not self.states or self.states[0] != _outside_state(adapter):
+            return 0
+        count = 0
+        while count < min(before, len(self.outputs), adapter.num_blocks) \
+                and module_state(adapter.blocks[count]) == self.states[count + 1]:
+            count += 1
+        return count
+
+
+def _outside_state(adapter: Any) -> tuple:
+    """What every block's input also depends on: the backbone less its blocks (embeddings,
+    position tables, norms), as :func:`~miprun.models.forwards.module_state` sees it."""
+    return module_state(adapter.backbone, leaving_out=adapter.blocks)
 
 
 def summed_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -151,20 +188,29 @@ class Prober:
         overrides: dict[int, dict[str, torch.Tensor]] | None = None,
         *,
         backward: bool = False,
+        keep: DensePrefix | None = None,
+        replay: DensePrefix | None = None,
     ) -> float:
         """Mean next-token negative log-likelihood (nats) over the calibration tokens with ``skip``
         removed and ``overrides`` applied. One forward pass.
 
         :param backward: also back-propagate the mean loss, accumulating into ``param.grad``
             (the gradient of the loss over the *whole* calibration set, batch by batch).
+        :param keep: an empty :class:`DensePrefix` this pass fills with its first blocks' outputs
+            (within its budget): a later loss over the same sequences can replay them.
+        :param replay: a filled :class:`DensePrefix` of these sequences: the blocks before the
+            first skipped one that are as they were when it was kept return their kept output.
         """
         total = 0.0
         denominator = float(self.num_tokens)
+        skip = list(skip)
         if self._loader is not None:
             return self._layerwise_loss(skip, overrides, backward) / denominator
         grad = torch.enable_grad() if backward else torch.no_grad()
-        with skipping(self.adapter, skip), overriding(self.adapter, overrides or {}), grad:
-            for batch in self._batches(self._loss_batch_size()):
+        size = self._loss_batch_size()
+        with skipping(self.adapter, skip), overriding(self.adapter, overrides or {}), grad, \
+                self._keeping(keep, size), self._replaying(None if backward else replay, skip, size):
+            for batch in self._batches(size):
                 logits = self.model(input_ids=batch, use_cache=False).logits
                 nll = summed_nll(logits, batch)
                 if backward:
@@ -173,6 +219,33 @@ class Prober:
                 del logits, nll
         self._count()
         return total / denominator
+
+    @contextmanager
+    def _keeping(self, keep: DensePrefix | None, batch_size: int) -> Iterator[None]:
+        """Hooks filling ``keep`` with the outputs of as many leading blocks as its budget holds."""
+        if keep is None:
+            yield
+            return
+        per_block = self.input_ids.numel() * self.adapter.hidden_size * next(self.model.parameters()).element_size()
+        count = min(self.adapter.num_blocks, keep.budget // max(per_block, 1))
+        keep.batch_size, keep.outputs = batch_size, [[] for _ in range(count)]
+        keep.states = [_outside_state(self.adapter)] + [module_state(self.adapter.blocks[i]) for i in range(count)]
+        handles = [self.adapter.blocks[i].register_forward_hook(self._keeper(keep.outputs[i])) for i in range(count)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @contextmanager
+    def _replaying(self, replay: DensePrefix | None, skip: Iterable[int], batch_size: int) -> Iterator[None]:
+        """The blocks of ``replay`` that may be replayed (:meth:`DensePrefix.replayable`) return
+        their kept output for the current batch."""
+        chosen = [int(b) for b in skip]
+        before = min(chosen) if chosen else self.adapter.num_blocks
+        count = replay.replayable(self.adapter, before, batch_size) if replay is not None else 0
+        with patched_forwards(self.adapter, {index: self._replay(index, replay.outputs) for index in range(count)}):
+            yield
 
     def perplexity(self, skip: Iterable[int] = (), overrides: dict[int, dict[str, torch.Tensor]] | None = None) -> float:
         """``exp`` of :meth:`loss` (calibration perplexity). One forward pass."""
@@ -333,12 +406,14 @@ class Prober:
 
         return hook
 
-    def _replay(self, index: int) -> Any:
-        """A forward factory for block ``index`` returning its kept dense output for the current batch."""
+    def _replay(self, index: int, outputs: list[list[torch.Tensor]] | None = None) -> Any:
+        """A forward factory for block ``index`` returning its kept dense output for the current
+        batch (from ``outputs``, [block][batch]; the reference run's when None)."""
 
         def factory(block: Any, original: Any) -> Any:
             def forward(*args: Any, **kwargs: Any) -> Any:
-                return in_block_format(block, original, args, kwargs, self._prefix[index][self._batch_index])
+                kept = self._prefix if outputs is None else outputs
+                return in_block_format(block, original, args, kwargs, kept[index][self._batch_index])
 
             return forward
 

@@ -6,7 +6,10 @@ calibration or healing window reaches (``load_calibration(..., held_out_from=...
 small for that says so in one line), and reports the perplexity of the dense model (measured before any edit) and of the pruned
 one, and their ratio. A pruned model whose mean next-token loss is more than :data:`RUINED_NATS`
 above dense (perplexity more than e ≈ 2.7 × dense) is called ruined: the run warns in one line
-and names what to try instead. The check costs one dense and one pruned pass over those windows.
+and names what to try instead. The check costs one dense and one pruned pass over those windows;
+the dense pass keeps its first blocks' outputs (:class:`~miprun.probing.DensePrefix`), and the
+pruned pass (and the run's measure of plain removal before healing) replays those the run left as
+they were — the blocks before the first one it removed or changed — so they are not computed twice.
 """
 
 from __future__ import annotations
@@ -31,15 +34,20 @@ class DenseReference:
     loss: float
     seconds: float
     source: dict[str, Any]
+    prefix: Any = None
+    """The dense pass's first blocks' outputs (:class:`~miprun.probing.DensePrefix`), replayed by
+    later passes over the same windows where the blocks are unchanged."""
 
 
 def dense_reference(model: Any, adapter: Any, input_ids: Any, source: dict[str, Any]) -> DenseReference:
-    """Measure the dense model's mean next-token loss on ``input_ids`` (the held-out windows)."""
-    from miprun.probing import Prober
+    """Measure the dense model's mean next-token loss on ``input_ids`` (the held-out windows),
+    keeping its first blocks' outputs for the passes that follow."""
+    from miprun.probing import DensePrefix, Prober
 
     start = time.perf_counter()
-    loss = Prober(model, adapter, input_ids).loss([])
-    return DenseReference(input_ids, loss, time.perf_counter() - start, source)
+    prefix = DensePrefix()
+    loss = Prober(model, adapter, input_ids).loss([], keep=prefix)
+    return DenseReference(input_ids, loss, time.perf_counter() - start, source, prefix)
 
 
 def check_quality(model: Any, adapter: Any, reference: DenseReference, *, suggestion: str) -> dict[str, Any]:
@@ -48,7 +56,7 @@ def check_quality(model: Any, adapter: Any, reference: DenseReference, *, sugges
     from miprun.probing import Prober
 
     start = time.perf_counter()
-    loss = Prober(model, adapter, reference.input_ids).loss([])
+    loss = Prober(model, adapter, reference.input_ids).loss([], replay=reference.prefix)
     seconds = time.perf_counter() - start
     dense_ppl, pruned_ppl = math.exp(reference.loss), math.exp(loss) if loss < 700 else math.inf
     windows, seq_len = (int(d) for d in reference.input_ids.shape)

@@ -29,6 +29,69 @@ def test_the_check_compares_dense_and_pruned_loss_on_the_same_windows():
     assert math.isclose(ruined["ratio"], ruined["pruned_perplexity"] / ruined["dense_perplexity"])
 
 
+def _ffn_calls(adapter):
+    """A global hook (not one on the model, which would change what the model is) counting how
+    often each block's FFN output module computes: a replayed block's does not."""
+    from miprun.models.adapters import ffn_output_modules
+
+    modules = [ffn_output_modules(adapter, i)[0] for i in range(adapter.num_blocks)]
+    counts = [0] * len(modules)
+
+    def count(module, args, out):
+        for i, candidate in enumerate(modules):
+            counts[i] += candidate is module
+
+    return counts, torch.nn.modules.module.register_module_forward_hook(count)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "gemma3_text"])
+def test_later_passes_replay_the_dense_blocks_the_run_left_as_they_were_and_give_the_same_loss(architecture):
+    """The dense reference keeps its blocks' outputs; plain removal's loss replays the blocks before
+    the first removed one, and after a block is edited in place, a block removed or the embedding
+    changed, only the blocks still as they were (and before the change) are replayed — the loss is
+    bit for bit the one computed from scratch every time."""
+    from miprun.models.adapters import ffn_output_modules
+
+    loaded = build_tiny(architecture, layers=6, seed=56)
+    model, adapter = loaded.model, loaded.adapter
+    windows = torch.randint(4, 80, (5, 16), generator=torch.Generator().manual_seed(57))
+    reference = dense_reference(model, adapter, windows, {"name": "test"})
+    assert len(reference.prefix.outputs) == 6
+    Prober(model, adapter, windows).loss([0])  # a skipped block learns its class's output format once
+
+    def both(skip):
+        counts, handle = _ffn_calls(adapter)
+        replayed = Prober(model, adapter, windows).loss(skip, replay=reference.prefix)
+        handle.remove()
+        assert replayed == Prober(model, adapter, windows).loss(skip)
+        return [c > 0 for c in counts]
+
+    assert both([3, 4]) == [False, False, False, False, False, True]  # blocks 0-2 replayed, 3-4 removed
+    assert both([]) == [False] * 6  # nothing changed: every block replayed
+    with torch.no_grad():
+        ffn_output_modules(adapter, 2)[0].weight.mul_(1.5)  # a fit folded into block 2
+    assert both([4]) == [False, False, True, True, False, True]
+    adapter.keep_blocks([0, 1, 2, 5])  # surgery: what is left of the prefix still replays
+    assert both([]) == [False, False, True, True]
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(0.5)  # every block's input changes: nothing replays
+    assert both([]) == [True] * 4
+
+
+def test_the_dense_prefix_keeps_as_many_blocks_as_its_budget_holds():
+    from miprun.probing import DensePrefix
+
+    loaded = build_tiny("llama", layers=6, seed=58)
+    windows = torch.randint(4, 80, (5, 16), generator=torch.Generator().manual_seed(59))
+    per_block = windows.numel() * loaded.adapter.hidden_size * 4  # float32 outputs of one block
+    prefix = DensePrefix(budget=2 * per_block + 1)
+    loss = Prober(loaded.model, loaded.adapter, windows).loss([], keep=prefix)
+    assert len(prefix.outputs) == 2 and sum(t.numel() * 4 for t in prefix.outputs[1]) == per_block
+    assert Prober(loaded.model, loaded.adapter, windows).loss([4], replay=prefix) == \
+        Prober(loaded.model, loaded.adapter, windows).loss([4])
+    assert loss == Prober(loaded.model, loaded.adapter, windows).loss([], replay=prefix)
+
+
 def test_the_loss_batches_by_the_logits_memory_and_gives_the_loss_of_the_whole_batch(monkeypatch):
     """A large vocabulary takes fewer sequences per batch (their logits within LOGITS_BYTES, at
     least one) and one sequence at a time through the cross-entropy: the same mean loss as the

@@ -82,6 +82,12 @@ class ArchitectureAdapter:
         base = getattr(self.model, "base_model", None)
         return base if base is not None else self.model
 
+    @property
+    def hidden_size(self) -> int:
+        """The width of the residual stream the blocks pass on: the config's ``hidden_size``, or
+        the token embedding's width where the config names it otherwise."""
+        return getattr(self.block_config, "hidden_size", None) or self.model.get_input_embeddings().embedding_dim
+
     def keep_blocks(self, keep: list[int]) -> None:
         """Keep only blocks ``keep`` (original indices, ascending) and make the model consistent:
         re-index per-layer state (``layer_idx``), slice per-layer config lists, renumber layer-index

@@ -105,3 +105,21 @@ def overriding(adapter: Any, parameters: dict[int, dict[str, torch.Tensor]]) -> 
         with torch.no_grad():
             for param, saved in reversed(backups):
                 param.copy_(saved)
+
+
+
+def module_state(module: Any, *, leaving_out: Any = None) -> tuple:
+    """What ``module`` computes with, by identity: for it and every submodule, its hooks and any
+    patched ``forward``, and every parameter's and buffer's object, storage and version counter
+    (which every in-place change bumps). Two equal states mean nothing about the module was
+    changed or replaced in between, so an output it gave then is the output it gives now.
+    ``leaving_out``: a submodule whose own state (and its submodules') is not part of it."""
+    skipped = set() if leaving_out is None else {id(sub) for sub in leaving_out.modules()}
+    items: list[Any] = []
+    for sub in module.modules():
+        if id(sub) in skipped:
+            continue
+        items.append((id(sub), tuple(sub._forward_pre_hooks), tuple(sub._forward_hooks), id(sub.__dict__.get("forward"))))
+        for tensor in [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]:
+            items.append((id(tensor), tensor.data_ptr(), tensor._version))
+    return tuple(items)
