@@ -505,7 +505,8 @@ class LinearHealer(UndoableEdits):
 
     def _captures(self, model: Any, adapter: Any, cut: tuple[int, int], kind: str, earlier: list[int],
                   input_ids: torch.Tensor) -> Iterator[dict[str, torch.Tensor | None]]:
-        """Per batch, on the model healed so far (the earlier cuts skipped), float64 rows: ``x``
+        """Per batch, on the model healed so far (the earlier cuts skipped), float64 rows (``x`` of
+        a refit in the model's dtype, converted where the fit multiplies): ``x``
         what the fit acts on (block ``a − 1``'s FFN hidden activations for a refit, its FFN output
         for a map, the embedding output for a cut at block 0), ``z`` the FFN output module's output,
         ``added`` what the FFN adds to the stream (``z`` after the output norm, if any), ``gain``
@@ -619,20 +620,21 @@ def _module_hooks(block: Any, output: Any, norm: Any, kind: str, take: Any, scal
     of ``kind`` acts on (the module's input, with a column of ones for a bias, for a refit; its
     output for a map), ``z`` its output, ``added`` what reaches the stream (``z`` after the norm,
     times the block's residual ``scale``), ``scale`` and ``gain`` the norm's per-channel gain (None
-    without one). Outputs flattened to tokens ×
-    features (OPT, experts) are read in the block's batch shape."""
+    without one). Rows are float64 but a refit's ``x`` (FFN-wide), kept in the model's dtype: the
+    fit converts it where it multiplies. Outputs flattened to tokens × features (OPT, experts) are
+    read in the block's batch shape."""
     rows: dict[str, Any] = {}
     shape: list[int] = []
 
-    def tokens(value: torch.Tensor) -> torch.Tensor:
-        return fit_rows(value.reshape(*shape, value.shape[-1]))
+    def tokens(value: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        return fit_rows(value.reshape(*shape, value.shape[-1]), dtype)
 
     def on_block(module, args, kwargs):
         shape[:] = hidden_argument(args, kwargs).shape[:2]
 
     def on_output(module, args, out):
         z = tokens(module_output(out))
-        x = z if kind == "map" else tokens(args[0])
+        x = z if kind == "map" else tokens(args[0], args[0].dtype)  # FFN-wide: converted where the fit multiplies
         if kind != "map" and getattr(module, "bias", None) is not None:
             x = with_ones(x)
         rows.update(x=x, z=z, gain=None, scale=scale)
@@ -716,7 +718,7 @@ class _Normal:
         dense stream after the cut."""
         x, z = rows["x"], rows["z"]
         y = wanted_update(rows, target)
-        a, b = (x, y) if self.exact else (x.float(), y.float())
+        a, b = (x.double(), y) if self.exact else (x.float(), y.float())
         gram, cross = gram_matrix(a).double(), (a.T @ b).double()
         self.gram = gram if self.gram is None else self.gram + gram
         self.cross = cross if self.cross is None else self.cross + cross

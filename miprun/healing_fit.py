@@ -72,8 +72,7 @@ def wanted_update(rows: dict[str, Any], target: torch.Tensor) -> torch.Tensor:
     dense ``target``: ``target − rest``, divided by the block's residual scale (Granite's), through
     the output norm where one follows (:func:`through_norm`). ``rows`` as
     :meth:`miprun.healing.LinearHealer._captures` gives them."""
-    x = rows["x"]
-    y = target.to(x.device, x.dtype) - (rows["rest"] if rows["rest"] is not None else 0.0)
+    y = target.to(rows["x"].device) - (rows["rest"] if rows["rest"] is not None else 0.0)
     if rows.get("scale", 1.0) != 1.0:
         y = y / rows["scale"]
     if rows["gain"] is not None:
