@@ -21,6 +21,7 @@ from miprun.granularity import GRANULARITY
 from miprun.models.finite import check_weights, finite_activations
 from miprun.models.parameters import count_parameters
 from miprun.plans import Plan
+from miprun.probing import KnownOutputs
 from miprun.progress import Reporter, stage
 from miprun.registry import Registry, get_registry
 
@@ -155,7 +156,8 @@ def execute(
                                             reporter=reporter, timings=timings)
         inputs = collected.inputs if collected is not None else None
         context = RunContext(model, adapter, input_ids, tokenizer, seed,
-                             forward_passes=inputs.forward_passes if inputs is not None else 0, inputs=inputs)
+                             forward_passes=inputs.forward_passes if inputs is not None else 0, inputs=inputs,
+                             dense=KnownOutputs(PREVIEW_BYTES) if healer is not None else None)
         context.healing = _preview(healer, plan, model, adapter, input_ids, ids_for_healing, context, reporter)
         with stage("estimate", timings, reporter):
             if "scorer" in strategies:
@@ -183,9 +185,11 @@ def execute(
     if healer is not None:
         with stage("heal", timings, reporter), finite_activations(adapter):
             healing = healer.heal(model, adapter, granularity.heal_target(selection), ids_for_healing,
-                                  **_known_dense(healer, context.healing))
+                                  **_known_dense(healer, context.dense))
         selection = granularity.healed(selection)
     _release(context.healing)
+    if context.dense is not None:
+        context.dense.clear()
     with stage("operate", timings, reporter):
         surgery = strategies["surgeon"].apply(model, adapter, selection)
     if "parameters_before" in surgery:  # the dense model's, not as healing left it (an untied head)
@@ -208,13 +212,13 @@ def _release(preview: Any, keep_dense: bool = False) -> None:
         preview.release(keep_dense=keep_dense)
 
 
-def _known_dense(healer: Any, preview: Any) -> dict[str, Any]:
-    """``known=`` for a healer whose ``heal`` accepts it: the dense block outputs the selection's
-    healing preview computed (``preview.dense_outputs``), so that healing does not recompute them."""
-    offered = getattr(preview, "dense_outputs", None)
-    if offered is None or "known" not in inspect.signature(healer.heal).parameters:
+def _known_dense(healer: Any, known: Any) -> dict[str, Any]:
+    """``known=`` for a healer whose ``heal`` accepts it: the dense block outputs the run computed
+    (:class:`~miprun.probing.KnownOutputs`: the healing preview's, the race's), so that healing
+    does not recompute them."""
+    if known is None or "known" not in inspect.signature(healer.heal).parameters:
         return {}
-    return {"known": offered}
+    return {"known": known}
 
 
 def judges_healed(strategies: dict[str, Any]) -> bool:
@@ -229,7 +233,8 @@ fit on few rows per coefficient over-fits, and the preview then ranks block sets
 
 PREVIEW_BYTES = 2 * 2**30
 """Memory for the dense block outputs a healing preview keeps (every block's, over its sequences),
-which bounds how many sequences it fits on."""
+which bounds how many sequences it fits on — and for those the run keeps for its heal to replay
+(:class:`~miprun.probing.KnownOutputs`, mostly the same tensors)."""
 
 
 def preview_sequences(model: Any, adapter: Any, input_ids: Any) -> int:

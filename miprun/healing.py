@@ -183,10 +183,11 @@ class LinearHealer(UndoableEdits):
         """Fold one fit per cut of ``blocks`` into ``model`` (blocks still in place; the surgeon
         removes them afterwards). Returns the summary: per cut its residuals and fit time.
 
-        :param known: the dense model's block outputs the run already has, per forward batch of
-            ``input_ids`` (every block's, or None for a batch it lacks) — this healer's
-            :meth:`preview`'s ``dense_outputs``: the dense pass replays them instead of recomputing
-            (only the blocks whose internals a fit reads then run)."""
+        :param known: ``known(batch)``: the dense model's block outputs the run already has for a
+            forward batch of ``input_ids`` (every block's, or None for a batch it lacks) — the
+            run's :class:`~miprun.probing.KnownOutputs`, which this healer's preview and the
+            selection's race fill: the dense pass replays them instead of recomputing (only the
+            blocks whose internals a fit reads then run)."""
         self._undo = WeightUndo() if layerwise_loader(model) is None else None
         return self._fit(model, adapter, blocks, input_ids, handles=None, known=known)
 

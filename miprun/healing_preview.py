@@ -95,27 +95,15 @@ class HealPreview:
 
     def release(self, keep_dense: bool = False) -> None:
         """Free the fits' inputs, factors and solutions and the captured rows — and, unless
-        ``keep_dense``, the dense block outputs (then :meth:`dense_outputs` answers None). The
-        run calls it once the selection, then the heal, no longer reads them; a preview asked
-        again recomputes what it needs."""
+        ``keep_dense``, the dense block outputs. The run calls it once the selection, then the
+        heal, no longer reads them; a preview asked again recomputes what it needs. (The dense
+        outputs its prober shared with the run, :attr:`~miprun.contracts.RunContext.dense`, are
+        the run's to let go.)"""
         self._cache.clear()
         self._captured.clear()
         if not keep_dense:
             self._prober.release()
             self._dense = False
-
-    def dense_outputs(self, batch: torch.Tensor) -> list[torch.Tensor] | None:
-        """Every block's dense output (one tensor per block, batch × tokens × hidden) for ``batch``
-        when it is one of the preview's forward batches and the dense pass has run; None otherwise.
-        The healer's own dense pass replays these instead of recomputing them."""
-        if not self._dense:
-            return None
-        size = self._prober.batch_size
-        for index, start in enumerate(range(0, self.fit_ids.shape[0], size)):
-            mine = self.fit_ids[start : start + size]
-            if mine.shape == batch.shape and torch.equal(mine, batch.to(mine.device)):
-                return [self._prober.dense_outputs(block)[index] for block in range(self.adapter.num_blocks)]
-        return None
 
     def _embedding_mappable(self) -> bool:
         """Whether the healer fits a cut at block 0 (:meth:`~miprun.healing.LinearHealer.embedding_refusal`)."""

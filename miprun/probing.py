@@ -103,6 +103,43 @@ def _outside_state(adapter: Any) -> tuple:
     return module_state(adapter.backbone, leaving_out=adapter.blocks)
 
 
+class KnownOutputs:
+    """The dense model's block outputs a run has computed, by forward batch (its token ids), within
+    ``budget`` bytes: a later pass of the dense model over the same batch — the heal's — replays
+    them instead of recomputing. Every :class:`Prober` made with the run's context adds the block
+    outputs of its reference runs (the healing preview's, the race's chunks); the engine clears it
+    once the heal is done. It holds references, not copies: outputs a prober also keeps cost
+    nothing more while that prober lives."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.bytes = 0
+        self._batches: dict[bytes, list[torch.Tensor]] = {}
+
+    def add(self, batch: torch.Tensor, outputs: list[torch.Tensor]) -> None:
+        """Keep ``outputs`` (every block's, batch × tokens × hidden) for token ids ``batch``, if
+        they fit within the budget."""
+        key = _ids_key(batch)
+        size = sum(t.numel() * t.element_size() for t in outputs)
+        if key not in self._batches and self.bytes + size <= self.budget:
+            self._batches[key] = outputs
+            self.bytes += size
+
+    def __call__(self, batch: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every block's dense output for token ids ``batch``, or None when the run has not kept them."""
+        return self._batches.get(_ids_key(batch))
+
+    def clear(self) -> None:
+        """Let go of every kept output."""
+        self._batches.clear()
+        self.bytes = 0
+
+
+def _ids_key(batch: torch.Tensor) -> bytes:
+    ids = batch.detach().to("cpu", torch.int64)
+    return str(tuple(ids.shape)).encode() + ids.numpy().tobytes()
+
+
 def summed_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """The summed next-token negative log-likelihood of ``input_ids`` (batch × tokens) under
     ``logits`` (batch × tokens × vocabulary), float64: the cross-entropy of one sequence at a time
@@ -308,8 +345,18 @@ class Prober:
                 handle.remove()
         if capture:
             self._prefix = outputs
+            self._share(outputs)
         self._count()
         return torch.cat(captured)
+
+    def _share(self, outputs: list[list[torch.Tensor]]) -> None:
+        """Hand a reference run's block outputs ([block][batch]) to the run's
+        :class:`KnownOutputs` (the context's ``dense``), batch by batch."""
+        known = getattr(self.context, "dense", None)
+        if known is None:
+            return
+        for index, start in enumerate(range(0, self.input_ids.shape[0], self.batch_size)):
+            known.add(self.input_ids[start : start + self.batch_size], [block[index] for block in outputs])
 
     def run_until(self, last: int) -> None:
         """One pass of the dense model for the hooks the caller installed on block ``last``: the

@@ -84,12 +84,11 @@ def test_a_released_preview_frees_its_fits_and_dense_outputs_and_recomputes_the_
     judge = Prober(loaded.model, loaded.adapter, JUDGE)
     with preview.applied([2, 3]):
         before = judge.output_states([2, 3])
-    batch = FIT[: preview._prober.batch_size]
-    assert preview._cache and preview.dense_outputs(batch) is not None
+    assert preview._cache and preview._prober._prefix is not None
     preview.release(keep_dense=True)
-    assert not preview._cache and not preview._captured and preview.dense_outputs(batch) is not None
+    assert not preview._cache and not preview._captured and preview._prober._prefix is not None
     preview.release()
-    assert preview.dense_outputs(batch) is None and preview._prober._prefix is None
+    assert preview._prober._prefix is None
     with preview.applied([2, 3]):
         torch.testing.assert_close(judge.output_states([2, 3]), before, atol=0, rtol=0)
 
@@ -244,30 +243,48 @@ def test_the_default_selects_for_the_healed_model_on_every_architecture(architec
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma2", "gpt2"])
-def test_healing_replays_the_dense_outputs_its_preview_computed(architecture):
-    """Healing told the preview's dense outputs (``known=``) skips recomputing the blocks of the
-    batches the preview ran — only block a − 1 and the refitted blocks after the cut run there —
+def test_healing_replays_the_dense_outputs_the_run_computed(architecture):
+    """Probers made with the run's context (the preview's dense pass, the race's reference runs)
+    share their block outputs (``context.dense``); healing told them (``known=``) skips
+    recomputing those batches — only block a − 1 and the refitted blocks after the cut run there —
     and folds the same weights as healing that recomputes everything."""
-    heal_ids = torch.cat([JUDGE, FIT])  # 4 healing batches; the last 3 are the preview's
+    from miprun.contracts import RunContext
+    from miprun.probing import KnownOutputs
+
+    heal_ids = torch.cat([JUDGE, FIT])  # 4 healing batches: the first a race's chunk, the last 3 the preview's
     blocks = [2, 3]
     folded, computed = [], []
     for reuse in (False, True):
         loaded = build_tiny(architecture, layers=6, seed=36)
         before = {name: p.detach().clone() for name, p in loaded.model.named_parameters()}
         healer = LinearHealer()
-        preview = healer.preview(loaded.model, loaded.adapter, FIT)
+        context = RunContext(loaded.model, loaded.adapter, JUDGE, dense=KnownOutputs(2**30))
+        preview = healer.preview(loaded.model, loaded.adapter, FIT, context=context)
         with preview.applied(blocks):  # the preview's dense pass, as selection makes it
             pass
+        Prober(loaded.model, loaded.adapter, JUDGE, context=context).output_states(reuse_prefix=True)  # a race's chunk
         runs = []
         handle = ffn_output_modules(loaded.adapter, 0)[0].register_forward_hook(lambda *args, runs=runs: runs.append(1))
-        healer.heal(loaded.model, loaded.adapter, blocks, heal_ids, known=preview.dense_outputs if reuse else None)
+        healer.heal(loaded.model, loaded.adapter, blocks, heal_ids, known=context.dense if reuse else None)
         handle.remove()
         computed.append(len(runs))
         folded.append({name: p.detach().clone() for name, p in loaded.model.named_parameters()})
-    # block 0 computes for every batch (and, once per block class, to learn its output format), or
-    # only for the one batch the preview lacks
-    assert computed[0] >= 4 and computed[1] == 1
-    assert preview.dense_outputs(JUDGE) is None and len(preview.dense_outputs(FIT[4:8])) == 6
+    # block 0 computes for every batch (and, once per block class, to learn its output format), or not at all
+    assert computed[0] >= 4 and computed[1] == 0
+    assert len(context.dense(JUDGE)) == len(context.dense(FIT[4:8])) == 6 and context.dense(FIT[:3]) is None
     assert any(not torch.equal(before[name], value) for name, value in folded[1].items())  # healing changed weights
     for name, value in folded[0].items():
         torch.testing.assert_close(folded[1][name], value, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_the_run_keeps_dense_outputs_within_its_budget_and_lets_go_of_them():
+    from miprun.probing import KnownOutputs
+
+    outputs = [torch.zeros(2, 3, 4) for _ in range(5)]  # 5 blocks × 96 bytes
+    known = KnownOutputs(budget=2 * 5 * 96)
+    for batch in (FIT[:2], FIT[2:4], FIT[4:6]):
+        known.add(batch, outputs)
+    assert known(FIT[:2]) is outputs and known(FIT[2:4]) is outputs and known(FIT[4:6]) is None  # the third: no room
+    assert known(FIT[:2].clone()) is outputs and known(FIT[:1]) is None  # by token ids, not by tensor
+    known.clear()
+    assert known(FIT[:2]) is None and known.bytes == 0

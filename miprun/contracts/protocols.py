@@ -44,6 +44,10 @@ class RunContext:
     healing: Any = None
     """A :class:`HealingPreview` of the run's healer when the run heals block sets and its healer
     offers one (None otherwise): scorers that compare pruned outputs judge the healed model with it."""
+    dense: Any = None
+    """The dense block outputs the run has computed, by forward batch (a
+    :class:`~miprun.probing.KnownOutputs`; None outside a run): probers made with this context add
+    their reference runs' outputs, and the run's healer replays them (``heal(..., known=...)``)."""
 
 
 @runtime_checkable
@@ -131,8 +135,8 @@ class Healer(Protocol):
         architecture cannot be healed. Returns a summary for the report (JSON-serialisable).
 
         A healer whose ``heal`` also takes the keyword ``known`` receives the run's
-        :meth:`HealingPreview.dense_outputs` (when its preview offers them): the dense block
-        outputs already computed for some forward batches of ``input_ids``, to reuse."""
+        :attr:`RunContext.dense`: ``known(batch)`` gives every block's dense output for a forward
+        batch of ``input_ids`` the run has already computed (None for the others), to reuse."""
 
     def applied(self, model: Any, adapter: Any, blocks: list[int], input_ids: Any) -> Any:
         """A context manager within which the healing :meth:`heal` would fold acts at run time
@@ -156,12 +160,11 @@ class HealingPreview(Protocol):
     def info(self) -> dict[str, Any]:
         """What the preview did, for the report (JSON-serialisable)."""
 
-    # optional: ``dense_outputs(batch) -> list[Tensor] | None`` — every block's dense output for a
-    # forward batch of healing tokens the preview has run (None otherwise), which the run hands to
-    # its healer's ``heal(..., known=...)``.
     # optional: ``release(keep_dense=False)`` — free what the preview holds (its fits; with
     # ``keep_dense`` false its dense outputs too), called once the selection (and then the heal)
-    # no longer needs it; a preview asked again afterwards recomputes what it needs.
+    # no longer needs it; a preview asked again afterwards recomputes what it needs. A preview that
+    # runs the dense model through a :class:`~miprun.probing.Prober` made with the run's context
+    # shares those outputs with the heal (:attr:`RunContext.dense`).
 
 
 class Register(Protocol):
