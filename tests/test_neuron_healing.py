@@ -173,3 +173,12 @@ def test_every_width_architecture_is_healed_or_says_why(text_file):
         with pytest.raises(MiprunError, match="neuron pruning is not supported"):
             miprun.prune(build_tiny(architecture, layers=2), granularity="neuron", ratio=0.25, selector="random",
                          calib=str(text_file), num_samples=2, seq_len=16, heal_samples=2, save=False)
+
+
+def test_kept_columns_gathers_the_kept_neurons_of_3d_and_2d_activations():
+    from miprun.healers.neuron_refit import kept_columns
+
+    index = torch.tensor([0, 2, 5, 6])
+    for shape in [(3, 5, 7), (15, 7)]:  # batch × tokens × neurons (Llama), tokens × neurons (OPT)
+        value = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(kept_columns(value, index), value[..., index])

@@ -52,6 +52,14 @@ SINK_RULES = ("average", "skip")
 """How the fit treats each sequence's first token: as one token of average output energy, or not at all."""
 
 
+def kept_columns(value: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``value``'s last-dimension entries at ``index``, gathered as rows of a matrix: on CPU
+    ``index_select`` over the last dimension of a 3-D activation tensor took ten times as long as
+    over the columns of its 2-D view (7.6 against 0.8 ms for 4 × 256 × 1 536), the same values."""
+    flat = value.reshape(-1, value.shape[-1]).index_select(1, index.to(value.device))
+    return flat.reshape(*value.shape[:-1], flat.shape[-1])
+
+
 def _split(value: torch.Tensor, shape: list[int], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(every token of ``value`` but the first of each sequence, the first ones) as rows of
     ``dtype``; ``shape`` is the batch's (sequences, tokens), for FFN tensors flattened to tokens ×
@@ -141,7 +149,7 @@ class NeuronRefitHealer(UndoableEdits):
             kept = torch.tensor(selection.keep[layer])
 
             def apply(module, args, out, kept=kept, solution=solution):
-                value = args[0].double().index_select(-1, kept.to(out.device))
+                value = kept_columns(args[0], kept).double()
                 if value.shape[-1] < solution.shape[0]:
                     value = with_ones(value)
                 return (value @ solution.to(out.device)).to(out.dtype)
@@ -209,7 +217,7 @@ class NeuronRefitHealer(UndoableEdits):
                 index = torch.tensor(selection.keep[layer])
 
                 def take(module, args, out, index=index, entry=stats[layer]):
-                    x, y = weighted_rows(args[0].index_select(-1, index.to(args[0].device)), out, shape, product, self.sink,
+                    x, y = weighted_rows(kept_columns(args[0], index), out, shape, product, self.sink,
                                          ones=getattr(module, "bias", None) is not None)
                     entry["gram"] = entry["gram"] + gram_matrix(x).double()
                     entry["cross"] = entry["cross"] + (x.T @ y).double()
