@@ -83,7 +83,7 @@ from miprun.models.adapters import (
     parallel_field,
     residual_scale,
 )
-from miprun.models.devices import input_device, input_embedding
+from miprun.models.devices import input_device, input_embedding, output_head
 from miprun.models.forwards import hidden_argument, in_block_format, patched_forwards
 from miprun.models.layerwise import editable_block, layerwise_loader
 from miprun.models.sweep import BlockSweep, Stream
@@ -598,7 +598,7 @@ class LinearHealer(UndoableEdits):
                 return {"folded_into": f"block {cut[0] - 1} {adapter.spec.ffn_output}", "untied_head": False}
             embedding = input_embedding(model)
             untied = False
-            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            head = output_head(model)
             if head is not None and head.weight is embedding.weight:
                 if self._undo is not None:
                     self._undo.point(head, "weight")

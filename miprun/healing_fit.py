@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from miprun.models.devices import input_embedding
+from miprun.models.devices import input_embedding, output_head
 from miprun.models.forwards import hidden_argument
 
 
@@ -126,7 +126,7 @@ def embedding_refusal(model: Any, *, untie_head: bool) -> str | None:
     width = getattr(model.config, "hidden_size", None)
     if embedding is None or (width is not None and embedding.weight.shape[-1] != width):
         return "the token embedding does not produce the stream directly (it is projected first), so no map can be folded into it"
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = output_head(model)
     if not untie_head and head is not None and head.weight is embedding.weight:
         return (f"the output head shares the token embedding: a map on it would untie the head and add "
                 f"{embedding.weight.numel():,} parameters (-o healer.untie_head=true allows it)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from conftest import build_tiny
 
-from miprun.models.devices import accelerate_hooks, input_device
+from miprun.models.devices import accelerate_hooks, input_device, output_head
 
 
 def test_input_device_of_plain_models_and_modules():
@@ -27,3 +27,10 @@ def test_input_device_follows_the_accelerate_hook_of_the_embedding():
     add_hook_to_module(embedding, SequentialHook(AlignDevicesHook(execution_device="meta")))
     assert len(accelerate_hooks(embedding)) == 1
     assert input_device(loaded.model) == torch.device("meta")  # the hook's word, not the weight's device
+
+
+def test_output_head_of_a_causal_lm_and_of_a_bare_backbone():
+    loaded = build_tiny("llama", layers=2, seed=3)
+    assert output_head(loaded.model) is loaded.model.lm_head
+    assert output_head(loaded.model.model) is None  # the backbone alone has no head
+    assert output_head(torch.nn.Linear(2, 2)) is None  # not a transformers model at all

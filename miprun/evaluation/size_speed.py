@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from miprun.models.context import context_length
-from miprun.models.devices import input_device
+from miprun.models.devices import input_device, output_head
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -62,7 +62,7 @@ def parameter_counts(model: Any, adapter: Any = None) -> dict[str, Any]:
     unique = {id(p): p for p in model.parameters()}
     total = sum(p.numel() for p in unique.values())
     embedding = model.get_input_embeddings().weight
-    head_module = model.get_output_embeddings()
+    head_module = output_head(model)
     head_weight = getattr(head_module, "weight", None) if head_module is not None else None
     tied = head_weight is not None and head_weight is embedding
     head_params = {} if head_module is None else {id(p): p for p in head_module.parameters()}

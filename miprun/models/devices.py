@@ -25,6 +25,15 @@ def input_embedding(model: Any) -> Any:
         return None
 
 
+def output_head(model: Any) -> Any:
+    """The model's language-model head (its output embedding module), or ``None`` when it does not
+    expose one (a bare backbone)."""
+    try:
+        return model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+
+
 def check_token_ids(ids: Any, model: Any, what: str) -> None:
     """Refuse, in one line, token ids the model's input embedding has no row for: a tokenizer
     that does not belong to the model (else an ``IndexError`` deep inside torch)."""

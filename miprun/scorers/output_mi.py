@@ -46,7 +46,7 @@ import torch
 from miprun.contracts import BoundaryStates, SpanScores
 from miprun.errors import MiprunError
 from miprun.estimators.preprocess import check_choice
-from miprun.models.devices import accelerate_hooks, input_embedding
+from miprun.models.devices import accelerate_hooks, input_embedding, output_head
 
 SPACES = ("hidden", "logits")
 
@@ -87,7 +87,7 @@ def in_space(z: torch.Tensor, to_space: torch.Tensor, rows: int = 1024) -> torch
 def _head_weight(model: Any) -> torch.Tensor:
     """The language-model head's weight. When accelerate has offloaded it (a meta tensor), the copy
     its hook holds — or, for a head tied to the input embedding, the embedding's copy."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = output_head(model)
     if head is None or getattr(head, "weight", None) is None:
         raise MiprunError("output-mi with space=logits needs a model with a language-model head; "
                           "use space=hidden or load it with AutoModelForCausalLM")
