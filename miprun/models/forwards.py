@@ -107,7 +107,6 @@ def overriding(adapter: Any, parameters: dict[int, dict[str, torch.Tensor]]) -> 
                 param.copy_(saved)
 
 
-
 def module_state(module: Any, *, leaving_out: Any = None) -> tuple:
     """What ``module`` computes with, by identity: for it and every submodule, its hooks and any
     patched ``forward``, and every parameter's and buffer's object, storage and version counter
