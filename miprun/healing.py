@@ -72,6 +72,7 @@ from miprun.healing_fit import (
     gram_matrix,
     module_output,
     ridge_solver,
+    summed,
     wanted_update,
     with_ones,
 )
@@ -720,9 +721,8 @@ class _Normal:
         x, z = rows["x"], rows["z"]
         y = wanted_update(rows, target)
         a, b = (x.double(), y) if self.exact else (x.float(), y.float())
-        gram, cross = gram_matrix(a).double(), (a.T @ b).double()
-        self.gram = gram if self.gram is None else self.gram + gram
-        self.cross = cross if self.cross is None else self.cross + cross
+        self.gram = summed(self.gram, gram_matrix(a))
+        self.cross = summed(self.cross, a.T @ b)
         self.before += float((z - y).pow(2).sum())
         self.energy += float(y.pow(2).sum())
         self.tokens += x.shape[0]

@@ -54,6 +54,15 @@ def gram_matrix(rows: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def summed(total: torch.Tensor | None, part: torch.Tensor) -> torch.Tensor:
+    """``total + part`` in float64, added in place (a batch's products into a fit's running sums):
+    the same values as ``total + part.double()`` without a new matrix and a copy per batch (the
+    width heal adds 960 Grams of 1 230² entries on SmolLM2-135M)."""
+    if total is None:
+        return part.to(torch.float64, copy=True)
+    return total.add_(part)
+
+
 def embedding_rows(args: tuple, kwargs: dict) -> dict[str, Any]:
     """What a cut at block 0 reads, from block 0's forward-pre-hook arguments: its map acts on the
     embedding output (block 0's input), so ``x``, ``z`` and ``added`` are all that input's rows

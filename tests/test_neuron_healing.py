@@ -11,7 +11,7 @@ import miprun
 from miprun.contracts import NeuronSelection
 from miprun.errors import MiprunError
 from miprun.healers.neuron_refit import NeuronRefitHealer
-from miprun.healing_fit import gram_matrix
+from miprun.healing_fit import gram_matrix, summed
 from miprun.models.adapters import ffn_in_features, neuron_axis, neuron_index
 from miprun.surgeons.slice_ffn import SliceFFNSurgeon
 
@@ -105,6 +105,24 @@ def test_the_block_triangular_gram_equals_the_full_product(width):
     got = gram_matrix(rows)
     torch.testing.assert_close(got, rows.T @ rows, atol=1e-10, rtol=1e-12)
     assert torch.equal(got, got.T)
+
+
+def test_running_sums_of_float32_products_equal_float64_sums_and_own_their_memory():
+    """``summed`` adds each batch's float32 products into a float64 total in place: bit for bit the
+    values of ``total + part.double()``, and the first batch's product is copied, not aliased."""
+    generator = torch.Generator().manual_seed(0)
+    parts = [torch.randn(40, 30, generator=generator, dtype=torch.float64)]  # exact products are float64
+    parts += [torch.randn(40, 30, generator=generator) for _ in range(2)]
+    total = summed(None, parts[0])
+    assert total.dtype == torch.float64
+    parts[0].zero_()  # the caller's tensor is not the total
+    assert bool(total.abs().sum() > 0)
+    expected = total.clone()
+    for part in parts[1:]:
+        same = summed(total, part)
+        assert same is total
+        expected = expected + part.double()
+    assert torch.equal(total, expected)
 
 
 def test_a_bad_sink_rule_is_refused_in_one_line():

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from miprun.healing_fit import fit_error, gram_matrix, ridge_solver, with_ones
+from miprun.healing_fit import fit_error, gram_matrix, ridge_solver, summed, with_ones
 from miprun.models.devices import input_device
 from miprun.models.weight_undo import UndoableEdits, WeightUndo
 from miprun.probing import forward_until
@@ -213,14 +213,14 @@ class NeuronRefitHealer(UndoableEdits):
             stack.callback(adapter.backbone.register_forward_pre_hook(on_backbone, with_kwargs=True).remove)
             for layer in group:
                 _, down = adapter.ffn_modules(layer)
-                stats[layer] = {"gram": 0.0, "cross": 0.0, "energy": 0.0, "tokens": 0}
+                stats[layer] = {"gram": None, "cross": None, "energy": 0.0, "tokens": 0}
                 index = torch.tensor(selection.keep[layer])
 
                 def take(module, args, out, index=index, entry=stats[layer]):
                     x, y = weighted_rows(kept_columns(args[0], index), out, shape, product, self.sink,
                                          ones=getattr(module, "bias", None) is not None)
-                    entry["gram"] = entry["gram"] + gram_matrix(x).double()
-                    entry["cross"] = entry["cross"] + (x.T @ y).double()
+                    entry["gram"] = summed(entry["gram"], gram_matrix(x))
+                    entry["cross"] = summed(entry["cross"], x.T @ y)
                     entry["energy"] += float(y.double().pow(2).sum())
                     entry["tokens"] += x.shape[0]
 
