@@ -21,7 +21,10 @@ Per FFN layer with m neurons and a target of k = m − n kept:
    them; ``dims=p`` keeps the top p coordinates (Torgerson's usual form) for comparison;
 3. k-means into k clusters on those distances (greedy k-means++ seeding, Lloyd iterations written
    with point-to-centroid distances from D² alone; an emptied cluster takes the point farthest from
-   its centroid, so all k clusters are non-empty; ``n_init`` restarts, lowest inertia kept);
+   its centroid, so all k clusters are non-empty; ``n_init`` runs, lowest inertia kept — one by
+   default, as scikit-learn does with k-means++ seeding: the M seeds below are already a search,
+   judged by what matters (output KL), and restarts inside each seed measured no better
+   (docs/neuron-pruning.md));
 4. in every cluster one neuron is kept — exactly k neurons.
 
 The paper clusters every neuron alike and keeps the one nearest each centroid (``keep="centroid"``,
@@ -126,7 +129,7 @@ def embedded_sq_dists(distances: torch.Tensor, dims: int | None) -> tuple[torch.
 
 
 def kmeans(
-    sq_dists: torch.Tensor, k: int, *, seed: int, max_iter: int = 100, n_init: int = 4,
+    sq_dists: torch.Tensor, k: int, *, seed: int, max_iter: int = 100, n_init: int = 1,
     weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """k-means into exactly ``k`` non-empty clusters of points given only by their squared Euclidean
@@ -357,7 +360,7 @@ class MDSClusterSelector:
         before the distances (:meth:`~miprun.contracts.NeuronScores.similarity`).
     :param keep: which neuron of each cluster stays: ``energy`` (default; the most output energy,
         needs the run's model and activations) or ``centroid`` (the paper's: nearest the centroid).
-    :param n_init: k-means restarts per seed (lowest within-cluster sum of squares kept).
+    :param n_init: k-means runs per seed (lowest within-cluster sum of squares kept; default 1).
     :param merge: compensate instead of only removing (not in the paper, off by default): every
         removed neuron j's down-projection weights are added, scaled by the least-squares β of
         a_j ≈ β a_k, to its cluster's kept neuron k (:func:`merge_coefficients`).
@@ -371,7 +374,7 @@ class MDSClusterSelector:
     name = "mds-cluster"
 
     def __init__(self, *, dims: int | None = None, scale: float = 1.0, normalize: str = "auto", seeds: int = 3,
-                 kl_samples: int = 4, n_init: int = 4, max_iter: int = 100, merge: bool = False,
+                 kl_samples: int = 4, n_init: int = 1, max_iter: int = 100, merge: bool = False,
                  keep: str = "energy", seed: int = 0) -> None:
         self.merge = bool(merge)
         if keep not in KEEP:
