@@ -152,3 +152,20 @@ def test_ema_horizon_bounds_what_the_skipped_values_could_move():
             assert beta ** (keep - 2) > kernels.EMA_TAIL
     assert kernels.ema_horizon(0.5, len(values)) == 11 and kernels.ema_horizon(0.0, 7) == 1
     assert kernels.ema_horizon(0.5, 3) == 3 and kernels.ema_horizon(0.99, 0) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exponentials_are_exact_where_normal_and_zero_where_they_would_be_subnormal(dtype):
+    """``exp_without_subnormals`` gives ``exp`` bit for bit wherever the result is at least four
+    times the smallest normal number, and 0 below it: no subnormal value, whatever the argument."""
+    tiny = torch.finfo(dtype).tiny
+    low = math.log(tiny)
+    exponents = torch.cat([torch.linspace(low - 30.0, 0.0, 20001, dtype=dtype),
+                           torch.tensor([-float("inf"), low - 1e4, -1e-30], dtype=dtype)])
+    got = kernels.exp_without_subnormals(exponents.clone())
+    exact = torch.exp(exponents)
+    kept = exact > 4.0 * tiny
+    assert torch.equal(got[kept], exact[kept])
+    assert bool((got[~kept] == 0).all())
+    assert int(kept.sum()) > 10000 and int((~kept).sum()) > 500
+    assert not bool(((got != 0) & (got.abs() < tiny)).any())

@@ -73,6 +73,22 @@ def without_tiny(values: torch.Tensor) -> torch.Tensor:
     return values.masked_fill(values.abs() < PRODUCT_FLOOR, 0.0)
 
 
+def exp_without_subnormals(exponents: torch.Tensor) -> torch.Tensor:
+    """``exp(exponents)``, with every value below twice the dtype's smallest normal number set to
+    zero.
+
+    A Gaussian kernel of a narrow width underflows for distant token pairs, and on CPU an
+    exponential whose result is subnormal (or underflows to zero from a finite argument) takes a
+    slow path: 15 ms against 0.24 ms for 1 536 × 496 float32 values here. The arguments are clamped
+    where the result is still normal (twice the smallest) and every result up to four times the
+    smallest normal is then zeroed — two passes that never meet a subnormal. A value below ~4.7e-38
+    (float32) changes no sum it enters unless that sum is itself of the order of 1e-30, and its
+    square is zero either way."""
+    tiny = torch.finfo(exponents.dtype).tiny
+    values = torch.exp(exponents.clamp_min(math.log(2.0 * tiny)))
+    return torch.nn.functional.threshold(values, 4.0 * tiny, 0.0, inplace=True)
+
+
 def gaussian_gram(sq_dists: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian Gram matrix exp(−D / (2σ²)) from squared distances ``D``."""
     if not sigma > 0 or not math.isfinite(sigma):

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from miprun.estimators import kernels
 from miprun.estimators.renyi_moments import spectrum_entropies
 
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
@@ -128,7 +129,7 @@ def _alignment(dist: torch.Tensor, log_sigma: torch.Tensor, target: _Target) -> 
     excluded; see :func:`aligned_widths`)."""
     n = target.n
     scale = (-0.5 * torch.exp(-2.0 * log_sigma)).to(dist.dtype)[:, None]
-    gram = torch.exp(dist * scale)
+    gram = kernels.exp_without_subnormals(dist * scale)
     reduced = (gram @ target.reducer).to(torch.float64)
     inner, rows = reduced[:, 0], reduced[:, 1:]  # off the diagonal, where K is exactly 1
     sq = 2.0 * torch.linalg.vector_norm(gram, dim=1).to(torch.float64).pow(2)
