@@ -74,8 +74,8 @@ def without_tiny(values: torch.Tensor) -> torch.Tensor:
 
 
 def exp_without_subnormals(exponents: torch.Tensor) -> torch.Tensor:
-    """``exp(exponents)``, with every value below twice the dtype's smallest normal number set to
-    zero.
+    """``exp(exponents)``, with every value up to four times the dtype's smallest normal number
+    set to zero.
 
     A Gaussian kernel of a narrow width underflows for distant token pairs, and on CPU an
     exponential whose result is subnormal (or underflows to zero from a finite argument) takes a
