@@ -92,9 +92,37 @@ def test_the_refit_is_the_ridge_regression_of_the_dense_output_on_the_kept_neuro
     gram = a.T @ a
     ridge = 0.1 * float(gram.diagonal().mean())
     expected = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype), a.T @ y + ridge * prior)
-    NeuronRefitHealer(ridge=0.1, sink=sink).heal(loaded.model, loaded.adapter, NeuronSelection(keep), ids)
+    NeuronRefitHealer(ridge=0.1, sink=sink, products="float32").heal(loaded.model, loaded.adapter, NeuronSelection(keep), ids)
     got = torch.cat([down.weight.detach().double()[keep[0]], down.bias.detach().double()[None]])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_bfloat16_products_move_the_refit_by_their_rounding_only():
+    """``products="auto"`` (the default): where the CPU multiplies bfloat16 natively the healing
+    pass and the products take bfloat16 inputs, and the refit stays within 1 % of the float32 one
+    (the inputs' 8 significant bits, bounded by the ridge); elsewhere it is the float32 refit. The
+    summary says which, and the setting is restored afterwards."""
+    from miprun.models.matmul_precision import statistics_products
+
+    results, summaries = [], []
+    for products in ("float32", "auto"):
+        loaded = build_tiny("llama", layers=2, seed=33)
+        width = loaded.adapter.ffn_width(0)
+        keep = {0: list(range(0, width, 2)), 1: list(range(1, width, 3))}
+        ids = torch.randint(4, 80, (8, 12), generator=torch.Generator().manual_seed(34))
+        before = torch.backends.mkldnn.matmul.fp32_precision
+        summaries.append(NeuronRefitHealer(products=products).heal(loaded.model, loaded.adapter, NeuronSelection(keep), ids))
+        assert torch.backends.mkldnn.matmul.fp32_precision == before
+        results.append(torch.cat([loaded.adapter.ffn_modules(layer)[1].weight.detach().double()[:, keep[layer]].reshape(-1)
+                                  for layer in (0, 1)]))
+    exact, auto = results
+    bfloat16 = statistics_products("cpu", torch.float32) == "bfloat16"
+    assert summaries[0]["products"] == "float32, summed in float64"
+    assert summaries[1]["products"] == ("bfloat16 inputs, float32 sums" if bfloat16 else "float32") + ", summed in float64"
+    change = float((auto - exact).norm() / exact.norm())
+    assert change < 1e-2
+    if not bfloat16:
+        assert change == 0.0
 
 
 @pytest.mark.parametrize("width", [10, 129, 300])

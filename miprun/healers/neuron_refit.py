@@ -31,7 +31,11 @@ so 4 GiB means 8 groups and about 4.5 passes' work). The products dominate the t
 for SmolLM2-135M at 20 % on 128 × 256 tokens). With a ridge they are taken in float32 per batch and
 summed in float64 — half the time; the ridge floor λ bounds how much their rounding (≈ 1e-6 of the
 diagonal) can move the solution, far below the float32/bfloat16 precision the weights are stored
-in. Without a ridge (``ridge=0``, exact fits of singular systems) they stay float64.
+in. Without a ridge (``ridge=0``, exact fits of singular systems) they stay float64. On a CPU with
+bfloat16 units (``products="auto"``, the default) the healing pass and the products multiply
+bfloat16 inputs with float32 sums (:mod:`miprun.models.matmul_precision`): on SmolLM2-135M at 20 %
+the fit took 40.4 s instead of 64.0 s and WikiText-2 perplexity was 40.88 against 40.87;
+``products="float32"`` keeps float32 multiplications.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import torch
 
 from miprun.healing_fit import fit_error, gram_matrix, ridge_solver, summed, with_ones
 from miprun.models.devices import input_device
+from miprun.models.matmul_precision import PRODUCT_RULES, bfloat16_products
 from miprun.models.weight_undo import UndoableEdits, WeightUndo
 from miprun.probing import forward_until
 
@@ -96,9 +101,13 @@ class NeuronRefitHealer(UndoableEdits):
     :param batch_size: healing sequences per forward batch (memory only).
     :param max_bytes: most bytes of normal equations held at once; more layers are fitted in
         groups, one pass each (default 4 GiB).
+    :param products: ``auto`` (default): under a ridge, the healing pass and the fit's products
+        multiply bfloat16 inputs with float32 sums on a CPU with bfloat16 units (module docstring);
+        ``float32``: float32 multiplications. Without a ridge they are float64 either way.
     """
 
-    def __init__(self, ridge: float = 0.1, sink: str = "average", batch_size: int = 4, max_bytes: int = 4 << 30) -> None:
+    def __init__(self, ridge: float = 0.1, sink: str = "average", batch_size: int = 4, max_bytes: int = 4 << 30,
+                 products: str = "auto") -> None:
         from miprun.errors import MiprunError
 
         if not ridge >= 0:
@@ -106,6 +115,9 @@ class NeuronRefitHealer(UndoableEdits):
         if sink not in SINK_RULES:
             raise MiprunError(f"neuron-linear option sink={sink!r} must be one of {', '.join(SINK_RULES)}")
         self.sink = sink
+        if products not in PRODUCT_RULES:
+            raise MiprunError(f"neuron-linear option products={products!r} must be one of {', '.join(PRODUCT_RULES)}")
+        self.products = products
         if int(batch_size) < 1 or int(max_bytes) < 1:
             raise MiprunError(f"neuron-linear needs batch_size ≥ 1 and max_bytes ≥ 1, got {batch_size!r} and {max_bytes!r}")
         self.ridge = float(ridge)
@@ -169,16 +181,19 @@ class NeuronRefitHealer(UndoableEdits):
         fits: dict[int, torch.Tensor] = {}
         layers: list[dict[str, Any]] = []
         tokens = 0
-        for group in groups:
-            stats = self._accumulate(model, adapter, selection, input_ids, group, stop=len(groups) > 1)
-            for layer, entry in stats.items():
-                fits[layer], row = self._solve(adapter.ffn_modules(layer)[1], selection.keep[layer], entry)
-                layers.append({"layer": layer, **row})
-                tokens = entry["tokens"]
+        reduced = self.ridge > 0 and self.products == "auto"
+        with bfloat16_products(input_device(model), next(model.parameters()).dtype, enabled=reduced) as used:
+            for group in groups:  # the solves are float64, which the setting leaves alone
+                stats = self._accumulate(model, adapter, selection, input_ids, group, stop=len(groups) > 1)
+                for layer, entry in stats.items():
+                    fits[layer], row = self._solve(adapter.ffn_modules(layer)[1], selection.keep[layer], entry)
+                    layers.append({"layer": layer, **row})
+                    tokens = entry["tokens"]
         with_bias = any(getattr(adapter.ffn_modules(layer)[1], "bias", None) is not None for layer in fits)
         summary = {"fit": "kept-neuron projection", "ridge": self.ridge, "sink": self.sink, "tokens": tokens,
                    "intercept": with_bias,
-                   "products": "float64" if self.ridge == 0 else "float32, summed in float64",
+                   "products": "float64" if self.ridge == 0 else
+                   ("bfloat16 inputs, float32 sums" if used == "bfloat16" else "float32") + ", summed in float64",
                    "passes": len(groups), "layers": layers, "seconds": round(time.perf_counter() - start, 3)}
         return fits, summary
 

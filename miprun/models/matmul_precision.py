@@ -1,0 +1,66 @@
+"""bfloat16 multiplications for the statistics passes of a healing fit, where the CPU has them.
+
+A healing fit reads the dense model's activations over many sequences (128 × 256 tokens by
+default) and sums their products into Gram matrices; on a CPU both are matrix products of float32
+values. CPUs with bfloat16 units (Intel AMX or AVX-512 BF16) multiply bfloat16 inputs and add in
+float32 about three times as fast (oneDNN, ``torch.backends.mkldnn.matmul.fp32_precision =
+"bf16"``): the inputs keep 8 significant bits, the sums keep float32's. Measured on SmolLM2-135M,
+20 % of every FFN's neurons refitted on 128 × 256 WikiText-2 tokens (docs/neuron-pruning.md): the
+fit took 40.4 s instead of 64.0 s, and WikiText-2 perplexity was 40.88 against 40.87 — the fit is a
+least-squares estimate from a sample whose own noise is far larger than the rounding, and its ridge
+(a fraction of the Gram's mean diagonal) bounds how far a relative error of about 1e-3 in the
+products can move the solution. The same holds for a GPU running the model in bfloat16.
+
+Only statistics use it: never a selection's judgement of candidates, the quality check or an
+evaluation, which stay in the model's precision. Off the CPU, without those units, for a model not
+in float32, or for exact fits (no ridge), nothing changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+PRODUCT_RULES = ("auto", "float32")
+"""A healer's ``products`` option: bfloat16 inputs for its statistics under a ridge where the CPU has
+bfloat16 units (``auto``), or the model's float32 multiplications (``float32``)."""
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX tiles or AVX-512 BF16); where it does not,
+    oneDNN would emulate bfloat16 and gain nothing."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    try:
+        return any(bool(getattr(torch.cpu, name)()) for name in probes if hasattr(torch.cpu, name))
+    except RuntimeError:
+        return False
+
+
+def statistics_products(device: torch.device | str, dtype: torch.dtype) -> str:
+    """What :func:`bfloat16_products` would use for a model on ``device`` in ``dtype``: ``"bfloat16"``
+    (float32 products on a CPU with bfloat16 units) or ``"model precision"``."""
+    if torch.device(device).type == "cpu" and dtype == torch.float32 and native_bfloat16():
+        matmul = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+        if matmul is not None and hasattr(matmul, "fp32_precision"):
+            return "bfloat16"
+    return "model precision"
+
+
+@contextmanager
+def bfloat16_products(device: torch.device | str, dtype: torch.dtype, enabled: bool = True) -> Iterator[str]:
+    """Within the block, float32 matrix products on the CPU take bfloat16 inputs and float32 sums
+    where :func:`statistics_products` says so (and ``enabled``); yields what the products use, for
+    the run's record. The previous setting is restored on leaving, also on an error."""
+    use = statistics_products(device, dtype) if enabled else "model precision"
+    if use != "bfloat16":
+        yield use
+        return
+    matmul = torch.backends.mkldnn.matmul
+    previous = matmul.fp32_precision
+    matmul.fp32_precision = "bf16"
+    try:
+        yield use
+    finally:
+        matmul.fp32_precision = previous
