@@ -67,7 +67,24 @@ def test_the_map_recovers_a_linear_law_and_reports_its_fit():
     target = 0.3 + 1.2 * s2 - 0.4 * s3 + 0.7 * (marginal[a, 0] + marginal[b, 0])
     fit = mapping.fit(features, target)
     assert fit["rmse"] < 1e-4 and fit["r2"] > 0.9999
-    torch.testing.assert_close(mapping.predict(features), target, atol=1e-4, rtol=0)
+    torch.testing.assert_close(mapping.predict(s2, s3, a, b), target, atol=1e-4, rtol=0)
+
+
+def test_the_map_predicts_a_block_of_pairs_as_its_standardised_features_combine():
+    """``predict`` sums the fitted terms one by one: for a block of pairs (rows × columns) it equals
+    the standardised feature rows times the coefficients, the form the fit solves for."""
+    torch.manual_seed(5)
+    marginal = torch.rand(30, 3, dtype=torch.float64)
+    mapping = JointEntropyMap(marginal)
+    a, b = torch.randint(0, 30, (300,)), torch.randint(0, 30, (300,))
+    s2, s3 = torch.rand(300, dtype=torch.float64), torch.rand(300, dtype=torch.float64)
+    mapping.fit(mapping.features(s2, s3, a, b), torch.randn(300, dtype=torch.float64))
+    rows, cols = torch.arange(3, 9), torch.arange(30)
+    b2, b3 = torch.rand(6, 30, dtype=torch.float64), torch.rand(6, 30, dtype=torch.float64)
+    features = mapping.features(b2.reshape(-1), b3.reshape(-1), rows.repeat_interleave(30), cols.repeat(6))
+    expected = ((features - mapping.mean) / mapping.scale) @ mapping.coef
+    torch.testing.assert_close(mapping.predict(b2, b3, rows[:, None], cols[None, :]), expected.reshape(6, 30),
+                               atol=1e-12, rtol=1e-12)
 
 
 def _layer(m: int, n_tokens: int = 256) -> torch.Tensor:

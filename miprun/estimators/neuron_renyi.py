@@ -324,12 +324,10 @@ class NeuronRenyiEstimator(ScalarPairMixin):
         fit = mapping.fit(mapping.features(s2[ca, cb], s3[ca, cb], ca, cb), exact)
         joint = torch.empty(m, m, dtype=torch.float64)
         rows = max(1, CHUNK_BYTES // (80 * m))
-        columns = torch.arange(m)
+        columns = torch.arange(m)[None, :]
         for start in range(0, m, rows):
             r = torch.arange(start, min(m, start + rows))
-            features = mapping.features(s2[r].reshape(-1), s3[r].reshape(-1),
-                                        r.repeat_interleave(m), columns.repeat(len(r)))
-            joint[r] = mapping.predict(features).reshape(len(r), m)
+            joint[r] = mapping.predict(s2[r], s3[r], r[:, None], columns)
         joint[ca, cb] = joint[cb, ca] = exact
         out = entropy[:, None] + entropy[None, :] - joint
         # every neuron's nearest partners by the (normalised) predicted MI, computed exactly

@@ -115,8 +115,17 @@ class JointEntropyMap:
         rmse = float(residual.pow(2).mean().sqrt())
         return {"rmse": rmse, "r2": 1.0 - rmse**2 / spread if spread > 0 else math.nan}
 
-    def predict(self, features: torch.Tensor) -> torch.Tensor:
-        """Predicted order-α joint entropies of feature rows (P × 10)."""
+    def predict(self, s2: torch.Tensor, s3: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Predicted order-α joint entropies of pairs (a, b) with joint S₂ ``s2`` and S₃ ``s3`` (any
+        shapes that broadcast together: ``a`` a column and ``b`` a row give a block of pairs): the
+        fitted combination of the :meth:`features`, summed term by term without forming them."""
         if self.coef is None or self.mean is None or self.scale is None:
             raise RuntimeError("JointEntropyMap.predict called before fit")
-        return ((features.to(torch.float64) - self.mean) / self.scale) @ self.coef
+        weight = self.coef / self.scale
+        offset = float(self.coef[0] - (weight[1:] * self.mean[1:]).sum())
+        s2, s3 = s2.to(torch.float64), s3.to(torch.float64)
+        m = [self.marginal[a, k] + self.marginal[b, k] for k in range(3)]
+        out = torch.full(torch.broadcast_shapes(s2.shape, s3.shape, m[0].shape), offset, dtype=torch.float64)
+        for w, term in zip(weight[1:].tolist(), (s2, s3, m[0], m[1], m[2], s2 * s2, s3 * s3, s2 * s3, m[0] * m[0])):
+            out.add_(term, alpha=w)
+        return out
