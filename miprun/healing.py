@@ -26,7 +26,9 @@ norm then restores ``y``'s direction exactly (residuals are reported in the spac
 before the norm).
 
 Both are solved from float64 Gram matrices accumulated batch by batch on the model's device (each
-batch's products in float32 under a ridge, in float64 without one); the ridge ``λ`` is relative to
+batch's products in float32 under a ridge, in float64 without one; on a CPU with bfloat16 units the
+healing passes and those products multiply bfloat16 inputs with float32 sums,
+:mod:`miprun.models.matmul_precision`, ``products`` option); the ridge ``λ`` is relative to
 the Gram's mean diagonal and shrinks toward the weights the model already has (plain removal is
 the prior). A cut starting at block 0 has no block before it: the
 embedding output is mapped instead (``E ← E·T``, the ``"map"`` fit with the healer's ridge; learned
@@ -87,6 +89,7 @@ from miprun.models.adapters import (
 from miprun.models.devices import input_device, input_embedding, output_head
 from miprun.models.forwards import hidden_argument, in_block_format, patched_forwards
 from miprun.models.layerwise import editable_block, layerwise_loader
+from miprun.models.matmul_precision import PRODUCT_RULES, bfloat16_products, reducible
 from miprun.models.sweep import BlockSweep, Stream
 from miprun.models.weight_undo import UndoableEdits, WeightUndo
 from miprun.probing import StopPass, forward_until, skipping
@@ -149,13 +152,22 @@ class LinearHealer(UndoableEdits):
     :param untie_head: let a cut at block 0 of a model whose output head shares the token embedding
         untie the head to map the embedding (adds the embedding's parameters); by default that
         cut's own fit is left out (:func:`~miprun.healing_fit.embedding_refusal`).
+    :param products: ``auto`` (default): where every fit has a ridge of at least
+        :data:`~miprun.models.matmul_precision.RIDGE_FLOOR`, the healing passes and the
+        fits' products multiply bfloat16 inputs with float32 sums on a CPU with bfloat16 units
+        (:mod:`miprun.models.matmul_precision`; float32 models, in memory or layer-wise alike);
+        ``float32``: the model's float32 multiplications. The selection's preview fits stay float32 either way.
     """
 
     def __init__(self, fit: str = "projection", ridge: float | None = None, batch_size: int = 4,
                  sequential: bool = True, after_cut: int | bool | None = None,
-                 after_cut_ridge: float = DEFAULT_RIDGE["projection"], untie_head: bool = False) -> None:
+                 after_cut_ridge: float = DEFAULT_RIDGE["projection"], untie_head: bool = False,
+                 products: str = "auto") -> None:
         if fit not in FITS:
             raise MiprunError(f"unknown healing fit '{fit}'; choose: {', '.join(FITS)}")
+        if products not in PRODUCT_RULES:
+            raise MiprunError(f"healer option products={products!r} must be one of {', '.join(PRODUCT_RULES)}")
+        self.products = products
         ridge = DEFAULT_RIDGE[fit] if ridge is None else ridge
         for name, value in (("heal ridge", ridge), ("after_cut_ridge", after_cut_ridge)):
             if not value >= 0:
@@ -188,7 +200,8 @@ class LinearHealer(UndoableEdits):
             forward batch of ``input_ids`` (every block's, or None for a batch it lacks) — the
             run's :class:`~miprun.probing.KnownOutputs`, which this healer's preview and the
             selection's race fill: the dense pass replays them instead of recomputing (only the
-            blocks whose internals a fit reads then run)."""
+            blocks whose internals a fit reads then run) — unless the fit multiplies bfloat16
+            (``products``), since those outputs are float32."""
         self._undo = WeightUndo() if layerwise_loader(model) is None else None
         return self._fit(model, adapter, blocks, input_ids, handles=None, known=known)
 
@@ -214,7 +227,23 @@ class LinearHealer(UndoableEdits):
 
     def _fit(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor,
              handles: list[Any] | None, known: Any = None) -> dict[str, Any]:
-        """Fit the cuts of ``blocks`` in order; fold each fit (``handles`` None) or hook it in."""
+        """Fit the cuts of ``blocks`` in order; fold each fit (``handles`` None) or hook it in. The
+        summary's ``products`` says what the fits' multiplications took (the ``products`` option)."""
+        reduced = self.products == "auto" and reducible(self.ridge, *([self.after_cut_ridge] if self.after_cut else []))
+        loader = layerwise_loader(model)  # a layer-wise run's blocks come in the loader's dtype, on its device
+        device, dtype = (loader.device, loader.dtype) if loader is not None else \
+            (input_device(model), next(model.parameters()).dtype)
+        with bfloat16_products(device, dtype, enabled=reduced) as used:
+            # the selection's dense outputs are float32: in bfloat16 every target is computed afresh,
+            # alike (so a layer-wise run, which has none to replay, saves the same checkpoint)
+            summary = self._fit_cuts(model, adapter, blocks, input_ids, handles, None if used == "bfloat16" else known)
+        summary["products"] = "bfloat16 inputs, float32 sums" if used == "bfloat16" else \
+            ("float64" if self.ridge == 0 else "float32")
+        return summary
+
+    def _fit_cuts(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor,
+                  handles: list[Any] | None, known: Any) -> dict[str, Any]:
+        """:meth:`_fit` within its products' precision."""
         check_healable(adapter)
         cuts = cuts_of(blocks)
         unmapped = self.embedding_refusal(model) if cuts and cuts[0][0] == 0 else None

@@ -218,3 +218,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def float32_products(monkeypatch):
+    """Healers multiply in float32 even on a CPU with bfloat16 units: for tests of a fit's algebra
+    (against a hand computation, a preview or a replay) to float32 tolerances. The bfloat16 path
+    has its own tests."""
+    monkeypatch.setattr("miprun.models.matmul_precision.native_bfloat16", lambda: False)

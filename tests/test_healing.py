@@ -15,6 +15,8 @@ from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
 
 IDS = torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8, 22, 17]])
 
+pytestmark = pytest.mark.usefixtures("float32_products")  # the fits' algebra, to float32 tolerances
+
 
 def test_cuts_are_maximal_runs_of_removed_blocks():
     assert cuts_of([5, 0, 1, 7, 6, 3]) == [(0, 1), (3, 3), (5, 7)]

@@ -13,6 +13,8 @@ from miprun.probing import skipping
 
 IDS = torch.randint(4, 80, (8, 16), generator=torch.Generator().manual_seed(41))
 
+pytestmark = pytest.mark.usefixtures("float32_products")  # the fits' algebra, to float32 tolerances
+
 
 def _stream_after_attention(loaded, index: int, skip: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Over ``IDS`` with ``skip`` removed: the stream entering block ``index`` and the stream after

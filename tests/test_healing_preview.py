@@ -16,6 +16,8 @@ from miprun.progress import Reporter
 FIT = torch.randint(4, 80, (12, 12), generator=torch.Generator().manual_seed(31))
 JUDGE = torch.randint(4, 80, (4, 12), generator=torch.Generator().manual_seed(32))
 
+pytestmark = pytest.mark.usefixtures("float32_products")  # the fits' algebra, to float32 tolerances
+
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma2", "gpt2", "mixtral", "granite", "olmo2"])
 def test_a_preview_heals_a_block_set_as_the_healer_does_with_independent_fits(architecture):

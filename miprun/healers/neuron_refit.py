@@ -49,7 +49,7 @@ import torch
 
 from miprun.healing_fit import fit_error, gram_matrix, ridge_solver, summed, with_ones
 from miprun.models.devices import input_device
-from miprun.models.matmul_precision import PRODUCT_RULES, bfloat16_products
+from miprun.models.matmul_precision import PRODUCT_RULES, bfloat16_products, reducible
 from miprun.models.weight_undo import UndoableEdits, WeightUndo
 from miprun.probing import forward_until
 
@@ -101,7 +101,8 @@ class NeuronRefitHealer(UndoableEdits):
     :param batch_size: healing sequences per forward batch (memory only).
     :param max_bytes: most bytes of normal equations held at once; more layers are fitted in
         groups, one pass each (default 4 GiB).
-    :param products: ``auto`` (default): under a ridge, the healing pass and the fit's products
+    :param products: ``auto`` (default): under a ridge of at least
+        :data:`~miprun.models.matmul_precision.RIDGE_FLOOR`, the healing pass and the fit's products
         multiply bfloat16 inputs with float32 sums on a CPU with bfloat16 units (module docstring);
         ``float32``: float32 multiplications. Without a ridge they are float64 either way.
     """
@@ -181,7 +182,7 @@ class NeuronRefitHealer(UndoableEdits):
         fits: dict[int, torch.Tensor] = {}
         layers: list[dict[str, Any]] = []
         tokens = 0
-        reduced = self.ridge > 0 and self.products == "auto"
+        reduced = self.products == "auto" and reducible(self.ridge)
         with bfloat16_products(input_device(model), next(model.parameters()).dtype, enabled=reduced) as used:
             for group in groups:  # the solves are float64, which the setting leaves alone
                 stats = self._accumulate(model, adapter, selection, input_ids, group, stop=len(groups) > 1)
