@@ -89,7 +89,7 @@ from miprun.models.adapters import (
 from miprun.models.devices import input_device, input_embedding, output_head
 from miprun.models.forwards import hidden_argument, in_block_format, patched_forwards
 from miprun.models.layerwise import editable_block, layerwise_loader
-from miprun.models.matmul_precision import PRODUCT_RULES, bfloat16_products, reducible
+from miprun.models.matmul_precision import PRODUCT_RULES, fit_products
 from miprun.models.sweep import BlockSweep, Stream
 from miprun.models.weight_undo import UndoableEdits, WeightUndo
 from miprun.probing import StopPass, forward_until, skipping
@@ -229,11 +229,7 @@ class LinearHealer(UndoableEdits):
              handles: list[Any] | None, known: Any = None) -> dict[str, Any]:
         """Fit the cuts of ``blocks`` in order; fold each fit (``handles`` None) or hook it in. The
         summary's ``products`` says what the fits' multiplications took (the ``products`` option)."""
-        reduced = self.products == "auto" and reducible(self.ridge, *([self.after_cut_ridge] if self.after_cut else []))
-        loader = layerwise_loader(model)  # a layer-wise run's blocks come in the loader's dtype, on its device
-        device, dtype = (loader.device, loader.dtype) if loader is not None else \
-            (input_device(model), next(model.parameters()).dtype)
-        with bfloat16_products(device, dtype, enabled=reduced) as used:
+        with fit_products(model, self.products, self.ridge, *([self.after_cut_ridge] if self.after_cut else [])) as used:
             # the selection's dense outputs are float32: in bfloat16 every target is computed afresh,
             # alike (so a layer-wise run, which has none to replay, saves the same checkpoint)
             summary = self._fit_cuts(model, adapter, blocks, input_ids, handles, None if used == "bfloat16" else known)

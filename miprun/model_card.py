@@ -84,12 +84,13 @@ def model_card(report: dict[str, Any]) -> ModelCard:
         modules += [after["refitted"] for c in healing["cuts"] for after in c.get("after_cut", [])]
         if modules:
             lines.append(f"- healed without training: {len(modules)} closed-form fit(s) "
-                         f"({', '.join(modules)}) on {healing.get('tokens')} tokens")
+                         f"({', '.join(modules)}) on {healing.get('tokens')} tokens{_products(healing)}")
         lines += [f"- blocks {c['blocks'][0]}–{c['blocks'][-1]}: no fit of their own ({c['not_fitted']})"
                   for c in healing["cuts"] if c.get("not_fitted")]
     elif healing.get("layers"):
         lines.append(f"- healed without training: the down projection of {len(healing['layers'])} FFN layer(s) "
-                     f"refitted in closed form on the neurons each keeps, on {healing.get('tokens')} tokens")
+                     f"refitted in closed form on the neurons each keeps, on {healing.get('tokens')} tokens"
+                     f"{_products(healing)}")
     elif healing.get("skipped"):
         lines.append(f"- {healing['skipped']}")
     preview = report.get("selection", {}).get("info", {}).get("heal_preview")
@@ -134,3 +135,8 @@ def model_card(report: dict[str, Any]) -> ModelCard:
         "",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def _products(healing: dict) -> str:
+    """What the fit's multiplications took (the healer's ``products``), where the report says."""
+    return f" (products: {healing['products']})" if healing.get("products") else ""

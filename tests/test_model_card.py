@@ -36,6 +36,7 @@ def test_the_card_says_what_was_healed_and_that_the_selection_judged_the_healed_
     assert afters and all(a.endswith("self_attn.o_proj") for a in afters)  # the block after each inner cut
     modules = [c["folded_into"] for c in cuts if c["folded_into"]] + afters
     assert f"healed without training: {len(modules)} closed-form fit(s) ({modules[0]}" in text
+    assert f"tokens (products: {result.report['surgery']['healing']['products']})" in text  # what the fit multiplied in
     for cut in cuts:  # a cut at block 0 of this tied model has no fit of its own, and the card says why
         assert (cut["folded_into"] is None) == (f"no fit of their own ({cut.get('not_fitted')})" in text)
     assert afters[-1] in text

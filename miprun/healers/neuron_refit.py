@@ -49,7 +49,7 @@ import torch
 
 from miprun.healing_fit import fit_error, gram_matrix, ridge_solver, summed, with_ones
 from miprun.models.devices import input_device
-from miprun.models.matmul_precision import PRODUCT_RULES, bfloat16_products, reducible
+from miprun.models.matmul_precision import PRODUCT_RULES, fit_products
 from miprun.models.weight_undo import UndoableEdits, WeightUndo
 from miprun.probing import forward_until
 
@@ -182,8 +182,7 @@ class NeuronRefitHealer(UndoableEdits):
         fits: dict[int, torch.Tensor] = {}
         layers: list[dict[str, Any]] = []
         tokens = 0
-        reduced = self.products == "auto" and reducible(self.ridge)
-        with bfloat16_products(input_device(model), next(model.parameters()).dtype, enabled=reduced) as used:
+        with fit_products(model, self.products, self.ridge) as used:
             for group in groups:  # the solves are float64, which the setting leaves alone
                 stats = self._accumulate(model, adapter, selection, input_ids, group, stop=len(groups) > 1)
                 for layer, entry in stats.items():

@@ -22,8 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
+
+from miprun.models.devices import input_device
+from miprun.models.layerwise import layerwise_loader
 
 PRODUCT_RULES = ("auto", "float32")
 """A healer's ``products`` option: bfloat16 inputs for its statistics under a ridge where the CPU has
@@ -77,3 +81,14 @@ def bfloat16_products(device: torch.device | str, dtype: torch.dtype, enabled: b
         yield use
     finally:
         matmul.fp32_precision = previous
+
+
+@contextmanager
+def fit_products(model: Any, products: str, *ridges: float) -> Iterator[str]:
+    """:func:`bfloat16_products` for a healer's fits on ``model`` (in memory, or layer-wise in its
+    loader's dtype) under these relative ridges: reduced only with ``products="auto"`` and every
+    ridge :func:`reducible`. Yields what the products use."""
+    loader = layerwise_loader(model)
+    dtype = loader.dtype if loader is not None else next(model.parameters()).dtype
+    with bfloat16_products(input_device(model), dtype, enabled=products == "auto" and reducible(*ridges)) as used:
+        yield used
