@@ -25,8 +25,9 @@ projection's output has now, ``y = h − r`` the wanted stream update and ``g`` 
 norm then restores ``y``'s direction exactly (residuals are reported in the space the fit acts on,
 before the norm).
 
-Both are solved from float64 Gram matrices accumulated batch by batch on the model's device (each
-batch's products in float32 under a ridge, in float64 without one; on a CPU with bfloat16 units the
+Both are solved in float64 from Gram matrices accumulated batch by batch on the model's device
+(:class:`~miprun.healing_fit.RunningProducts`: float32 running sums under a ridge, float64 without
+one; on a CPU with bfloat16 units the
 healing passes and those products multiply bfloat16 inputs with float32 sums,
 :mod:`miprun.models.matmul_precision`, ``products`` option); the ridge ``λ`` is relative to
 the Gram's mean diagonal and shrinks toward the weights the model already has (plain removal is
@@ -66,15 +67,14 @@ import torch
 
 from miprun.errors import MiprunError
 from miprun.healing_fit import (
+    RunningProducts,
     cuts_of,
     embedding_refusal,
     embedding_rows,
     fit_error,
     fit_rows,
-    gram_matrix,
     module_output,
     ridge_solver,
-    summed,
     wanted_update,
     with_ones,
 )
@@ -722,32 +722,39 @@ def _refit_hook(module: Any, solution: torch.Tensor, *, refit: bool = True) -> A
 
 
 class _Normal:
-    """One fit, accumulated batch by batch (float64 on the model's device): ``gram`` XᵀX,
-    ``cross`` XᵀY, ``before`` the plain removal's ‖Z − Y‖², ``energy`` ‖Y‖², ``tokens`` and
-    ``entries`` (the ``entry`` rows, where a later refit starts). X is what the fit acts on, Z what
-    the module gives as it is, Y what it should give: the wanted update ``target − rest``, through
-    :func:`through_norm` when an output norm follows.
+    """One fit, accumulated batch by batch on the model's device: ``gram`` XᵀX and ``cross`` XᵀY
+    (float64, from :class:`~miprun.healing_fit.RunningProducts`), ``before`` the plain removal's
+    ‖Z − Y‖², ``energy`` ‖Y‖², ``tokens`` and ``entries`` (the ``entry`` rows, where a later refit
+    starts). X is what the fit acts on, Z what the module gives as it is, Y what it should give: the
+    wanted update ``target − rest``, through :func:`through_norm` when an output norm follows.
 
     :param exact: products in float64; otherwise (fits under a ridge, which bounds the system's
-        conditioning) each batch's products in float32, summed in float64 — twice as fast.
+        conditioning) in float32 — twice as fast.
     """
 
     def __init__(self, exact: bool = True) -> None:
         self.exact = exact
-        self.gram: torch.Tensor | None = None
-        self.cross: torch.Tensor | None = None
+        self.products = RunningProducts()
         self.before = self.energy = 0.0
         self.tokens = 0
         self.entries: list[torch.Tensor] = []
+
+    @property
+    def gram(self) -> torch.Tensor | None:
+        """XᵀX so far (float64)."""
+        return self.products.gram
+
+    @property
+    def cross(self) -> torch.Tensor | None:
+        """XᵀY so far (float64)."""
+        return self.products.cross
 
     def add(self, rows: dict[str, Any], target: torch.Tensor) -> None:
         """Add one batch: ``rows`` as :meth:`LinearHealer._captures` gives them, ``target`` the
         dense stream after the cut."""
         x, z = rows["x"], rows["z"]
         y = wanted_update(rows, target)
-        a, b = (x.double(), y) if self.exact else (x.float(), y.float())
-        self.gram = summed(self.gram, gram_matrix(a))
-        self.cross = summed(self.cross, a.T @ b)
+        self.products.add(x.double() if self.exact else x.float(), y)
         self.before += float((z - y).pow(2).sum())
         self.energy += float(y.pow(2).sum())
         self.tokens += x.shape[0]

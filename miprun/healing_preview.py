@@ -200,7 +200,7 @@ class HealPreview:
                     for name in ("x", "z", "rest")}
             rows["gain"], rows["scale"] = batches[0]["gain"], batches[0].get("scale", 1.0)
             kind = self.healer.kind_of(self.adapter, (first, first))
-            gram = gram_matrix(rows["x"]).double()  # float32 products: a preview; the ridge bounds the conditioning
+            gram = gram_matrix(rows["x"])  # float32 products: a preview; the ridge bounds the conditioning
             self._keep(key, (kind, ridge_solver(gram, self.healer.ridge), rows))
         self._cache.move_to_end(key)
         return self._cache[key]

@@ -11,7 +11,7 @@ import miprun
 from miprun.contracts import NeuronSelection
 from miprun.errors import MiprunError
 from miprun.healers.neuron_refit import NeuronRefitHealer
-from miprun.healing_fit import gram_matrix, summed
+from miprun.healing_fit import RunningProducts, gram_matrix
 from miprun.models.adapters import ffn_in_features, neuron_axis, neuron_index
 from miprun.surgeons.slice_ffn import SliceFFNSurgeon
 
@@ -117,8 +117,8 @@ def test_bfloat16_products_move_the_refit_by_their_rounding_only():
                                   for layer in (0, 1)]))
     exact, auto = results
     bfloat16 = statistics_products("cpu", torch.float32) == "bfloat16"
-    assert summaries[0]["products"] == "float32, summed in float64"
-    assert summaries[1]["products"] == ("bfloat16 inputs, float32 sums" if bfloat16 else "float32") + ", summed in float64"
+    assert summaries[0]["products"] == "float32"
+    assert summaries[1]["products"] == ("bfloat16 inputs, float32 sums" if bfloat16 else "float32")
     change = float((auto - exact).norm() / exact.norm())
     assert change < 1e-2
     if not bfloat16:
@@ -135,22 +135,30 @@ def test_the_block_triangular_gram_equals_the_full_product(width):
     assert torch.equal(got, got.T)
 
 
-def test_running_sums_of_float32_products_equal_float64_sums_and_own_their_memory():
-    """``summed`` adds each batch's float32 products into a float64 total in place: bit for bit the
-    values of ``total + part.double()``, and the first batch's product is copied, not aliased."""
-    generator = torch.Generator().manual_seed(0)
-    parts = [torch.randn(40, 30, generator=generator, dtype=torch.float64)]  # exact products are float64
-    parts += [torch.randn(40, 30, generator=generator) for _ in range(2)]
-    total = summed(None, parts[0])
-    assert total.dtype == torch.float64
-    parts[0].zero_()  # the caller's tensor is not the total
-    assert bool(total.abs().sum() > 0)
-    expected = total.clone()
-    for part in parts[1:]:
-        same = summed(total, part)
-        assert same is total
-        expected = expected + part.double()
-    assert torch.equal(total, expected)
+@pytest.mark.parametrize("width", [10, 300])
+def test_running_products_sum_the_batches_products_in_their_rows_precision(width):
+    """``RunningProducts`` adds each batch's XᵀX (upper block triangle, mirrored when read) and XᵀY
+    by the products themselves: float64 rows give the float64 sums of the batches' products,
+    float32 rows the same within float32 rounding; reads are float64 and symmetric, and a batch
+    added after a read is counted in the next one."""
+    generator = torch.Generator().manual_seed(width)
+    batches = [(torch.randn(50, width, generator=generator, dtype=torch.float64),
+                torch.randn(50, 7, generator=generator, dtype=torch.float64)) for _ in range(3)]
+    for dtype, tolerance in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        running = RunningProducts()
+        gram = cross = 0
+        for number, (x, y) in enumerate(batches):
+            running.add(x.to(dtype), y)
+            gram, cross = gram + x.T @ x, cross + x.T @ y
+            if number == 1:  # a read in between does not freeze the sums
+                assert running.gram.dtype == running.cross.dtype == torch.float64
+        scale = float(gram.diagonal().mean())
+        assert float((running.gram - gram).abs().max()) <= tolerance * scale
+        assert float((running.cross - cross).abs().max()) <= tolerance * scale
+        assert torch.equal(running.gram, running.gram.T)
+    only = RunningProducts()
+    only.add(batches[0][0])
+    assert only.cross is None and torch.equal(only.gram, gram_matrix(batches[0][0]))
 
 
 def test_a_bad_sink_rule_is_refused_in_one_line():

@@ -25,17 +25,18 @@ the kept columns are overwritten; the surgeon slices the removed ones away after
 checkpoint has the same architecture and width as plain removal.
 
 Memory and time: one (kept width + 1)² Gram and one (kept width + 1) × hidden cross product per
-layer, float64. Layers whose matrices together exceed ``max_bytes`` are fitted in groups, one pass
-per group that stops after the group's last layer (a 7B model at 20 % needs about 0.9 GB per layer,
-so 4 GiB means 8 groups and about 4.5 passes' work). The products dominate the time (about 3 TFLOP
-for SmolLM2-135M at 20 % on 128 × 256 tokens). With a ridge they are taken in float32 per batch and
-summed in float64 — half the time; the ridge floor λ bounds how much their rounding (≈ 1e-6 of the
-diagonal) can move the solution, far below the float32/bfloat16 precision the weights are stored
-in. Without a ridge (``ridge=0``, exact fits of singular systems) they stay float64. On a CPU with
-bfloat16 units (``products="auto"``, the default) the healing pass and the products multiply
-bfloat16 inputs with float32 sums (:mod:`miprun.models.matmul_precision`): on SmolLM2-135M at 20 %
-the fit took 40.4 s instead of 64.0 s and WikiText-2 perplexity was 40.88 against 40.87;
-``products="float32"`` keeps float32 multiplications.
+layer, summed in float32 under a ridge (float64 without), each read as float64 for its solve.
+Layers whose matrices together exceed ``max_bytes`` are fitted in groups, one pass per group that
+stops after the group's last layer (a 7B model at 20 % needs about 0.45 GB per layer, so 4 GiB
+means 4 groups and about 2.7 passes' work). The products dominate the time after the pass itself
+(about 3 TFLOP for SmolLM2-135M at 20 % on 128 × 256 tokens). With a ridge they are float32,
+added batch by batch by the products themselves (:class:`~miprun.healing_fit.RunningProducts`);
+the ridge floor λ bounds how much their rounding can move the solution, far below the
+float32/bfloat16 precision the weights are stored in. Without a ridge (``ridge=0``, exact fits of
+singular systems) they stay float64. On a CPU with bfloat16 units (``products="auto"``, the
+default) the healing pass and the products multiply bfloat16 inputs with float32 sums
+(:mod:`miprun.models.matmul_precision`): on SmolLM2-135M at 20 % the fit took 40.4 s instead of
+64.0 s and WikiText-2 perplexity was 40.88 against 40.87; ``products="float32"`` keeps float32 multiplications.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from typing import Any
 
 import torch
 
-from miprun.healing_fit import fit_error, gram_matrix, ridge_solver, summed, with_ones
+from miprun.healing_fit import RunningProducts, fit_error, ridge_solver, with_ones
 from miprun.models.devices import input_device
 from miprun.models.matmul_precision import PRODUCT_RULES, fit_products
 from miprun.models.weight_undo import UndoableEdits, WeightUndo
@@ -65,30 +66,32 @@ def kept_columns(value: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return flat.reshape(*value.shape[:-1], flat.shape[-1])
 
 
-def _split(value: torch.Tensor, shape: list[int], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(every token of ``value`` but the first of each sequence, the first ones) as rows of
-    ``dtype``; ``shape`` is the batch's (sequences, tokens), for FFN tensors flattened to tokens ×
-    features (OPT)."""
-    grid = value.reshape(*shape, value.shape[-1])
-    return grid[:, 1:].reshape(-1, value.shape[-1]).to(dtype), grid[:, 0].to(dtype)
-
-
 def weighted_rows(x: torch.Tensor, y: torch.Tensor, shape: list[int], dtype: torch.dtype, sink: str,
-             ones: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows of one batch's inputs ``x`` (with a column of ones when ``ones``: the intercept) and
-    outputs ``y`` that the fit reads: every token but each sequence's first, plus (``sink="average"``)
-    the first ones, each scaled (inputs, ones and output alike, a weighted least-squares row) so
-    that its output carries the batch's mean energy per other token."""
-    xb, xs = _split(x, shape, dtype)
-    yb, ys = _split(y, shape, dtype)
+                  ones: bool = False) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """The rows of one batch's inputs ``x`` (with a column of ones when ``ones``: the intercept)
+    and outputs ``y`` as the fit reads them, new tensors of ``dtype`` in token order: every token
+    but each sequence's first as it is, and the first ones (inputs, ones and output alike, a
+    weighted least-squares row) scaled so that their output carries the batch's mean energy per
+    other token (``sink="average"``) or by 0 (``sink="skip"``, and when no other token exists:
+    left out). ``shape`` is the batch's (sequences, tokens), for FFN tensors flattened to tokens ×
+    features (OPT). Returns (inputs, outputs, the rows that count, the outputs' ‖·‖²)."""
+    sequences, tokens = shape
+    rows = x.reshape(-1, x.shape[-1]).to(dtype)
     if ones:
-        xb, xs = with_ones(xb), with_ones(xs)
-    if sink == "skip" or yb.shape[0] == 0:
-        return xb, yb
-    mean = yb.double().pow(2).sum(dim=1).mean()
-    own = ys.double().pow(2).sum(dim=1)
-    scale = torch.where(own > 0, (mean / own.clamp_min(1e-300)).sqrt(), torch.zeros_like(own)).to(dtype)[:, None]
-    return torch.cat([xb, xs * scale]), torch.cat([yb, ys * scale])
+        rows = with_ones(rows)
+    out = y.reshape(-1, y.shape[-1])
+    energy = torch.linalg.vector_norm(out, dim=1, dtype=torch.float64).pow(2)
+    first = torch.arange(sequences, device=energy.device) * tokens
+    weight = torch.ones_like(energy)
+    weight[first] = 0.0
+    counted = rows.shape[0] - (sequences if sink == "skip" or tokens == 1 else 0)
+    if sink == "average" and tokens > 1:
+        mean = (energy.sum() - energy[first].sum()) / (energy.shape[0] - sequences)
+        own = energy[first]
+        weight[first] = torch.where(own > 0, (mean / own.clamp_min(1e-300)).sqrt(), torch.zeros_like(own))
+    total = float((energy * weight.pow(2)).sum())
+    weight = weight.to(dtype)[:, None]
+    return rows * weight, out.to(dtype) * weight, counted, total
 
 
 class NeuronRefitHealer(UndoableEdits):
@@ -185,7 +188,8 @@ class NeuronRefitHealer(UndoableEdits):
         with fit_products(model, self.products, self.ridge) as used:
             for group in groups:  # the solves are float64, which the setting leaves alone
                 stats = self._accumulate(model, adapter, selection, input_ids, group, stop=len(groups) > 1)
-                for layer, entry in stats.items():
+                for layer in list(stats):  # each layer's sums released once solved
+                    entry = stats.pop(layer)
                     fits[layer], row = self._solve(adapter.ffn_modules(layer)[1], selection.keep[layer], entry)
                     layers.append({"layer": layer, **row})
                     tokens = entry["tokens"]
@@ -193,12 +197,12 @@ class NeuronRefitHealer(UndoableEdits):
         summary = {"fit": "kept-neuron projection", "ridge": self.ridge, "sink": self.sink, "tokens": tokens,
                    "intercept": with_bias,
                    "products": "float64" if self.ridge == 0 else
-                   ("bfloat16 inputs, float32 sums" if used == "bfloat16" else "float32") + ", summed in float64",
+                   ("bfloat16 inputs, float32 sums" if used == "bfloat16" else "float32"),
                    "passes": len(groups), "layers": layers, "seconds": round(time.perf_counter() - start, 3)}
         return fits, summary
 
     def _groups(self, adapter: Any, selection: Any) -> list[list[int]]:
-        """Consecutive layers whose float64 normal equations fit ``max_bytes`` together (a layer
+        """Consecutive layers whose normal equations (float32 under a ridge, float64 without) fit ``max_bytes`` together (a layer
         larger than the budget alone is its own group)."""
         groups: list[list[int]] = []
         held = 0
@@ -206,7 +210,7 @@ class NeuronRefitHealer(UndoableEdits):
             _, down = adapter.ffn_modules(layer)
             outputs = down.weight.shape[0] if isinstance(down, torch.nn.Linear) else down.weight.shape[1]
             rows = len(selection.keep[layer]) + 1
-            size = 8 * rows * (rows + outputs)
+            size = (8 if self.ridge == 0 else 4) * rows * (rows + outputs)
             if not groups or held + size > self.max_bytes:
                 groups.append([])
                 held = 0
@@ -228,16 +232,15 @@ class NeuronRefitHealer(UndoableEdits):
             stack.callback(adapter.backbone.register_forward_pre_hook(on_backbone, with_kwargs=True).remove)
             for layer in group:
                 _, down = adapter.ffn_modules(layer)
-                stats[layer] = {"gram": None, "cross": None, "energy": 0.0, "tokens": 0}
+                stats[layer] = {"products": RunningProducts(), "energy": 0.0, "tokens": 0}
                 index = torch.tensor(selection.keep[layer])
 
                 def take(module, args, out, index=index, entry=stats[layer]):
-                    x, y = weighted_rows(kept_columns(args[0], index), out, shape, product, self.sink,
-                                         ones=getattr(module, "bias", None) is not None)
-                    entry["gram"] = summed(entry["gram"], gram_matrix(x))
-                    entry["cross"] = summed(entry["cross"], x.T @ y)
-                    entry["energy"] += float(y.double().pow(2).sum())
-                    entry["tokens"] += x.shape[0]
+                    x, y, rows, energy = weighted_rows(kept_columns(args[0], index), out, shape, product, self.sink,
+                                                       ones=getattr(module, "bias", None) is not None)
+                    entry["products"].add(x, y)
+                    entry["energy"] += energy
+                    entry["tokens"] += rows
 
                 stack.callback(down.register_forward_hook(take).remove)
             device = input_device(model)
@@ -253,7 +256,7 @@ class NeuronRefitHealer(UndoableEdits):
     def _solve(self, down: Any, kept: list[int], entry: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         """The ridge solution toward ``down``'s kept columns (and bias), and the relative residuals
         of plain removal and of the fit, both from the normal equations."""
-        gram, cross = entry["gram"], entry["cross"]
+        gram, cross = entry["products"].gram, entry["products"].cross
         index = torch.tensor(kept)
         weight = down.weight.detach().double().to(gram.device)
         prior = weight[:, index].T if isinstance(down, torch.nn.Linear) else weight[index]
