@@ -128,3 +128,27 @@ def test_small_layers_and_large_batches_fall_back_to_every_pair_exactly():
         NeuronRenyiEstimator(pairs="some")
     with pytest.raises(MiprunError, match="calibration"):
         NeuronRenyiEstimator(calibration=3)
+
+
+def test_exact_pairs_are_cut_into_equal_chunks_per_thread_and_their_values_do_not_depend_on_it(monkeypatch):
+    """``_exact_at`` cuts the pairs into as many equal chunks as a multiple of ``workers`` (no
+    thread left with a remainder's worth while another has a full chunk), and the entropies are
+    the same bit for bit whatever the threads and chunks."""
+    grams = _grams(24, 16, seed=5).to(torch.float32)
+    a, b = torch.triu_indices(24, 24, 1)
+    sizes: list[int] = []
+    estimator = NeuronRenyiEstimator(workers=2)
+    monkeypatch.setattr(estimator, "_max_pairs", lambda n: 100)  # 276 pairs: chunks of at most 100
+    original = estimator._joint_entropies
+
+    def counted(grams, chunks):
+        chunks = list(chunks)
+        sizes.extend(len(pair[0]) for pair in chunks)
+        return original(grams, iter(chunks))
+
+    monkeypatch.setattr(estimator, "_joint_entropies", counted)
+    two = estimator._exact_at(grams, a, b)
+    assert sizes == [69, 69, 69, 69]
+    one = NeuronRenyiEstimator(workers=1)._exact_at(grams, a, b)  # one chunk of 276
+    assert torch.equal(one, two)
+    assert torch.equal(one, renyi_entropies(grams[a] * grams[b], 1.01))
