@@ -8,7 +8,14 @@ import torch
 from conftest import build_tiny
 
 from miprun.healing import LinearHealer
-from miprun.models.matmul_precision import RIDGE_FLOOR, bfloat16_products, reducible, statistics_products
+from miprun.models.matmul_precision import (
+    RIDGE_FLOOR,
+    bfloat16_products,
+    exact_hooks,
+    reducible,
+    statistics_pass,
+    statistics_products,
+)
 
 
 def test_only_float32_products_on_a_cpu_with_bfloat16_units_are_reduced_and_the_setting_comes_back():
@@ -25,6 +32,33 @@ def test_only_float32_products_on_a_cpu_with_bfloat16_units_are_reduced_and_the_
     assert torch.backends.mkldnn.matmul.fp32_precision == before
     with bfloat16_products("cpu", torch.float32, enabled=False) as used:
         assert used == "model precision" and torch.backends.mkldnn.matmul.fp32_precision == before
+
+
+def test_a_bfloat16_statistics_pass_runs_linear_layers_in_bfloat16_and_its_hooks_in_float32():
+    """``statistics_pass("bfloat16")`` runs a float32 layer's product in bfloat16 (autocast) and a
+    hook inside ``exact_hooks`` gets float32 products again; any other value changes nothing, and
+    autocast is off after either, also after an error."""
+    layer = torch.nn.Linear(16, 8)
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def hook(module, args, out):
+        with exact_hooks():
+            seen.append((out.dtype, (args[0].float() @ args[0].float().T).dtype))
+
+    handle = layer.register_forward_hook(hook)
+    with pytest.raises(RuntimeError, match="inside"):
+        with statistics_pass("bfloat16"):
+            with torch.no_grad():
+                layer(x)
+            raise RuntimeError("inside")
+    assert not torch.is_autocast_enabled("cpu")
+    with statistics_pass("model precision"), torch.no_grad():
+        assert not torch.is_autocast_enabled("cpu")
+        plain = layer(x)
+    handle.remove()
+    assert seen == [(torch.bfloat16, torch.float32), (torch.float32, torch.float32)]
+    assert plain.dtype == torch.float32
 
 
 def test_the_block_healer_with_bfloat16_products_folds_what_the_float32_fit_folds_up_to_their_rounding():

@@ -13,6 +13,9 @@ products can move the solution. The same holds for a GPU running the model in bf
 healer's default on the same model (6 of 30 blocks): its stage 25.1 → 17.2 s, WikiText-2 39.87 →
 39.875 (docs/healing.md).
 
+The width healer also runs its pass under bfloat16 autocast there (:func:`statistics_pass`:
+1.4× faster again, WikiText-2 40.80 against 40.82).
+
 Only statistics use it: never a selection's judgement of candidates, the quality check or an
 evaluation, which stay in the model's precision. Off the CPU, without those units, for a model not
 in float32, or for fits with little or no ridge (:data:`RIDGE_FLOOR`), nothing changes.
@@ -92,3 +95,26 @@ def fit_products(model: Any, products: str, *ridges: float) -> Iterator[str]:
     dtype = loader.dtype if loader is not None else next(model.parameters()).dtype
     with bfloat16_products(input_device(model), dtype, enabled=products == "auto" and reducible(*ridges)) as used:
         yield used
+
+
+@contextmanager
+def statistics_pass(used: str) -> Iterator[None]:
+    """A healer's pass over its healing tokens, given what :func:`fit_products` yielded: with
+    ``"bfloat16"``, the model's forward runs under CPU autocast to bfloat16 (its linear layers and
+    attention take bfloat16 inputs and weights; the residual stream stays float32 by type
+    promotion), about 1.6× as fast again as float32 products with bfloat16 inputs on SmolLM2-135M
+    (16 × 256 tokens: 1.7–2.0 s against 3.1 s; final hidden states within 0.8 % of float32's, against
+    0.7 % for those products). Statistics that hooks accumulate inside the pass must run their own
+    products outside autocast (:func:`exact_hooks`). Otherwise nothing changes."""
+    if used != "bfloat16":
+        yield
+        return
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        yield
+
+
+def exact_hooks() -> Any:
+    """A context that turns autocast off within a hook of a :func:`statistics_pass`, so that its
+    products keep the precision :func:`bfloat16_products` gives them (bfloat16 inputs, float32 sums)."""
+    return torch.autocast("cpu", enabled=False)
+
