@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from miprun.contracts import GRANULARITIES
-from miprun.errors import MiprunError, did_you_mean
+from miprun.errors import MiprunError, closest, did_you_mean
 from miprun.registry import Registry, get_registry
 
 ORDER = ("collector", "estimator", "scorer", "selector", "healer", "surgeon")
@@ -74,12 +74,27 @@ def name_at(registry: Registry, kind: str, name: str, granularity: str) -> str:
         return alias
     choices = registry.names(kind, granularity)
     if name not in known:
-        raise MiprunError(f"unknown {kind} '{name}'{did_you_mean(name, choices)}; valid choices: {', '.join(choices)}")
+        raise MiprunError(f"unknown {kind} '{name}'{_suggestion(registry, kind, name, granularity, choices)}; "
+                          f"valid choices: {', '.join(choices)}")
     other = registry.get(kind, name).capabilities.granularity[0]
     raise MiprunError(
         f"{kind} '{name}' works at {other} granularity, not {granularity}; pass --granularity {other} "
         f"or choose a {granularity} {kind}: {', '.join(choices) or 'none installed'}"
     )
+
+
+def _suggestion(registry: Registry, kind: str, name: str, granularity: str, choices: list[str]) -> str:
+    """The did-you-mean for an unknown ``name``: the closest strategy at ``granularity`` (also by its
+    short name, ``renyi`` for ``neuron-renyi``), else the closest at another granularity, said so."""
+    prefix = f"{granularity}-"
+    close = closest(name, choices + [c[len(prefix):] for c in choices if c.startswith(prefix)])
+    if close:
+        return f" (did you mean '{close}'?)"
+    close = closest(name, [n for n in registry.names(kind) if n not in choices])
+    if close is None:
+        return ""
+    other = registry.get(kind, close).capabilities.granularity[0]
+    return f" (did you mean '{close}'? it works at {other} granularity: pass --granularity {other})"
 
 
 @dataclass
