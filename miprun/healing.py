@@ -27,9 +27,8 @@ before the norm).
 
 Both are solved in float64 from Gram matrices accumulated batch by batch on the model's device
 (:class:`~miprun.healing_fit.RunningProducts`: float32 running sums under a ridge, float64 without
-one; on a CPU with bfloat16 units the
-healing passes and those products multiply bfloat16 inputs with float32 sums,
-:mod:`miprun.models.matmul_precision`, ``products`` option); the ridge ``λ`` is relative to
+one; on a CPU with bfloat16 units the healing passes and those products multiply bfloat16 inputs
+with float32 sums, :mod:`miprun.models.matmul_precision`, ``products`` option); the ridge ``λ`` is relative to
 the Gram's mean diagonal and shrinks toward the weights the model already has (plain removal is
 the prior). A cut starting at block 0 has no block before it: the
 embedding output is mapped instead (``E ← E·T``, the ``"map"`` fit with the healer's ridge; learned

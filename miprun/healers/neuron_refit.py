@@ -37,7 +37,8 @@ singular systems) they stay float64. On a CPU with bfloat16 units (``products="a
 default) the products multiply bfloat16 inputs with float32 sums and the healing pass runs under
 bfloat16 autocast (:mod:`miprun.models.matmul_precision`): on SmolLM2-135M at 20 % the fit took
 40.4 s instead of 64.0 s with bfloat16 products (WikiText-2 perplexity 40.88 against 40.87), and
-28.0 s instead of 31.2 s once the pass ran under autocast (40.80 against 40.82); ``products="float32"`` keeps float32 multiplications.
+28.0 s instead of 31.2 s once the pass ran under autocast (40.80 against 40.82);
+``products="float32"`` keeps float32 multiplications.
 """
 
 from __future__ import annotations
@@ -206,8 +207,8 @@ class NeuronRefitHealer(UndoableEdits):
         return fits, summary
 
     def _groups(self, adapter: Any, selection: Any) -> list[list[int]]:
-        """Consecutive layers whose normal equations (float32 under a ridge, float64 without) fit ``max_bytes`` together (a layer
-        larger than the budget alone is its own group)."""
+        """Consecutive layers whose normal equations (float32 under a ridge, float64 without) fit
+        ``max_bytes`` together (a layer larger than the budget alone is its own group)."""
         groups: list[list[int]] = []
         held = 0
         for layer in sorted(selection.keep):
