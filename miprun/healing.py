@@ -88,7 +88,7 @@ from miprun.models.adapters import (
 from miprun.models.devices import input_device, input_embedding, output_head
 from miprun.models.forwards import hidden_argument, in_block_format, patched_forwards
 from miprun.models.layerwise import editable_block, layerwise_loader
-from miprun.models.matmul_precision import PRODUCT_RULES, fit_products
+from miprun.models.matmul_precision import PRODUCT_RULES, fit_products, products_label
 from miprun.models.sweep import BlockSweep, Stream
 from miprun.models.weight_undo import UndoableEdits, WeightUndo
 from miprun.probing import StopPass, forward_until, skipping
@@ -232,8 +232,7 @@ class LinearHealer(UndoableEdits):
             # the selection's dense outputs are float32: in bfloat16 every target is computed afresh,
             # alike (so a layer-wise run, which has none to replay, saves the same checkpoint)
             summary = self._fit_cuts(model, adapter, blocks, input_ids, handles, None if used == "bfloat16" else known)
-        summary["products"] = "bfloat16 inputs, float32 sums" if used == "bfloat16" else \
-            ("float64" if self.ridge == 0 else "float32")
+        summary["products"] = products_label(used, exact=self.ridge == 0)
         return summary
 
     def _fit_cuts(self, model: Any, adapter: Any, blocks: list[int], input_ids: torch.Tensor,

@@ -52,7 +52,13 @@ import torch
 
 from miprun.healing_fit import RunningProducts, fit_error, ridge_solver, with_ones
 from miprun.models.devices import input_device
-from miprun.models.matmul_precision import PRODUCT_RULES, exact_hooks, fit_products, statistics_pass
+from miprun.models.matmul_precision import (
+    PRODUCT_RULES,
+    exact_hooks,
+    fit_products,
+    products_label,
+    statistics_pass,
+)
 from miprun.models.weight_undo import UndoableEdits, WeightUndo
 from miprun.probing import forward_until
 
@@ -200,8 +206,7 @@ class NeuronRefitHealer(UndoableEdits):
         with_bias = any(getattr(adapter.ffn_modules(layer)[1], "bias", None) is not None for layer in fits)
         summary = {"fit": "kept-neuron projection", "ridge": self.ridge, "sink": self.sink, "tokens": tokens,
                    "intercept": with_bias,
-                   "products": "float64" if self.ridge == 0 else
-                   ("bfloat16 inputs, float32 sums" if used == "bfloat16" else "float32"),
+                   "products": products_label(used, exact=self.ridge == 0),
                    "pass": "bfloat16 autocast" if used == "bfloat16" else "model precision",
                    "passes": len(groups), "layers": layers, "seconds": round(time.perf_counter() - start, 3)}
         return fits, summary

@@ -97,6 +97,15 @@ def fit_products(model: Any, products: str, *ridges: float) -> Iterator[str]:
         yield used
 
 
+def products_label(used: str, exact: bool) -> str:
+    """What a healer's fit multiplied in, for its summary: ``float64`` for an exact fit (no ridge),
+    else bfloat16 inputs with float32 sums where :func:`fit_products` yielded ``"bfloat16"``, else
+    float32."""
+    if exact:
+        return "float64"
+    return "bfloat16 inputs, float32 sums" if used == "bfloat16" else "float32"
+
+
 @contextmanager
 def statistics_pass(used: str) -> Iterator[None]:
     """A healer's pass over its healing tokens, given what :func:`fit_products` yielded: with
