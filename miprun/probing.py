@@ -26,7 +26,7 @@ import torch
 
 from miprun.collectors.hidden_states import capture_boundaries
 from miprun.errors import MiprunError
-from miprun.models.devices import input_device, output_head
+from miprun.models.devices import input_device, logits_batch
 from miprun.models.forwards import (
     checked_blocks,
     in_block_format,
@@ -213,11 +213,7 @@ class Prober:
         """Sequences per batch for :meth:`loss`: the prober's ``batch_size``, fewer where one batch's
         logits would take more than :data:`LOGITS_BYTES` (a 262 144-token vocabulary in float32
         takes 1 GiB per 4 sequences of 256 tokens), at least one."""
-        head = output_head(self.model)
-        weight = getattr(head, "weight", None)
-        vocab = weight.shape[0] if weight is not None else getattr(self.model.config, "vocab_size", 0) or 0
-        per_sequence = int(self.input_ids.shape[1]) * int(vocab) * next(self.model.parameters()).element_size()
-        return max(1, min(self.batch_size, LOGITS_BYTES // max(per_sequence, 1)))
+        return logits_batch(self.model, int(self.input_ids.shape[1]), self.batch_size, LOGITS_BYTES)
 
     def loss(
         self,

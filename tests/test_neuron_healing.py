@@ -74,7 +74,7 @@ def test_the_refit_is_the_ridge_regression_of_the_dense_output_on_the_kept_neuro
     captured = {}
     hook = down.register_forward_hook(lambda m, a, out: captured.setdefault("rows", []).append((a[0], out)))
     with torch.no_grad():
-        for first in range(0, 8, 4):  # the healer's batches of 4 sequences
+        for first in range(0, 8, 4):  # the healer's batches of 4 sequences (batch_size=4 below)
             loaded.model(ids[first : first + 4])
     hook.remove()
     inputs, outputs = [], []
@@ -92,7 +92,8 @@ def test_the_refit_is_the_ridge_regression_of_the_dense_output_on_the_kept_neuro
     gram = a.T @ a
     ridge = 0.1 * float(gram.diagonal().mean())
     expected = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype), a.T @ y + ridge * prior)
-    NeuronRefitHealer(ridge=0.1, sink=sink, products="float32").heal(loaded.model, loaded.adapter, NeuronSelection(keep), ids)
+    NeuronRefitHealer(ridge=0.1, sink=sink, products="float32", batch_size=4).heal(loaded.model, loaded.adapter,
+                                                                                   NeuronSelection(keep), ids)
     got = torch.cat([down.weight.detach().double()[keep[0]], down.bias.detach().double()[None]])
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 

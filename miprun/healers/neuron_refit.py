@@ -62,6 +62,11 @@ from miprun.models.matmul_precision import (
 from miprun.models.weight_undo import UndoableEdits, WeightUndo
 from miprun.probing import forward_until
 
+BATCH_TOKENS = 2048
+"""Healing tokens per forward batch by default: on SmolLM2-135M at 20 % (128 × 256 tokens) the fit
+took 25.2 s in batches of 8 sequences against 28.4 s in batches of 4 and 28.8 s in batches of 16
+(the products sum twice as many rows per call; the solution moved by 0.2 % of its largest entry)."""
+
 SINK_RULES = ("average", "skip")
 """How the fit treats each sequence's first token: as one token of average output energy, or not at all."""
 
@@ -109,7 +114,8 @@ class NeuronRefitHealer(UndoableEdits):
     :param ridge: ridge relative to each Gram's mean diagonal, shrinking toward the kept columns.
     :param sink: ``average`` (default): each sequence's first token is fitted as one token of the
         batch's mean output energy; ``skip``: left out (earlier versions; fragile, module docstring).
-    :param batch_size: healing sequences per forward batch (memory only).
+    :param batch_size: healing sequences per forward batch (None: as many as make
+        :data:`BATCH_TOKENS` tokens, at least one).
     :param max_bytes: most bytes of normal equations held at once; more layers are fitted in
         groups, one pass each (default 4 GiB).
     :param products: ``auto`` (default): under a ridge of at least
@@ -119,7 +125,7 @@ class NeuronRefitHealer(UndoableEdits):
         ``float32``: float32 multiplications. Without a ridge they are float64 either way.
     """
 
-    def __init__(self, ridge: float = 0.1, sink: str = "average", batch_size: int = 4, max_bytes: int = 4 << 30,
+    def __init__(self, ridge: float = 0.1, sink: str = "average", batch_size: int | None = None, max_bytes: int = 4 << 30,
                  products: str = "auto") -> None:
         from miprun.errors import MiprunError
 
@@ -131,10 +137,10 @@ class NeuronRefitHealer(UndoableEdits):
         if products not in PRODUCT_RULES:
             raise MiprunError(f"neuron-linear option products={products!r} must be one of {', '.join(PRODUCT_RULES)}")
         self.products = products
-        if int(batch_size) < 1 or int(max_bytes) < 1:
+        if (batch_size is not None and int(batch_size) < 1) or int(max_bytes) < 1:
             raise MiprunError(f"neuron-linear needs batch_size ≥ 1 and max_bytes ≥ 1, got {batch_size!r} and {max_bytes!r}")
         self.ridge = float(ridge)
-        self.batch_size = int(batch_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.max_bytes = int(max_bytes)
 
     def check(self, adapter: Any) -> None:
@@ -260,8 +266,9 @@ class NeuronRefitHealer(UndoableEdits):
             device = input_device(model)
             last = adapter.ffn_modules(group[-1])[1]
             stack.enter_context(statistics_pass(used))
-            for first in range(0, input_ids.shape[0], self.batch_size):
-                batch = input_ids[first : first + self.batch_size].to(device)
+            size = self.batch_size or max(1, BATCH_TOKENS // max(1, int(input_ids.shape[1])))
+            for first in range(0, input_ids.shape[0], size):
+                batch = input_ids[first : first + size].to(device)
                 if stop:
                     forward_until(last, lambda batch=batch: adapter.backbone(input_ids=batch, use_cache=False))
                 else:

