@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from miprun.estimators.kernels import without_tiny
+from miprun.estimators.kernels import PRODUCT_FLOOR
 
 FEATURE_NAMES = ("1", "S2", "S3", "marginal_Sa", "marginal_S2", "marginal_S3", "S2^2", "S3^2", "S2*S3",
                  "marginal_Sa^2")
@@ -42,30 +42,45 @@ def triple_count(n: int) -> int:
 def pair_features(grams: torch.Tensor) -> torch.Tensor:
     """K[ab]² for a < b of every neuron: (m, n(n−1)/2) float32 from Gram matrices (m × n × n)."""
     n = grams.shape[-1]
+    flat = grams.to(torch.float32).reshape(grams.shape[0], n * n)
     rows, cols = torch.triu_indices(n, n, 1)
-    return without_tiny(grams[:, rows, cols].to(torch.float32).pow(2))  # no subnormal products (kernels.PRODUCT_FLOOR)
+    return _without_tiny_(flat.index_select(1, rows * n + cols).pow_(2))
 
 
 def triple_features(grams: torch.Tensor) -> torch.Tensor:
-    """K[ab] K[bc] K[ac] for a < b < c of every neuron: (m, C(n, 3)) float32."""
+    """K[ab] K[bc] K[ac] for a < b < c of every neuron: (m, C(n, 3)) float32.
+
+    Gathered over the columns of the (m × n²) view and multiplied in place (a SmolLM2 layer's
+    1 536 × 4 960 features: 66 → 30 ms, the same values as indexing ``grams[:, a, b]``)."""
     n = grams.shape[-1]
     index = torch.combinations(torch.arange(n), r=3)
     a, b, c = index[:, 0], index[:, 1], index[:, 2]
-    g = grams.to(torch.float32)
-    return without_tiny(g[:, a, b] * g[:, b, c] * g[:, a, c])
+    flat = grams.to(torch.float32).reshape(grams.shape[0], n * n)
+    out = flat.index_select(1, a * n + b)
+    out.mul_(flat.index_select(1, b * n + c)).mul_(flat.index_select(1, a * n + c))
+    return _without_tiny_(out)
+
+
+def _without_tiny_(features: torch.Tensor) -> torch.Tensor:
+    """:func:`~miprun.estimators.kernels.without_tiny` in place for features that are never
+    negative (products of kernel values): the entries below the floor set to zero, no copies."""
+    return features.masked_fill_(features < PRODUCT_FLOOR, 0.0)
 
 
 def joint_entropies_23(grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Order-2 and order-3 Rényi entropies (nats) of A = K_i∘K_j / n for every pair (i, j): two
-    symmetric (m × m) float64 matrices; the diagonal holds those of K_i∘K_i."""
+    symmetric (m × m) float64 matrices; the diagonal holds those of K_i∘K_i. The m × m arithmetic
+    runs in place, in the order of tr G² = n + 2·two and tr G³ = (n + 6·two) + 6·three."""
     n = grams.shape[-1]
     q = pair_features(grams)
     two = (q @ q.T).to(torch.float64)
+    del q
     t = triple_features(grams)
     three = (t @ t.T).to(torch.float64)
-    trace2 = (n + 2.0 * two) / n**2
-    trace3 = (n + 6.0 * two + 6.0 * three) / n**3
-    return -trace2.log(), -0.5 * trace3.log()
+    del t
+    trace3 = (two * 6.0).add_(n).add_(three.mul_(6.0)).div_(n**3)
+    trace2 = two.mul_(2.0).add_(n).div_(n**2)
+    return trace2.log_().neg_(), trace3.log_().mul_(-0.5)
 
 
 def spectrum_entropies(lam: torch.Tensor, alpha: float) -> torch.Tensor:

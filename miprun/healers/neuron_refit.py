@@ -87,7 +87,9 @@ def weighted_rows(x: torch.Tensor, y: torch.Tensor, shape: list[int], dtype: tor
     weighted least-squares row) scaled so that their output carries the batch's mean energy per
     other token (``sink="average"``) or by 0 (``sink="skip"``, and when no other token exists:
     left out). ``shape`` is the batch's (sequences, tokens), for FFN tensors flattened to tokens ×
-    features (OPT). Returns (inputs, outputs, the rows that count, the outputs' ‖·‖²)."""
+    features (OPT). Returns (inputs, outputs, the rows that count, the outputs' ‖·‖²). ``x`` is
+    scaled in place where it already has ``dtype`` (pass a tensor you own); only the first rows
+    are multiplied (a product by 1 changes nothing)."""
     sequences, tokens = shape
     rows = x.reshape(-1, x.shape[-1]).to(dtype)
     if ones:
@@ -103,8 +105,11 @@ def weighted_rows(x: torch.Tensor, y: torch.Tensor, shape: list[int], dtype: tor
         own = energy[first]
         weight[first] = torch.where(own > 0, (mean / own.clamp_min(1e-300)).sqrt(), torch.zeros_like(own))
     total = float((energy * weight.pow(2)).sum())
-    weight = weight.to(dtype)[:, None]
-    return rows * weight, out.to(dtype) * weight, counted, total
+    scale = weight[first].to(dtype)[:, None]
+    outputs = out.to(dtype, copy=True)  # never the module's own output
+    rows[first] = rows[first] * scale
+    outputs[first] = outputs[first] * scale
+    return rows, outputs, counted, total
 
 
 class NeuronRefitHealer(UndoableEdits):
