@@ -10,9 +10,12 @@ These rows time selection alone (healing off). The last section runs the default
 ``miprun run`` does (``miprun.prune``: selection, healing on ``--heal-samples`` sequences, the
 quality check) and sets it against one plain forward pass over every token the run reads
 (calibration, healing and check windows), stage by stage, and selection + healing alone against
-one plain pass over the selection and healing sequences.
+one plain pass over the selection and healing sequences. With ``--width RATIO`` that last section
+times the paper's width command instead (``miprun run --granularity neuron --ratio RATIO --selector
+mds-cluster --estimator renyi``, healed by default), against the same floors.
 
     python benchmarks/pipeline_cost.py [--model smollm2-135m] [--num-samples 16] [--seq-len 256] [--prune 6] [--json]
+    python benchmarks/pipeline_cost.py --rows none --width 0.2
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ def main() -> None:
     add_run_arguments(parser, prune=6)
     parser.add_argument("--rows", help="comma list of row labels to run (default: all)")
     parser.add_argument("--heal-samples", type=int, default=128)
+    parser.add_argument("--width", type=float, metavar="RATIO",
+                        help="end to end: the paper's width command at this ratio instead of the block default")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("-o", "--option", action="append", default=[],
                         help="KIND.KEY=VALUE for the end-to-end run, as miprun run takes it (e.g. healer.after_cut=1)")
@@ -106,8 +111,9 @@ def main() -> None:
 
 
 def default_end_to_end(loaded, args) -> dict:
-    """``miprun run``'s default on a copy of ``loaded`` (nothing saved), against one plain forward
-    pass over every sequence it reads; prints one line per stage and the totals."""
+    """``miprun run``'s default (or, with ``--width``, the paper's width command) on a copy of
+    ``loaded`` (nothing saved), against one plain forward pass over every sequence it reads; prints
+    one line per stage and the totals."""
     from miprun.options import parse_options
     from miprun.pipeline import prune
     from miprun.quality import WINDOWS
@@ -117,22 +123,30 @@ def default_end_to_end(loaded, args) -> dict:
     everything = torch.cat(reads)
     run_floor = plain_forward_seconds(loaded, torch.cat(reads[:2]), 4)  # the selection and healing sequences
     floor = run_floor + plain_forward_seconds(loaded, reads[2], 4)  # and the check's windows
-    result = prune(copy.deepcopy(loaded), n=args.prune, calib=args.calib, num_samples=args.num_samples,
-                   seq_len=args.seq_len, heal_samples=args.heal_samples, options=parse_options(args.option), save=False)
+    if args.width is None:
+        command, what = "miprun run", {"n": args.prune}
+    else:
+        command = f"miprun run --granularity neuron --ratio {args.width} --selector mds-cluster --estimator renyi"
+        what = {"ratio": args.width, "granularity": "neuron", "selector": "mds-cluster", "estimator": "renyi"}
+    result = prune(copy.deepcopy(loaded), calib=args.calib, num_samples=args.num_samples, seq_len=args.seq_len,
+                   heal_samples=args.heal_samples, options=parse_options(args.option), save=False, **what)
     timings = {k: v for k, v in result.report["timings"].items() if k not in ("load", "calibrate")}
     work = sum(timings.values())
-    print(f"\ndefault end to end (miprun run{''.join(' -o ' + o for o in args.option)}): reads {len(everything)} sequences x {args.seq_len} "
+    keep = getattr(result.selection, "keep", None)
+    chosen = f"blocks {sorted(result.selection.blocks)}" if keep is None else \
+        f"kept FFN widths {sorted({len(v) for v in keep.values()})}"
+    print(f"\nend to end ({command}{''.join(' -o ' + o for o in args.option)}): reads {len(everything)} sequences x {args.seq_len} "
           f"({args.num_samples} selection, {args.heal_samples} healing, {WINDOWS} check); one plain pass over them: "
           f"{floor:.2f} s")
     for name, seconds in sorted(timings.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<10}{seconds:>8.2f} s  {seconds / floor:>5.2f} x pass")
-    print(f"  {'total':<10}{work:>8.2f} s  {work / floor:>5.2f} x pass   blocks {sorted(result.selection.blocks)}; "
+    print(f"  {'total':<10}{work:>8.2f} s  {work / floor:>5.2f} x pass   {chosen}; "
           f"quality check {result.report['quality']['ratio']:.2f} x dense")
     pruning = sum(v for k, v in timings.items() if k != "check")
     print(f"selection + healing alone (every stage but the check): {pruning:.2f} s = {pruning / run_floor:.2f} x one plain "
           f"pass over the {args.num_samples + args.heal_samples} selection and healing sequences ({run_floor:.2f} s)")
-    return {"floor_s": floor, "sequences": len(everything), "timings": timings, "total_s": work,
-            "ratio_to_forward": work / floor, "blocks": sorted(result.selection.blocks),
+    return {"command": command, "floor_s": floor, "sequences": len(everything), "timings": timings, "total_s": work,
+            "ratio_to_forward": work / floor, "chosen": chosen,
             "selection_and_healing": {"seconds": pruning, "floor_s": run_floor, "ratio_to_forward": pruning / run_floor}}
 
 

@@ -67,14 +67,14 @@ from miprun.selectors.neuron_ranking import down_columns, output_energy
 def mds_distances(similarity: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """d_ij = scale · exp(−s_ij) for i ≠ j and 0 on the diagonal, float64, symmetrised."""
     s = similarity.to(torch.float64)
-    d = scale * torch.exp(-0.5 * (s + s.T))
+    d = (s + s.T).mul_(-0.5).exp_().mul_(scale)  # in place, in the order of scale · exp(−½ (s + sᵀ))
     d.fill_diagonal_(0.0)
     return d
 
 
 def torgerson_gram(distances: torch.Tensor) -> torch.Tensor:
     """B = −½ J D⁽²⁾ J, the Gram matrix classical MDS embeds (float64)."""
-    return -0.5 * double_center(distances.to(torch.float64).pow(2))
+    return double_center(distances.to(torch.float64).pow(2)).mul_(-0.5)
 
 
 def classical_mds(distances: torch.Tensor, dims: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -125,7 +125,7 @@ def embedded_sq_dists(distances: torch.Tensor, dims: int | None) -> tuple[torch.
     b_plus = ((vectors * positive) @ vectors.T).to(torch.float64)
     values = values.to(torch.float64)
     diagonal = b_plus.diagonal()
-    out = (diagonal[:, None] + diagonal[None, :] - 2.0 * b_plus).clamp_min(0.0)
+    out = (diagonal[:, None] + diagonal[None, :]).sub_(b_plus.mul_(2.0)).clamp_min_(0.0)  # B₊ᵢᵢ + B₊ⱼⱼ − 2 B₊ᵢⱼ
     out.fill_diagonal_(0.0)
     total = float(values.abs().sum())
     return out, {"dims": int((values > 1e-12 * max(float(values.max()), 1e-300)).sum()),
