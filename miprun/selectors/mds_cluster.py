@@ -344,9 +344,9 @@ def _divergence_of(model: Any, ids: torch.Tensor, reference: list[torch.Tensor],
     size = logits_batch(model, ids.shape[1], len(ids), LOGITS_BYTES, element_size=4)
     total, count = 0.0, 0
     for start in range(0, len(ids), size):
-        tokens = sum(ref.shape[0] for ref in reference[start : start + size])
-        total += output_divergence(reference[start : start + size], _forward(model, ids[start : start + size]), kind) * tokens
-        count += tokens
+        for ref, candidate in zip(reference[start : start + size], _forward(model, ids[start : start + size])):
+            total += output_divergence([ref], [candidate], kind) * ref.shape[0]  # summed per sequence, as ever
+            count += ref.shape[0]
     return total / max(count, 1)
 
 
