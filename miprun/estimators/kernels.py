@@ -68,9 +68,10 @@ CPUs multiply and add about ten times slower (the order-2/3 features of a SmolLM
 resolution of the sums they enter."""
 
 
-def without_tiny(values: torch.Tensor) -> torch.Tensor:
-    """``values`` with the entries of magnitude below :data:`PRODUCT_FLOOR` set to zero."""
-    return values.masked_fill(values.abs() < PRODUCT_FLOOR, 0.0)
+def without_tiny(features: torch.Tensor) -> torch.Tensor:
+    """``features`` — never negative: products of kernel values — with the entries below
+    :data:`PRODUCT_FLOOR` set to zero, in place (pass a tensor you own; it is returned)."""
+    return features.masked_fill_(features < PRODUCT_FLOOR, 0.0)
 
 
 def exp_without_subnormals(exponents: torch.Tensor) -> torch.Tensor:

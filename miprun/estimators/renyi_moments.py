@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from miprun.estimators.kernels import PRODUCT_FLOOR
+from miprun.estimators.kernels import without_tiny
 
 FEATURE_NAMES = ("1", "S2", "S3", "marginal_Sa", "marginal_S2", "marginal_S3", "S2^2", "S3^2", "S2*S3",
                  "marginal_Sa^2")
@@ -44,7 +44,7 @@ def pair_features(grams: torch.Tensor) -> torch.Tensor:
     n = grams.shape[-1]
     flat = grams.to(torch.float32).reshape(grams.shape[0], n * n)
     rows, cols = torch.triu_indices(n, n, 1)
-    return _without_tiny_(flat.index_select(1, rows * n + cols).pow_(2))
+    return without_tiny(flat.index_select(1, rows * n + cols).pow_(2))
 
 
 def triple_features(grams: torch.Tensor) -> torch.Tensor:
@@ -58,13 +58,7 @@ def triple_features(grams: torch.Tensor) -> torch.Tensor:
     flat = grams.to(torch.float32).reshape(grams.shape[0], n * n)
     out = flat.index_select(1, a * n + b)
     out.mul_(flat.index_select(1, b * n + c)).mul_(flat.index_select(1, a * n + c))
-    return _without_tiny_(out)
-
-
-def _without_tiny_(features: torch.Tensor) -> torch.Tensor:
-    """:func:`~miprun.estimators.kernels.without_tiny` in place for features that are never
-    negative (products of kernel values): the entries below the floor set to zero, no copies."""
-    return features.masked_fill_(features < PRODUCT_FLOOR, 0.0)
+    return without_tiny(out)
 
 
 def joint_entropies_23(grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
