@@ -82,14 +82,15 @@ def kept_columns(value: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def weighted_rows(x: torch.Tensor, y: torch.Tensor, shape: list[int], dtype: torch.dtype, sink: str,
                   ones: bool = False) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """The rows of one batch's inputs ``x`` (with a column of ones when ``ones``: the intercept)
-    and outputs ``y`` as the fit reads them, new tensors of ``dtype`` in token order: every token
+    and outputs ``y`` as the fit reads them, of ``dtype`` in token order: every token
     but each sequence's first as it is, and the first ones (inputs, ones and output alike, a
     weighted least-squares row) scaled so that their output carries the batch's mean energy per
     other token (``sink="average"``) or by 0 (``sink="skip"``, and when no other token exists:
     left out). ``shape`` is the batch's (sequences, tokens), for FFN tensors flattened to tokens ×
-    features (OPT). Returns (inputs, outputs, the rows that count, the outputs' ‖·‖²). ``x`` is
-    scaled in place where it already has ``dtype`` (pass a tensor you own); only the first rows
-    are multiplied (a product by 1 changes nothing)."""
+    features (OPT). Returns (inputs, outputs, the rows that count, the outputs' ‖·‖²). The outputs
+    are a new tensor; the inputs are ``x`` itself, scaled in place, where ``x`` already has ``dtype``
+    and no ones are added (pass a tensor you own). Only the first rows are multiplied (a product by
+    1 changes nothing)."""
     sequences, tokens = shape
     rows = x.reshape(-1, x.shape[-1]).to(dtype)
     if ones:

@@ -126,4 +126,3 @@ def exact_hooks() -> Any:
     """A context that turns autocast off within a hook of a :func:`statistics_pass`, so that its
     products keep the precision :func:`bfloat16_products` gives them (bfloat16 inputs, float32 sums)."""
     return torch.autocast("cpu", enabled=False)
-
