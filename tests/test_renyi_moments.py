@@ -118,6 +118,19 @@ def test_moments_path_tracks_the_literal_spectrum_of_every_pair():
     torch.testing.assert_close(NeuronRenyiEstimator(partners=8, calibration=2048).pairwise(x).double(), fast)
 
 
+def test_by_default_only_the_calibration_pairs_get_a_spectrum_and_the_map_still_tracks_every_pair():
+    x = _layer(128)
+    exact = NeuronRenyiEstimator(pairs="exact").pairwise(x).double()
+    info: dict = {}
+    fast = NeuronRenyiEstimator(calibration=2048).pairwise(x, info=info).double()  # partners=0, the default
+    assert info["pairs"] == "moments" and info["exact_pair_fraction"] == round(2048 / (128 * 127 / 2), 4)
+    torch.testing.assert_close(fast.diagonal(), exact.diagonal())
+    rows, cols = torch.triu_indices(128, 128, 1)
+    a, b = exact[rows, cols], fast[rows, cols]
+    assert float(torch.corrcoef(torch.stack([a, b]))[0, 1]) > 0.98
+    assert int((a == b).sum()) == 2048  # the calibration pairs, and no others, are the literal values
+
+
 def test_small_layers_and_large_batches_fall_back_to_every_pair_exactly():
     x = _layer(40)
     info: dict = {}

@@ -32,10 +32,10 @@ Cost and batching
     Q Qᵀ with Q_i = vec(K_i∘K_i) (upper triangle). Any other α (default 1.01, the value the paper
     found best) needs the spectrum of the joint matrix of a pair: one batched ``eigvalsh`` of n × n
     matrices per chunk of pairs, run on ``workers`` threads. With ``pairs="exact"`` that is every pair;
-    the default ``pairs="moments"`` computes the spectrum for each neuron's nearest partners and a
-    random calibration sample only and predicts the rest from the pairs' exact order-2 and order-3
-    entropies (:mod:`~miprun.estimators.renyi_moments`; 11× faster on a 1 536-neuron layer, not the
-    same selections — docs/neuron-pruning.md). Either way it is O(m² n³) per layer at most, which is
+    the default ``pairs="moments"`` computes the spectrum for a random calibration sample of pairs
+    only (and, with ``partners`` > 0, for each neuron's nearest partners) and predicts the rest from
+    the pairs' exact order-2 and order-3 entropies (:mod:`~miprun.estimators.renyi_moments`; 11×
+    faster on a 1 536-neuron layer, not the same selections — docs/neuron-pruning.md). Either way it is O(m² n³) per layer at most, which is
     why the tokens are split into batches of ``batch_size`` (default 32 for α ≠ 2, 128 for α = 2) and
     the MI is averaged over the first ``mi_batches`` batches (default 1 for α ≠ 2, 4 for α = 2),
     while the widths use every batch. Measured on 2 CPU cores: see docs/neuron-pruning.md.
@@ -110,12 +110,14 @@ class NeuronRenyiEstimator(ScalarPairMixin):
         :func:`~miprun.estimators.neuron_mi.aligned_widths`) or ``centred`` (the textbook form).
     :param normalize: per-neuron token normalisation before everything (``standardize``).
     :param workers: threads for the eigendecompositions (None: torch's thread count).
-    :param pairs: ``moments`` (default): every pair's joint entropy exactly where it decides the
-        clustering (each neuron's ``partners`` most dependent pairs) and on ``calibration`` random
-        pairs, elsewhere from its exact order-2 and order-3 entropies through a per-layer least-squares
-        map (:mod:`~miprun.estimators.renyi_moments`); ``exact``: the spectrum of every pair (the
+    :param pairs: ``moments`` (default): every pair's joint entropy exactly on ``calibration`` random
+        pairs (and each neuron's ``partners`` most dependent pairs), elsewhere from its exact order-2
+        and order-3 entropies through a per-layer least-squares map
+        (:mod:`~miprun.estimators.renyi_moments`); ``exact``: the spectrum of every pair (the
         literal method; also used whenever the exact pairs would be most of them).
-    :param partners: pairs per neuron computed exactly under ``moments``, chosen by predicted MI.
+    :param partners: pairs per neuron computed exactly under ``moments``, chosen by predicted MI
+        (default 0: on SmolLM2-135M 16 per neuron cost 14 s of the paper's width command and moved
+        its selection and perplexity less than the token shuffle's seed does; docs/neuron-pruning.md).
     :param calibration: random pairs computed exactly to fit the map under ``moments``.
     :param seed: seed of the token shuffle that forms the batches.
     """
@@ -140,7 +142,7 @@ class NeuronRenyiEstimator(ScalarPairMixin):
         normalize: str = "standardize",
         workers: int | None = None,
         pairs: str = "moments",
-        partners: int = 16,
+        partners: int = 0,
         calibration: int = 4096,
         seed: int = 0,
     ) -> None:
@@ -312,8 +314,8 @@ class NeuronRenyiEstimator(ScalarPairMixin):
     def _moments_mi(self, grams: torch.Tensor, spectra: torch.Tensor, entropy: torch.Tensor,
                     self_info: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
         """All-pairs I_α with the joint entropy from :mod:`~miprun.estimators.renyi_moments`: exact on
-        ``calibration`` random pairs and on every neuron's ``partners`` most dependent pairs, the
-        per-layer least-squares map of the exact order-2/3 joint entropies elsewhere."""
+        ``calibration`` random pairs and on every neuron's ``partners`` most dependent pairs (if
+        any), the per-layer least-squares map of the exact order-2/3 joint entropies elsewhere."""
         m = grams.shape[0]
         s2, s3 = joint_entropies_23(grams)
         marginal = torch.stack([entropy, spectrum_entropies(spectra, 2.0), spectrum_entropies(spectra, 3.0)], dim=1)
@@ -335,19 +337,19 @@ class NeuronRenyiEstimator(ScalarPairMixin):
             joint[r] = mapping.predict(s2[r], s3[r], r[:, None], columns)
         joint[ca, cb] = joint[cb, ca] = exact
         out = entropy[:, None] + entropy[None, :] - joint
-        # every neuron's nearest partners by the (normalised) predicted MI, computed exactly
-        scale = self_info.clamp_min(1e-12)
-        closeness = out / torch.sqrt(scale[:, None] * scale[None, :])
-        closeness.fill_diagonal_(-math.inf)
-        near = closeness.topk(self.partners, dim=1).indices
-        pa = torch.arange(m).repeat_interleave(self.partners)
-        pb = near.reshape(-1)
-        pflat = _pair_keys(pa, pb, m)
-        pflat = pflat[~torch.isin(pflat, flat)]
-        pa, pb = pflat // m, pflat % m
-        value = entropy[pa] + entropy[pb] - self._exact_at(grams, pa, pb)
-        out[pa, pb] = out[pb, pa] = value
-        info.setdefault("exact_pairs", []).append(len(flat) + len(pflat))
+        exact_pairs = len(flat)
+        if self.partners:  # every neuron's nearest partners by the (normalised) predicted MI, computed exactly
+            scale = self_info.clamp_min(1e-12)
+            closeness = out / torch.sqrt(scale[:, None] * scale[None, :])
+            closeness.fill_diagonal_(-math.inf)
+            near = closeness.topk(self.partners, dim=1).indices
+            pa = torch.arange(m).repeat_interleave(self.partners)
+            pflat = _pair_keys(pa, near.reshape(-1), m)
+            pflat = pflat[~torch.isin(pflat, flat)]
+            pa, pb = pflat // m, pflat % m
+            out[pa, pb] = out[pb, pa] = entropy[pa] + entropy[pb] - self._exact_at(grams, pa, pb)
+            exact_pairs += len(pflat)
+        info.setdefault("exact_pairs", []).append(exact_pairs)
         info.setdefault("fit_rmse", []).append(fit["rmse"])
         info.setdefault("fit_r2", []).append(fit["r2"])
         return out
