@@ -173,7 +173,9 @@ class LinearHealer(UndoableEdits):
                 raise MiprunError(f"{name} must be ≥ 0, got {value!r}")
         self.fit = fit
         self.ridge = ridge
-        self.batch_size = batch_size
+        if int(batch_size) < 1:
+            raise MiprunError(f"healer option batch_size={batch_size!r} must be at least 1 sequence")
+        self.batch_size = int(batch_size)
         self.sequential = sequential
         self.after_cut = (AFTER_CUT if fit == "projection" else 0) if after_cut is None else int(after_cut)
         if self.after_cut < 0:

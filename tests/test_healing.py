@@ -156,6 +156,10 @@ def test_healing_refuses_what_it_cannot_fold_and_the_default_falls_back_to_plain
         miprun.prune(build_tiny("llama", layers=4), n=1, calib=str(text_file), seq_len=16, heal="replacme", save=False)
     with pytest.raises(MiprunError, match="unknown healer 'lineer' \\(did you mean 'linear'\\?\\)"):
         miprun.prune(build_tiny("llama", layers=4), n=1, calib=str(text_file), seq_len=16, heal="lineer", save=False)
+    for heal in ("linear", "replaceme"):  # found by the hostile-options property test: range() with step 0
+        with pytest.raises(MiprunError, match="healer option batch_size=0 must be at least 1 sequence"):
+            miprun.prune(build_tiny("llama", layers=4), n=1, calib=str(text_file), seq_len=16, heal=heal,
+                         options={"healer": {"batch_size": 0}}, save=False)
     # an architecture with no FFN output to fold into: named healing fails in one line, the default
     # saves plain removal and says why
     entry = get_registry().architectures["llama"]

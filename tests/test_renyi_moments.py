@@ -134,7 +134,7 @@ def test_by_default_only_the_calibration_pairs_get_a_spectrum_and_the_map_still_
 def test_small_layers_and_large_batches_fall_back_to_every_pair_exactly():
     x = _layer(40)
     info: dict = {}
-    fast = NeuronRenyiEstimator().pairwise(x, info=info)  # 4096 calibration pairs > 780 pairs
+    fast = NeuronRenyiEstimator().pairwise(x, info=info)  # 2048 calibration pairs > 780 pairs
     assert info["pairs"] == "exact"
     torch.testing.assert_close(fast, NeuronRenyiEstimator(pairs="exact").pairwise(x))
     with pytest.raises(MiprunError, match="pairs"):

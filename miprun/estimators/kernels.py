@@ -18,7 +18,7 @@ Kernel widths
       Cortes, Mohri & Rostamizadeh 2012) between K_σ(x) and a target Gram matrix,
       A(K, T) = ⟨HKH, HTH⟩_F / (‖HKH‖_F ‖HTH‖_F), H = I − 11ᵀ/n,
       searched on a log-spaced grid around an initial width (e.g. Scott's) and refined by
-      golden-section search. Wickström et al. (2019) align a layer's kernel with the label kernel;
+      safeguarded parabolic interpolation (:func:`maximise_log_width`). Wickström et al. (2019) align a layer's kernel with the label kernel;
       Huang, Song & Pao's neuron pruning aligns each neuron's kernel with its layer's kernel. In both
       the per-batch optimum is smoothed over batches with an exponential moving average,
       σ_t = β σ_{t−1} + (1 − β) σ*_t — see :class:`WidthEMA`.
@@ -36,7 +36,8 @@ import torch
 
 from miprun.linalg import double_center
 
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+_GOLDEN_STEP = (3.0 - math.sqrt(5.0)) / 2.0  # 0.382: the golden-section step into the larger side
+_MAX_REFINEMENTS = 100
 
 
 def _as_2d(x: Any) -> torch.Tensor:
@@ -176,7 +177,7 @@ def aligned_width(
     :param initial_sigma: centre of the search (e.g. :func:`scott_width`); the search covers
         [initial_sigma / span, initial_sigma · span] on a log scale.
     :param grid_points: points of the coarse log-spaced grid; the best grid point is then refined
-        by golden-section search between its neighbours to ``rel_tol`` in σ.
+        between its neighbours (:func:`maximise_log_width`) to a bracket of ``rel_tol`` in log σ.
     :param sq_dists: precomputed :func:`pairwise_sq_dists` of ``x``.
     :returns: the width; ``initial_sigma`` if every width gives zero alignment (e.g. constant data).
     """
@@ -193,27 +194,65 @@ def aligned_width(
         den = _centered_norm(gram) * target_norm
         return float((gram * target).sum()) / den if den > 0 else -1.0
 
-    centre, half = math.log(initial_sigma), math.log(span)
-    points = max(int(grid_points), 3)
-    grid = torch.linspace(centre - half, centre + half, points, dtype=torch.float64).tolist()
-    values = [score(g) for g in grid]
-    best = max(range(len(grid)), key=lambda i: values[i])
-    if values[best] <= 0:
-        return float(initial_sigma)
-    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-    fa, fb = score(a), score(b)
-    while hi - lo > rel_tol:
-        if fa >= fb:
-            hi, b, fb = b, a, fa
-            a = hi - _GOLDEN * (hi - lo)
-            fa = score(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + _GOLDEN * (hi - lo)
-            fb = score(b)
-    candidates = [(values[best], grid[best]), (fa, a), (fb, b)]
-    return math.exp(max(candidates)[1])
+    def values(log_sigma: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([score(float(v)) for v in log_sigma], dtype=torch.float64)
+
+    centre = torch.tensor([math.log(initial_sigma)], dtype=torch.float64)
+    log_sigma, best = maximise_log_width(values, centre, span=span, grid_points=grid_points, rel_tol=rel_tol)
+    return math.exp(float(log_sigma[0])) if float(best[0]) > 0 else float(initial_sigma)
+
+
+def maximise_log_width(
+    evaluate: Any, centre: torch.Tensor, *, span: float, grid_points: int, rel_tol: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of k searches at once, the log-width in [centre − ln span, centre + ln span] that
+    maximises ``evaluate``, and the value there: a log-spaced grid of ``grid_points`` (at least 3),
+    then, inside the best grid point's neighbours, successive parabolic interpolation through the
+    best point and the bracket's ends (the vertex of the parabola, Brent's safeguards: at least
+    ``rel_tol``/4 from every point already there, and a step shorter than half the one before the
+    last; otherwise a golden-section step into the larger side of the bracket) until the bracket is
+    at most ``rel_tol`` wide. The bracket always holds the best value found, as the golden-section
+    search this replaced did; a smooth maximum needs about 7 evaluations after the grid instead of 12.
+
+    :param evaluate: ``evaluate(log_sigma (j,), rows (j,))`` → (j,) float64 values of searches
+        ``rows`` at ``log_sigma`` (only the searches still refining are asked).
+    :param centre: (k,) float64 log-widths the grid is centred on.
+    :returns: ((k,) log-widths, (k,) their values).
+    """
+    offsets = torch.linspace(-math.log(span), math.log(span), max(int(grid_points), 3), dtype=torch.float64)
+    grid = centre[:, None] + offsets[None, :]
+    every = torch.arange(len(centre))
+    values = torch.stack([evaluate(grid[:, g], every) for g in range(grid.shape[1])], dim=1)
+    best = values.argmax(dim=1)
+    b, fb = grid[every, best], values[every, best]
+    left, right = (best - 1).clamp_min(0), (best + 1).clamp_max(grid.shape[1] - 1)
+    a, fa, c, fc = grid[every, left], values[every, left], grid[every, right], values[every, right]
+    before_last = torch.full_like(b, math.inf)  # length of the step before the last (Brent's test)
+    last = torch.full_like(b, math.inf)
+    tol = rel_tol / 4.0
+    active = (fb > 0) & (c - a > rel_tol)
+    for _ in range(_MAX_REFINEMENTS):
+        if not bool(active.any()):
+            break
+        rows = active.nonzero().flatten()
+        A, B, C, FA, FB, FC = a[rows], b[rows], c[rows], fa[rows], fb[rows], fc[rows]
+        p = (B - A).pow(2) * (FB - FC) - (B - C).pow(2) * (FB - FA)
+        q = 2.0 * ((B - A) * (FB - FC) - (B - C) * (FB - FA))
+        vertex = B - p / torch.where(q != 0, q, torch.ones_like(q))
+        parabolic = ((q != 0) & (vertex > A + tol) & (vertex < C - tol) & ((vertex - B).abs() >= tol)
+                     & ((vertex - B).abs() < 0.5 * before_last[rows]))
+        golden = torch.where(C - B >= B - A, B + _GOLDEN_STEP * (C - B), B - _GOLDEN_STEP * (B - A))
+        u = torch.where(parabolic, vertex, golden)
+        fu = evaluate(u, rows)
+        better, below = fu > FB, u < B
+        a[rows] = torch.where(better, torch.where(below, A, B), torch.where(below, u, A))
+        fa[rows] = torch.where(better, torch.where(below, FA, FB), torch.where(below, fu, FA))
+        c[rows] = torch.where(better, torch.where(below, B, C), torch.where(below, C, u))
+        fc[rows] = torch.where(better, torch.where(below, FB, FC), torch.where(below, FC, fu))
+        b[rows], fb[rows] = torch.where(better, u, B), torch.where(better, fu, FB)
+        before_last[rows], last[rows] = last[rows], (u - B).abs()
+        active[rows] = c[rows] - a[rows] > rel_tol
+    return b, fb
 
 
 @dataclass

@@ -14,7 +14,8 @@ batches). The built-in ones also follow the :class:`~miprun.contracts.Estimator`
 Vectorised kernel alignment
     :func:`aligned_widths` is :func:`miprun.estimators.kernels.aligned_width` run for many scalar
     neurons at once against one target Gram matrix: the same log-spaced grid around each neuron's
-    initial width, the same golden-section refinement between the best grid point's neighbours, and
+    initial width, the same refinement between the best grid point's neighbours
+    (:func:`~miprun.estimators.kernels.maximise_log_width`, which both call), and
     the same centred alignment A(K, T) = ⟨K, HTH⟩_F / (‖HKH‖_F ‖HTH‖_F) (⟨HKH, HTH⟩ = ⟨K, HTH⟩
     because H is idempotent; ‖HKH‖²_F = ‖K‖² − (2/n)‖K1‖² + (1ᵀK1/n)² for symmetric K), evaluated
     for a chunk of neurons in one tensor operation instead of one Python call per neuron.
@@ -36,7 +37,6 @@ import torch
 from miprun.estimators import kernels
 from miprun.estimators.renyi_moments import spectrum_entropies
 
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 CHUNK_BYTES = 64 * 2**20
 
 
@@ -144,6 +144,13 @@ def _alignment(dist: torch.Tensor, log_sigma: torch.Tensor, target: _Target) -> 
     return torch.where((den > 0) & (norm2 > 0), inner / den.clamp_min(1e-300), torch.full_like(inner, -1.0))
 
 
+def _spread(values: torch.Tensor, rows: torch.Tensor, size: int) -> torch.Tensor:
+    """``values`` at ``rows`` of a vector of ``size`` (a neutral log-width, 0, elsewhere)."""
+    out = torch.zeros(size, dtype=values.dtype)
+    out[rows] = values
+    return out
+
+
 def aligned_widths(
     x: torch.Tensor,
     target_gram: torch.Tensor,
@@ -183,41 +190,20 @@ def aligned_widths(
         return initial.clone()
     chunk = chunk or max(1, CHUNK_BYTES // (4 * n * n * 3))
     out = initial.clone()
-    half = math.log(span)
-    offsets = torch.linspace(-half, half, max(int(grid_points), 3), dtype=torch.float64)
+    a, b = target.pairs
     for start in range(0, m, chunk):
         stop = min(start + chunk, m)
-        a, b = target.pairs
-        dist = (x[a, start:stop] - x[b, start:stop]).pow_(2).T.contiguous().to(dtype)
-        centre = initial[start:stop].log()
-        grid = centre[:, None] + offsets[None, :]
-        values = torch.stack([_alignment(dist, grid[:, g], target) for g in range(grid.shape[1])], dim=1)
-        best = values.argmax(dim=1)
-        rows = torch.arange(stop - start)
-        best_value = values[rows, best]
-        lo = grid[rows, (best - 1).clamp_min(0)]
-        hi = grid[rows, (best + 1).clamp_max(grid.shape[1] - 1)]
-        a, b = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
-        fa, fb = _alignment(dist, a, target), _alignment(dist, b, target)
-        while bool(((hi - lo) > rel_tol).any()):
-            active = (hi - lo) > rel_tol
-            left = fa >= fb  # the maximum lies in [lo, b]
-            new_hi = torch.where(left, b, hi)
-            new_lo = torch.where(left, lo, a)
-            new_a = torch.where(left, new_hi - _GOLDEN * (new_hi - new_lo), b)
-            new_b = torch.where(left, a, new_lo + _GOLDEN * (new_hi - new_lo))
-            probe = torch.where(left, new_a, new_b)
-            f_probe = _alignment(dist, probe, target)
-            new_fa = torch.where(left, f_probe, fb)
-            new_fb = torch.where(left, fa, f_probe)
-            lo, hi = torch.where(active, new_lo, lo), torch.where(active, new_hi, hi)
-            a, b = torch.where(active, new_a, a), torch.where(active, new_b, b)
-            fa, fb = torch.where(active, new_fa, fa), torch.where(active, new_fb, fb)
-        candidates = torch.stack([best_value, fa, fb], dim=1)
-        points = torch.stack([grid[rows, best], a, b], dim=1)
-        pick = candidates.argmax(dim=1)
-        chosen = points[rows, pick].exp()
-        out[start:stop] = torch.where(best_value > 0, chosen, initial[start:stop])
+        xt = x[:, start:stop].T.contiguous()  # neurons × tokens: the pairs' columns gathered in place, no transpose
+        dist = torch.index_select(xt, 1, a).sub_(torch.index_select(xt, 1, b)).pow_(2).to(dtype)
+
+        def evaluate(log_sigma: torch.Tensor, rows: torch.Tensor, dist: torch.Tensor = dist) -> torch.Tensor:
+            if 2 * len(rows) > len(dist):  # most still searching: evaluating all costs less than gathering them
+                return _alignment(dist, _spread(log_sigma, rows, len(dist)), target)[rows]
+            return _alignment(dist[rows], log_sigma, target)
+
+        log_sigma, best = kernels.maximise_log_width(evaluate, initial[start:stop].log(), span=span,
+                                                     grid_points=grid_points, rel_tol=rel_tol)
+        out[start:stop] = torch.where(best > 0, log_sigma.exp(), initial[start:stop])
     return out
 
 

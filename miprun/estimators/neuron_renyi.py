@@ -16,7 +16,8 @@ Kernel widths (``width="aligned"``, the paper's rule)
     Gaussian Gram matrix has ones there whatever the width, and on 32-token batches the diagonal
     dominates the centred layer kernel, so the textbook centred alignment drove every neuron of a
     random 16-wide layer to the smallest width searched (``alignment="centred"`` keeps it for
-    comparison). The grid has 9 points and the golden-section search stops at 1 % in σ. The
+    comparison). The grid has 9 points and the refinement (safeguarded parabolic interpolation,
+    :func:`~miprun.estimators.kernels.maximise_log_width`) stops at a bracket of 1 % in σ. The
     per-batch optimum (batches of ``width_batch_size`` = 32 tokens) is smoothed over all batches with
     an exponential moving average σ ← β σ + (1 − β) σ*_batch (``ema`` = β = 0.5, as
     :class:`~miprun.estimators.kernels.WidthEMA`), then rescaled by Scott's n^(−1/5) to the MI
@@ -118,7 +119,9 @@ class NeuronRenyiEstimator(ScalarPairMixin):
     :param partners: pairs per neuron computed exactly under ``moments``, chosen by predicted MI
         (default 0: on SmolLM2-135M 16 per neuron cost 14 s of the paper's width command and moved
         its selection and perplexity less than the token shuffle's seed does; docs/neuron-pruning.md).
-    :param calibration: random pairs computed exactly to fit the map under ``moments``.
+    :param calibration: random pairs computed exactly to fit the map under ``moments`` (2 048: on a
+        SmolLM2 layer the map's error over all 1.18 M pairs was 0.01155 nats with 2 048, 0.01148 with
+        4 096, 0.01157 with 1 024, against an MI spread of 0.19).
     :param seed: seed of the token shuffle that forms the batches.
     """
 
@@ -143,7 +146,7 @@ class NeuronRenyiEstimator(ScalarPairMixin):
         workers: int | None = None,
         pairs: str = "moments",
         partners: int = 0,
-        calibration: int = 4096,
+        calibration: int = 2048,
         seed: int = 0,
     ) -> None:
         self.alpha = float(alpha)
@@ -267,7 +270,7 @@ class NeuronRenyiEstimator(ScalarPairMixin):
         diagonal = 2.0 * entropy - renyi_entropies(grams * grams, self.alpha)
         out = torch.zeros(m, m, dtype=torch.float64)
         total_pairs = m * (m - 1) // 2
-        moments = self.pairs == "moments" and self.calibration + m * self.partners < total_pairs
+        moments = self.pairs == "moments" and 2 * (self.calibration + m * self.partners) < total_pairs  # exact is cheaper otherwise
         if moments and m * triple_count(n) * 4 > MOMENT_BYTES:
             moments = False
             info["pairs_note"] = f"{n}-token batches need C({n}, 3) features per neuron; every pair computed exactly"
