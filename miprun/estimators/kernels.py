@@ -18,8 +18,9 @@ Kernel widths
       Cortes, Mohri & Rostamizadeh 2012) between K_σ(x) and a target Gram matrix,
       A(K, T) = ⟨HKH, HTH⟩_F / (‖HKH‖_F ‖HTH‖_F), H = I − 11ᵀ/n,
       searched on a log-spaced grid around an initial width (e.g. Scott's) and refined by
-      safeguarded parabolic interpolation (:func:`maximise_log_width`). Wickström et al. (2019) align a layer's kernel with the label kernel;
-      Huang, Song & Pao's neuron pruning aligns each neuron's kernel with its layer's kernel. In both
+      safeguarded parabolic interpolation (:func:`maximise_log_width`). Wickström et al. (2019)
+      align a layer's kernel with the label kernel; Huang, Song & Pao's neuron pruning aligns each
+      neuron's kernel with its layer's kernel. In both
       the per-batch optimum is smoothed over batches with an exponential moving average,
       σ_t = β σ_{t−1} + (1 − β) σ*_t — see :class:`WidthEMA`.
 
@@ -37,7 +38,7 @@ import torch
 from miprun.linalg import double_center
 
 _GOLDEN_STEP = (3.0 - math.sqrt(5.0)) / 2.0  # 0.382: the golden-section step into the larger side
-_MAX_REFINEMENTS = 100
+_MAX_REFINEMENTS = 100  # a bound for pathological functions; a smooth maximum needs about 7
 
 
 def _as_2d(x: Any) -> torch.Tensor:
