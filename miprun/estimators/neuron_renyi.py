@@ -36,10 +36,10 @@ Cost and batching
     the default ``pairs="moments"`` computes the spectrum for a random calibration sample of pairs
     only (and, with ``partners`` > 0, for each neuron's nearest partners) and predicts the rest from
     the pairs' exact order-2 and order-3 entropies (:mod:`~miprun.estimators.renyi_moments`; 11×
-    faster on a 1 536-neuron layer, not the same selections — docs/neuron-pruning.md). Either way it is O(m² n³) per layer at most, which is
-    why the tokens are split into batches of ``batch_size`` (default 32 for α ≠ 2, 128 for α = 2) and
-    the MI is averaged over the first ``mi_batches`` batches (default 1 for α ≠ 2, 4 for α = 2),
-    while the widths use every batch. Measured on 2 CPU cores: see docs/neuron-pruning.md.
+    faster on a 1 536-neuron layer, not the same selections — docs/neuron-pruning.md). Either way
+    it is O(m² n³) per layer at most, which is why the tokens are split into batches of
+    ``batch_size`` (default 32 for α ≠ 2, 128 for α = 2) and the MI is averaged over the first
+    ``mi_batches`` batches (default 1 for α ≠ 2, 4 for α = 2), while the widths use every batch. Measured on 2 CPU cores: see docs/neuron-pruning.md.
 
 Tokens are standardised per neuron over the whole sample first (``normalize``) and split into
 batches after a seeded shuffle, so every batch mixes all calibration sequences.
@@ -115,7 +115,7 @@ class NeuronRenyiEstimator(ScalarPairMixin):
         pairs (and each neuron's ``partners`` most dependent pairs), elsewhere from its exact order-2
         and order-3 entropies through a per-layer least-squares map
         (:mod:`~miprun.estimators.renyi_moments`); ``exact``: the spectrum of every pair (the
-        literal method; also used whenever the exact pairs would be most of them).
+        literal method; also used wherever the exact pairs would be half of them or more).
     :param partners: pairs per neuron computed exactly under ``moments``, chosen by predicted MI
         (default 0: on SmolLM2-135M 16 per neuron cost 14 s of the paper's width command and moved
         its selection and perplexity less than the token shuffle's seed does; docs/neuron-pruning.md).
