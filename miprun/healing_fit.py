@@ -31,9 +31,50 @@ def module_output(value: Any) -> torch.Tensor:
     return value[0] if isinstance(value, (tuple, list)) else value
 
 
+SINK_RULES = ("average", "skip")
+"""How a fit treats each sequence's first token, the attention sink (:func:`sink_weights`): as one
+token of the other tokens' mean target energy, or not at all."""
+
+
 def fit_rows(hidden: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Every token but the first of each sequence, as rows of ``dtype`` (float64 by default)."""
-    return hidden[:, 1:].reshape(-1, hidden.shape[-1]).to(dtype)
+    """Every token of every sequence (sequence-major), as rows of ``dtype`` (float64 by default);
+    each sequence's first row is the attention sink, weighted by :func:`sink_weights`."""
+    return hidden.reshape(-1, hidden.shape[-1]).to(dtype)
+
+
+def first_rows(count: int, sequences: int, device: Any = None) -> torch.Tensor:
+    """Indices of each sequence's first row among ``count`` sequence-major rows of ``sequences``
+    sequences of equal length."""
+    return torch.arange(sequences, device=device) * (count // max(sequences, 1))
+
+
+def sink_weights(energy: torch.Tensor, sequences: int, rule: str) -> torch.Tensor:
+    """Least-squares weights of one batch's first rows (float64, one per sequence; every other row
+    weighs 1), from ``energy``, each sequence-major row's target ‖y‖².
+
+    The first token of every sequence is the attention sink: its activations are orders of
+    magnitude larger than other tokens' in a few channels, and every later token reads its output
+    through attention. Taken as it is, it dominates a fit; left out (``"skip"``: weight 0), a fit is
+    free to change what the sink's massive channels send, which nothing in the fit's data then
+    measures — a refit on few sequences can then hand the sink a different output and every later
+    token a different attention (docs/healing.md: healed worse than plain removal). ``"average"``
+    weighs it so that its target carries the batch's mean energy per other token: one ordinary
+    token of the fit, which must keep it, but cannot be dominated by it. A sequence of one token
+    (no other token to average) or a first row with no target energy weighs 0."""
+    first = first_rows(energy.shape[0], sequences, energy.device)
+    weights = torch.zeros(sequences, dtype=torch.float64, device=energy.device)
+    others = energy.shape[0] - sequences
+    if rule == "skip" or others < 1:
+        return weights
+    own = energy[first].double()
+    mean = (energy.double().sum() - own.sum()) / others
+    return torch.where(own > 0, (mean / own.clamp_min(1e-300)).sqrt(), weights)
+
+
+def reweighted(rows: torch.Tensor, first: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A copy of ``rows`` with the rows at ``first`` multiplied by ``weights`` (the caller's
+    ``rows`` are left as they are)."""
+    return rows.index_copy(0, first, rows[first] * weights[:, None].to(rows.dtype))
 
 
 def gram_matrix(rows: torch.Tensor) -> torch.Tensor:
@@ -105,8 +146,9 @@ def embedding_rows(args: tuple, kwargs: dict) -> dict[str, Any]:
     """What a cut at block 0 reads, from block 0's forward-pre-hook arguments: its map acts on the
     embedding output (block 0's input), so ``x``, ``z`` and ``added`` are all that input's rows
     (float64); no output norm (``gain``) and no rest of the stream."""
-    rows = fit_rows(hidden_argument(args, kwargs))
-    return {"x": rows, "z": rows, "added": rows, "gain": None, "rest": None}
+    hidden = hidden_argument(args, kwargs)
+    rows = fit_rows(hidden)
+    return {"x": rows, "z": rows, "added": rows, "gain": None, "rest": None, "sequences": hidden.shape[0]}
 
 
 def with_ones(rows: torch.Tensor) -> torch.Tensor:
@@ -127,18 +169,29 @@ def wanted_update(rows: dict[str, Any], target: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def ridge_solver(gram: torch.Tensor, relative: float) -> Any:
-    """``solve(cross, prior)`` for the ridge system (G + λI)·W = XᵀY + λ·W₀, λ = ``relative`` × the
-    mean diagonal of the Gram G: factorised once (Cholesky; LU where G + λI is not positive
-    definite), so that many right-hand sides over the same inputs cost a solve each."""
-    ridge = relative * float(gram.diagonal().mean())
+def ridge_solver(gram: torch.Tensor, relative: float, scale: float | None = None) -> Any:
+    """``solve(cross, prior, extra=None)`` for the ridge system (G + UᵀU + λI)·W = XᵀY + λ·W₀,
+    λ = ``relative`` × ``scale`` (by default the mean diagonal of the Gram G): G + λI factorised
+    once (Cholesky; LU where it is not positive definite), so that many right-hand sides over the
+    same inputs cost a solve each. ``extra`` (U, a few rows, float64) adds rows to the system
+    without refactorising it (Woodbury's identity: a k × k solve for k rows); ``cross`` must then
+    include their ``UᵀY`` share."""
+    ridge = relative * (float(gram.diagonal().mean()) if scale is None else scale)
     matrix = gram + ridge * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
     factor, info = torch.linalg.cholesky_ex(matrix)
     matrix = None if int(info) == 0 else matrix  # kept only for the LU fallback
 
-    def solve(cross: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-        rhs = cross + ridge * prior
+    def inverse_times(rhs: torch.Tensor) -> torch.Tensor:
         return torch.cholesky_solve(rhs, factor) if matrix is None else torch.linalg.solve(matrix, rhs)
+
+    def solve(cross: torch.Tensor, prior: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        solution = inverse_times(cross + ridge * prior)
+        if extra is None or extra.shape[0] == 0:
+            return solution
+        extra = extra.to(solution)
+        spread = inverse_times(extra.T)  # (G + λI)⁻¹Uᵀ
+        inner = torch.eye(extra.shape[0], dtype=solution.dtype, device=solution.device) + extra @ spread
+        return solution - spread @ torch.linalg.solve(inner, extra @ solution)
 
     return solve
 

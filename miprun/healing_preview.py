@@ -8,7 +8,10 @@ per set. A preview answers the same question from shared work:
   ``[a, b]`` are the dense stream after block ``b``);
 * the first time a cut starts at block ``a``, block ``a − 1`` alone is run once, on its kept dense
   input, to read what the fit acts on (its FFN activations), and the Gram matrix is factorised;
-* each cut ``[a, b]`` is then one cross product and one triangular solve.
+* each cut ``[a, b]`` is then one cross product and one triangular solve — and, for the sequences'
+  first tokens (the attention sink, weighted by the cut's own target energy as the healer weighs
+  them, :func:`~miprun.healing_fit.sink_weights`), a solve of as many unknowns as sequences that
+  adds their rows to the factorised system (:func:`~miprun.healing_fit.ridge_solver`).
 
 The fits are the healer's own (same fit kind per family, same ridge, same prior, the output norm
 handled the same way) but each cut is fitted on the *dense* model, as if it were the only one — the
@@ -34,10 +37,13 @@ import torch
 from miprun.healing_fit import (
     cuts_of,
     embedding_rows,
+    first_rows,
     fit_rows,
     gram_matrix,
     module_output,
+    reweighted,
     ridge_solver,
+    sink_weights,
     wanted_update,
 )
 
@@ -72,6 +78,7 @@ class HealPreview:
     def info(self) -> dict[str, Any]:
         """What the preview did: its sequences, tokens, the cuts it fitted and its model calls."""
         return {"fit_sequences": int(self.fit_ids.shape[0]), "fit": self.healer.fit, "ridge": self.healer.ridge,
+                "sink": self.healer.sink,
                 "sequential": False, "cuts_fitted": len(self.fitted), "passes": self._prober.passes,
                 "refits_after_cut": "not previewed (each cut's own fit only)"}
 
@@ -116,8 +123,14 @@ class HealPreview:
         key = ("fit", cut)
         if key not in self._cache:
             kind, solve, rows = self._inputs(cut[0])
-            cross = (rows["x"].T @ wanted_update(rows, self._target(cut[1], rows["x"].dtype))).double()
-            solution = solve(cross, self.healer.prior(self.adapter, (cut[0], cut[0]), kind, cross))
+            wanted = wanted_update(rows, self._target(cut[1], rows["x"].dtype))
+            energy = wanted.pow(2).sum(-1).split([count * rows["length"] for count in rows["batches"]])
+            weights = torch.cat([sink_weights(part, count, self.healer.sink) for part, count in zip(energy, rows["batches"])])
+            first = rows["first"]
+            # the first rows weigh w: w² in XᵀY, and w·x as rows added to the factorised system
+            cross = (rows["x"].T @ reweighted(wanted, first, weights.pow(2))).double()
+            sink = rows["x"][first].double() * weights[:, None]
+            solution = solve(cross, self.healer.prior(self.adapter, (cut[0], cut[0]), kind, cross), sink)
             self._keep(key, (kind, solution))
             self.fitted.add(cut)
         self._cache.move_to_end(key)
@@ -199,8 +212,15 @@ class HealPreview:
             rows = {name: None if batches[0].get(name) is None else torch.cat([b[name] for b in batches])
                     for name in ("x", "z", "rest")}
             rows["gain"], rows["scale"] = batches[0]["gain"], batches[0].get("scale", 1.0)
+            rows["batches"] = [b["sequences"] for b in batches]
+            rows["length"] = rows["x"].shape[0] // sum(rows["batches"])
+            rows["first"] = first_rows(rows["x"].shape[0], sum(rows["batches"]))
+            ordinary = torch.ones(rows["x"].shape[0], dtype=torch.bool)
+            ordinary[rows["first"]] = False
             kind = self.healer.kind_of(self.adapter, (first, first))
-            gram = gram_matrix(rows["x"])  # float32 products: a preview; the ridge bounds the conditioning
+            # float32 products: a preview; the ridge bounds the conditioning. The sink rows' weights
+            # depend on each cut's target: they join the system per cut (:meth:`_fit`)
+            gram = gram_matrix(rows["x"][ordinary])
             self._keep(key, (kind, ridge_solver(gram, self.healer.ridge), rows))
         self._cache.move_to_end(key)
         return self._cache[key]

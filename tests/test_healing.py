@@ -116,7 +116,7 @@ def test_heal_linear_through_prune_keeps_the_parameter_count_of_plain_removal(tm
                           seq_len=16, method="shortgpt", heal="linear", heal_samples=8, output=tmp_path / "out")
     assert healed.selection.blocks == plain.selection.blocks
     healing = healed.report["surgery"]["healing"]
-    assert healing["tokens"] == 8 * 15 and len(healing["cuts"]) >= 1 and "heal" in healed.report["timings"]
+    assert healing["tokens"] == 8 * 16 and len(healing["cuts"]) >= 1 and "heal" in healed.report["timings"]
     # the same parameters as plain removal (a head is never untied by default)
     assert not any(cut["untied_head"] for cut in healing["cuts"])
     assert healed.report["surgery"]["parameters_after"] == plain.report["surgery"]["parameters_after"]
@@ -363,10 +363,11 @@ def test_independent_fitting_fits_every_cut_on_the_dense_model():
     assert chained["cuts"][1]["relative_residual_before"] != pytest.approx(alone["relative_residual_before"], rel=1e-6)
 
 
-def _hand_fit(loaded, keep: int, last: int, ids):
+def _hand_fit(loaded, keep: int, last: int, ids, sink: str = "average", batch: int = 4):
     """By hand: the down projection's inputs of block ``keep`` (a column of ones when it has a
     bias) and what it should add so that the stream leaving it equals the dense stream after
-    block ``last``, first positions left out."""
+    block ``last``; each sequence's first row weighted so that its target has the mean energy of
+    the other rows of its forward batch of ``batch`` sequences (``sink="skip"``: left out)."""
     captured = {}
     down = loaded.adapter.ffn_modules(keep)[1]
     hooks = [down.register_forward_hook(lambda m, a, out: captured.update(a=a[0], m=out)),
@@ -376,23 +377,31 @@ def _hand_fit(loaded, keep: int, last: int, ids):
         loaded.model(ids)
     for hook in hooks:
         hook.remove()
-    a = captured["a"][:, 1:].reshape(-1, captured["a"].shape[-1]).double()
+    a = captured["a"].double()
     if down.bias is not None:
-        a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1)
-    y = (captured["h"] - captured["s"] + captured["m"])[:, 1:].reshape(-1, captured["m"].shape[-1]).double()
-    return a, y
+        a = torch.cat([a, torch.ones(*a.shape[:2], 1, dtype=a.dtype)], -1)
+    y = (captured["h"] - captured["s"] + captured["m"]).double()
+    weight = torch.ones(y.shape[:2], dtype=torch.float64)
+    for start in range(0, y.shape[0], batch):
+        energy = y[start : start + batch].pow(2).sum(-1)
+        weight[start : start + batch, 0] = (energy[:, 1:].mean() / energy[:, 0]).sqrt() if sink == "average" else 0.0
+    a, y = a * weight[..., None], y * weight[..., None]
+    return a.reshape(-1, a.shape[-1]), y.reshape(-1, y.shape[-1])
 
 
-@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
-def test_the_projection_refit_is_the_least_squares_solution_and_folds_exactly(architecture):
-    """Without ridge the refitted down projection (and GPT-2's bias) is the least-squares fit
-    computed by hand, and the folded model gives the logits of the fit applied at run time."""
+@pytest.mark.parametrize("architecture,sink", [("llama", "average"), ("gpt2", "average"), ("llama", "skip")])
+def test_the_projection_refit_is_the_least_squares_solution_and_folds_exactly(architecture, sink):
+    """Without ridge the refitted down projection (and GPT-2's bias) is the weighted least-squares
+    fit computed by hand — each sequence's first token weighted to its batch's mean target energy,
+    or left out with ``sink="skip"`` — and the folded model gives the logits of the fit applied at
+    run time."""
     ids = torch.randint(4, 80, (16, 12), generator=torch.Generator().manual_seed(11))
     loaded = build_tiny(architecture, layers=5, seed=12)
-    a, y = _hand_fit(loaded, 1, 3, ids)
+    a, y = _hand_fit(loaded, 1, 3, ids, sink=sink)
     expected = torch.linalg.lstsq(a, y).solution
     hooked = build_tiny(architecture, layers=5, seed=12)
-    summary = LinearHealer(ridge=0.0).heal(loaded.model, loaded.adapter, [2, 3], ids)
+    summary = LinearHealer(ridge=0.0, sink=sink).heal(loaded.model, loaded.adapter, [2, 3], ids)
+    assert summary["sink"] == sink and summary["tokens"] == 16 * (12 if sink == "average" else 11)
     down = loaded.adapter.ffn_modules(1)[1]
     weight = down.weight.double().T if isinstance(down, torch.nn.Linear) else down.weight.double()
     if down.bias is not None:
@@ -403,7 +412,7 @@ def test_the_projection_refit_is_the_least_squares_solution_and_folds_exactly(ar
     assert summary["cuts"][0]["relative_residual_after"] == pytest.approx(residual, rel=1e-4)
     from miprun.probing import skipping
 
-    with LinearHealer(ridge=0.0).applied(hooked.model, hooked.adapter, [2, 3], ids), torch.no_grad():
+    with LinearHealer(ridge=0.0, sink=sink).applied(hooked.model, hooked.adapter, [2, 3], ids), torch.no_grad():
         with skipping(hooked.adapter, [2, 3]), skipping(loaded.adapter, [2, 3]):
             torch.testing.assert_close(hooked.model(IDS).logits, loaded.model(IDS).logits, atol=1e-4, rtol=1e-4)
 

@@ -50,7 +50,15 @@ from typing import Any
 
 import torch
 
-from miprun.healing_fit import RunningProducts, fit_error, ridge_solver, with_ones
+from miprun.healing_fit import (
+    SINK_RULES,
+    RunningProducts,
+    first_rows,
+    fit_error,
+    ridge_solver,
+    sink_weights,
+    with_ones,
+)
 from miprun.models.devices import input_device
 from miprun.models.matmul_precision import (
     PRODUCT_RULES,
@@ -66,10 +74,6 @@ BATCH_TOKENS = 2048
 """Healing tokens per forward batch by default: on SmolLM2-135M at 20 % (128 × 256 tokens) the fit
 took 25.2 s in batches of 8 sequences against 28.4 s in batches of 4 and 28.8 s in batches of 16
 (the products sum twice as many rows per call; the solution moved by 0.2 % of its largest entry)."""
-
-SINK_RULES = ("average", "skip")
-"""How the fit treats each sequence's first token: as one token of average output energy, or not at all."""
-
 
 def kept_columns(value: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``value``'s last-dimension entries at ``index``, gathered as rows of a matrix: on CPU
@@ -97,14 +101,10 @@ def weighted_rows(x: torch.Tensor, y: torch.Tensor, shape: list[int], dtype: tor
         rows = with_ones(rows)
     out = y.reshape(-1, y.shape[-1])
     energy = torch.linalg.vector_norm(out, dim=1, dtype=torch.float64).pow(2)
-    first = torch.arange(sequences, device=energy.device) * tokens
+    first = first_rows(energy.shape[0], sequences, energy.device)
     weight = torch.ones_like(energy)
-    weight[first] = 0.0
+    weight[first] = sink_weights(energy, sequences, sink)
     counted = rows.shape[0] - (sequences if sink == "skip" or tokens == 1 else 0)
-    if sink == "average" and tokens > 1:
-        mean = (energy.sum() - energy[first].sum()) / (energy.shape[0] - sequences)
-        own = energy[first]
-        weight[first] = torch.where(own > 0, (mean / own.clamp_min(1e-300)).sqrt(), torch.zeros_like(own))
     total = float((energy * weight.pow(2)).sum())
     scale = weight[first].to(dtype)[:, None]
     outputs = out.to(dtype, copy=True)  # never the module's own output
