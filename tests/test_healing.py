@@ -11,6 +11,7 @@ import miprun
 from miprun.contracts import Selection
 from miprun.errors import MiprunError
 from miprun.healing import LinearHealer, cuts_of
+from miprun.healing_fit import ridge_solver, sink_weights
 from miprun.surgeons.remove_blocks import RemoveBlocksSurgeon
 
 IDS = torch.tensor([[1, 5, 9, 12, 7, 30, 4, 8, 22, 17]])
@@ -427,3 +428,29 @@ def test_a_large_ridge_keeps_the_weights_the_model_has():
         torch.testing.assert_close(loaded.adapter.ffn_modules(1)[1].weight, before, atol=1e-6, rtol=1e-5)
     with pytest.raises(MiprunError, match="unknown healing fit 'linear'; choose: projection, map"):
         LinearHealer(fit="linear")
+
+
+def test_the_sink_weighs_as_one_token_of_the_other_tokens_mean_target_energy():
+    """``average``: each sequence's first row, weighted, carries the mean target energy of the
+    other rows of its batch; ``skip``, a first row without energy, or a sequence of one token: 0."""
+    energy = torch.tensor([400.0, 1.0, 3.0, 0.0, 2.0, 6.0], dtype=torch.float64)  # 2 sequences × 3 tokens
+    weights = sink_weights(energy, 2, "average")
+    assert (weights.pow(2) * energy[[0, 3]])[0] == pytest.approx(12.0 / 4) and weights[1] == 0
+    assert torch.equal(sink_weights(energy, 2, "skip"), torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(sink_weights(energy[[0, 3]], 2, "average"), torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(MiprunError, match="healer option sink='first' must be one of average, skip"):
+        LinearHealer(sink="first")
+
+
+def test_rows_added_to_a_factorised_ridge_system_solve_the_system_that_has_them():
+    """The preview adds the sink rows of each cut to a system factorised without them: the solution
+    is that of the system with them (the ridge relative to the other rows' mean Gram diagonal)."""
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(50, 8, generator=g, dtype=torch.float64), torch.randn(50, 4, generator=g, dtype=torch.float64)
+    rows, wanted = 30 * torch.randn(3, 8, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+    prior = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    gram, cross = x.T @ x, x.T @ y + rows.T @ wanted
+    ridge = 0.3 * float(gram.diagonal().mean())
+    expected = torch.linalg.solve(gram + rows.T @ rows + ridge * torch.eye(8, dtype=torch.float64), cross + ridge * prior)
+    torch.testing.assert_close(ridge_solver(gram, 0.3)(cross, prior, rows), expected, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(ridge_solver(gram, 0.3)(cross, prior), expected, rtol=1e-3)
